@@ -1,0 +1,119 @@
+"""Model loading: one code path for hub ids, local folders and the models synthgen ships.
+
+`builtin:NAME` is only a name for a folder inside the package; it is loaded with the same
+`AutoPipelineForText2Image.from_pretrained` call as a hub model. Weights load from
+safetensors only (never pickles), and remote code runs only if the recipe turns it on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from synthgen.errors import UserError
+from synthgen.recipe import ModelSpec
+
+BUILTIN_PREFIX = "builtin:"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def builtin_models() -> list[str]:
+    """Names of the model folders shipped inside the package."""
+    root = resources.files("synthgen") / "models"
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in root.iterdir() if (entry / "model_index.json").is_file())
+
+
+def resolve_model_source(model_id: str) -> str:
+    """A `from_pretrained` argument: a local folder path for builtin names, else unchanged."""
+    if not model_id.startswith(BUILTIN_PREFIX):
+        return model_id
+    name = model_id[len(BUILTIN_PREFIX):]
+    if name not in builtin_models():
+        raise UserError(f"model.id: unknown builtin model {model_id!r}; the builtin models are: "
+                        + ", ".join(BUILTIN_PREFIX + n for n in builtin_models()))
+    return str(Path(str(resources.files("synthgen") / "models" / name)))
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """`auto` is the first CUDA GPU when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
+    return device
+
+
+def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on a GPU (bfloat16 where the recipe asks) and float32 on the CPU."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[requested]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline on its device, with what a sample's metadata says about it."""
+
+    pipeline: object
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+
+    def describe(self) -> dict:
+        return {"pipeline": type(self.pipeline).__name__, "device_type": self.device.type,
+                "dtype": str(self.dtype).replace("torch.", "")}
+
+
+def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load the recipe's text-to-image pipeline onto `device`; failures become `UserError`s."""
+    from diffusers import AutoPipelineForText2Image
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # synthgen draws its own progress bar; the per-component loading bars only add noise.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    source = resolve_model_source(spec.id)
+    scheduler = _scheduler(spec.scheduler) if spec.scheduler is not None else None
+    try:
+        with warnings.catch_warnings():
+            # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipeline = AutoPipelineForText2Image.from_pretrained(
+                source, revision=spec.revision, variant=spec.variant, torch_dtype=dtype,
+                use_safetensors=True, trust_remote_code=spec.trust_remote_code,
+            )
+    except (OSError, ValueError, EnvironmentError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"model.id: cannot load {spec.id!r} (revision {spec.revision or 'default'}): "
+            f"{first_line}. If this machine has no network, download the model elsewhere "
+            "(huggingface-cli download ID --local-dir DIR) and set model.id to that folder; "
+            "weights must be safetensors"
+        ) from None
+    if scheduler is not None:
+        pipeline.scheduler = scheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source)
+
+
+def _scheduler(name: str):
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    scheduler = getattr(diffusers, name, None)
+    if not (isinstance(scheduler, type) and issubclass(scheduler, SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        raise UserError(f"model.scheduler: {name!r} is not a diffusers scheduler; use one of "
+                        + ", ".join(known[:12]) + ", ...")
+    return scheduler

@@ -1,0 +1,377 @@
+"""Recipe YAML -> validated, frozen recipe objects. The only module that reads YAML.
+
+Every mistake a user can make in a recipe becomes one `UserError` that names the file, the
+field path (``classes[0].templates[1]``), the bad value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from synthgen.errors import UserError
+
+IMAGE_FORMATS = ("jpg", "png", "webp")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+VIEW_STRATEGIES = ("seeds",)
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _parse_slot_values(raw: Any) -> dict[str, float]:
+    """Slot values as {value: weight}; a plain list means equal weights."""
+    if isinstance(raw, list):
+        if not raw:
+            raise PydanticCustomError("slot_values", "a slot needs at least one value")
+        if not all(isinstance(value, str) for value in raw):
+            raise PydanticCustomError(
+                "slot_values", "slot values must be strings; quote numbers, e.g. ['1', '2']"
+            )
+        if len(set(raw)) != len(raw):
+            raise PydanticCustomError("slot_values", "slot values must not repeat")
+        return {value: 1.0 for value in raw}
+    if isinstance(raw, dict):
+        if not raw:
+            raise PydanticCustomError("slot_values", "a slot needs at least one value")
+        weights = {}
+        for value, weight in raw.items():
+            if not isinstance(value, str):
+                raise PydanticCustomError("slot_values", "slot values must be strings")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise PydanticCustomError(
+                    "slot_values",
+                    "weight of {value!r} must be a positive number, e.g. {value!r}: 2",
+                    {"value": value},
+                )
+            weights[value] = float(weight)
+        return weights
+    raise PydanticCustomError(
+        "slot_values",
+        "expected a list of values ['a', 'b'] or a mapping of value to weight {{a: 3, b: 1}}",
+    )
+
+
+SlotValues = Annotated[dict[str, float], BeforeValidator(_parse_slot_values)]
+
+
+def template_slots(template: str) -> list[str]:
+    """The slot names a template uses, in order; raises ValueError for malformed braces."""
+    names = []
+    for _, field_name, format_spec, conversion in string.Formatter().parse(template):
+        if field_name is None:
+            continue
+        if not field_name.isidentifier() or format_spec or conversion:
+            raise ValueError(f"'{{{field_name}}}' is not a slot name")
+        names.append(field_name)
+    return names
+
+
+class StrictModel(BaseModel):
+    """Frozen, and rejects keys it does not know, naming the keys it does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key {key!r}; the keys allowed here are: {allowed}",
+                        {"key": str(key), "allowed": ", ".join(cls.model_fields)},
+                    )
+        return data
+
+
+class ModelSpec(StrictModel):
+    """Which diffusers text-to-image model runs, and how it samples."""
+
+    id: str = Field(min_length=1)
+    revision: str | None = None
+    variant: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    steps: int = Field(1, ge=1, le=1000)
+    guidance_scale: float = Field(0.0, ge=0.0)
+    scheduler: str | None = None
+    width: int = Field(512, ge=8, le=8192)
+    height: int = Field(512, ge=8, le=8192)
+    negative_prompt: str = ""
+    trust_remote_code: bool = False
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, size: int) -> int:
+        if size % 8:
+            raise PydanticCustomError(
+                "multiple_of_8",
+                "must be a multiple of 8 (latent diffusion models downsample by 8); try {fix}",
+                {"fix": size - size % 8 or 8},
+            )
+        return size
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9]+Scheduler", name):
+            raise PydanticCustomError(
+                "scheduler_name",
+                "expected a diffusers scheduler class name such as EulerDiscreteScheduler",
+            )
+        return name
+
+
+class ClassSpec(StrictModel):
+    """One class: prompt templates with slots, and how many multi-view groups to make."""
+
+    name: str = Field(min_length=1)
+    templates: list[str] = Field(min_length=1)
+    slots: dict[str, SlotValues] = {}
+    groups: int = Field(ge=0)
+
+
+class CornerCaseSpec(StrictModel):
+    """A named prompt for a situation real data rarely shows; a first-class entry in the plan."""
+
+    name: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    label: str | None = None
+    groups: int = Field(ge=0)
+    tags: list[str] = []
+
+
+class ViewsSpec(StrictModel):
+    """How many views each group has and how they differ (more strategies come with issue 4)."""
+
+    count: int = Field(2, ge=1, le=64)
+    strategy: Literal["seeds"] = "seeds"
+
+
+class OutputSpec(StrictModel):
+    """Shard layout and image encoding."""
+
+    groups_per_shard: int = Field(100, ge=1)
+    format: Literal["jpg", "png", "webp"] = "jpg"
+    quality: int = Field(90, ge=1, le=100)
+    resolution: int | None = Field(None, ge=8)
+    shuffle: bool = True
+
+
+class Recipe(StrictModel):
+    """A whole dataset description; `recipe_hash` identifies it."""
+
+    name: str
+    seed: int = Field(ge=0, lt=2**63)
+    model: ModelSpec
+    slots: dict[str, SlotValues] = {}
+    classes: list[ClassSpec] = []
+    corner_cases: list[CornerCaseSpec] = []
+    views: ViewsSpec = ViewsSpec()
+    output: OutputSpec = OutputSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, name: str) -> str:
+        if not _NAME_PATTERN.match(name):
+            raise PydanticCustomError(
+                "recipe_name",
+                "use letters, digits, '-' and '_' only (it names files), e.g. my-dataset",
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _check_cross_references(self) -> Recipe:
+        _check_unique_names("classes", [spec.name for spec in self.classes])
+        _check_unique_names("corner_cases", [spec.name for spec in self.corner_cases])
+        class_names = {spec.name for spec in self.classes}
+        for index, spec in enumerate(self.classes):
+            known = set(self.slots) | set(spec.slots)
+            for t_index, template in enumerate(spec.templates):
+                _check_template(f"classes[{index}].templates[{t_index}]", template, known,
+                                f"classes[{index}].slots")
+        for index, case in enumerate(self.corner_cases):
+            _check_template(f"corner_cases[{index}].prompt", case.prompt, set(self.slots), "slots")
+            if case.label is not None and case.label not in class_names:
+                raise PydanticCustomError(
+                    "cross_reference",
+                    "corner_cases[{index}].label {label!r} is not a class name; use one of "
+                    "{names} or null for no label",
+                    {"index": index, "label": case.label, "names": sorted(class_names)},
+                )
+        total = sum(s.groups for s in self.classes) + sum(c.groups for c in self.corner_cases)
+        if total == 0:
+            raise PydanticCustomError(
+                "cross_reference",
+                "the recipe plans no groups; give at least one class or corner case groups: N > 0",
+            )
+        return self
+
+    @property
+    def recipe_hash(self) -> str:
+        """sha256 of the canonical JSON of the resolved recipe: equal recipes, equal hashes."""
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+
+
+def _check_unique_names(field: str, names: list[str]) -> None:
+    seen = set()
+    for index, name in enumerate(names):
+        slug = slugify(name)
+        if slug in seen:
+            raise PydanticCustomError(
+                "cross_reference",
+                "{field}[{index}].name {name!r} repeats an earlier name (names are compared as "
+                "{slug!r}, since they become sample keys); rename one of them",
+                {"field": field, "index": index, "name": name, "slug": slug},
+            )
+        seen.add(slug)
+
+
+def _check_template(where: str, template: str, known: set[str], slot_home: str) -> None:
+    try:
+        used = template_slots(template)
+    except ValueError as error:
+        raise PydanticCustomError(
+            "template",
+            "{where} {template!r}: {problem}; slots look like {{breed}}, literal braces are "
+            "written {{{{ and }}}}",
+            {"where": where, "template": template, "problem": str(error)},
+        ) from None
+    for name in used:
+        if name not in known:
+            raise PydanticCustomError(
+                "template",
+                "{where} {template!r} uses slot {{{name}}}, which is not defined; add "
+                "{name!r} under {home} or the top-level slots, or fix the spelling "
+                "(defined: {known})",
+                {"where": where, "template": template, "name": name, "home": slot_home,
+                 "known": sorted(known) or "none"},
+            )
+
+
+def slugify(name: str) -> str:
+    """A name as it appears in group ids and sample keys: lowercase, [a-z0-9_] only, no dots."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "x"
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no whitespace: the same value always gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every problem is raised as one `UserError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe file not found; check the path "
+                        "(recipes/quickstart.yaml is a working example)") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read the recipe ({error}); pass a UTF-8 YAML file") from None
+    return parse_recipe(text, source=str(path))
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate recipe YAML text; `source` names it in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise UserError(f"{where}: not valid YAML ({error.problem}); fix the syntax there "
+                        "(indentation, a missing ':', or a value with ':' that needs quotes)") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{source}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe is a YAML mapping with keys such as name, seed, "
+                        f"model, classes; got {type(raw).__name__} {_short(raw)}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(format_validation_error(source, error)) from None
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One message for all of a recipe's problems: each names field path, value and fix."""
+    lines = [describe_problem(source, problem) for problem in error.errors()[:10]]
+    if error.error_count() > 10:
+        lines.append(f"... and {error.error_count() - 10} more problems")
+    return "\n".join(lines)
+
+
+_FIXES = {
+    "missing": "add it; see the recipe reference in README.md",
+    "int_parsing": "write a whole number, e.g. 10",
+    "int_type": "write a whole number, e.g. 10",
+    "int_from_float": "write a whole number, e.g. 10",
+    "float_parsing": "write a number, e.g. 7.5",
+    "float_type": "write a number, e.g. 7.5",
+    "string_type": "write text; quote it if YAML reads it as something else",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "list_type": "write a list, e.g. [a, b] or one '- item' per line",
+    "dict_type": "write a mapping of key: value lines",
+    "model_type": "write a mapping of key: value lines",
+    "model_attributes_type": "write a mapping of key: value lines",
+    "too_short": "give at least one entry",
+    "string_too_short": "give a non-empty value",
+}
+
+
+def describe_problem(source: str, problem: dict) -> str:
+    """`file: field path: what is wrong (got value); how to fix`."""
+    kind = problem["type"]
+    location = list(problem["loc"])
+    value = problem.get("input")
+    if kind == "unknown_key":
+        location.append(problem["ctx"]["key"])
+        value = None
+    path = field_path(location)
+    message = problem["msg"]
+    if kind.startswith(("greater_than", "less_than")):
+        fix = "change it to " + message.replace("Input should be ", "a number ")
+    elif kind == "literal_error":
+        fix = message.replace("Input should be", "use")
+    else:
+        fix = _FIXES.get(kind, "")
+    what = {"missing": "required field is missing",
+            "literal_error": "not one of the allowed values"}.get(kind, message)
+    # Cross-reference problems are found on the whole recipe and name their own field path.
+    text = f"{source}: {path}: {what}" if location else f"{source}: {what}"
+    if kind != "missing" and value is not None and not isinstance(value, dict):
+        text += f" (got {_short(value)})"
+    if fix and fix not in what:
+        text += f"; {fix}"
+    return text
+
+
+def field_path(location: list) -> str:
+    """('classes', 0, 'templates', 1) -> 'classes[0].templates[1]'."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
