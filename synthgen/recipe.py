@@ -37,33 +37,32 @@ def _parse_slot_values(raw: Any) -> dict[str, float]:
     """Slot values as {value: weight}; a plain list means equal weights."""
     if isinstance(raw, list):
         if not raw:
-            raise PydanticCustomError("slot_values", "a slot needs at least one value")
+            raise recipe_problem("slot_values", "a slot needs at least one value")
         if not all(isinstance(value, str) for value in raw):
-            raise PydanticCustomError(
-                "slot_values", "slot values must be strings; quote numbers, e.g. ['1', '2']"
-            )
+            raise recipe_problem("slot_values",
+                                 "slot values must be strings; quote numbers, e.g. ['1', '2']")
         if len(set(raw)) != len(raw):
-            raise PydanticCustomError("slot_values", "slot values must not repeat")
+            raise recipe_problem("slot_values", "slot values must not repeat")
         return {value: 1.0 for value in raw}
     if isinstance(raw, dict):
         if not raw:
-            raise PydanticCustomError("slot_values", "a slot needs at least one value")
+            raise recipe_problem("slot_values", "a slot needs at least one value")
         weights = {}
         for value, weight in raw.items():
             if not isinstance(value, str):
-                raise PydanticCustomError("slot_values", "slot values must be strings")
+                raise recipe_problem("slot_values", "slot values must be strings")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-                raise PydanticCustomError(
-                    "slot_values",
-                    "weight of {value!r} must be a positive number, e.g. {value!r}: 2",
-                    {"value": value},
-                )
+                raise recipe_problem("slot_values", f"weight of {value!r} must be a positive "
+                                     f"number, e.g. {value!r}: 2")
             weights[value] = float(weight)
         return weights
-    raise PydanticCustomError(
-        "slot_values",
-        "expected a list of values ['a', 'b'] or a mapping of value to weight {{a: 3, b: 1}}",
-    )
+    raise recipe_problem("slot_values", "expected a list of values ['a', 'b'] or a mapping of "
+                         "value to weight {a: 3, b: 1}")
+
+
+def recipe_problem(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose message is final text (pydantic would read braces as fields)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
 
 
 SlotValues = Annotated[dict[str, float], BeforeValidator(_parse_slot_values)]
@@ -93,9 +92,9 @@ class StrictModel(BaseModel):
             for key in data:
                 if key not in cls.model_fields:
                     raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key {key!r}; the keys allowed here are: {allowed}",
-                        {"key": str(key), "allowed": ", ".join(cls.model_fields)},
+                        "unknown_key", "{message}",
+                        {"key": str(key), "message": f"unknown key {str(key)!r}; the keys "
+                         f"allowed here are: {', '.join(cls.model_fields)}"},
                     )
         return data
 
@@ -119,21 +118,16 @@ class ModelSpec(StrictModel):
     @classmethod
     def _multiple_of_8(cls, size: int) -> int:
         if size % 8:
-            raise PydanticCustomError(
-                "multiple_of_8",
-                "must be a multiple of 8 (latent diffusion models downsample by 8); try {fix}",
-                {"fix": size - size % 8 or 8},
-            )
+            raise recipe_problem("multiple_of_8", "must be a multiple of 8 (latent diffusion "
+                                 f"models downsample by 8); try {size - size % 8 or 8}")
         return size
 
     @field_validator("scheduler")
     @classmethod
     def _scheduler_name(cls, name: str | None) -> str | None:
         if name is not None and not re.fullmatch(r"[A-Za-z0-9]+Scheduler", name):
-            raise PydanticCustomError(
-                "scheduler_name",
-                "expected a diffusers scheduler class name such as EulerDiscreteScheduler",
-            )
+            raise recipe_problem("scheduler_name", "expected a diffusers scheduler class name "
+                                 "such as EulerDiscreteScheduler")
         return name
 
 
@@ -189,10 +183,8 @@ class Recipe(StrictModel):
     @classmethod
     def _name_is_a_file_name(cls, name: str) -> str:
         if not _NAME_PATTERN.match(name):
-            raise PydanticCustomError(
-                "recipe_name",
-                "use letters, digits, '-' and '_' only (it names files), e.g. my-dataset",
-            )
+            raise recipe_problem("recipe_name", "use letters, digits, '-' and '_' only (it names "
+                                 "files), e.g. my-dataset")
         return name
 
     @model_validator(mode="after")
@@ -208,18 +200,14 @@ class Recipe(StrictModel):
         for index, case in enumerate(self.corner_cases):
             _check_template(f"corner_cases[{index}].prompt", case.prompt, set(self.slots), "slots")
             if case.label is not None and case.label not in class_names:
-                raise PydanticCustomError(
+                raise recipe_problem(
                     "cross_reference",
-                    "corner_cases[{index}].label {label!r} is not a class name; use one of "
-                    "{names} or null for no label",
-                    {"index": index, "label": case.label, "names": sorted(class_names)},
-                )
+                    f"corner_cases[{index}].label {case.label!r} is not a class name; use one "
+                    f"of {sorted(class_names)} or null for no label")
         total = sum(s.groups for s in self.classes) + sum(c.groups for c in self.corner_cases)
         if total == 0:
-            raise PydanticCustomError(
-                "cross_reference",
-                "the recipe plans no groups; give at least one class or corner case groups: N > 0",
-            )
+            raise recipe_problem("cross_reference", "the recipe plans no groups; give at least "
+                                 "one class or corner case groups: N > 0")
         return self
 
     @property
@@ -233,12 +221,10 @@ def _check_unique_names(field: str, names: list[str]) -> None:
     for index, name in enumerate(names):
         slug = slugify(name)
         if slug in seen:
-            raise PydanticCustomError(
+            raise recipe_problem(
                 "cross_reference",
-                "{field}[{index}].name {name!r} repeats an earlier name (names are compared as "
-                "{slug!r}, since they become sample keys); rename one of them",
-                {"field": field, "index": index, "name": name, "slug": slug},
-            )
+                f"{field}[{index}].name {name!r} repeats an earlier name (names are compared "
+                f"as {slug!r}, since they become sample keys); rename one of them")
         seen.add(slug)
 
 
@@ -246,22 +232,16 @@ def _check_template(where: str, template: str, known: set[str], slot_home: str) 
     try:
         used = template_slots(template)
     except ValueError as error:
-        raise PydanticCustomError(
-            "template",
-            "{where} {template!r}: {problem}; slots look like {{breed}}, literal braces are "
-            "written {{{{ and }}}}",
-            {"where": where, "template": template, "problem": str(error)},
-        ) from None
+        raise recipe_problem(
+            "template", f"{where} {template!r}: {error}; slots look like {{breed}}, literal "
+            "braces are written {{ and }}") from None
     for name in used:
         if name not in known:
-            raise PydanticCustomError(
+            raise recipe_problem(
                 "template",
-                "{where} {template!r} uses slot {{{name}}}, which is not defined; add "
-                "{name!r} under {home} or the top-level slots, or fix the spelling "
-                "(defined: {known})",
-                {"where": where, "template": template, "name": name, "home": slot_home,
-                 "known": sorted(known) or "none"},
-            )
+                f"{where} {template!r} uses slot {{{name}}}, which is not defined; add {name!r} "
+                f"under {slot_home} or the top-level slots, or fix the spelling (defined: "
+                f"{sorted(known) or 'none'})")
 
 
 def slugify(name: str) -> str:
@@ -315,6 +295,12 @@ def format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_BOUNDS = {
+    "greater_than_equal": (">=", "of at least", "ge"),
+    "greater_than": (">", "above", "gt"),
+    "less_than_equal": ("<=", "of at most", "le"),
+    "less_than": ("<", "below", "lt"),
+}
 _FIXES = {
     "missing": "add it; see the recipe reference in README.md",
     "int_parsing": "write a whole number, e.g. 10",
@@ -344,8 +330,11 @@ def describe_problem(source: str, problem: dict) -> str:
         value = None
     path = field_path(location)
     message = problem["msg"]
-    if kind.startswith(("greater_than", "less_than")):
-        fix = "change it to " + message.replace("Input should be ", "a number ")
+    bound = _BOUNDS.get(kind)
+    if bound is not None:
+        symbol, word, limit = bound[0], bound[1], problem["ctx"][bound[2]]
+        message = f"must be {symbol} {limit}"
+        fix = f"use a value {word} {limit}"
     elif kind == "literal_error":
         fix = message.replace("Input should be", "use")
     else:

@@ -79,16 +79,16 @@ def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> Run
     dtype = choose_dtype(options.dtype or recipe.model.dtype, device)
     model = load_pipeline(recipe.model, device, dtype)
     summary.model = model.describe()
-    sampler = Sampler(model, recipe.model)
-    # 3. Sample batches of views across groups and shards; hand finished groups on.
-    views = [(group, view) for shard in pending for group in plan.shard_groups(shard)
-             for view in group.views]
+    sampler = Sampler(model, recipe.model, options.batch_size)
+    # 3. Sample batches of views of a shard's groups; hand finished groups on. Batches never
+    #    cross shards, so a shard's bytes do not depend on which other shards a run builds.
+    batches = [batch for shard in pending for batch in shard_batches(plan, shard, options.batch_size)]
+    image_count = sum(len(batch) for batch in batches)
     assembler = ShardAssembler(plan, out_dir, summary.model, options)
-    bar = tqdm(total=len(views), unit="img", desc=f"generate {recipe.name}",
+    bar = tqdm(total=image_count, unit="img", desc=f"generate {recipe.name}",
                disable=not options.progress, dynamic_ncols=True)
     try:
-        for start in range(0, len(views), options.batch_size):
-            batch = views[start:start + options.batch_size]
+        for batch in batches:
             result = sampler.sample([view for _, view in batch])
             for position, (group, view) in enumerate(batch):
                 assembler.add_view(group, view, result.images[position].numpy(),
@@ -100,10 +100,16 @@ def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> Run
         assembler.shutdown()
         bar.close()
     write_manifest(out_dir, plan)
-    summary.images_generated = len(views)
+    summary.images_generated = image_count
     summary.nonfinite_views = assembler.nonfinite_count
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[GroupPlan, ViewPlan]]]:
+    """The shard's views in plan order, cut into batches of `batch_size` (the last may be short)."""
+    views = [(group, view) for group in plan.shard_groups(shard) for view in group.views]
+    return [views[start:start + batch_size] for start in range(0, len(views), batch_size)]
 
 
 class ShardAssembler:

@@ -29,11 +29,16 @@ class SampledBatch:
 class Sampler:
     """Turns lists of `ViewPlan`s into images with one loaded pipeline."""
 
-    def __init__(self, model: LoadedModel, spec: ModelSpec):
+    def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
+                 one_view_per_call: bool | None = None):
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         self.model = model
         self.spec = spec
+        self.batch_size = batch_size
+        # None: one view per call on the CPU, padded batches elsewhere (see `sample`).
+        self.one_view_per_call = (model.device.type == "cpu" if one_view_per_call is None
+                                  else one_view_per_call)
         self.pipeline = model.pipeline
         self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         if isinstance(self.pipeline, StableDiffusionXLPipeline):
@@ -52,13 +57,30 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(self, views: list[ViewPlan]) -> SampledBatch:
-        """Generate one image per view; the result for a view depends only on the view."""
-        # 1. A batch of one takes a different CPU convolution path than larger batches, which
-        #    changes the last float bits; duplicating the view keeps every batch size identical.
-        padded = len(views) == 1 and self.model.device.type == "cpu"
-        if padded:
-            views = views * 2
-        # 2. Conditioning and noise, per view, independent of the batch.
+        """Generate one image per view (at most `batch_size` views); each depends only on its view.
+
+        Kernels pick their algorithms by tensor shape, and the pick changes the last float
+        bits. So every call has a fixed shape: on a GPU the batch is padded to `batch_size`
+        (bytes then depend on the batch size, never on which views share a batch or on
+        resume and worker layout); on the CPU each view is its own call, which makes CPU
+        output independent of the batch size too at little cost (CPU batching gains little).
+        """
+        if not 0 < len(views) <= self.batch_size:
+            raise ValueError(f"sample() takes 1 to {self.batch_size} views, got {len(views)}")
+        if self.one_view_per_call:
+            rows = [self._denoise([view]) for view in views]
+            pixels = torch.cat([row[0] for row in rows])
+            finite = torch.cat([row[1] for row in rows])
+        else:
+            padding = [views[-1]] * (self.batch_size - len(views))
+            pixels, finite = self._denoise(views + padding)
+            pixels, finite = pixels[:len(views)], finite[:len(views)]
+        nonfinite = tuple(int(i) for i in torch.nonzero(~finite).flatten().tolist())
+        return SampledBatch(images=pixels, nonfinite=nonfinite)
+
+    def _denoise(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite)."""
+        # 1. Conditioning and noise, per view, independent of the batch.
         arguments = self._conditioning(views)
         step_generators = [torch.Generator("cpu").manual_seed(derive_seed("steps", v.seed))
                            for v in views]
@@ -67,19 +89,16 @@ class Sampler:
         else:
             arguments["latents"] = self._initial_noise(views)
             arguments["generator"] = step_generators
-        # 3. Denoise and decode on the device.
+        # 2. Denoise and decode on the device.
         output = self.pipeline(
             num_inference_steps=self.spec.steps, guidance_scale=self.spec.guidance_scale,
             height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
         ).images
-        # 4. uint8 on the device, so only a quarter of the bytes cross to the host.
+        # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
         finite = torch.isfinite(output).flatten(1).all(dim=1)
         pixels = (torch.nan_to_num(output, nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
-        pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
-        nonfinite = tuple(int(i) for i in torch.nonzero(~finite).flatten().tolist())
-        if padded:
-            pixels, nonfinite = pixels[:1], tuple(i for i in nonfinite if i == 0)
-        return SampledBatch(images=pixels, nonfinite=nonfinite)
+        pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return pixels.cpu(), finite.cpu()
 
     def _initial_noise(self, views: list[ViewPlan]) -> torch.Tensor:
         unet_config = self.pipeline.unet.config

@@ -1,0 +1,228 @@
+"""The world CLIP: a small ``transformers.CLIPModel`` trained contrastively on rendered scenes.
+
+``train_world_clip`` learns from (render, caption) pairs of a training pool;
+``zero_shot_attribute_accuracy`` measures how often the model names the shape
+and colour of held-out renders, with no supervised head.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthgen.world.corpus import ScenePool, images_to_tensor, templated_captions
+from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
+from synthgen.world.tokenizer import MODEL_MAX_LENGTH
+
+TEXT_HIDDEN_SIZE = 128
+# 8x8 patches (16 tokens): 4x4 patches cost ~4x the CPU time for the vision tower.
+PATCH_SIZE = 8
+IMAGE_RESOLUTION = 32
+# Pixel values are scaled to [-1, 1], the same range the VAE and oracle use.
+PIXEL_MEAN = [0.5, 0.5, 0.5]
+PIXEL_STD = [0.5, 0.5, 0.5]
+
+
+def world_clip_config(vocab_size: int):
+    """Text: 3 layers of 128; vision: ViT with PATCH_SIZE patches on 32x32, 4 layers of 128; projection 128."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=TEXT_HIDDEN_SIZE, intermediate_size=2 * TEXT_HIDDEN_SIZE,
+                num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1, layer_norm_eps=1e-5)
+    vision = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  image_size=IMAGE_RESOLUTION, patch_size=PATCH_SIZE, num_channels=3, layer_norm_eps=1e-5)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=128)
+
+
+def world_image_processor():
+    """A ``CLIPImageProcessor`` that maps any image to 32x32 in [-1, 1], like training did."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        do_resize=True, size={"shortest_edge": IMAGE_RESOLUTION}, resample=3,
+        do_center_crop=True, crop_size={"height": IMAGE_RESOLUTION, "width": IMAGE_RESOLUTION},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=PIXEL_MEAN, image_std=PIXEL_STD, do_convert_rgb=True,
+    )
+
+
+def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised projected image embeddings of pixels in [-1, 1], (N, 3, 32, 32)."""
+    pooled = model.vision_model(pixel_values=pixels).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
+def text_features(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """L2-normalised projected text embeddings (pooled at the first end-of-text token)."""
+    pooled = model.text_model(input_ids=input_ids).pooler_output
+    return F.normalize(model.text_projection(pooled), dim=-1)
+
+
+class CaptionTokens:
+    """Caches max-length token ids per caption, padded like the diffusers pipeline pads them."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._ids: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self._ids})
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=MODEL_MAX_LENGTH,
+                                 truncation=True, return_tensors="pt").input_ids
+            self._ids.update(zip(missing, ids))
+        return torch.stack([self._ids[c] for c in captions])
+
+
+@dataclass(frozen=True)
+class ClipTrainingSettings:
+    steps: int = 2400
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+
+
+def cosine_learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 5% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_world_clip(pool: ScenePool, tokenizer, settings: ClipTrainingSettings, device: torch.device,
+                     seed: int, log=print):
+    """Train a world CLIP with symmetric InfoNCE and a learned temperature; returns (model, stats).
+
+    Each step draws a batch of pool images; each image's caption wording is
+    re-drawn every epoch (``templated_captions`` with a per-epoch seed), so the
+    model sees the caption templates as paraphrases of one scene.
+    """
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(world_clip_config(len(tokenizer))).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    tokens = CaptionTokens(tokenizer)
+    images = images_to_tensor(pool.images)
+    order_rng = np.random.default_rng(seed)
+    batches = _epoch_batches(len(pool), settings.batch_size, order_rng)
+    started = time.time()
+    for step in range(settings.steps):
+        # 1. Batch: pool images and this epoch's caption wording for them.
+        epoch, indices = next(batches)
+        captions = _epoch_captions(pool, epoch, seed)
+        input_ids = _trim_padding(tokens([captions[i] for i in indices])).to(device)
+        pixels = images[indices].to(device)
+        # 2. Symmetric InfoNCE: image i's positive is caption i, every other caption a negative.
+        logit_scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+        logits = logit_scale * image_features(model, pixels) @ text_features(model, input_ids).T
+        targets = torch.arange(len(indices), device=device)
+        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        # 3. Update with warm-up + cosine learning rate.
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == settings.steps - 1:
+            log(f"clip step {step}/{settings.steps} loss {loss.item():.4f} "
+                f"temperature {1 / logit_scale.item():.4f} ({time.time() - started:.0f}s)")
+    model.eval()
+    stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_scenes": len(pool),
+             "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
+    return model, stats
+
+
+def _trim_padding(input_ids: torch.Tensor) -> torch.Tensor:
+    """Drop padding columns after the batch's longest caption.
+
+    The text tower is causal and pools at the first end-of-text token, so the
+    trailing padding never changes its output; cutting it saves CPU time.
+    """
+    lengths = (input_ids != 1).sum(dim=1) + 1
+    return input_ids[:, : int(lengths.max())]
+
+
+_caption_cache: dict[tuple[int, int, int], list[str]] = {}
+
+
+def _epoch_captions(pool: ScenePool, epoch: int, seed: int) -> list[str]:
+    key = (id(pool), epoch, seed)
+    if key not in _caption_cache:
+        _caption_cache.clear()
+        _caption_cache[key] = templated_captions(pool.scenes, seed * 1000 + epoch)
+    return _caption_cache[key]
+
+
+def _epoch_batches(count: int, batch_size: int, rng: np.random.Generator):
+    """Yields (epoch, indices): shuffled passes over the pool, no index twice in a batch."""
+    for epoch in itertools.count():
+        order = rng.permutation(count)
+        for start in range(0, count - batch_size + 1, batch_size):
+            yield epoch, torch.from_numpy(order[start:start + batch_size])
+
+
+def attribute_prompts() -> tuple[list[str], list[tuple[str, str]]]:
+    """Canonical captions of every single-object, logo-free scene, with their (shape, colour).
+
+    Zero-shot classification ensembles over these: a shape's score sums the
+    probabilities of all captions naming it (every size, colour, striping and
+    background), which is prompt ensembling over the caption grammar.
+    """
+    prompts, attributes = [], []
+    for shape, colour, size, striped, background in itertools.product(
+            SHAPES, COLOURS, SIZES, (False, True), BACKGROUNDS):
+        stripe = "striped " if striped else ""
+        prompts.append(f"a {size} {stripe}{colour} {shape} on a {background} background")
+        attributes.append((shape, colour))
+    return prompts, attributes
+
+
+@torch.no_grad()
+def zero_shot_attribute_accuracy(model, tokenizer, pool: ScenePool, device: torch.device) -> dict:
+    """Fraction of ``pool``'s single-object renders whose shape / colour the CLIP names correctly.
+
+    Scores every prompt of :func:`attribute_prompts`, turns the scores into
+    probabilities with the model's temperature, and sums them per shape and
+    per colour; the arg-max of each sum is the prediction.
+    """
+    model.eval()
+    prompts, attributes = attribute_prompts()
+    input_ids = CaptionTokens(tokenizer)(prompts).to(device)
+    text = torch.cat([text_features(model, chunk) for chunk in input_ids.split(1024)])
+    shape_of = torch.tensor([SHAPES.index(s) for s, _ in attributes], device=device)
+    colour_of = torch.tensor([list(COLOURS).index(c) for _, c in attributes], device=device)
+    images = images_to_tensor(pool.images)
+    shape_hits = colour_hits = 0
+    for start in range(0, len(pool), 256):
+        pixels = images[start:start + 256].to(device)
+        probs = (model.logit_scale.exp() * image_features(model, pixels) @ text.T).softmax(dim=-1)
+        shape_scores = torch.zeros(len(pixels), len(SHAPES), device=device).index_add_(1, shape_of, probs)
+        colour_scores = torch.zeros(len(pixels), len(COLOURS), device=device).index_add_(1, colour_of, probs)
+        scenes = pool.scenes[start:start + 256]
+        shape_hits += sum(int(p) == SHAPES.index(s.objects[0].shape)
+                          for p, s in zip(shape_scores.argmax(1), scenes))
+        colour_hits += sum(int(p) == list(COLOURS).index(s.objects[0].colour)
+                           for p, s in zip(colour_scores.argmax(1), scenes))
+    return {"zero_shot_shape_accuracy": shape_hits / len(pool),
+            "zero_shot_colour_accuracy": colour_hits / len(pool), "held_out_images": len(pool)}
+
+
+def save_world_clip(model, tokenizer, directory) -> None:
+    """Save CLIPModel + tokenizer + image processor so ``CLIPProcessor.from_pretrained`` works."""
+    from transformers import CLIPProcessor
+
+    model.save_pretrained(directory, safe_serialization=True)
+    CLIPProcessor(image_processor=world_image_processor(), tokenizer=tokenizer).save_pretrained(directory)

@@ -1,0 +1,224 @@
+"""The world text-to-image model: a StableDiffusionPipeline with the world CLIP's text tower.
+
+Training is two stages on rendered scenes:
+
+1. ``train_world_vae``: an ``AutoencoderKL`` that downsamples 32x32 images to
+   4x16x16 latents, trained for reconstruction plus a small KL term.
+2. ``train_world_unet``: a ``UNet2DConditionModel`` trained with the DDPM
+   noise-prediction loss on VAE latents (scaled by ``scaling_factor`` =
+   1/std of the latents), conditioned on the frozen text tower's token
+   embeddings, with captions dropped to the empty prompt 10% of the time so
+   classifier-free guidance works.
+
+``assemble_pipeline`` puts the parts together as an ordinary diffusers
+pipeline folder that ``AutoPipelineForText2Image.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthgen.world.clip import cosine_learning_rate
+from synthgen.world.corpus import ScenePool, images_to_tensor
+
+LATENT_CHANNELS = 4
+CAPTION_DROPOUT = 0.1
+TRAIN_TIMESTEPS = 1000
+# Stable Diffusion's noise schedule: the samplers shipped with diffusers are tuned for it.
+BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def build_world_vae():
+    """AutoencoderKL 32x32x3 <-> 16x16x4 (one downsampling), no attention, channels (32, 64)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=32,
+        mid_block_add_attention=False,
+    )
+
+
+def build_world_unet(cross_attention_dim: int):
+    """UNet2DConditionModel on 16x16 latents, channels (64, 128, 128), cross-attention at 8x8 and 4x4."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(64, 128, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=16,
+    )
+
+
+def build_sampling_scheduler():
+    """DPM-Solver++ (2M) over the training noise schedule: good samples in ~20 steps."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type="epsilon",
+                                       timestep_spacing="trailing", **BETA_SCHEDULE)
+
+
+def assemble_pipeline(vae, unet, text_encoder, tokenizer):
+    """A StableDiffusionPipeline with no safety checker or feature extractor."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=build_sampling_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class VaeTrainingSettings:
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    kl_weight: float = 1e-6
+
+
+def train_world_vae(pool: ScenePool, settings: VaeTrainingSettings, device: torch.device, seed: int,
+                    log=print):
+    """Train the autoencoder on pool renders (MSE reconstruction + ``kl_weight`` * KL); returns (vae, stats)."""
+    torch.manual_seed(seed)
+    vae = build_world_vae().to(device)
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    images = images_to_tensor(pool.images)
+    rng = np.random.default_rng(seed)
+    started = time.time()
+    for step in range(settings.steps):
+        # 1. A random batch of renders in [-1, 1].
+        pixels = images[torch.from_numpy(rng.integers(0, len(pool), settings.batch_size))].to(device)
+        # 2. Encode, sample a latent, decode.
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        # 3. Loss: reconstruction plus a small KL that keeps the latent space smooth.
+        mse = F.mse_loss(reconstruction, pixels)
+        loss = mse + settings.kl_weight * posterior.kl().mean()
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == settings.steps - 1:
+            log(f"vae step {step}/{settings.steps} mse {mse.item():.5f} ({time.time() - started:.0f}s)")
+    vae.eval()
+    stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_scenes": len(pool),
+             "final_mse": round(mse.item(), 6), "wall_seconds": round(time.time() - started, 1)}
+    return vae, stats
+
+
+@torch.no_grad()
+def encode_latents(vae, pool: ScenePool, device: torch.device) -> torch.Tensor:
+    """Posterior means of the pool's renders, (N, 4, 16, 16), unscaled."""
+    images = images_to_tensor(pool.images)
+    return torch.cat([vae.encode(images[start:start + 256].to(device)).latent_dist.mean.cpu()
+                      for start in range(0, len(images), 256)])
+
+
+@torch.no_grad()
+def reconstruction_error(vae, pool: ScenePool, device: torch.device) -> float:
+    """Mean absolute error, in 0-255 pixel units, of decode(encode mean) on ``pool``."""
+    images = images_to_tensor(pool.images)
+    errors = []
+    for start in range(0, len(images), 256):
+        pixels = images[start:start + 256].to(device)
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+        errors.append((decoded - pixels).abs().mean().item() * 127.5)
+    return float(np.mean(errors))
+
+
+@torch.no_grad()
+def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Token embeddings exactly as the pipeline computes them at sampling time, (N, L, hidden)."""
+    return torch.cat([pipeline.encode_prompt(prompts[start:start + 512], device, 1, False)[0].cpu()
+                      for start in range(0, len(prompts), 512)])
+
+
+@dataclass(frozen=True)
+class UnetTrainingSettings:
+    steps: int = 4000
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+
+
+def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
+                     empty_embedding: torch.Tensor, settings: UnetTrainingSettings, device: torch.device,
+                     seed: int, log=print):
+    """Train the UNet on scaled latents; returns (EMA UNet, stats).
+
+    ``latents[i]`` (already multiplied by the VAE scaling factor) is captioned
+    by ``caption_embeddings[caption_index[i]]``; ``empty_embedding`` (1, L, H)
+    is the empty prompt used for caption dropout and as the unconditional
+    branch of classifier-free guidance.
+    """
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    noise_schedule = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, **BETA_SCHEDULE)
+    unet = build_world_unet(caption_embeddings.shape[-1]).to(device)
+    unet.train()
+    # An exponential moving average of the weights samples much better after a short run.
+    ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    caption_embeddings = caption_embeddings.to(device)
+    empty_embedding = empty_embedding.to(device)
+    started = time.time()
+    for step in range(settings.steps):
+        # 1. Batch: latents, their captions' embeddings, 10% of captions dropped to "".
+        indices = torch.randint(0, len(latents), (settings.batch_size,), generator=generator)
+        clean = latents[indices].to(device)
+        context = caption_embeddings[caption_index[indices].to(device)]
+        dropped = (torch.rand(settings.batch_size, generator=generator) < CAPTION_DROPOUT).to(device)
+        context = torch.where(dropped[:, None, None], empty_embedding, context)
+        # 2. Forward diffusion at uniformly drawn timesteps.
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, TRAIN_TIMESTEPS, (settings.batch_size,), generator=generator).to(device)
+        alpha_bar = alphas_cumprod[timesteps][:, None, None, None]
+        noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
+        # 3. Predict the noise; plain MSE (the epsilon objective of DDPM / Stable Diffusion).
+        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        # 4. EMA, with a warm-up so early steps are not averaged with the random init for long.
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for averaged, current in zip(ema_unet.parameters(), unet.parameters()):
+                averaged.lerp_(current, 1 - decay)
+        if step % 100 == 0 or step == settings.steps - 1:
+            log(f"unet step {step}/{settings.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+    stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_latents": len(latents),
+             "caption_dropout": CAPTION_DROPOUT, "ema_decay": settings.ema_decay,
+             "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
+    return ema_unet, stats
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the latents, so scaled latents have unit variance like the diffusion noise."""
+    return float(1.0 / latents.std())
+

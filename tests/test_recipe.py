@@ -1,0 +1,142 @@
+"""Recipe loading: valid recipes become frozen objects; every mistake gets one clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from synthgen.errors import UserError
+from synthgen.recipe import load_recipe, template_slots
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(recipe):
+    loaded = load_recipe(recipe)
+    assert loaded.name
+    assert sum(c.groups for c in loaded.classes) + sum(c.groups for c in loaded.corner_cases) > 0
+
+
+def test_recipe_is_frozen_and_hash_is_stable(write_recipe):
+    first, second = load_recipe(write_recipe()), load_recipe(write_recipe(name="copy.yaml"))
+    assert first.recipe_hash == second.recipe_hash
+    with pytest.raises(ValidationError):
+        first.seed = 3
+    assert load_recipe(write_recipe({"seed": 8})).recipe_hash != first.recipe_hash
+
+
+def test_slot_values_accept_lists_and_weights(write_recipe):
+    recipe = load_recipe(write_recipe())
+    assert recipe.slots["colour"] == {"red": 1.0, "green": 1.0, "blue": 1.0}
+    assert recipe.classes[1].slots["size"] == {"small": 1.0, "large": 3.0}
+
+
+def test_template_slots_are_parsed_in_order():
+    assert template_slots("a {colour} {shape} on {background}") == ["colour", "shape", "background"]
+    assert template_slots("literal {{braces}} and {slot}") == ["slot"]
+    with pytest.raises(ValueError):
+        template_slots("a {} thing")
+
+
+def error_for(write_recipe, overrides) -> str:
+    path = write_recipe(overrides)
+    with pytest.raises(UserError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert str(path) in message, "every message names the file"
+    return message
+
+
+def test_unknown_key_names_path_and_allowed_keys(write_recipe):
+    message = error_for(write_recipe, {"classes": [{"name": "a", "templates": ["x"], "groups": 1,
+                                                     "prompts": ["y"]}]})
+    assert "classes[0].prompts" in message
+    assert "unknown key 'prompts'" in message
+    assert "templates" in message and "groups" in message  # the allowed keys, as the fix
+
+
+def test_misspelled_top_level_key(write_recipe):
+    message = error_for(write_recipe, {"ouput": {"format": "jpg"}})
+    assert "ouput" in message and "output" in message
+
+
+def test_wrong_type_names_value_and_fix(write_recipe):
+    message = error_for(write_recipe, {"seed": "lucky"})
+    assert "seed" in message and "'lucky'" in message and "whole number" in message
+
+
+def test_negative_count(write_recipe):
+    message = error_for(write_recipe, {"classes": [{"name": "a", "templates": ["x"], "groups": -3}]})
+    assert "classes[0].groups" in message and "-3" in message and ">= 0" in message
+
+
+def test_unknown_slot_in_template(write_recipe):
+    message = error_for(write_recipe, {"classes": [
+        {"name": "dog", "templates": ["a {breed} dog {context}"], "slots": {"breed": ["pug"]},
+         "groups": 1}]})
+    assert "classes[0].templates[0]" in message
+    assert "{context}" in message and "not defined" in message
+    assert "classes[0].slots" in message  # where to define it
+
+
+def test_corner_case_label_must_be_a_class(write_recipe):
+    message = error_for(write_recipe, {"corner_cases": [
+        {"name": "odd", "prompt": "an odd thing", "label": "triangle", "groups": 1}]})
+    assert "corner_cases[0].label" in message and "'triangle'" in message
+    assert "circle" in message and "null" in message
+
+
+def test_bad_choice_lists_the_choices(write_recipe):
+    message = error_for(write_recipe, {"output": {"format": "gif"}})
+    assert "output.format" in message and "'gif'" in message
+    assert "'jpg'" in message and "'png'" in message and "'webp'" in message
+
+
+def test_size_must_be_multiple_of_8(write_recipe):
+    message = error_for(write_recipe, {"model": {"width": 100}})
+    assert "model.width" in message and "100" in message and "96" in message
+
+
+def test_duplicate_class_names(write_recipe):
+    message = error_for(write_recipe, {"classes": [
+        {"name": "Golden Retriever", "templates": ["x"], "groups": 1},
+        {"name": "golden-retriever", "templates": ["y"], "groups": 1}]})
+    assert "classes[1].name" in message and "rename" in message
+
+
+def test_missing_required_field(write_recipe):
+    message = error_for(write_recipe, "name: x\nseed: 1\nclasses: []\n")
+    assert "model: required field is missing" in message
+
+
+def test_bad_slot_weight(write_recipe):
+    message = error_for(write_recipe, {"slots": {"colour": {"red": 2, "blue": -1}}})
+    assert "slots.colour" in message and "'blue'" in message and "positive" in message
+
+
+def test_empty_plan(write_recipe):
+    message = error_for(write_recipe, {"classes": [{"name": "a", "templates": ["x"], "groups": 0}],
+                                       "corner_cases": []})
+    assert "no groups" in message
+
+
+def test_invalid_yaml_names_line(write_recipe):
+    message = error_for(write_recipe, "name: x\nseed: 1\nmodel:\n  id: [unclosed\n")
+    assert "recipe.yaml:" in message and "not valid YAML" in message
+
+
+def test_yaml_is_loaded_safely(write_recipe):
+    message = error_for(write_recipe, "name: !!python/object/apply:os.system ['true']\n")
+    assert "not valid YAML" in message
+
+
+def test_top_level_must_be_a_mapping(write_recipe):
+    assert "YAML mapping" in error_for(write_recipe, "- just\n- a list\n")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
