@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from synthgen.recipe import Recipe, slugify, template_slots
+from synthgen.recipe import CLASS_SLOT, Recipe, slugify, template_slots
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan, plan_views
 
@@ -93,7 +93,7 @@ def make_plan(recipe: Recipe) -> Plan:
         for n in range(spec.groups):
             group_id = f"class-{slugify(spec.name)}-{n:06d}"
             unordered.append(_group(recipe, group_id, spec.name, index, None, (),
-                                    spec.templates, slot_values))
+                                    recipe.templates_for(spec), slot_values))
     for case in recipe.corner_cases:
         label_index = class_index[case.label] if case.label is not None else -1
         for n in range(case.groups):
@@ -117,8 +117,10 @@ def _group(recipe: Recipe, group_id: str, class_name: str | None, class_index: i
            slot_values: dict[str, dict[str, float]]) -> dict:
     rng = random.Random(derive_seed("prompt", recipe.seed, group_id))
     template = templates[int(rng.random() * len(templates))]
-    chosen = {name: _weighted_choice(rng, slot_values[name]) for name in template_slots(template)}
-    prompt = template.format(**chosen)
+    chosen = {name: _weighted_choice(rng, slot_values[name])
+              for name in template_slots(template) if name != CLASS_SLOT}
+    # Collapsing whitespace lets a slot value be empty ("a {style} photo" with style "").
+    prompt = " ".join(template.format(**chosen, **{CLASS_SLOT: class_name}).split())
     views = plan_views(recipe.views, recipe.seed, group_id, prompt, recipe.model.negative_prompt)
     return {"group_id": group_id, "class_name": class_name, "class_index": class_index,
             "corner_case": corner_case, "tags": tags, "template": template,

@@ -131,11 +131,17 @@ class ModelSpec(StrictModel):
         return name
 
 
+CLASS_SLOT = "class"  # filled with the class name (or a corner case's label) in every template
+
+
 class ClassSpec(StrictModel):
-    """One class: prompt templates with slots, and how many multi-view groups to make."""
+    """One class: prompt templates with slots, and how many multi-view groups to make.
+
+    Without `templates` the class uses the recipe's top-level `templates`.
+    """
 
     name: str = Field(min_length=1)
-    templates: list[str] = Field(min_length=1)
+    templates: list[str] | None = Field(None, min_length=1)
     slots: dict[str, SlotValues] = {}
     groups: int = Field(ge=0)
 
@@ -173,6 +179,7 @@ class Recipe(StrictModel):
     name: str
     seed: int = Field(ge=0, lt=2**63)
     model: ModelSpec
+    templates: list[str] = []
     slots: dict[str, SlotValues] = {}
     classes: list[ClassSpec] = []
     corner_cases: list[CornerCaseSpec] = []
@@ -192,13 +199,21 @@ class Recipe(StrictModel):
         _check_unique_names("classes", [spec.name for spec in self.classes])
         _check_unique_names("corner_cases", [spec.name for spec in self.corner_cases])
         class_names = {spec.name for spec in self.classes}
+        for t_index, template in enumerate(self.templates):
+            _check_template(f"templates[{t_index}]", template, set(self.slots) | {CLASS_SLOT},
+                            "slots")
         for index, spec in enumerate(self.classes):
-            known = set(self.slots) | set(spec.slots)
-            for t_index, template in enumerate(spec.templates):
-                _check_template(f"classes[{index}].templates[{t_index}]", template, known,
-                                f"classes[{index}].slots")
+            known = set(self.slots) | set(spec.slots) | {CLASS_SLOT}
+            if spec.templates is None and not self.templates:
+                raise recipe_problem(
+                    "cross_reference", f"classes[{index}] ({spec.name!r}) has no templates; give "
+                    "it templates: [...] or add top-level templates: ['a photo of a {class}']")
+            where = f"classes[{index}].templates" if spec.templates else "templates"
+            for t_index, template in enumerate(self.templates_for(spec)):
+                _check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
         for index, case in enumerate(self.corner_cases):
-            _check_template(f"corner_cases[{index}].prompt", case.prompt, set(self.slots), "slots")
+            known = set(self.slots) | ({CLASS_SLOT} if case.label is not None else set())
+            _check_template(f"corner_cases[{index}].prompt", case.prompt, known, "slots")
             if case.label is not None and case.label not in class_names:
                 raise recipe_problem(
                     "cross_reference",
@@ -209,6 +224,10 @@ class Recipe(StrictModel):
             raise recipe_problem("cross_reference", "the recipe plans no groups; give at least "
                                  "one class or corner case groups: N > 0")
         return self
+
+    def templates_for(self, spec: ClassSpec) -> list[str]:
+        """A class's own templates, else the recipe's shared ones."""
+        return spec.templates if spec.templates is not None else self.templates
 
     @property
     def recipe_hash(self) -> str:

@@ -90,3 +90,16 @@ def test_summary_and_jsonl(write_recipe):
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["group_id"] for line in lines] == [g.group_id for g in plan.groups]
     assert lines[0]["views"][1]["seed"] == plan.groups[0].views[1].seed
+
+
+def test_shared_templates_fill_the_class_slot(write_recipe):
+    recipe = load_recipe(write_recipe({
+        "templates": ["a photo of a {class}, {colour}"],
+        "classes": [{"name": "tabby cat", "groups": 2},
+                    {"name": "goose", "templates": ["a {class} on a lake"], "groups": 1}],
+        "corner_cases": [{"name": "cat on a goose", "prompt": "a {class} riding a goose",
+                          "label": "tabby cat", "groups": 1}]}))
+    prompts = {g.group_id: g.views[0].prompt for g in make_plan(recipe).groups}
+    assert prompts["class-tabby_cat-000000"].startswith("a photo of a tabby cat, ")
+    assert prompts["class-goose-000000"] == "a goose on a lake"
+    assert prompts["corner-cat_on_a_goose-000000"] == "a tabby cat riding a goose"

@@ -140,3 +140,14 @@ def test_top_level_must_be_a_mapping(write_recipe):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_class_without_templates_needs_shared_ones(write_recipe):
+    message = error_for(write_recipe, {"classes": [{"name": "cat", "groups": 1}]})
+    assert "classes[0]" in message and "no templates" in message and "{class}" in message
+
+
+def test_class_slot_in_unlabelled_corner_case(write_recipe):
+    message = error_for(write_recipe, {"corner_cases": [
+        {"name": "odd", "prompt": "a {class} upside down", "groups": 1}]})
+    assert "corner_cases[0].prompt" in message and "{class}" in message

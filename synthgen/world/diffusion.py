@@ -35,25 +35,33 @@ BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_l
 
 
 def build_world_vae():
-    """AutoencoderKL 32x32x3 <-> 16x16x4 (one downsampling), no attention, channels (32, 64)."""
+    """AutoencoderKL 32x32x3 <-> 16x16x4 (one downsampling), no attention, channels (32, 32).
+
+    Narrow on purpose: full-resolution convolutions dominate CPU training time,
+    and flat-coloured shapes need little capacity to reconstruct.
+    """
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=32,
+        block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8, sample_size=32,
         mid_block_add_attention=False,
     )
 
 
 def build_world_unet(cross_attention_dim: int):
-    """UNet2DConditionModel on 16x16 latents, channels (64, 128, 128), cross-attention at 8x8 and 4x4."""
+    """UNet2DConditionModel on 16x16 latents, channels (32, 64, 96), cross-attention at 8x8 and 4x4.
+
+    ~2.7M parameters: the widest layers sit at the coarse resolutions, where
+    they are cheap on a CPU and where the text decides shape and colour.
+    """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=16, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
-        block_out_channels=(64, 128, 128), layers_per_block=1,
+        block_out_channels=(32, 64, 96), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=16,
@@ -86,7 +94,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 @dataclass(frozen=True)
 class VaeTrainingSettings:
     steps: int = 1500
-    batch_size: int = 64
+    batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
     kl_weight: float = 1e-6
