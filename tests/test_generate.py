@@ -190,3 +190,19 @@ def test_padded_batches_do_not_mix_views():
     difference = (together.int() - single.int()).abs()
     assert difference.max() <= 2 and difference.float().mean() < 0.01
     assert not torch.equal(together[0], together[1])
+
+
+def test_prompt_embeddings_are_computed_once_per_unique_text(write_recipe, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    encoded = []
+    original = StableDiffusionPipeline.encode_prompt
+
+    def counting_encode(self, prompt, *args, **kwargs):
+        encoded.append(prompt)
+        return original(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "encode_prompt", counting_encode)
+    plan, _ = run(write_recipe(), tmp_path / "out", batch_size=4)
+    unique = {view.prompt for group in plan.groups for view in group.views}
+    assert sorted(encoded) == sorted(unique)

@@ -93,7 +93,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class VaeTrainingSettings:
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50

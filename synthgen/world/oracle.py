@@ -35,7 +35,7 @@ class WorldOracle(nn.Module):
     before the heads so the position regression keeps where things are.
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
 
         def block(inputs: int, outputs: int) -> nn.Sequential:
@@ -98,7 +98,7 @@ def scene_targets(pool: ScenePool) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class OracleTrainingSettings:
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 50

@@ -1,0 +1,62 @@
+"""``synthgen world ...``: train the embedded world models and write real world datasets.
+
+Register with ``main.add_command(world)`` in the top-level CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@click.group()
+def world() -> None:
+    """The procedural world: its embedded models and labelled real datasets."""
+
+
+@world.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=_DEFAULT_MODELS,
+              show_default=True, help="Folder that receives world-clip/, world-sd/ and world-oracle/.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole run.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
+def train(out: Path, device: str, seed: int, scale: float) -> None:
+    """Train the world CLIP, text-to-image model and oracle, then evaluate them and write model cards."""
+    from synthgen.world.train import train_world_models
+
+    if scale <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--scale")
+    summary = train_world_models(out, device=device, seed=seed, scale=scale,
+                                 log=lambda message: click.echo(message))
+    click.echo(f"trained in {summary['training_wall_seconds']:.0f}s; models in {out}")
+
+
+@world.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--train", "train_count", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--test", "test_count", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--resolution", type=click.Choice(["32", "64"]), default="32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed of the training split.")
+def dataset(out: Path, train_count: int, test_count: int, resolution: str, seed: int) -> None:
+    """Render labelled real scenes as WebDataset shards in OUT/train and OUT/test."""
+    from synthgen.world.dataset import write_real_dataset
+
+    written = write_real_dataset(out, train_count, test_count, int(resolution), seed)
+    click.echo(f"wrote {written['train']} train and {written['test']} test samples to {out}")
+
+
+@world.command()
+@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=_DEFAULT_MODELS,
+              show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True)
+def evaluate(models: Path, device: str, scale: float) -> None:
+    """Measure the world models (CLIP zero-shot, oracle-judged generations) and rewrite model cards."""
+    from synthgen.world.evaluate import evaluate_world_models, write_model_cards
+
+    evaluate_world_models(models, device=device, scale=scale, log=lambda message: click.echo(message))
+    write_model_cards(models)

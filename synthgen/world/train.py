@@ -1,0 +1,183 @@
+"""Train the three world models from seeds, with synthgen's own code, and save them.
+
+    python -m synthgen.world.train --out synthgen/models [--device auto] [--seed 0] [--scale 1.0]
+
+writes ``world-clip/`` (CLIPModel + tokenizer + image processor),
+``world-sd/`` (a StableDiffusionPipeline folder) and ``world-oracle/``
+(a supervised attribute reader) under ``--out``, each with ``training.json``,
+``metrics.json`` and a model card ``README.md``. ``--scale`` multiplies every
+step count and pool size (0.02 is a smoke test that runs in a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthgen.world.clip import ClipTrainingSettings, save_world_clip, train_world_clip
+from synthgen.world.corpus import train_pool
+from synthgen.world.diffusion import (
+    UnetTrainingSettings,
+    VaeTrainingSettings,
+    assemble_pipeline,
+    encode_latents,
+    latent_scaling_factor,
+    parameter_count,
+    prompt_embeddings,
+    reconstruction_error,
+    train_world_unet,
+    train_world_vae,
+)
+from synthgen.world.oracle import OracleTrainingSettings, save_oracle, train_world_oracle
+from synthgen.world.scene import caption
+from synthgen.world.tokenizer import build_world_tokenizer
+
+CLIP_FOLDER = "world-clip"
+SD_FOLDER = "world-sd"
+ORACLE_FOLDER = "world-oracle"
+
+TRAIN_SCENES = 60_000
+"""Single-object training renders shared by all three models (~1 ms each to render)."""
+
+CANONICAL_CAPTION_SHARE = 0.5
+"""Share of diffusion captions in the canonical wording that evaluation prompts use."""
+
+
+def _scaled(settings, scale: float):
+    steps = max(2, round(settings.steps * scale))
+    return replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, max(1, steps // 10)))
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
+                       log=print, evaluate: bool = True) -> dict:
+    """Train world-clip, world-sd and world-oracle under ``out_root``; returns the training stats.
+
+    The result depends only on ``seed`` and ``scale`` (and the device's
+    arithmetic). With ``evaluate`` the models are then measured with
+    :func:`synthgen.world.evaluate.evaluate_world_models` and model cards written.
+    """
+    from transformers import CLIPTextModel
+
+    from synthgen.generate.load import choose_device
+
+    out_root = Path(out_root)
+    torch_device = choose_device(device)
+    if torch_device.type == "cpu":
+        torch.set_num_threads(2)
+    started = time.time()
+    common = {"seed": seed, "scale": scale, "device": _device_description(torch_device),
+              "torch": torch.__version__}
+    stamp = lambda: f"[{time.time() - started:6.0f}s]"  # noqa: E731 - a one-line log prefix
+    say = lambda message: log(f"{stamp()} {message}")  # noqa: E731
+
+    # 1. One pool of single-object training renders for all three models.
+    scene_count = max(512, round(TRAIN_SCENES * scale))
+    pool = train_pool(seed, scene_count)
+    say(f"rendered {scene_count} training scenes")
+
+    # 2. CLIP, trained contrastively on (render, caption) pairs.
+    tokenizer = build_world_tokenizer()
+    clip_settings = _scaled(ClipTrainingSettings(), scale)
+    clip, clip_stats = train_world_clip(pool, tokenizer, clip_settings, torch_device, seed, log=say)
+    clip_dir = out_root / CLIP_FOLDER
+    save_world_clip(clip.to("cpu"), tokenizer, clip_dir)
+    clip_stats |= common | {"parameters": parameter_count(clip), "settings": asdict(clip_settings)}
+    _write_json(clip_dir / "training.json", clip_stats)
+    say(f"saved {clip_dir}")
+
+    # 3. VAE for reconstruction; its latent std fixes the scaling factor.
+    vae_settings = _scaled(VaeTrainingSettings(), scale)
+    vae, vae_stats = train_world_vae(pool, vae_settings, torch_device, seed + 1, log=say)
+    latents = encode_latents(vae, pool, torch_device)
+    scaling_factor = latent_scaling_factor(latents)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    vae_stats |= {"scaling_factor": scaling_factor, "settings": asdict(vae_settings),
+                  "parameters": parameter_count(vae)}
+    say(f"latents {tuple(latents.shape)}, scaling factor {scaling_factor:.4f}")
+
+    # 4. The frozen text encoder is the CLIP's text tower, weights copied as they are.
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    text_encoder.to(torch_device).eval().requires_grad_(False)
+
+    # 5. Captions (half canonical wording), embedded once per unique caption by the pipeline itself.
+    caption_rng = np.random.default_rng(seed + 2)
+    captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
+                for scene in pool.scenes]
+    unique_captions = sorted(set(captions))
+    position = {text: i for i, text in enumerate(unique_captions)}
+    caption_index = torch.tensor([position[text] for text in captions])
+    embedding_pipeline = assemble_pipeline(vae, None, text_encoder, tokenizer)
+    caption_embeddings = prompt_embeddings(embedding_pipeline, unique_captions, torch_device)
+    empty_embedding = prompt_embeddings(embedding_pipeline, [""], torch_device)
+    say(f"embedded {len(unique_captions)} unique captions")
+
+    # 6. UNet on scaled latents with caption dropout; the EMA weights are shipped.
+    unet_settings = _scaled(UnetTrainingSettings(), scale)
+    unet, unet_stats = train_world_unet(latents * scaling_factor, caption_index, caption_embeddings,
+                                        empty_embedding, unet_settings, torch_device, seed + 3, log=say)
+    pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
+    sd_dir = out_root / SD_FOLDER
+    pipeline.save_pretrained(sd_dir, safe_serialization=True)
+    held_out_mae = reconstruction_error(vae, train_pool(seed + 50, 512), torch.device("cpu"))
+    _write_json(sd_dir / "training.json", common | {
+        "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
+        "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
+                              "unique_captions": len(unique_captions)},
+        "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
+    })
+    say(f"saved {sd_dir}")
+
+    # 7. Oracle: supervised attribute reader trained on the same real renders.
+    oracle_settings = _scaled(OracleTrainingSettings(), scale)
+    oracle, oracle_stats = train_world_oracle(pool, oracle_settings, torch_device, seed + 4, log=say)
+    oracle_dir = out_root / ORACLE_FOLDER
+    save_oracle(oracle.to("cpu"), oracle_dir)
+    _write_json(oracle_dir / "training.json", common | oracle_stats | {"parameters": parameter_count(oracle)})
+    say(f"saved {oracle_dir}")
+
+    training_seconds = round(time.time() - started, 1)
+    summary = {"training_wall_seconds": training_seconds, **common}
+    if evaluate:
+        from synthgen.world.evaluate import evaluate_world_models, write_model_cards
+
+        metrics = evaluate_world_models(out_root, device=device, scale=scale, log=say)
+        write_model_cards(out_root)
+        summary["metrics"] = metrics
+    summary["total_wall_seconds"] = round(time.time() - started, 1)
+    say(f"done: training {training_seconds:.0f}s, total {summary['total_wall_seconds']:.0f}s")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the world models (CLIP, text-to-image, oracle).")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--no-evaluate", action="store_true")
+    args = parser.parse_args(argv)
+    summary = train_world_models(args.out, args.device, args.seed, args.scale,
+                                 log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
