@@ -75,10 +75,16 @@ def encode_image(pixels: np.ndarray, recipe: Recipe) -> bytes:
     return buffer.getvalue()
 
 
-def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict) -> dict:
-    """Everything needed to reproduce and audit one group, as stored in its `json` member."""
+def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict,
+                    view_records: list[dict] | None = None) -> dict:
+    """Everything needed to reproduce and audit one group, as stored in its `json` member.
+
+    `view_records` (one dict per view) add what sampling did beyond the plan.
+    """
     extension = recipe.output.format
-    views = [{**view.to_json(), "file": f"view{view.view}.{extension}"} for view in group.views]
+    records = view_records or [{} for _ in group.views]
+    views = [{**view.to_json(), **record, "file": f"view{view.view}.{extension}"}
+             for view, record in zip(group.views, records, strict=True)]
     model = recipe.model.model_dump(mode="json", exclude={"negative_prompt", "trust_remote_code"})
     return {
         "group_id": group.group_id,
@@ -120,12 +126,13 @@ class ShardStats:
     sha256: str
     nonfinite_views: tuple[tuple[str, int], ...]
     model: dict
+    rejections: dict[str, int]
 
     def to_json(self) -> dict:
         return {"shard": self.shard, "name": shard_name(self.shard), "samples": self.samples,
                 "images": self.images, "bytes": self.bytes, "sha256": self.sha256,
                 "nonfinite_views": [list(item) for item in self.nonfinite_views],
-                "model": self.model}
+                "rejections": dict(sorted(self.rejections.items())), "model": self.model}
 
 
 def write_shard(out_dir: Path, shard: int, samples: list[dict], model_info: dict,
@@ -146,11 +153,16 @@ def write_shard(out_dir: Path, shard: int, samples: list[dict], model_info: dict
             writer.write(sample)
     data = buffer.getvalue()
     write_atomically(out_dir / shard_name(shard), data)
+    rejections: dict[str, int] = {}
+    for sample in samples:
+        for view in json.loads(sample["json"]).get("views", ()):
+            for attribute, count in view.get("rejections", {}).items():
+                rejections[attribute] = rejections.get(attribute, 0) + count
     stats = ShardStats(
         shard=shard, samples=len(samples),
         images=sum(1 for s in samples for k in s if k.startswith("view")),
         bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-        nonfinite_views=nonfinite_views, model=model_info,
+        nonfinite_views=nonfinite_views, model=model_info, rejections=rejections,
     )
     write_atomically(out_dir / stats_name(shard), canonical_json(stats.to_json()) + b"\n")
     return stats
@@ -241,9 +253,18 @@ def write_manifest(out_dir: Path, plan: Plan) -> dict:
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                    "images": sum(s["images"] for s in shards),
                    "bytes": sum(s["bytes"] for s in shards),
-                   "nonfinite_views": sum(len(s["nonfinite_views"]) for s in shards)},
+                   "nonfinite_views": sum(len(s["nonfinite_views"]) for s in shards),
+                   "rejections": _sum_counts(s.get("rejections", {}) for s in shards)},
         "shards": [{key: s[key] for key in ("name", "samples", "images", "bytes", "sha256")}
                    for s in shards],
     }
     write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
+
+
+def _sum_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for mapping in counts:
+        for key, value in mapping.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))

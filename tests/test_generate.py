@@ -57,7 +57,8 @@ def test_shards_read_back_as_the_planned_groups(write_recipe, tmp_path):
     assert not np.array_equal(views[0], views[1]), "different seeds give different images"
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["totals"] == {"shards": 3, "samples": 9, "images": 18,
-                                  "bytes": manifest["totals"]["bytes"], "nonfinite_views": 0}
+                                  "bytes": manifest["totals"]["bytes"], "nonfinite_views": 0,
+                                  "rejections": {}}
     for entry in manifest["shards"]:
         data = (tmp_path / "out" / entry["name"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)

@@ -92,7 +92,8 @@ def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> Run
             result = sampler.sample([view for _, view in batch])
             for position, (group, view) in enumerate(batch):
                 assembler.add_view(group, view, result.images[position].numpy(),
-                                   nonfinite=position in result.nonfinite)
+                                   nonfinite=position in result.nonfinite,
+                                   record=result.record(position))
             bar.update(len(batch))
         # 4. Wait for the last shards, then write the manifest.
         summary.shards_written = assembler.finish()
@@ -126,16 +127,17 @@ class ShardAssembler:
         self.max_pending = options.max_pending_shards
         self.encoders = ThreadPoolExecutor(options.encode_workers, thread_name_prefix="encode")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="write")
-        self.views: dict[str, dict[int, object]] = {}
+        self.views: dict[str, dict[int, tuple[object, dict]]] = {}
         self.encoded: dict[int, list[Future]] = {}
         self.nonfinite: dict[int, list[tuple[str, int]]] = {}
         self.pending_writes: deque[Future] = deque()
         self.written = 0
         self.nonfinite_count = 0
 
-    def add_view(self, group: GroupPlan, view: ViewPlan, pixels, nonfinite: bool) -> None:
+    def add_view(self, group: GroupPlan, view: ViewPlan, pixels, nonfinite: bool,
+                 record: dict | None = None) -> None:
         views = self.views.setdefault(group.group_id, {})
-        views[view.view] = pixels
+        views[view.view] = (pixels, record or {})
         if nonfinite:
             self.nonfinite.setdefault(group.shard, []).append((group.group_id, view.view))
             self.nonfinite_count += 1
@@ -148,10 +150,10 @@ class ShardAssembler:
         if len(futures) == len(self.plan.shard_groups(group.shard)):
             self._submit_shard(group.shard)
 
-    def _encode_group(self, group: GroupPlan, pixels: list) -> dict:
+    def _encode_group(self, group: GroupPlan, views: list[tuple[object, dict]]) -> dict:
         recipe = self.plan.recipe
-        images = [encode_image(p, recipe) for p in pixels]
-        metadata = sample_metadata(group, recipe, self.model_info)
+        images = [encode_image(pixels, recipe) for pixels, _ in views]
+        metadata = sample_metadata(group, recipe, self.model_info, [record for _, record in views])
         return build_sample(group, images, metadata, recipe.output.format)
 
     def _submit_shard(self, shard: int) -> None:

@@ -24,6 +24,12 @@ class SampledBatch:
 
     images: torch.Tensor
     nonfinite: tuple[int, ...]  # positions whose model output had NaN/inf (stored as black)
+    # Per view: what sampling did beyond the plan (e.g. rejections and the seed finally used),
+    # merged into that view's entry in the sample's json. Empty dicts when nothing happened.
+    records: tuple[dict, ...] = ()
+
+    def record(self, position: int) -> dict:
+        return self.records[position] if self.records else {}
 
 
 class Sampler:
