@@ -29,7 +29,6 @@ from synthgen.errors import UserError
 
 IMAGE_FORMATS = ("jpg", "png", "webp")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-VIEW_STRATEGIES = ("seeds",)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -134,33 +133,197 @@ class ModelSpec(StrictModel):
 CLASS_SLOT = "class"  # filled with the class name (or a corner case's label) in every template
 
 
+NOISE_STRATEGIES = ("seeds", "latent")
+VIEW_STRATEGIES = ("seeds", "latent", "prompt", "img2img")
+
+
+class LatentViews(StrictModel):
+    """`latent`: views start from the group's anchor noise plus a perturbation of scale sigma.
+
+    Mixing is variance preserving, (anchor + sigma * own) / sqrt(1 + sigma^2), so every view's
+    noise stays a unit Gaussian, as the sampler expects. sigma 0 gives identical views.
+    """
+
+    sigma: float = Field(0.5, ge=0.0, le=100.0)
+    anchor_view: bool = True  # view 0 is the unperturbed anchor
+
+
+class PromptViews(StrictModel):
+    """`prompt`: the group's prompt varied per view by a list of modifiers."""
+
+    modifiers: list[str] = Field(min_length=1)
+    mode: Literal["cycle", "sample"] = "cycle"
+    template: str = "{prompt}, {modifier}"
+
+    @field_validator("template")
+    @classmethod
+    def _template_uses_prompt_and_modifier(cls, template: str) -> str:
+        if sorted(set(template_slots(template))) != ["modifier", "prompt"]:
+            raise recipe_problem("template", "must use exactly the slots {prompt} and {modifier}, "
+                                 "e.g. '{prompt}, {modifier}'")
+        return template
+
+
+class Img2ImgViews(StrictModel):
+    """`img2img`: views after the first re-noise view 0 to `strength` and denoise it (SDEdit)."""
+
+    strength: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class ViewsSpec(StrictModel):
+    """How many views each group has and how they differ; strategies combine.
+
+    `seeds` (an independent seed per view) or `latent` (a neighbourhood of one noise) decide
+    the starting noise; with neither, all views share the group's seed. `prompt` varies the
+    text per view; `img2img` derives views 1.. from view 0.
+    """
+
+    count: int = Field(2, ge=1, le=64)
+    strategy: list[Literal["seeds", "latent", "prompt", "img2img"]] = ["seeds"]
+    latent: LatentViews = LatentViews()
+    prompt: PromptViews | None = None
+    img2img: Img2ImgViews = Img2ImgViews()
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _strategies_fit_together(self) -> ViewsSpec:
+        chosen = set(self.strategy)
+        if not chosen:
+            raise recipe_problem("views", "strategy needs at least one of "
+                                 + ", ".join(VIEW_STRATEGIES))
+        if {"seeds", "latent"} <= chosen:
+            raise recipe_problem("views", "strategy: seeds and latent both decide the starting "
+                                 "noise; pick one")
+        if "img2img" in chosen and "latent" in chosen:
+            raise recipe_problem("views", "strategy: img2img derives views from view 0 and "
+                                 "cannot combine with latent; use seeds or prompt with it")
+        if "prompt" in chosen and self.prompt is None:
+            raise recipe_problem("views", "strategy prompt needs a prompt block, e.g. "
+                                 "prompt: {modifiers: ['from the side', 'at night']}")
+        return self
+
+    @property
+    def noise(self) -> str:
+        """'seeds', 'latent' or 'shared' (every view starts from the group's one seed)."""
+        for strategy in NOISE_STRATEGIES:
+            if strategy in self.strategy:
+                return strategy
+        return "shared"
+
+
 class ClassSpec(StrictModel):
     """One class: prompt templates with slots, and how many multi-view groups to make.
 
-    Without `templates` the class uses the recipe's top-level `templates`.
+    Without `templates` the class uses the recipe's top-level `templates`; without `views`
+    the recipe's views; without `prompt_mode` the recipe's.
     """
 
     name: str = Field(min_length=1)
     templates: list[str] | None = Field(None, min_length=1)
     slots: dict[str, SlotValues] = {}
     groups: int = Field(ge=0)
+    prompt_mode: Literal["sample", "enumerate"] | None = None
+    views: ViewsSpec | None = None
 
 
 class CornerCaseSpec(StrictModel):
-    """A named prompt for a situation real data rarely shows; a first-class entry in the plan."""
+    """A named prompt for a situation real data rarely shows; a first-class entry in the plan.
+
+    Its size is one of: `groups` (a count), `weight` (a fraction of all class groups) or
+    `oversample` (a multiple of its label class's groups). Its label is a class (`label`), a
+    class of its own (`own_label`, indexed after the recipe's classes), or none.
+    """
 
     name: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
     label: str | None = None
-    groups: int = Field(ge=0)
+    own_label: str | None = None
+    groups: int | None = Field(None, ge=0)
+    weight: float | None = Field(None, ge=0.0)
+    oversample: float | None = Field(None, ge=0.0)
     tags: list[str] = []
+    views: ViewsSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_size_and_one_label(self) -> CornerCaseSpec:
+        sizes = [key for key in ("groups", "weight", "oversample") if getattr(self, key) is not None]
+        if len(sizes) != 1:
+            raise recipe_problem("corner_case", f"corner case {self.name!r}: give exactly one of "
+                                 f"groups, weight or oversample (got {sizes or 'none'})")
+        if self.label is not None and self.own_label is not None:
+            raise recipe_problem("corner_case", f"corner case {self.name!r}: give label (an "
+                                 "existing class) or own_label (a new one), not both")
+        if self.oversample is not None and self.label is None:
+            raise recipe_problem("corner_case", f"corner case {self.name!r}: oversample is "
+                                 "relative to its label class; set label, or use groups/weight")
+        return self
 
 
-class ViewsSpec(StrictModel):
-    """How many views each group has and how they differ (more strategies come with issue 4)."""
+class BalanceSpec(StrictModel):
+    """Split an attribute across values in given proportions, exactly, per class/corner case."""
 
-    count: int = Field(2, ge=1, le=64)
-    strategy: Literal["seeds"] = "seeds"
+    attribute: str = Field(min_length=1)
+    values: dict[str, float] = Field(min_length=2)
+    slot: str | None = None  # template slot it fills; default: the attribute, slugified
+    applies_to: list[str] | None = None  # class / corner-case names; default: all
+    inject: str = "{prompt}, {value}"  # how the value enters a template that lacks the slot
+
+    @field_validator("values")
+    @classmethod
+    def _positive_proportions(cls, values: dict[str, float]) -> dict[str, float]:
+        for value, proportion in values.items():
+            if proportion <= 0:
+                raise recipe_problem("balance", f"proportion of {value!r} must be positive")
+        return values
+
+    @field_validator("inject")
+    @classmethod
+    def _inject_uses_prompt_and_value(cls, inject: str) -> str:
+        if sorted(set(template_slots(inject))) != ["prompt", "value"]:
+            raise recipe_problem("balance", "inject must use exactly {prompt} and {value}, e.g. "
+                                 "'{prompt}, {value}'")
+        return inject
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or slugify(self.attribute)
+
+
+class SuppressSpec(StrictModel):
+    """Keep a concept out of the images: by negative prompt, by rejection, or by model edit."""
+
+    concept: str = Field(min_length=1)
+    method: Literal["negative", "reject", "erase"]
+    # reject: a CLIP detector scores each view against `contrast`; above threshold, regenerate.
+    detector: str = "builtin:world-clip"
+    contrast: str = "a photo"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    max_retries: int = Field(3, ge=1, le=50)
+    # erase: edit cross-attention so the concept renders as `target`, keeping `preserve`.
+    target: str = ""
+    preserve: list[str] = []
+
+
+class AuditAttribute(StrictModel):
+    """An attribute the audit reads by zero-shot classification."""
+
+    name: str = Field(min_length=1)
+    values: list[str] = Field(min_length=2)
+    templates: list[str] = ["a photo of {value}"]
+
+
+class AuditSpec(StrictModel):
+    """Settings for `synthgen audit`."""
+
+    clip: str = "builtin:world-clip"
+    margin: float = Field(0.1, ge=0.0, lt=1.0)
+    attributes: list[AuditAttribute] = []
+    fidelity_threshold: float | None = None
+    duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
 
 
 class OutputSpec(StrictModel):
@@ -181,9 +344,13 @@ class Recipe(StrictModel):
     model: ModelSpec
     templates: list[str] = []
     slots: dict[str, SlotValues] = {}
+    prompt_mode: Literal["sample", "enumerate"] = "sample"
     classes: list[ClassSpec] = []
     corner_cases: list[CornerCaseSpec] = []
     views: ViewsSpec = ViewsSpec()
+    balance: list[BalanceSpec] = []
+    suppress: list[SuppressSpec] = []
+    audit: AuditSpec = AuditSpec()
     output: OutputSpec = OutputSpec()
 
     @field_validator("name")
@@ -199,11 +366,18 @@ class Recipe(StrictModel):
         _check_unique_names("classes", [spec.name for spec in self.classes])
         _check_unique_names("corner_cases", [spec.name for spec in self.corner_cases])
         class_names = {spec.name for spec in self.classes}
+        for where, slots in [("slots", self.slots)] + [
+                (f"classes[{i}].slots", spec.slots) for i, spec in enumerate(self.classes)]:
+            if CLASS_SLOT in slots:
+                raise recipe_problem("template", f"{where}.{CLASS_SLOT}: the slot name "
+                                     f"{{{CLASS_SLOT}}} is reserved for the class name; rename it")
+        balance_slots = self._check_balance()
         for t_index, template in enumerate(self.templates):
-            _check_template(f"templates[{t_index}]", template, set(self.slots) | {CLASS_SLOT},
-                            "slots")
+            _check_template(f"templates[{t_index}]", template,
+                            set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
+        _check_nested_slots("slots", self.slots, set(self.slots) | {CLASS_SLOT})
         for index, spec in enumerate(self.classes):
-            known = set(self.slots) | set(spec.slots) | {CLASS_SLOT}
+            known = set(self.slots) | set(spec.slots) | balance_slots | {CLASS_SLOT}
             if spec.templates is None and not self.templates:
                 raise recipe_problem(
                     "cross_reference", f"classes[{index}] ({spec.name!r}) has no templates; give "
@@ -211,19 +385,63 @@ class Recipe(StrictModel):
             where = f"classes[{index}].templates" if spec.templates else "templates"
             for t_index, template in enumerate(self.templates_for(spec)):
                 _check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
+            _check_nested_slots(f"classes[{index}].slots", spec.slots, known)
+        own_labels = set()
         for index, case in enumerate(self.corner_cases):
-            known = set(self.slots) | ({CLASS_SLOT} if case.label is not None else set())
+            labelled = case.label is not None or case.own_label is not None
+            known = set(self.slots) | balance_slots | ({CLASS_SLOT} if labelled else set())
             _check_template(f"corner_cases[{index}].prompt", case.prompt, known, "slots")
             if case.label is not None and case.label not in class_names:
                 raise recipe_problem(
                     "cross_reference",
                     f"corner_cases[{index}].label {case.label!r} is not a class name; use one "
-                    f"of {sorted(class_names)} or null for no label")
-        total = sum(s.groups for s in self.classes) + sum(c.groups for c in self.corner_cases)
+                    f"of {sorted(class_names)}, own_label for a new class, or null for no label")
+            if case.own_label is not None and case.own_label in class_names:
+                raise recipe_problem(
+                    "cross_reference", f"corner_cases[{index}].own_label {case.own_label!r} is "
+                    "already a class; use label: for an existing class")
+            if case.own_label is not None:
+                own_labels.add(case.own_label)
+        total = sum(s.groups for s in self.classes) + sum(
+            self.corner_case_groups(c) for c in self.corner_cases)
         if total == 0:
             raise recipe_problem("cross_reference", "the recipe plans no groups; give at least "
                                  "one class or corner case groups: N > 0")
         return self
+
+    def _check_balance(self) -> set[str]:
+        names = {spec.name for spec in self.classes} | {case.name for case in self.corner_cases}
+        slots = set()
+        for index, entry in enumerate(self.balance):
+            slot = entry.slot_name
+            if not slot.isidentifier():
+                raise recipe_problem("balance", f"balance[{index}].slot {slot!r} is not a slot "
+                                     "name; use letters, digits and _")
+            if slot in slots or slot in self.slots or slot == CLASS_SLOT or any(
+                    slot in spec.slots for spec in self.classes):
+                raise recipe_problem("balance", f"balance[{index}] fills slot {{{slot}}}, which "
+                                     "is already defined elsewhere; set balance[].slot to "
+                                     "another name")
+            for name in entry.applies_to or ():
+                if name not in names:
+                    raise recipe_problem("balance", f"balance[{index}].applies_to names "
+                                         f"{name!r}, which is neither a class nor a corner "
+                                         f"case; use one of {sorted(names)}")
+            slots.add(slot)
+        return slots
+
+    def corner_case_groups(self, case: CornerCaseSpec) -> int:
+        """The exact number of groups a corner case gets (weights and oversampling rounded)."""
+        if case.groups is not None:
+            return case.groups
+        if case.weight is not None:
+            return round(case.weight * sum(spec.groups for spec in self.classes))
+        label_groups = next(spec.groups for spec in self.classes if spec.name == case.label)
+        return round(case.oversample * label_groups)
+
+    def views_for(self, spec: ClassSpec | CornerCaseSpec) -> ViewsSpec:
+        """A class's or corner case's own views, else the recipe's."""
+        return spec.views if spec.views is not None else self.views
 
     def templates_for(self, spec: ClassSpec) -> list[str]:
         """A class's own templates, else the recipe's shared ones."""
@@ -231,8 +449,12 @@ class Recipe(StrictModel):
 
     @property
     def recipe_hash(self) -> str:
-        """sha256 of the canonical JSON of the resolved recipe: equal recipes, equal hashes."""
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+        """sha256 of the canonical JSON of the resolved recipe: equal recipes, equal hashes.
+
+        The `audit` section is left out: it changes how a dataset is measured, not its bytes.
+        """
+        generating = self.model_dump(mode="json", exclude={"audit"})
+        return hashlib.sha256(canonical_json(generating)).hexdigest()
 
 
 def _check_unique_names(field: str, names: list[str]) -> None:
@@ -261,6 +483,24 @@ def _check_template(where: str, template: str, known: set[str], slot_home: str) 
                 f"{where} {template!r} uses slot {{{name}}}, which is not defined; add {name!r} "
                 f"under {slot_home} or the top-level slots, or fix the spelling (defined: "
                 f"{sorted(known) or 'none'})")
+
+
+def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: set[str]) -> None:
+    """Slot values may name other slots ("a {colour} {fabric} hat"); no unknown names, no cycles."""
+    for slot, values in slots.items():
+        for value in values:
+            _check_template(f"{where}.{slot} value", value, known, where)
+
+    def visit(slot: str, trail: tuple[str, ...]) -> None:
+        if slot in trail:
+            raise recipe_problem("template", f"{where}: slots refer to each other in a cycle: "
+                                 + " -> ".join(trail + (slot,)) + "; break the cycle")
+        for value in slots.get(slot, {}):
+            for inner in template_slots(value):
+                visit(inner, trail + (slot,))
+
+    for slot in slots:
+        visit(slot, ())
 
 
 def slugify(name: str) -> str:

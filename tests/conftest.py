@@ -59,3 +59,31 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     from synthgen.generate.tiny_random import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model", family="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP model with processor, saved as a folder (safetensors)."""
+    import torch
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
+                              CLIPTextConfig, CLIPVisionConfig)
+
+    from synthgen.generate.tiny_random import byte_level_clip_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = byte_level_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=2, bos_token_id=0,
+                                   eos_token_id=1, pad_token_id=1).to_dict(),
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=32, patch_size=8).to_dict(),
+        projection_dim=16)
+    directory = tmp_path_factory.mktemp("tiny-clip") / "clip"
+    CLIPModel(config).save_pretrained(directory, safe_serialization=True)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer)
+    processor.save_pretrained(directory)
+    return directory

@@ -82,7 +82,7 @@ def test_summary_and_jsonl(write_recipe):
     plan = make_plan(load_recipe(write_recipe()))
     summary = summarize(plan)
     assert summary["groups"] == 9 and summary["images"] == 18 and summary["shards"] == 3
-    assert summary["classes"]["square"] == {"groups": 3, "images": 6}
+    assert summary["classes"]["square"] == {"groups": 3, "images": 6, "views": "2 views: seeds"}
     assert summary["corner_cases"]["circle in square"]["groups"] == 2
     assert summary["stored_size"] == [32, 32] and summary["estimated_bytes"] > 0
     stream = io.StringIO()

@@ -22,11 +22,12 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def builtin_models() -> list[str]:
-    """Names of the model folders shipped inside the package."""
+    """Names of the model folders shipped inside the package (pipelines, CLIPs, oracles)."""
     root = resources.files("synthgen") / "models"
     if not root.is_dir():
         return []
-    return sorted(entry.name for entry in root.iterdir() if (entry / "model_index.json").is_file())
+    return sorted(entry.name for entry in root.iterdir()
+                  if (entry / "model_index.json").is_file() or (entry / "config.json").is_file())
 
 
 def resolve_model_source(model_id: str) -> str:
@@ -72,10 +73,14 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str
+    edits: tuple[dict, ...] = ()  # erase edits applied after loading (see generate/erase.py)
 
     def describe(self) -> dict:
-        return {"pipeline": type(self.pipeline).__name__, "device_type": self.device.type,
-                "dtype": str(self.dtype).replace("torch.", "")}
+        description = {"pipeline": type(self.pipeline).__name__, "device_type": self.device.type,
+                       "dtype": str(self.dtype).replace("torch.", "")}
+        if self.edits:
+            description["edits"] = list(self.edits)
+        return description
 
 
 def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:

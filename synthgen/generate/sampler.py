@@ -1,14 +1,19 @@
 """Batched sampling: many groups' views in one pipeline call, each view's noise from its seed.
 
-A view's starting noise is drawn on a CPU generator seeded with the view's seed, so it does
-not depend on the device, the batch it lands in or its position there. Prompt embeddings are
-computed once per unique text (one text at a time, so they do not depend on batching either).
+A view's starting noise is drawn on a CPU generator seeded with the view's seed (mixed with
+its group's anchor noise for latent views), so it does not depend on the device, the batch it
+lands in or its position there. Prompt embeddings are computed once per unique text (one text
+at a time, so they do not depend on batching either). Views derived from an earlier view of
+their group (img2img) are made after it; views a suppression detector flags are regenerated
+from seeds derived from their own, so rejection is deterministic too.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -32,21 +37,47 @@ class SampledBatch:
         return self.records[position] if self.records else {}
 
 
+@dataclass(frozen=True)
+class Rejector:
+    """One suppressed concept: `score` maps uint8 (N, H, W, 3) images to probabilities (N,)."""
+
+    concept: str
+    threshold: float
+    max_retries: int
+    score: Callable[[torch.Tensor], torch.Tensor]
+
+
+def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
+    """The view drawn again after a rejection: new seeds derived from the old, same prompt.
+
+    A latent view also gets a new anchor: with a small sigma the anchor decides the picture,
+    so keeping it would mostly redraw the rejected image.
+    """
+    anchor = view.anchor_seed
+    if anchor is not None:
+        anchor = derive_seed("retry-anchor", anchor, view.group_id, view.view, attempt)
+    return replace(view, seed=derive_seed("retry", view.seed, attempt), anchor_seed=anchor)
+
+
 class Sampler:
     """Turns lists of `ViewPlan`s into images with one loaded pipeline."""
 
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
-                 one_view_per_call: bool | None = None):
+                 one_view_per_call: bool | None = None, rejectors: tuple[Rejector, ...] = ()):
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
+        self.rejectors = rejectors
         # None: one view per call on the CPU, padded batches elsewhere (see `sample`).
         self.one_view_per_call = (model.device.type == "cpu" if one_view_per_call is None
                                   else one_view_per_call)
         self.pipeline = model.pipeline
+        self._img2img = None
         self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # Finished images later views of the same group start from, keyed (group id, view).
+        self._sources: dict[tuple[str, int], torch.Tensor] = {}
         if isinstance(self.pipeline, StableDiffusionXLPipeline):
             self.family = "sdxl"
         elif isinstance(self.pipeline, StableDiffusionPipeline):
@@ -61,9 +92,17 @@ class Sampler:
     def uses_guidance(self) -> bool:
         return self.spec.guidance_scale > 1.0
 
+    @property
+    def draws_own_latents(self) -> bool:
+        """Latent and img2img views need a pipeline whose latents synthgen can draw (SD, SDXL)."""
+        return self.family != "generic"
+
     @torch.inference_mode()
     def sample(self, views: list[ViewPlan]) -> SampledBatch:
         """Generate one image per view (at most `batch_size` views); each depends only on its view.
+
+        Views must come in plan order: a derived (img2img) view's source is an earlier view of
+        its group, in this batch or the one before.
 
         Kernels pick their algorithms by tensor shape, and the pick changes the last float
         bits. So every call has a fixed shape: on a GPU the batch is padded to `batch_size`
@@ -73,31 +112,114 @@ class Sampler:
         """
         if not 0 < len(views) <= self.batch_size:
             raise ValueError(f"sample() takes 1 to {self.batch_size} views, got {len(views)}")
+        pixels = [None] * len(views)
+        finite = [None] * len(views)
+        records: list[dict] = [{} for _ in views]
+        # 1. Text-to-image views first, then views derived from an earlier view of their group.
+        for derived in (False, True):
+            positions = [i for i, v in enumerate(views) if (v.source_view is not None) == derived]
+            if not positions:
+                continue
+            images, ok, notes = self._generate_checked([views[i] for i in positions])
+            for slot, position in enumerate(positions):
+                pixels[position], finite[position] = images[slot], ok[slot]
+                records[position] = notes[slot]
+                view = views[position]
+                self._sources[(view.group_id, view.view)] = images[slot]
+        # 2. Only the batch's last group can continue into the next batch; forget the rest.
+        last_group = views[-1].group_id
+        self._sources = {key: image for key, image in self._sources.items() if key[0] == last_group}
+        finite_all = torch.stack(finite)
+        nonfinite = tuple(int(i) for i in torch.nonzero(~finite_all).flatten().tolist())
+        return SampledBatch(images=torch.stack(pixels), nonfinite=nonfinite, records=tuple(records))
+
+    def _generate_checked(self, views: list[ViewPlan]):
+        """Generate, then regenerate views a rejector flags: (uint8 images, finite, records).
+
+        A view is flagged when any concept's score exceeds its threshold; it is drawn again
+        with `retry_view` until it passes or `max_retries` attempts are spent (the last
+        attempt is kept, and recorded as a suppression failure).
+        """
+        images, finite = self._generate(views)
+        records: list[dict] = [{} for _ in views]
+        if not self.rejectors:
+            return images, finite, records
+        current = list(views)
+        pending = list(range(len(views)))
+        attempts = max(rejector.max_retries for rejector in self.rejectors)
+        for attempt in range(attempts + 1):
+            flagged: dict[int, list[str]] = {}
+            for rejector in self.rejectors:
+                scores = rejector.score(images[pending]).tolist()
+                for position, score in zip(pending, scores):
+                    if score > rejector.threshold:
+                        flagged.setdefault(position, []).append(rejector.concept)
+            if not flagged:
+                break
+            if attempt == attempts:
+                for position, concepts in flagged.items():
+                    records[position]["suppression_failed"] = sorted(concepts)
+                break
+            pending = sorted(flagged)
+            for position in pending:
+                counts = records[position].setdefault("rejections", {})
+                for concept in flagged[position]:
+                    counts[concept] = counts.get(concept, 0) + 1
+                current[position] = retry_view(current[position], attempt + 1)
+            redrawn, redrawn_finite = self._generate([current[p] for p in pending])
+            images[pending], finite[pending] = redrawn, redrawn_finite
+        for position, (planned, final) in enumerate(zip(views, current)):
+            if final.seed != planned.seed:
+                records[position]["seed_used"] = final.seed
+                if final.anchor_seed is not None:
+                    records[position]["anchor_seed_used"] = final.anchor_seed
+        return images, finite, records
+
+    def _generate(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (N, H, W, 3), bool (N,) all-finite) on the CPU, with fixed-shape calls."""
         if self.one_view_per_call:
             rows = [self._denoise([view]) for view in views]
-            pixels = torch.cat([row[0] for row in rows])
-            finite = torch.cat([row[1] for row in rows])
-        else:
-            padding = [views[-1]] * (self.batch_size - len(views))
-            pixels, finite = self._denoise(views + padding)
-            pixels, finite = pixels[:len(views)], finite[:len(views)]
-        nonfinite = tuple(int(i) for i in torch.nonzero(~finite).flatten().tolist())
-        return SampledBatch(images=pixels, nonfinite=nonfinite)
+            return torch.cat([row[0] for row in rows]), torch.cat([row[1] for row in rows])
+        images, finite, order = [], [], []
+        # One call per batch-sized chunk (and per img2img strength), padded to batch_size.
+        chunks: dict[float | None, list[int]] = {}
+        for position, view in enumerate(views):
+            chunks.setdefault(view.strength, []).append(position)
+        for positions in chunks.values():
+            for start in range(0, len(positions), self.batch_size):
+                part = [views[p] for p in positions[start:start + self.batch_size]]
+                padded = part + [part[-1]] * (self.batch_size - len(part))
+                pixels, ok = self._denoise(padded)
+                images.append(pixels[:len(part)])
+                finite.append(ok[:len(part)])
+                order += positions[start:start + self.batch_size]
+        inverse = torch.argsort(torch.tensor(order))
+        return torch.cat(images)[inverse], torch.cat(finite)[inverse]
 
     def _denoise(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
         """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite)."""
         # 1. Conditioning and noise, per view, independent of the batch.
         arguments = self._conditioning(views)
-        step_generators = [torch.Generator("cpu").manual_seed(derive_seed("steps", v.seed))
-                           for v in views]
-        if self.family == "generic":
+        generators = [torch.Generator("cpu").manual_seed(derive_seed("steps", v.seed))
+                      for v in views]
+        steps = self.spec.steps
+        if views[0].source_view is not None:
+            pipeline = self._image_to_image()
+            strength = views[0].strength
+            # img2img runs int(steps * strength) steps; ask for enough that at least one runs.
+            steps = max(steps, math.ceil(1 / strength - 1e-9))
+            arguments.update(image=self._source_images(views), strength=strength,
+                             generator=[torch.Generator("cpu").manual_seed(v.seed) for v in views])
+        elif self.family == "generic":
+            pipeline = self.pipeline
             arguments["generator"] = [torch.Generator("cpu").manual_seed(v.seed) for v in views]
         else:
+            pipeline = self.pipeline
             arguments["latents"] = self._initial_noise(views)
-            arguments["generator"] = step_generators
+            arguments["generator"] = generators
         # 2. Denoise and decode on the device.
-        output = self.pipeline(
-            num_inference_steps=self.spec.steps, guidance_scale=self.spec.guidance_scale,
+        output = pipeline(
+            num_inference_steps=steps, guidance_scale=self.spec.guidance_scale,
             height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
         ).images
         # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
@@ -110,10 +232,41 @@ class Sampler:
         unet_config = self.pipeline.unet.config
         factor = self.pipeline.vae_scale_factor
         shape = (1, unet_config.in_channels, self.spec.height // factor, self.spec.width // factor)
-        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(v.seed))
-                 for v in views]
+
+        def gaussian(seed: int) -> torch.Tensor:
+            return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+
+        noise = []
+        for view in views:
+            if view.anchor_seed is None:
+                noise.append(gaussian(view.seed))
+            elif view.sigma == 0:
+                noise.append(gaussian(view.anchor_seed))
+            else:
+                # Variance preserving: a unit Gaussian plus sigma times another, rescaled.
+                mixed = gaussian(view.anchor_seed) + view.sigma * gaussian(view.seed)
+                noise.append(mixed / math.sqrt(1.0 + view.sigma ** 2))
         # One host-to-device copy for the whole batch.
         return torch.cat(noise).to(self.model.device, self.model.dtype)
+
+    def _image_to_image(self):
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            # Shares the loaded components (and any erase edit): no second copy of the weights.
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    def _source_images(self, views: list[ViewPlan]) -> torch.Tensor:
+        """The finished source views as float (N, 3, H, W) in [0, 1] on the device."""
+        try:
+            sources = [self._sources[(v.group_id, v.source_view)] for v in views]
+        except KeyError as missing:
+            raise RuntimeError(f"img2img source {missing} was not generated before its view; "
+                               "views must be sampled in plan order") from None
+        stacked = torch.stack(sources).permute(0, 3, 1, 2).float() / 255.0
+        return stacked.to(self.model.device, self.model.dtype)
 
     def _conditioning(self, views: list[ViewPlan]) -> dict:
         if self.family == "generic":

@@ -1,0 +1,60 @@
+"""Everything between a recipe and a ready `Sampler`: load, edit (erase), attach rejectors.
+
+Engines call `prepare_sampler` once per worker; it is the only place that turns a recipe's
+`suppress` entries of the `erase` and `reject` methods into model edits and detectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from synthgen.errors import UserError
+from synthgen.generate.detector import ClipConceptScorer
+from synthgen.generate.erase import erase_concept
+from synthgen.generate.load import LoadedModel, load_pipeline
+from synthgen.generate.sampler import Rejector, Sampler
+from synthgen.recipe import Recipe
+
+
+def apply_erasures(recipe: Recipe, model: LoadedModel) -> LoadedModel:
+    """Edit the model for every `erase` entry; the edits are recorded in `model.describe()`."""
+    edits = tuple(erase_concept(model.pipeline, entry.concept, entry.target, entry.preserve)
+                  for entry in recipe.suppress if entry.method == "erase")
+    return replace(model, edits=model.edits + edits)
+
+
+def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...]:
+    """One `Rejector` per `reject` entry; each distinct detector model is loaded once."""
+    scorers: dict[str, ClipConceptScorer] = {}
+    rejectors = []
+    for entry in recipe.suppress:
+        if entry.method != "reject":
+            continue
+        if entry.detector not in scorers:
+            scorers[entry.detector] = ClipConceptScorer(entry.detector, device)
+        scorer = scorers[entry.detector]
+        rejectors.append(Rejector(
+            concept=entry.concept, threshold=entry.threshold, max_retries=entry.max_retries,
+            score=lambda images, s=scorer, c=entry.concept, n=entry.contrast: s.probabilities(images, c, n)))
+    return tuple(rejectors)
+
+
+def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
+    """Latent and img2img views need a pipeline whose starting latents synthgen draws."""
+    specs = [recipe.views_for(spec) for spec in [*recipe.classes, *recipe.corner_cases]]
+    needs_latents = sorted({s for spec in specs for s in spec.strategy if s in ("latent", "img2img")})
+    if needs_latents and not sampler.draws_own_latents:
+        raise UserError(f"views.strategy {needs_latents} needs a Stable Diffusion or SDXL "
+                        f"pipeline; {type(sampler.pipeline).__name__} takes only seeds and prompt "
+                        "views in synthgen so far")
+
+
+def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype,
+                    batch_size: int) -> Sampler:
+    """Load the recipe's model, apply its erasures and rejectors, check its view strategies."""
+    model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
+    sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device))
+    check_strategies(recipe, sampler)
+    return sampler
