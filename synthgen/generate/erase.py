@@ -26,6 +26,7 @@ PRESERVE_WEIGHT = 1.0
 RIDGE = 1e-3
 
 
+@torch.no_grad()
 def _encode(pipeline, text: str) -> torch.Tensor:
     """(77, d) float64 cross-attention input of `text`, padding included."""
     from diffusers import StableDiffusionXLPipeline

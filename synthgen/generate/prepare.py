@@ -58,3 +58,28 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype,
     sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device))
     check_strategies(recipe, sampler)
     return sampler
+
+
+def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[dict, ...]:
+    """Apply the recipe's `erase` entries to its model and save it as a new model folder.
+
+    The folder loads like any diffusers model (safetensors weights) and carries
+    `synthgen-edits.json`; a recipe can then use it as `model.id` without erasing again.
+    """
+    import json
+    from pathlib import Path
+
+    from synthgen.generate.load import choose_dtype
+
+    out_dir = Path(out_dir)
+    if not any(entry.method == "erase" for entry in recipe.suppress):
+        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
+    dtype = choose_dtype(recipe.model.dtype, device)
+    model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
+    model.pipeline.save_pretrained(out_dir, safe_serialization=True)
+    record = {"base_model": recipe.model.id, "revision": recipe.model.revision,
+              "edits": list(model.edits)}
+    (out_dir / "synthgen-edits.json").write_text(json.dumps(record, indent=2) + "\n")
+    return model.edits
