@@ -244,12 +244,16 @@ def summarize(plan: Plan) -> dict:
         images_of[group.corner_case or group.class_name] += len(group.views)
     width, height = stored_size(recipe)
     estimated_bytes = plan.image_count * width * height * _BITS_PER_PIXEL[recipe.output.format] / 8
+    # {attribute: {class or corner case: {value: groups}}}, in recipe order throughout.
     balance_table: dict[str, dict[str, dict[str, int]]] = {}
+    for entry in recipe.balance:
+        per_target = balance_table.setdefault(entry.attribute, {})
+        for target in targets:
+            if balance_applies(entry, target.name) and target.groups:
+                per_target[target.name] = {value: 0 for value in entry.values}
     for group in plan.groups:
         for attribute, value in group.balance.items():
-            per_target = balance_table.setdefault(attribute, {}).setdefault(
-                group.corner_case or group.class_name, {})
-            per_target[value] = per_target.get(value, 0) + 1
+            balance_table[attribute][group.corner_case or group.class_name][value] += 1
     return {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
