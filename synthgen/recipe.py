@@ -112,6 +112,9 @@ class ModelSpec(StrictModel):
     height: int = Field(512, ge=8, le=8192)
     negative_prompt: str = ""
     trust_remote_code: bool = False
+    # An AutoencoderTiny (e.g. madebyollin/taesd for SD 1.x/2.x, taesdxl for SDXL; a hub id,
+    # folder or builtin: name) that replaces the VAE: several times faster to decode, softer.
+    decoder: str | None = None
 
     @field_validator("width", "height")
     @classmethod

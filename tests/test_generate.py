@@ -208,3 +208,23 @@ def test_prompt_embeddings_are_computed_once_per_unique_text(write_recipe, tmp_p
     plan, _ = run(write_recipe(), tmp_path / "out", batch_size=4)
     unique = {view.prompt for group in plan.groups for view in group.views}
     assert sorted(encoded) == sorted(unique)
+
+
+def test_tiny_decoder_replaces_the_vae(write_recipe, tmp_path):
+    from synthgen.generate.tiny_random import build_tiny_decoder
+
+    decoder_dir = tmp_path / "taesd-tiny"
+    build_tiny_decoder().save_pretrained(decoder_dir, safe_serialization=True)
+    plain, _ = run(write_recipe(), tmp_path / "plain")
+    fast, _ = run(write_recipe({"model": {"decoder": str(decoder_dir)}}, name="fast.yaml"),
+                  tmp_path / "fast")
+    first = sorted((tmp_path / "plain").glob("shard-*.tar"))[0].read_bytes()
+    assert first != sorted((tmp_path / "fast").glob("shard-*.tar"))[0].read_bytes()
+    stats = json.loads((tmp_path / "fast" / "shard-000000.stats.json").read_text())
+    assert stats["samples"] == 4
+    sample = next(iter(webdataset.WebDataset(str(tmp_path / "fast" / "shard-000000.tar"),
+                                              shardshuffle=False, empty_check=False)))
+    assert json.loads(sample["json"])["model"]["decoder"] == str(decoder_dir)
+    with pytest.raises(UserError, match="model.decoder: cannot load"):
+        run(write_recipe({"model": {"decoder": str(tmp_path / "none")}}, name="bad.yaml"),
+            tmp_path / "bad")

@@ -112,6 +112,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
         ) from None
     if scheduler is not None:
         pipeline.scheduler = scheduler.from_config(pipeline.scheduler.config)
+    if spec.decoder is not None:
+        pipeline.vae = _tiny_decoder(spec.decoder, dtype)
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source)
 
@@ -126,3 +128,17 @@ def _scheduler(name: str):
         raise UserError(f"model.scheduler: {name!r} is not a diffusers scheduler; use one of "
                         + ", ".join(known[:12]) + ", ...")
     return scheduler
+
+
+def _tiny_decoder(decoder_id: str, dtype: torch.dtype):
+    from diffusers import AutoencoderTiny
+
+    source = resolve_model_source(decoder_id)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"model.decoder: cannot load {decoder_id!r} as an AutoencoderTiny "
+                        f"({str(error).strip().splitlines()[0]}); use e.g. madebyollin/taesd "
+                        "downloaded to a folder") from None

@@ -51,11 +51,16 @@ def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
                         "views in synthgen so far")
 
 
-def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype,
-                    batch_size: int) -> Sampler:
-    """Load the recipe's model, apply its erasures and rejectors, check its view strategies."""
+def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, batch_size: int,
+                    compile_model: bool = False, channels_last: bool = False) -> Sampler:
+    """Load the recipe's model, apply its erasures and rejectors, check its view strategies.
+
+    `compile_model` and `channels_last` are speed options for GPUs; a compiled graph may
+    change the last float bits, so bytes are reproducible per setting, not across settings.
+    """
     model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
-    sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device))
+    sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
+                      compile_model=compile_model, channels_last=channels_last)
     check_strategies(recipe, sampler)
     return sampler
 

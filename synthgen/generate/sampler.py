@@ -63,7 +63,8 @@ class Sampler:
     """Turns lists of `ViewPlan`s into images with one loaded pipeline."""
 
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
-                 one_view_per_call: bool | None = None, rejectors: tuple[Rejector, ...] = ()):
+                 one_view_per_call: bool | None = None, rejectors: tuple[Rejector, ...] = (),
+                 compile_model: bool = False, channels_last: bool = False):
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         self.model = model
@@ -87,6 +88,14 @@ class Sampler:
             # generators, which diffusers' randn_tensor draws one sample at a time.
             self.family = "generic"
         self._call_parameters = set(inspect.signature(self.pipeline.__call__).parameters)
+        if channels_last:
+            # Convolutions on tensor cores prefer NHWC; the weights follow the layout.
+            for module in (self.pipeline.unet, self.pipeline.vae):
+                module.to(memory_format=torch.channels_last)
+        if compile_model:
+            # Every call has one shape (padded batches), so one compiled graph serves the run.
+            self.pipeline.unet = torch.compile(self.pipeline.unet, dynamic=False)
+            self.pipeline.vae.decode = torch.compile(self.pipeline.vae.decode, dynamic=False)
 
     @property
     def uses_guidance(self) -> bool:

@@ -105,6 +105,18 @@ def build_tiny_pipeline(family: str = "sd", seed: int = 0):
     raise ValueError(f"family must be 'sd' or 'sdxl', got {family!r}")
 
 
+def build_tiny_decoder(seed: int = 0):
+    """A random AutoencoderTiny that upsamples by 2, matching `build_tiny_pipeline`'s latents."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4,
+        upsampling_scaling_factor=2,
+    )
+
+
 def save_tiny_pipeline(directory: str | Path, family: str = "sd", seed: int = 0) -> Path:
     """Build and save a tiny pipeline as a model folder (safetensors weights)."""
     directory = Path(directory)
