@@ -1,0 +1,60 @@
+"""`--batch-size auto`: the largest batch that fits the GPU, found by trying.
+
+Memory use is hard to predict (attention, VAE decode at full resolution, allocator slack), so
+the sampler is simply run on a batch of real views at doubling sizes until the GPU runs out
+of memory, then bisected. The chosen size is printed and recorded, since on a GPU the bytes of
+a dataset depend on its batch size (see `Sampler.sample`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+CPU_BATCH_SIZE = 8  # on the CPU views run one per call anyway; 8 only sizes the batches
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def largest_fitting_batch(fits: Callable[[int], bool], upper: int = 256) -> int:
+    """The largest n in [1, upper] with fits(n), assuming fits is monotone (True up to a size).
+
+    Doubles from 1 until `fits` fails, then bisects between the last success and the failure.
+    Returns 1 even when a batch of 1 does not fit (the run will then fail with its own error).
+    """
+    good, size = 0, 1
+    while size <= upper and fits(size):
+        good, size = size, size * 2
+    if good == 0:
+        return 1
+    bad = min(size, upper + 1)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
+def auto_batch_size(try_batch: Callable[[int], None], device: torch.device, upper: int = 256) -> int:
+    """Batch size for `device`: probed on a GPU with `try_batch(n)`, fixed on the CPU."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+
+    def fits(size: int) -> bool:
+        try:
+            try_batch(size)
+            return True
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    return largest_fitting_batch(fits, upper)

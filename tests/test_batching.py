@@ -1,0 +1,28 @@
+"""`--batch-size auto` search logic, with a stand-in for running out of GPU memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synthgen.generate.batching import auto_batch_size, largest_fitting_batch
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 48, 64, 100, 255, 256, 300])
+def test_largest_fitting_batch_finds_the_limit(limit):
+    tried = []
+
+    def fits(size):
+        tried.append(size)
+        return size <= limit
+
+    assert largest_fitting_batch(fits, upper=256) == min(limit, 256)
+    assert len(tried) <= 2 * 9 + 1, "doubling then bisecting: logarithmic tries"
+
+
+def test_nothing_fits_gives_one():
+    assert largest_fitting_batch(lambda size: False) == 1
+
+
+def test_cpu_uses_the_fixed_size():
+    assert auto_batch_size(lambda n: None, torch.device("cpu")) == 8
