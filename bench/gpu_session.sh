@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One prepared run of every GPU measurement the issues ask for, for a session lent a GPU.
+# Budget: about 8 minutes on an H100/H200 (well inside one 10-minute call), results in $OUT.
+#
+# Before the call, here (no GPU needed), fetch the pure-Python packages the GPU machine lacks
+# (see /work/.library/device/README.md), e.g.:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#     diffusers==0.42.1 webdataset==1.0.2 braceexpand pydantic pydantic-core annotated-types \
+#     typing-inspection   (the image has torch, transformers, click, tqdm, pyyaml, safetensors)
+# then call the device tool with carry [".whl"] and the command:  bash bench/gpu_session.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD}
+out=${OUT:-/tmp/synthgen-gpu}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+run() {  # name, then bench/throughput.py arguments
+  local name=$1; shift
+  echo "== $name"
+  timeout 150 python3 bench/throughput.py --work /tmp/synthgen-bench "$@" > "$out/$name.json" \
+    2> "$out/$name.err" || echo "$name failed or timed out: see $name.err"
+  tail -n 12 "$out/$name.json"
+}
+run sd-turbo-full       --arch sd-turbo --images 2048 --batch-size 64 --compile
+run sd-turbo-tiny       --arch sd-turbo --images 4096 --batch-size 64 --compile --decoder tiny
+run sd-turbo-4step      --arch sd-turbo --images 1024 --batch-size 64 --steps 4
+run sd-turbo-guided     --arch sd-turbo --images 1024 --batch-size 32 --steps 4 --guidance 5
+run sdxl-turbo-full     --arch sdxl-turbo --images 1024 --batch-size 32 --compile
