@@ -1,0 +1,111 @@
+"""Embedding geometry: views alike within groups, groups diverse within a class, near-duplicates.
+
+All functions take unit image embeddings E (N, D), one row per readable view, and `groups`
+(N,) integer group index per row. None of them builds an N x N matrix:
+- within-group mean cosine uses |sum of a group's rows|^2 = sum of all its pairwise cosines;
+- between-group similarity samples a bounded number of random pairs per class (seeded);
+- near-duplicates multiply blocks of rows (block x block at a time) and keep only pairs above
+  the threshold, so memory is O(block^2 + pairs found).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+def within_group_means(embeddings: np.ndarray, groups: np.ndarray) -> dict[int, float]:
+    """Mean cosine between distinct views of each group with at least two views."""
+    count = int(groups.max()) + 1 if len(groups) else 0
+    sums = np.zeros((count, embeddings.shape[1]), dtype=np.float64)
+    np.add.at(sums, groups, embeddings)
+    sizes = np.bincount(groups, minlength=count)
+    result = {}
+    for group in np.nonzero(sizes >= 2)[0]:
+        n = sizes[group]
+        # |sum|^2 = n (the diagonal, unit rows) + the sum over ordered off-diagonal pairs.
+        result[int(group)] = float((sums[group] @ sums[group] - n) / (n * (n - 1)))
+    return result
+
+
+def sampled_between_group_mean(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
+                               pairs: int, rng: np.random.Generator) -> tuple[float | None, int]:
+    """Mean cosine of up to `pairs` random pairs of `rows` from different groups."""
+    if len(rows) < 2 or len(np.unique(groups[rows])) < 2:
+        return None, 0
+    # Draw a few more than needed, then drop same-group pairs; never loop unboundedly.
+    first = rng.choice(rows, size=pairs * 2)
+    second = rng.choice(rows, size=pairs * 2)
+    keep = groups[first] != groups[second]
+    first, second = first[keep][:pairs], second[keep][:pairs]
+    if len(first) == 0:
+        return None, 0
+    cosines = np.einsum("ij,ij->i", embeddings[first], embeddings[second])
+    return float(cosines.mean()), int(len(first))
+
+
+def view_similarity_table(embeddings: np.ndarray, groups: np.ndarray, labels: list[str],
+                          pairs_per_label: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Per label (a class, corner case or view strategy): within-group vs between-group cosine.
+
+    `labels[i]` is the label of row i. Between-group pairs are drawn within a label only.
+    """
+    within = within_group_means(embeddings, groups)
+    rows_by_label: dict[str, list[int]] = defaultdict(list)
+    for row, label in enumerate(labels):
+        rows_by_label[label].append(row)
+    rng = np.random.default_rng(seed)
+    table = {}
+    for label in sorted(rows_by_label):
+        rows = np.array(rows_by_label[label])
+        label_groups = sorted(set(groups[rows].tolist()))
+        alike = [within[g] for g in label_groups if g in within]
+        between, sampled = sampled_between_group_mean(embeddings, groups, rows, pairs_per_label, rng)
+        table[label] = {"groups": len(label_groups), "views": int(len(rows)),
+                        "within_group": float(np.mean(alike)) if alike else None,
+                        "between_groups": between, "pairs_sampled": sampled}
+    return table
+
+
+def near_duplicates(embeddings: np.ndarray, groups: np.ndarray, threshold: float,
+                    block: int = 4096, keep: int = 1000, device: str | torch.device = "cpu") -> dict:
+    """Pairs of views of different groups with cosine above `threshold`.
+
+    Returns the number of such view pairs, the distinct group pairs and groups involved, and
+    the `keep` most similar pairs as (row, row, cosine).
+    """
+    count = len(embeddings)
+    matrix = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
+    group_tensor = torch.from_numpy(groups.astype(np.int64)).to(device)
+    view_pairs = 0
+    group_pairs: set[tuple[int, int]] = set()
+    best: list[tuple[float, int, int]] = []
+    for start in range(0, count, block):
+        rows = matrix[start:start + block]
+        for other in range(start, count, block):
+            cosines = rows @ matrix[other:other + block].T
+            hit = cosines > threshold
+            hit &= group_tensor[start:start + block, None] != group_tensor[None, other:other + block]
+            if other == start:
+                # Each unordered pair once, no self-pairs (an index comparison rather than
+                # torch.triu, which not every device implements for bool tensors).
+                index = torch.arange(len(rows), device=hit.device)
+                hit &= index[:, None] < index[None, :hit.shape[1]]
+            found = hit.nonzero()
+            if len(found) == 0:
+                continue
+            values = cosines[found[:, 0], found[:, 1]].float().cpu().numpy()
+            found = found.cpu().numpy()
+            view_pairs += len(found)
+            for (i, j), value in zip(found, values):
+                a, b = start + int(i), other + int(j)
+                group_pairs.add(tuple(sorted((int(groups[a]), int(groups[b])))))
+                best.append((float(value), a, b))
+            if len(best) > 4 * keep:
+                best = sorted(best, reverse=True)[:keep]
+    best = sorted(best, reverse=True)[:keep]
+    involved = {g for pair in group_pairs for g in pair}
+    return {"view_pairs": view_pairs, "group_pairs": len(group_pairs),
+            "groups_involved": sorted(involved), "top": [(a, b, v) for v, a, b in best]}

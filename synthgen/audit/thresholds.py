@@ -1,0 +1,77 @@
+"""`--fail-on` rules: `NAME OP NUMBER` checked against the report's summary numbers.
+
+Syntax: `kl>0.05`, `suppressed>=0.01`, `chi2_p<0.001`; several rules comma-separated or in
+repeated options. A rule fails when the summary value satisfies the comparison; a summary
+value that could not be measured (None: no attribute, no view) never fails a rule.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+from synthgen.errors import UserError
+
+# name -> what it is; the values are computed in run.py's `summary`.
+METRICS = {
+    "kl": "largest KL(measured || target) over attributes, whole dataset",
+    "kl_any": "largest KL over attributes and every class / corner case",
+    "chi2_p": "smallest chi-square p-value over attributes, whole dataset",
+    "unsure": "largest unsure rate over attributes",
+    "disagreement": "largest rate of sure views whose measured value differs from the assigned one",
+    "suppressed": "largest detection rate over suppressed concepts",
+    "duplicates": "fraction of groups with a near-duplicate view in another group",
+    "low_fidelity": "fraction of views whose CLIP score is below the fidelity threshold",
+    "black": "fraction of views that are all black",
+    "unreadable": "fraction of views that do not decode",
+    "missing_views": "fraction of listed views absent from their sample",
+    "integrity": "number of damaged things: missing/unreadable/mismatched shards, bad or missing views",
+}
+_OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class FailRule:
+    metric: str
+    op: str
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.limit:g}"
+
+    def check(self, summary: dict) -> tuple[bool, float | None]:
+        value = summary.get(self.metric)
+        if value is None:
+            return False, None
+        return bool(_OPERATORS[self.op](value, self.limit)), value
+
+
+def parse_fail_on(options: tuple[str, ...] | list[str]) -> list[FailRule]:
+    rules = []
+    for option in options:
+        for text in filter(None, (part.strip() for part in option.split(","))):
+            match = _RULE.match(text)
+            if not match:
+                raise UserError(f"--fail-on {text!r}: write NAME>NUMBER (or >=, <, <=), e.g. "
+                                "--fail-on 'kl>0.05,duplicates>0.001'")
+            name, op, number = match.groups()
+            if name not in METRICS:
+                raise UserError(f"--fail-on {text!r}: unknown metric {name!r}; known: "
+                                + ", ".join(METRICS))
+            try:
+                limit = float(number)
+            except ValueError:
+                raise UserError(f"--fail-on {text!r}: {number!r} is not a number") from None
+            rules.append(FailRule(name, op, limit))
+    return rules
+
+
+def evaluate(rules: list[FailRule], summary: dict) -> list[dict]:
+    """One record per rule: the rule, the measured value and whether it failed."""
+    results = []
+    for rule in rules:
+        failed, value = rule.check(summary)
+        results.append({"rule": str(rule), "metric": rule.metric, "value": value, "failed": failed})
+    return results

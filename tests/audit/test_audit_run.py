@@ -1,0 +1,215 @@
+"""The audit pipeline on hand-built datasets with the deterministic fake encoder."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from audit_fixtures import COLOURS, MeanColourEncoder, build_dataset, expected_label, noise_image
+
+from synthgen.audit.classify import UNSURE, TextEmbeddings, ZeroShotAttribute
+from synthgen.audit.decode import ImageDecoder
+from synthgen.audit.run import AuditSettings, run_audit
+from synthgen.audit.spec import parse_attribute_option, spec_from_recipe
+from synthgen.audit.similarity import near_duplicates, within_group_means
+
+RECIPE = {
+    "balance": [{"attribute": "colour", "values": {"red": 1, "green": 1, "blue": 1}, "applies_to": None}],
+    "suppress": [{"concept": "blue", "method": "reject", "threshold": 0.5, "contrast": "a photo"}],
+    "audit": {"margin": 0.1, "duplicate_threshold": 0.95, "fidelity_threshold": 0.3},
+}
+
+
+def _groups():
+    """Three classes, mixed colours, two ambiguous (olive) views; views of a group share a colour."""
+    plan = [("circle", "red"), ("circle", "green"), ("circle", "blue"), ("circle", "red"),
+            ("square", "green"), ("square", "green"), ("square", "olive"), ("square", "blue"),
+            ("star", "blue"), ("star", "red")]
+    groups = [{"class": name, "colours": [colour] * 3, "balance": {"colour": colour}} for name, colour in plan]
+    groups[0]["strategy"] = "seeds"  # older datasets store view_strategy as a string, newer as a list
+    return groups
+
+
+def _audit(dataset, recipe=RECIPE, **settings):
+    spec = spec_from_recipe(recipe)
+    return run_audit(dataset, spec, MeanColourEncoder(), AuditSettings(progress=False, batch_size=7, **settings))
+
+
+def test_counts_equal_a_counter_over_the_same_classifications(tmp_path):
+    groups = _groups()
+    dataset = build_dataset(tmp_path / "data", groups)
+    outcome = _audit(dataset)
+    colour = outcome.report["attributes"]["colour"]
+    # What the fake says, classified view by view outside the audit.
+    encoder = MeanColourEncoder()
+    classifier = ZeroShotAttribute(spec_from_recipe(RECIPE).attributes[0], TextEmbeddings(encoder),
+                                   encoder.logit_scale, margin=0.1)
+    decoder = ImageDecoder(__import__("torch").device("cpu"))
+    by_scope: dict[str, Counter] = {"overall": Counter()}
+    unsure: Counter = Counter()
+    for index, group in enumerate(groups):
+        images = decoder.decode_batch([noise_image(c, index * 100 + v) for v, c in enumerate(group["colours"])])
+        choices, _ = classifier.classify(encoder.encode_images(images))
+        for choice in choices:
+            scope = f"class:{group['class']}"
+            if choice == UNSURE:
+                unsure[scope] += 1
+                unsure["overall"] += 1
+            else:
+                value = classifier.spec.values[choice]
+                by_scope.setdefault(scope, Counter())[value] += 1
+                by_scope["overall"][value] += 1
+    decoder.close()
+    for scope, counter in by_scope.items():
+        measured = colour["scopes"][scope]["counts"]
+        assert {v: c for v, c in measured.items() if c} == dict(counter), scope
+        assert colour["scopes"][scope]["unsure"] == unsure[scope]
+    # And the fake classifies as intended: olive is unsure, the rest by colour.
+    intended = Counter(expected_label(c) for g in groups for c in g["colours"])
+    assert colour["scopes"]["overall"]["counts"] == {v: intended[v] for v in COLOURS}
+    assert colour["scopes"]["overall"]["unsure"] == intended[None] == 3
+    assert outcome.summary["unsure"] == pytest.approx(3 / 30)
+
+
+def test_metrics_agreement_suppression_fidelity_and_similarity(tmp_path):
+    dataset = build_dataset(tmp_path / "data", _groups())
+    report = _audit(dataset).report
+    overall = report["attributes"]["colour"]["scopes"]["overall"]
+    # 9 red, 9 green, 9 blue sure views against a uniform target.
+    assert overall["counts"] == {"red": 9, "green": 9, "blue": 9}
+    assert overall["kl"] == pytest.approx(0.0, abs=1e-12) and overall["chi2_p"] == pytest.approx(1.0)
+    agreement = report["attributes"]["colour"]["agreement"]
+    assert agreement["agree"] == 27 and agreement["sure"] == 27 and agreement["unsure"] == 3
+    blue = report["suppression"]["blue"]
+    assert (blue["detected"], blue["views"], blue["threshold"]) == (9, 30, 0.5)
+    # A group's views share a colour and differ in noise: alike within, less so between colours.
+    similarity = report["similarity"]["per_class"]["class:circle"]
+    assert similarity["within_group"] > similarity["between_groups"]
+    assert report["similarity"]["per_strategy"]["seeds"]["groups"] == 10
+    # Prompts name the colour; olive views ("a olive square") match no colour word.
+    fidelity = report["fidelity"]
+    assert fidelity["below"] == 3 and all("olive" in w["prompt"] for w in fidelity["worst"][:3])
+    assert report["duplicates"]["view_pairs"] == 0
+
+
+def test_planted_imbalance_duplicate_and_black_image_are_found(tmp_path):
+    groups = [{"class": "circle", "colours": ["red"] * 2} for _ in range(8)]
+    groups += [{"class": "circle", "colours": ["green"] * 2}, {"class": "circle", "colours": ["blue"] * 2}]
+    copied = noise_image("red", seed=12345)
+    groups[1]["images"] = [copied, noise_image("red", 777)]
+    groups[5]["images"] = [noise_image("red", 778), copied]           # duplicate of group 1's view 0
+    groups[9]["colours"] = ["blue", "black"]                           # a black view
+    dataset = build_dataset(tmp_path / "data", groups)
+    outcome = _audit(dataset)
+    summary, report = outcome.summary, outcome.report
+    assert summary["kl"] > 0.3 and report["attributes"]["colour"]["scopes"]["overall"]["chi2_p"] < 1e-3
+    assert report["duplicates"]["view_pairs"] == 1 and report["duplicates"]["group_pairs"] == 1
+    pair = report["duplicates"]["examples"][0]
+    assert {pair["a"], pair["b"]} == {"class-circle-000001.view0.png", "class-circle-000005.view1.png"}
+    assert summary["duplicates"] == pytest.approx(2 / 10)
+    assert report["integrity"]["black_views"] == ["class-circle-000009.view1.png"]
+    assert summary["black"] == pytest.approx(1 / 20)
+
+
+def test_integrity_missing_views_and_sha256_mismatch(tmp_path):
+    groups = _groups()
+    groups[2]["drop_view"] = 1
+    dataset = build_dataset(tmp_path / "data", groups)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = "0" * 64
+    manifest["shards"].append({"name": "shard-000099.tar", "sha256": "", "images": 0})
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    outcome = _audit(dataset)
+    integrity = outcome.report["integrity"]
+    assert integrity["missing_views"] == ["class-circle-000002.view1.png"]
+    assert [m["shard"] for m in integrity["sha256_mismatches"]] == ["shard-000001.tar"]
+    assert integrity["missing_shards"] == ["shard-000099.tar"]
+    assert outcome.summary["integrity"] == 3
+    assert outcome.report["totals"]["embedded_views"] == 29
+
+
+def test_embedding_cache_is_reused_and_invalidated(tmp_path):
+    dataset = build_dataset(tmp_path / "data", _groups())
+    cache = tmp_path / "report" / "embeddings.npz"
+    first = _audit(dataset, cache_path=cache)
+    assert cache.is_file() and first.report["totals"]["embeddings_from_cache"] == 0
+    encoder = MeanColourEncoder()
+    spec = spec_from_recipe(RECIPE, attributes=[parse_attribute_option("hue=red,blue")])
+    second = run_audit(dataset, spec, encoder, AuditSettings(progress=False, cache_path=cache))
+    assert encoder.image_calls == 0 and second.report["totals"]["embeddings_from_cache"] == 30
+    assert second.report["attributes"]["colour"] == first.report["attributes"]["colour"]
+
+    class OtherModel(MeanColourEncoder):
+        identity = "fake-mean-colour/2"
+
+    other = OtherModel()
+    run_audit(dataset, spec, other, AuditSettings(progress=False, cache_path=cache))
+    assert other.image_calls == 30
+
+
+def test_blockwise_duplicates_match_brute_force():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(300, 8)).astype(np.float32)
+    embeddings[150] = embeddings[3]
+    embeddings[299] = embeddings[3] + 0.01
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    groups = np.arange(300) // 3
+    found = near_duplicates(embeddings, groups, 0.9, block=64)
+    full = embeddings @ embeddings.T
+    brute = {(i, j) for i in range(300) for j in range(i + 1, 300)
+             if full[i, j] > 0.9 and groups[i] != groups[j]}
+    assert found["view_pairs"] == len(brute) and {(a, b) for a, b, _ in found["top"]} == brute
+    within = within_group_means(embeddings, groups)
+    assert within[0] == pytest.approx(np.mean([full[0, 1], full[0, 2], full[1, 2]]), abs=1e-5)
+
+
+def test_batched_jpeg_decode_matches_pillow_and_survives_a_corrupt_jpeg():
+    import torch
+
+    jpegs = [noise_image("red", seed, fmt="jpg") for seed in range(3)]
+    batched = ImageDecoder(torch.device("cpu"), batched_jpeg=True)
+    plain = ImageDecoder(torch.device("cpu"))
+    try:
+        for got, want in zip(batched.decode_batch(jpegs), plain.decode_batch(jpegs)):
+            assert got.shape == want.shape == (3, 16, 16)
+            assert (got.int() - want.int()).abs().max() <= 2   # libjpeg versions may round apart
+        broken = batched.decode_batch([jpegs[0], b"\xff\xd8not a jpeg", None])
+        assert broken[0] is not None and broken[1] is None and broken[2] is None
+    finally:
+        batched.close()
+        plain.close()
+
+
+def test_read_ahead_stage_keeps_order_and_reraises_errors():
+    from synthgen.audit.run import _ahead
+
+    assert list(_ahead(iter(range(50)), 3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("broken shard reader")
+
+    results = _ahead(failing(), 2)
+    assert next(results) == 1
+    with pytest.raises(ValueError, match="broken shard reader"):
+        next(results)
+    early = _ahead(iter(range(1000)), 2)
+    assert next(early) == 0
+    early.close()  # the producer thread stops instead of blocking on a full queue
+
+
+def test_targets_follow_applies_to_and_corner_cases_are_their_own_scope(tmp_path):
+    groups = [{"class": "circle", "colours": ["red"] * 2} for _ in range(3)]
+    groups += [{"class": "square", "colours": [c] * 2} for c in ("red", "green", "green", "blue")]
+    groups += [{"class": "circle", "corner": "ring", "colours": ["blue"] * 2}]
+    recipe = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 2, "blue": 1},
+                           "applies_to": ["square"]}]}
+    scopes = _audit(build_dataset(tmp_path / "data", groups), recipe).report["attributes"]["colour"]["scopes"]
+    assert scopes["class:square"]["target"] == {"red": 0.25, "green": 0.5, "blue": 0.25}
+    assert scopes["class:square"]["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert scopes["class:circle"]["target_source"] == "uniform (no recipe target)"
+    assert scopes["corner:ring"]["counts"] == {"red": 0, "green": 0, "blue": 2}
+    # The overall row covers the views the recipe balanced: the squares.
+    assert scopes["overall"]["views"] == 8 and scopes["overall"]["target_source"] == "recipe"
