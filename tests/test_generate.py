@@ -179,7 +179,7 @@ def test_padded_batches_do_not_mix_views():
 
     spec = ModelSpec(id="builtin:tiny-random", steps=2, width=32, height=32)
     model = load_pipeline(spec, torch.device("cpu"), torch.float32)
-    views = [ViewPlan(0, prompt, "", seed) for prompt, seed in
+    views = [ViewPlan(f"g{seed}", 0, prompt, "", seed) for prompt, seed in
              [("a red circle", 1), ("a blue square", 2), ("a green star", 3)]]
     batched = Sampler(model, spec, batch_size=4, one_view_per_call=False)
     together = batched.sample(views).images

@@ -1,45 +1,85 @@
-"""The local engine: one process, one device, encoding and tar writing beside the sampling.
+"""The local engine, and the shard worker every engine runs.
 
-The main thread only samples. Finished groups go to a thread pool that encodes their images
-(Pillow releases the GIL while encoding), and finished shards to one writer thread, so the
-device never waits for the CPU unless the CPU falls behind by more than a few shards.
+A `ShardWorker` is one device with one loaded pipeline that builds whole shards; the engines
+differ only in how many workers they start and where (`local`: one, in this process;
+`processes`: one process per GPU or CPU worker; `ray`: one actor per GPU). Because every
+shard is a pure function of the plan and its index (batches never cross shards, every
+pipeline call has a fixed shape), a shard's bytes do not depend on the engine or on which
+worker builds it.
+
+Inside a worker the thread that samples only samples. Finished groups go to a thread pool
+that encodes their images (Pillow releases the GIL while encoding), and finished shards to
+one writer thread, so the device never waits for the CPU unless the CPU falls behind by more
+than a few shards.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
-from synthgen.generate.load import choose_device, choose_dtype, load_pipeline
-from synthgen.generate.sampler import Sampler
+from synthgen.errors import UserError
 from synthgen.plan import GroupPlan, Plan
 from synthgen.views import ViewPlan
 from synthgen.write import (
+    PublishResult,
     build_sample,
     encode_image,
+    format_shard_ranges,
+    missing_shards,
     prepare_output_dir,
+    publish_shard,
     sample_metadata,
+    shard_done,
     write_manifest,
-    write_shard,
 )
+
+# Test hook: "SHARD:MARKER" makes the worker that samples the first batch of SHARD exit at
+# once (os._exit, as if killed), if it is the first to create the file MARKER: exactly one
+# worker dies, mid-shard, however many build that shard. Engines read it in the coordinating
+# process and hand it to their workers, so it reaches Ray actors started earlier.
+FAULT_ENV = "SYNTHGEN_TEST_EXIT_IN_SHARD"
+FAULT_EXIT_STATUS = 86
 
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """How to run a plan; none of these change which images a view gets."""
+    """How to run a plan; none of these change which images a view gets.
 
-    batch_size: int = 8
+    For a given batch size and device type (and on the CPU, `cpu_threads`), the bytes of
+    every shard are the same whichever engine builds it, with however many workers.
+    """
+
+    batch_size: int | str = 8  # or "auto": the largest that fits the GPU (see generate/batching.py)
     device: str = "auto"
     dtype: str | None = None  # overrides the recipe's model.dtype
     overwrite: bool = False
     encode_workers: int = 4
     max_pending_shards: int = 2
     progress: bool = True
+    # Worker processes or Ray actors, one device each; None: 1 (local), every GPU (or CPU)
+    # of the Ray cluster (ray).
+    workers: int | None = None
+    # Build only these shards (a slice for a job array or torchrun rank); None: all of them.
+    shards: tuple[int, ...] | None = None
+    # Ray cluster address; None starts a local Ray.
+    address: str | None = None
+    # Intra-op threads of a CPU worker. PyTorch's CPU kernels split work by thread count and
+    # the split moves the last float bits, so it is fixed (not "all cores") for every engine.
+    cpu_threads: int = 1
+    # How often one shard may be started before a run gives up on it (its workers died).
+    max_attempts: int = 3
+    # GPU speed options (see generate/prepare.py); a compiled graph may move the last float
+    # bits, so bytes are reproducible per setting, not across settings.
+    compile_model: bool = False
+    channels_last: bool = False
 
 
 @dataclass
@@ -54,57 +94,230 @@ class RunSummary:
     nonfinite_views: int = 0
     seconds: float = 0.0
     model: dict = field(default_factory=dict)
+    engine: str = "local"
+    workers: int = 1
+    shards_selected: int = 0  # the shards this run was asked for (all, or its slice)
+    shards_lost: int = 0  # built, but another worker published them first
+    shards_retried: int = 0  # started again after their worker died
+    missing: list[int] = field(default_factory=list)  # shards of the dataset still not done
+    manifest_written: bool = False
 
     @property
     def images_per_second(self) -> float:
         return self.images_generated / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class ShardsBuilt:
+    """What one `ShardWorker.build` call did; engines add these up into a `RunSummary`."""
+
+    shards: tuple[int, ...]
+    published: int = 0
+    lost: int = 0
+    skipped: int = 0
+    images: int = 0
+    nonfinite_views: int = 0
+    model: dict = field(default_factory=dict)
+
+
+def selected_shards(plan: Plan, options: GenerateOptions) -> tuple[int, ...]:
+    """The shards a run is asked for: `options.shards`, checked against the plan, or all."""
+    if options.shards is None:
+        return tuple(range(plan.shard_count))
+    outside = [shard for shard in options.shards if not 0 <= shard < plan.shard_count]
+    if outside:
+        raise UserError(f"--shards: shards {format_shard_ranges(outside)} are not in the plan, "
+                        f"which has shards 0-{plan.shard_count - 1}; pick shards in that range")
+    return tuple(sorted(set(options.shards)))
+
+
+def start_run(plan: Plan, out_dir: Path, options: GenerateOptions,
+              engine: str) -> tuple[RunSummary, list[int]]:
+    """Steps every engine takes first: check the options, prepare `out_dir`, list the work."""
+    selection = selected_shards(plan, options)
+    if options.overwrite and options.shards is not None:
+        raise UserError("--overwrite with a slice (--shards, --rank or a job array): it would "
+                        "delete the shards other slices built; delete --out yourself before "
+                        "starting the slices, or run without a slice")
+    done = prepare_output_dir(out_dir, plan, options.overwrite, options.shards)
+    pending = [shard for shard in selection if shard not in done]
+    summary = RunSummary(out_dir=out_dir, shards_total=plan.shard_count,
+                         shards_skipped=len(selection) - len(pending), engine=engine,
+                         shards_selected=len(selection))
+    return summary, pending
+
+
+def shard_images(plan: Plan, shards) -> int:
+    """How many images `shards` hold (for a progress bar's total)."""
+    return sum(len(group.views) for shard in shards for group in plan.shard_groups(shard))
+
+
+def add_built(summary: RunSummary, built: ShardsBuilt) -> None:
+    summary.shards_written += built.published
+    summary.shards_lost += built.lost
+    summary.shards_skipped += built.skipped
+    summary.images_generated += built.images
+    summary.nonfinite_views += built.nonfinite_views
+    summary.model = summary.model or built.model
+
+
+def finish_run(plan: Plan, out_dir: Path, options: GenerateOptions, summary: RunSummary,
+               started: float) -> RunSummary:
+    """Steps every engine takes last: the manifest, once every shard of the dataset is done.
+
+    A slice run writes it only when the other slices are done too, so whichever worker
+    finishes last writes it; `synthgen finalize DIR` does the same by hand.
+    """
+    summary.missing = missing_shards(out_dir, plan)
+    if not summary.missing:
+        write_manifest(out_dir, plan)
+        summary.manifest_written = True
+    elif options.shards is None:
+        # Only possible when another run raced on this directory and lost its worker
+        # between publishing a tar and writing its stats.
+        raise UserError(
+            f"--out {out_dir}: shards {format_shard_ranges(summary.missing)} were published by "
+            "another run writing here at the same time and are not finished; rerun synthgen "
+            "generate once the other run has stopped")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
 def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
-    """Build every shard of `plan` that `out_dir` lacks, then the manifest."""
+    """Build every shard of `plan` (or of `options.shards`) that `out_dir` lacks, in this
+    process on one device, then the manifest once every shard of the dataset is done.
+
+    `options.workers` is not read here: several workers are the `processes` and `ray`
+    engines (`synthgen.engines.run_engine`).
+    """
     started = time.perf_counter()
-    recipe = plan.recipe
     # 1. Check the output directory and find the shards that are already done.
-    done = prepare_output_dir(out_dir, plan, options.overwrite)
-    pending = [shard for shard in range(plan.shard_count) if shard not in done]
-    summary = RunSummary(out_dir=out_dir, shards_total=plan.shard_count, shards_skipped=len(done))
+    summary, pending = start_run(plan, out_dir, options, engine="local")
     if not pending:
         # Everything was built before; a crash may have come between the last stats file
         # and the manifest, so the manifest is (re)assembled from the stats files.
-        write_manifest(out_dir, plan)
-        summary.seconds = time.perf_counter() - started
-        return summary
+        return finish_run(plan, out_dir, options, summary, started)
     # 2. Load the model once.
-    device = choose_device(options.device)
-    dtype = choose_dtype(options.dtype or recipe.model.dtype, device)
-    model = load_pipeline(recipe.model, device, dtype)
-    summary.model = model.describe()
-    sampler = Sampler(model, recipe.model, options.batch_size)
-    # 3. Sample batches of views of a shard's groups; hand finished groups on. Batches never
-    #    cross shards, so a shard's bytes do not depend on which other shards a run builds.
-    batches = [batch for shard in pending for batch in shard_batches(plan, shard, options.batch_size)]
-    image_count = sum(len(batch) for batch in batches)
-    assembler = ShardAssembler(plan, out_dir, summary.model, options)
-    bar = tqdm(total=image_count, unit="img", desc=f"generate {recipe.name}",
-               disable=not options.progress, dynamic_ncols=True)
+    worker = ShardWorker(plan, out_dir, options, fault=fault_from_environment())
+    bar = tqdm(total=shard_images(plan, pending),
+               unit="img", desc=f"generate {plan.recipe.name}", disable=not options.progress,
+               dynamic_ncols=True)
     try:
-        for batch in batches:
-            result = sampler.sample([view for _, view in batch])
-            for position, (group, view) in enumerate(batch):
-                assembler.add_view(group, view, result.images[position].numpy(),
-                                   nonfinite=position in result.nonfinite,
-                                   record=result.record(position))
-            bar.update(len(batch))
-        # 4. Wait for the last shards, then write the manifest.
-        summary.shards_written = assembler.finish()
+        # 3. Sample, encode and write the pending shards, each after the other.
+        add_built(summary, worker.build(pending, on_batch=lambda shard, images: bar.update(images)))
     finally:
-        assembler.shutdown()
         bar.close()
-    write_manifest(out_dir, plan)
-    summary.images_generated = image_count
-    summary.nonfinite_views = assembler.nonfinite_count
-    summary.seconds = time.perf_counter() - started
-    return summary
+        worker.close()
+    # 4. The manifest.
+    return finish_run(plan, out_dir, options, summary, started)
+
+
+def fault_from_environment() -> str | None:
+    """The test hook's value (see `FAULT_ENV`), read where the engine coordinates."""
+    return os.environ.get(FAULT_ENV) or None
+
+
+class ShardWorker:
+    """One device, one loaded pipeline, many shards: what each worker of every engine runs.
+
+    The model is loaded on construction; `build` may be called any number of times.
+    """
+
+    def __init__(self, plan: Plan, out_dir: Path, options: GenerateOptions,
+                 device: str | None = None, fault: str | None = None):
+        import torch
+
+        from synthgen.generate.load import choose_device, choose_dtype
+        from synthgen.generate.prepare import prepare_sampler
+
+        self.plan = plan
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.fault = fault
+        recipe = plan.recipe
+        # 1. Device and dtype; on the CPU a fixed thread count (see GenerateOptions).
+        self.device = choose_device(device or options.device)
+        dtype = choose_dtype(options.dtype or recipe.model.dtype, self.device)
+        self._threads_before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(options.cpu_threads)
+        elif self.device.type == "cuda" and self.device.index is not None:
+            # Anything that asks for "cuda" without an index lands on this worker's GPU too.
+            torch.cuda.set_device(self.device)
+        # 2. Load the pipeline once for all the shards this worker builds.
+        #    (prepare_sampler also applies the recipe's erase edits and reject detectors.)
+        auto = options.batch_size == "auto"
+        self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else options.batch_size,
+                                       compile_model=options.compile_model,
+                                       channels_last=options.channels_last)
+        self.model = self.sampler.model
+        self.model_info = self.model.describe()
+        # 3. With --batch-size auto, probe the largest batch that fits this device.
+        self.batch_size = self._probe_batch_size() if auto else options.batch_size
+
+    def _probe_batch_size(self) -> int:
+        from synthgen.generate.batching import auto_batch_size
+
+        views = [view for group in self.plan.groups[:64] for view in group.views
+                 if view.source_view is None]
+
+        def try_batch(size: int) -> None:
+            self.sampler.batch_size = size
+            self.sampler.sample((views * (size // len(views) + 1))[:size])
+
+        self.sampler.batch_size = auto_batch_size(try_batch, self.device)
+        return self.sampler.batch_size
+
+    def build(self, shards, on_batch: Callable[[int, int], None] | None = None) -> ShardsBuilt:
+        """Build `shards` in order and publish each (see `write.publish_shard`).
+
+        A shard already done in `out_dir` (another worker's) is skipped. `on_batch(shard,
+        images)` is called after every pipeline call, for progress.
+        """
+        built = ShardsBuilt(shards=tuple(shards), model=self.model_info)
+        assembler = ShardAssembler(self.plan, self.out_dir, self.model_info, self.options)
+        try:
+            for shard in shards:
+                if shard_done(self.out_dir, shard):
+                    built.skipped += 1
+                    continue
+                # Batches never cross shards, so a shard's bytes do not depend on which
+                # other shards this worker builds.
+                for batch in shard_batches(self.plan, shard, self.batch_size):
+                    result = self.sampler.sample([view for _, view in batch])
+                    for position, (group, view) in enumerate(batch):
+                        assembler.add_view(group, view, result.images[position].numpy(),
+                                           nonfinite=position in result.nonfinite,
+                                           record=result.record(position))
+                    built.images += len(batch)
+                    if on_batch is not None:
+                        on_batch(shard, len(batch))
+                    self._inject_fault(shard)
+            assembler.finish()
+        finally:
+            assembler.shutdown()
+        built.published = sum(1 for result in assembler.results if result.published)
+        built.lost = len(assembler.results) - built.published
+        built.nonfinite_views = assembler.nonfinite_count
+        return built
+
+    def _inject_fault(self, shard: int) -> None:
+        if not self.fault:
+            return
+        target, marker = self.fault.split(":", 1)
+        if int(target) != shard:
+            return
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # another worker already died for this test
+        os._exit(FAULT_EXIT_STATUS)
+
+    def close(self) -> None:
+        """Give back the CPU thread setting (this worker may be a caller's process)."""
+        import torch
+
+        torch.set_num_threads(self._threads_before)
 
 
 def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[GroupPlan, ViewPlan]]]:
@@ -116,8 +329,9 @@ def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[Gr
 class ShardAssembler:
     """Collects views into groups and groups into shards; encodes and writes in the background.
 
-    Shards are written in plan order by a single writer thread; at most
+    Shards are published in the order they complete by a single writer thread; at most
     `max_pending_shards` shards wait for it before `add_view` blocks the sampler.
+    `results` holds each written shard's `PublishResult`.
     """
 
     def __init__(self, plan: Plan, out_dir: Path, model_info: dict, options: GenerateOptions):
@@ -131,6 +345,7 @@ class ShardAssembler:
         self.encoded: dict[int, list[Future]] = {}
         self.nonfinite: dict[int, list[tuple[str, int]]] = {}
         self.pending_writes: deque[Future] = deque()
+        self.results: list[PublishResult] = []
         self.written = 0
         self.nonfinite_count = 0
 
@@ -160,18 +375,24 @@ class ShardAssembler:
         futures = self.encoded.pop(shard)
         nonfinite = tuple(self.nonfinite.pop(shard, ()))
         self.pending_writes.append(self.writer.submit(
-            lambda: write_shard(self.out_dir, shard, [f.result() for f in futures],
-                                self.model_info, nonfinite)))
+            lambda: publish_shard(self.out_dir, shard, [f.result() for f in futures],
+                                  self.model_info, nonfinite)))
         # Back-pressure: the sampler waits rather than piling up shards in memory.
         while len(self.pending_writes) > self.max_pending:
-            self.pending_writes.popleft().result()
-            self.written += 1
+            self._collect(self.pending_writes.popleft())
+
+    def _collect(self, future: Future) -> None:
+        result = future.result()
+        self.results.append(result)
+        self.written += int(result.published)
 
     def finish(self) -> int:
-        """Wait for every shard to be written; re-raises the first encoding or write error."""
+        """Wait for every shard to be written; re-raises the first encoding or write error.
+
+        Returns how many shards this assembler published (so far, in total).
+        """
         while self.pending_writes:
-            self.pending_writes.popleft().result()
-            self.written += 1
+            self._collect(self.pending_writes.popleft())
         return self.written
 
     def shutdown(self) -> None:
@@ -179,4 +400,3 @@ class ShardAssembler:
             future.cancel()
         self.encoders.shutdown(wait=True, cancel_futures=True)
         self.writer.shutdown(wait=True, cancel_futures=True)
-

@@ -1,0 +1,218 @@
+"""The processes engine: one worker process per GPU (or per CPU worker) on this machine.
+
+Each worker is a single-process `ProcessPoolExecutor` (spawn start method, so CUDA
+initialises cleanly in the child) pinned to one device; it loads the pipeline on its first
+shard and keeps it for all the others. The coordinator gives each worker one shard at a
+time, so a worker that dies (killed, out of memory, a driver fault) costs only the shard it
+was building: that worker is replaced by a fresh process on the same device and the shard
+is started again, at most `options.max_attempts` times. Progress arrives per pipeline call
+through one queue, into one progress bar. The queue lives in a manager process, so a worker
+killed in the middle of a put cannot leave a lock held that would stall the others.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from tqdm import tqdm
+
+from synthgen.engines.local import (
+    GenerateOptions,
+    RunSummary,
+    ShardsBuilt,
+    ShardWorker,
+    add_built,
+    fault_from_environment,
+    finish_run,
+    shard_images,
+    start_run,
+)
+from synthgen.errors import UserError
+from synthgen.plan import Plan
+from synthgen.write import remove_stale_temporaries, remove_unfinished_shard, shard_name
+
+
+class WorkerDied(RuntimeError):
+    """A shard's worker died `max_attempts` times; the run stops and can be rerun."""
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_gpus(gpus: str, workers: int | None, device: str,
+                 engine: str = "local") -> int | None:
+    """`--gpus all|N` -> the number of workers, one per GPU: the GPUs visible on this machine
+    (local), or the cluster's (ray: None for all of them; they need not be visible here)."""
+    if workers is not None:
+        raise UserError(f"--gpus {gpus} with --workers {workers}: give one of them "
+                        "(--gpus N is --workers N with one GPU each)")
+    if device not in ("auto", "cuda"):
+        raise UserError(f"--gpus {gpus} with --device {device}: --gpus puts one worker on each "
+                        "GPU; drop --device, or use --workers N --device cpu for CPU workers")
+    if gpus == "all":
+        count = None
+    else:
+        try:
+            count = int(gpus)
+        except ValueError:
+            raise UserError(f"--gpus {gpus!r}: use all or a number of GPUs, e.g. --gpus 4") from None
+        if count < 1:
+            raise UserError(f"--gpus {gpus}: use all or a number of GPUs from 1 up")
+    if engine == "ray":
+        return count
+    visible = visible_gpus()
+    if visible == 0:
+        raise UserError(f"--gpus {gpus}: no CUDA GPU is visible here; use --workers N "
+                        "--device cpu for N CPU worker processes, or --engine ray for a cluster")
+    if count is None:
+        return visible
+    if count > visible:
+        raise UserError(f"--gpus {gpus}: {visible} CUDA GPUs are visible here; pass a number "
+                        f"from 1 to {visible} or all (CUDA_VISIBLE_DEVICES picks which)")
+    return count
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """One device per worker: `cuda` (or `auto` on a GPU machine) spreads the workers over
+    the visible GPUs, cuda:0, cuda:1, ...; `cpu` or an explicit `cuda:N` is used by all."""
+    if device in ("auto", "cuda"):
+        visible = visible_gpus()
+        if visible:
+            return [f"cuda:{index % visible}" for index in range(workers)]
+        if device == "cuda":
+            raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+        return ["cpu"] * workers
+    return [device] * workers
+
+
+# The worker process's state: set by `_start_worker`, the model loaded by the first shard.
+_WORKER: dict = {}
+
+
+def _start_worker(plan: Plan, out_dir: str, options: GenerateOptions, device: str,
+                  progress, fault: str | None) -> None:
+    _WORKER.update(plan=plan, out_dir=Path(out_dir), options=options, device=device,
+                   progress=progress, fault=fault, shard_worker=None)
+
+
+def _build_shard(shard: int) -> ShardsBuilt:
+    # Loading here rather than in the initializer lets a load error (a UserError) come back
+    # through the future like any other, instead of breaking the pool.
+    if _WORKER["shard_worker"] is None:
+        _WORKER["shard_worker"] = ShardWorker(_WORKER["plan"], _WORKER["out_dir"],
+                                              _WORKER["options"], _WORKER["device"],
+                                              _WORKER["fault"])
+    progress = _WORKER["progress"]
+    return _WORKER["shard_worker"].build([shard], on_batch=lambda s, n: progress.put((s, n)))
+
+
+def generate_with_processes(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
+    """Build the shards `out_dir` lacks with `options.workers` worker processes, one device
+    each, then the manifest once every shard of the dataset is done."""
+    from synthgen.generate.load import resolve_model_source
+
+    started = time.perf_counter()
+    # 1. Check the output directory and find the shards left to build.
+    summary, pending = start_run(plan, out_dir, options, engine="processes")
+    devices = worker_devices(options.device, options.workers or 1)
+    summary.workers = len(devices)
+    if not pending:
+        return finish_run(plan, out_dir, options, summary, started)
+    resolve_model_source(plan.recipe.model.id)  # an unknown builtin name fails here, once
+    # 2. One single-process pool per device; a dead one is replaced without touching the rest.
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    progress = manager.Queue()
+    fault = fault_from_environment()
+
+    def start_worker(device: str) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
+                                   initargs=(plan, str(out_dir), options, device, progress, fault))
+
+    workers = [start_worker(device) for device in devices]
+    waiting = list(pending)  # shards not yet handed to a worker, in order
+    running: dict[Future, tuple[int, int]] = {}  # future -> (worker index, shard)
+    counted: dict[int, int] = {}  # images reported so far per running shard
+    attempts: dict[int, int] = {}
+    bar = tqdm(total=shard_images(plan, pending),
+               unit="img", desc=f"generate {plan.recipe.name} ({len(devices)} workers)",
+               disable=not options.progress, dynamic_ncols=True)
+    completed = False
+    try:
+        while waiting or running:
+            # 3. Give every idle worker the next shard.
+            busy = {index for index, _ in running.values()}
+            for index, worker in enumerate(workers):
+                if index not in busy and waiting:
+                    shard = waiting.pop(0)
+                    attempts[shard] = attempts.get(shard, 0) + 1
+                    running[worker.submit(_build_shard, shard)] = (index, shard)
+            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(progress, bar, counted)
+            # 4. Collect finished shards; restart the shard of a worker that died.
+            for future in finished:
+                index, shard = running.pop(future)
+                try:
+                    built = future.result()
+                except BrokenProcessPool:
+                    if attempts[shard] >= options.max_attempts:
+                        raise WorkerDied(
+                            f"{shard_name(shard)}: its worker on {devices[index]} died "
+                            f"{attempts[shard]} times; see the errors above, then rerun to "
+                            "build the shards that are left") from None
+                    # Undo the dead worker's progress so nothing is counted twice.
+                    bar.update(-counted.pop(shard, 0))
+                    workers[index].shutdown(wait=False, cancel_futures=True)
+                    workers[index] = start_worker(devices[index])
+                    # No other worker builds this shard, so its debris can go.
+                    remove_unfinished_shard(out_dir, shard)
+                    remove_stale_temporaries(out_dir)
+                    waiting.insert(0, shard)
+                    summary.shards_retried += 1
+                    continue
+                counted.pop(shard, None)
+                add_built(summary, built)
+        completed = True
+    finally:
+        for worker in workers:
+            _stop(worker, wait=completed)
+        if completed:
+            _drain(progress, bar, counted)
+        bar.close()
+        manager.shutdown()
+    return finish_run(plan, out_dir, options, summary, started)
+
+
+def _drain(progress, bar: tqdm, counted: dict[int, int]) -> None:
+    while True:
+        try:
+            shard, images = progress.get_nowait()
+        except queue.Empty:
+            return
+        counted[shard] = counted.get(shard, 0) + images
+        bar.update(images)
+
+
+def _stop(worker: ProcessPoolExecutor, wait: bool) -> None:
+    """Shut a worker down; on an error or Ctrl-C (`wait` False), without waiting for its
+    current shard."""
+    if wait:
+        worker.shutdown(wait=True)
+        return
+    worker.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(worker, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(worker, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=10)

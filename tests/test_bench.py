@@ -1,0 +1,23 @@
+"""The throughput benchmark runs end to end at a tiny scale on the CPU (a check, not a timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+
+
+def test_throughput_benchmark_small(tmp_path):
+    spec = importlib.util.spec_from_file_location("throughput", BENCH)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    result = throughput.main(["--small", "--device", "cpu", "--images", "32",
+                              "--work", str(tmp_path)])
+    assert result["synthgen"]["images"] == 32
+    assert result["synthgen"]["images_per_second"] > 0
+    assert result["plain_diffusers"]["one_per_call_images_per_second"] > 0
+    assert set(result["stages"]) == {"unet", "decode", "encode", "write", "unit"}
+    assert result["stages"]["unet"] > 0 and result["stages"]["decode"] > 0
+    assert result["gflop_per_image"] > 0 and 0 < result["fraction_of_compute_limit"]
+    assert (tmp_path / "runs" / "bench" / "manifest.json").is_file()
