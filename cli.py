@@ -309,8 +309,11 @@ def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | 
 def _register_stage_commands() -> None:
     """Commands whose stages keep their click definitions beside their code."""
     from synthgen.audit.command import audit
+    from synthgen.train.commands import experiment, probe, train
+    from synthgen.world.commands import world
 
-    main.add_command(audit)
+    for command in (audit, train, probe, experiment, world):
+        main.add_command(command)
 
 
 _register_stage_commands()

@@ -73,7 +73,7 @@ def build_sampling_scheduler():
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type="epsilon",
-                                       timestep_spacing="trailing", **BETA_SCHEDULE)
+                                       timestep_spacing="trailing", steps_offset=1, **BETA_SCHEDULE)
 
 
 def assemble_pipeline(vae, unet, text_encoder, tokenizer):
@@ -93,7 +93,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class VaeTrainingSettings:
-    steps: int = 1200
+    steps: int = 600
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -162,7 +162,7 @@ def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> tor
 
 @dataclass(frozen=True)
 class UnetTrainingSettings:
-    steps: int = 4000
+    steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 5e-4
     warmup_steps: int = 100

@@ -61,7 +61,8 @@ def generate(pipeline, prompts: list[str], seeds: list[int], negative_prompt: st
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + batch_size]]
-        output = pipeline(prompt=chunk, negative_prompt=None if negative_prompt is None else [negative_prompt] * len(chunk),
+        negatives = None if negative_prompt is None else [negative_prompt] * len(chunk)
+        output = pipeline(prompt=chunk, negative_prompt=negatives,
                           num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
                           height=32, width=32, output_type="np").images
         images.append((np.clip(output, 0, 1) * 255).round().astype(np.uint8))
@@ -184,6 +185,7 @@ def write_model_cards(models_root: Path) -> None:
                  "evaluates); numbers only: `python -m synthgen.world.evaluate`.")
 
     clip_train, clip_metrics = load(CLIP_FOLDER, "training.json"), load(CLIP_FOLDER, "metrics.json")
+    refinement = clip_train.get("vision_refinement", {})
     (models_root / CLIP_FOLDER / "README.md").write_text(f"""# world-clip
 
 A small CLIP (transformers `CLIPModel`) for synthgen's procedural world: 32x32 renders of
@@ -194,13 +196,17 @@ tower: ViT, 8x8 patches on 32x32, 4 layers, hidden 128. Projection 128. Pixels i
 
 - Parameters: {clip_train['parameters']:,} ({_folder_bytes(models_root / CLIP_FOLDER) / 1e6:.1f} MB fp32 safetensors)
 - Data: {clip_train['train_scenes']:,} single-object training renders (seeds of run {clip_train['seed']}),
-  ~30% striped, 20% with a logo, captions from the world's 4 templates re-drawn each epoch
-- Training: symmetric InfoNCE with a learned temperature, {clip_train['steps']} steps of batch
-  {clip_train['batch_size']}, AdamW with warm-up + cosine; {clip_train['wall_seconds'] / 60:.1f} min on {clip_train['device']}
+  ~30% striped, 20% with a logo, captions in the 4 templates of the world, wording re-drawn at every use
+- Training stage 1: both towers, symmetric InfoNCE with a learned temperature, {clip_train['steps']} steps of
+  batch {clip_train['batch_size']} made of hard-negative groups of 8 (same colour, size, background; 8 different
+  shapes), AdamW with warm-up + cosine; {clip_train['wall_seconds'] / 60:.1f} min on {clip_train['device']}
+- Training stage 2: vision tower only (text tower frozen: it is world-sd's text encoder),
+  image-to-text InfoNCE against all {refinement.get('bank_captions', 7920):,} canonical single-object captions,
+  {refinement.get('steps', 0)} steps of batch {refinement.get('batch_size', 0)}, {refinement.get('wall_seconds', 0) / 60:.1f} min
 - Zero-shot on {clip_metrics['held_out_images']} held-out renders (seeds disjoint from training): shape
   **{_percent(clip_metrics['zero_shot_shape_accuracy'])}**, colour **{_percent(clip_metrics['zero_shot_colour_accuracy'])}**
   (gate: 95% each). Prompt ensembling: class scores sum the probabilities of every canonical
-  caption naming that class (all sizes, colours, stripings and backgrounds).
+  caption naming that class (all sizes, colours, stripings, backgrounds, with and without logo).
 
 {reproduce}
 """)

@@ -98,7 +98,7 @@ def scene_targets(pool: ScenePool) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class OracleTrainingSettings:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 50

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthgen.world.clip import ClipTrainingSettings, save_world_clip, train_world_clip
+from synthgen.world.clip import (
+    ClipTrainingSettings,
+    VisionRefinementSettings,
+    refine_vision_tower,
+    save_world_clip,
+    train_world_clip,
+)
 from synthgen.world.corpus import train_pool
 from synthgen.world.diffusion import (
     UnetTrainingSettings,
@@ -46,6 +52,11 @@ ORACLE_FOLDER = "world-oracle"
 TRAIN_SCENES = 60_000
 """Single-object training renders shared by all three models (~1 ms each to render)."""
 
+CPU_THREADS = 1
+"""Intra-op threads on a CPU. On the 2-core machine the models were trained on, another process
+often held one core; every op then waited on the descheduled second thread (CLIP: 5.1 s/step
+with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one thread is the robust choice."""
+
 CANONICAL_CAPTION_SHARE = 0.5
 """Share of diffusion captions in the canonical wording that evaluation prompts use."""
 
@@ -55,10 +66,10 @@ def _scaled(settings, scale: float):
     return replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, max(1, steps // 10)))
 
 
-def _device_description(device: torch.device) -> str:
+def _device_description(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -66,12 +77,15 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
-                       log=print, evaluate: bool = True) -> dict:
+                       log=print, evaluate: bool = True, reuse_clip: bool = False) -> dict:
     """Train world-clip, world-sd and world-oracle under ``out_root``; returns the training stats.
 
     The result depends only on ``seed`` and ``scale`` (and the device's
     arithmetic). With ``evaluate`` the models are then measured with
     :func:`synthgen.world.evaluate.evaluate_world_models` and model cards written.
+    With ``reuse_clip`` an existing ``out_root/world-clip`` is loaded instead
+    of trained (to resume an interrupted run; the text encoder of world-sd is
+    then that CLIP's text tower).
     """
     from transformers import CLIPTextModel
 
@@ -79,10 +93,9 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
 
     out_root = Path(out_root)
     torch_device = choose_device(device)
-    if torch_device.type == "cpu":
-        torch.set_num_threads(2)
+    on_cpu = torch_device.type == "cpu"
     started = time.time()
-    common = {"seed": seed, "scale": scale, "device": _device_description(torch_device),
+    common = {"seed": seed, "scale": scale, "device": _device_description(torch_device, CPU_THREADS),
               "torch": torch.__version__}
     stamp = lambda: f"[{time.time() - started:6.0f}s]"  # noqa: E731 - a one-line log prefix
     say = lambda message: log(f"{stamp()} {message}")  # noqa: E731
@@ -92,15 +105,30 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     pool = train_pool(seed, scene_count)
     say(f"rendered {scene_count} training scenes")
 
-    # 2. CLIP, trained contrastively on (render, caption) pairs.
-    tokenizer = build_world_tokenizer()
-    clip_settings = _scaled(ClipTrainingSettings(), scale)
-    clip, clip_stats = train_world_clip(pool, tokenizer, clip_settings, torch_device, seed, log=say)
+    if on_cpu:
+        torch.set_num_threads(CPU_THREADS)
     clip_dir = out_root / CLIP_FOLDER
-    save_world_clip(clip.to("cpu"), tokenizer, clip_dir)
-    clip_stats |= common | {"parameters": parameter_count(clip), "settings": asdict(clip_settings)}
-    _write_json(clip_dir / "training.json", clip_stats)
-    say(f"saved {clip_dir}")
+    if reuse_clip:
+        from transformers import CLIPModel, CLIPTokenizer
+
+        clip = CLIPModel.from_pretrained(clip_dir).to(torch_device).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+        say(f"reusing {clip_dir}")
+    else:
+        # 2. CLIP stage 1: both towers, InfoNCE over hard-negative batches of (render, caption).
+        tokenizer = build_world_tokenizer()
+        clip_settings = _scaled(ClipTrainingSettings(), scale)
+        clip, clip_stats = train_world_clip(pool, tokenizer, clip_settings, torch_device, seed, log=say)
+        # 2b. CLIP stage 2: the vision tower against the whole caption bank, text tower frozen.
+        refinement_settings = _scaled(VisionRefinementSettings(), scale)
+        refinement_stats = refine_vision_tower(clip, tokenizer, pool, refinement_settings, torch_device,
+                                               seed + 5, log=say)
+        save_world_clip(clip.to("cpu"), tokenizer, clip_dir)
+        clip.to(torch_device)
+        clip_stats |= common | {"parameters": parameter_count(clip), "settings": asdict(clip_settings),
+                                "vision_refinement": refinement_stats | {"settings": asdict(refinement_settings)}}
+        _write_json(clip_dir / "training.json", clip_stats)
+        say(f"saved {clip_dir}")
 
     # 3. VAE for reconstruction; its latent std fixes the scaling factor.
     vae_settings = _scaled(VaeTrainingSettings(), scale)
@@ -173,9 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
     args = parser.parse_args(argv)
     summary = train_world_models(args.out, args.device, args.seed, args.scale,
-                                 log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate)
+                                 log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate,
+                                 reuse_clip=args.reuse_clip)
     print(json.dumps(summary, indent=2))
 
 

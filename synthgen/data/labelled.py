@@ -1,0 +1,63 @@
+"""Labelled images for probes: one image per sample, no augmentation, in a fixed order.
+
+Two layouts: synthgen shards (a dataset directory, a split directory such as the world's
+`DIR/train`, or shard URLs; one seeded view per group, the only one for real renders) and
+an ImageFolder tree (`root/CLASS/xxx.png`, classes indexed in sorted order, torchvision rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from synthgen.data.augment import resize_only
+from synthgen.data.pipeline import group_loader
+from synthgen.data.sources import MANIFEST, SHARD_GLOB
+from synthgen.errors import UserError
+
+
+def is_shard_dataset(data) -> bool:
+    path = Path(str(data))
+    if not path.is_dir():
+        return True  # a URL pattern or list of shards
+    return (path / MANIFEST).is_file() or any(path.glob(SHARD_GLOB))
+
+
+def labelled_batches(data, resolution: int, batch_size: int = 256,
+                     num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (images float (B, 3, res, res) in [0, 1], labels long (B,)) over `data` once.
+
+    Shards give one view per group (k=1: the loader's seeded choice, the same every call) and
+    its `cls` label; a directory without shards is read as a torchvision ImageFolder.
+    Deterministic: the same images in the same order every call.
+    """
+    if isinstance(data, (list, tuple)) or is_shard_dataset(data):
+        loader = group_loader(data, views=1, batch_size=batch_size, resolution=resolution,
+                              augment="none", mode="eval", num_workers=num_workers)
+        for batch in loader:
+            yield batch.views[:, 0], batch.class_index
+        return
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(data), transform=resize_only(resolution))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise UserError(f"data {data}: neither synthgen shards nor an ImageFolder tree "
+                        f"({error}); pass a dataset directory or root/CLASS/image files") from None
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    yield from loader
+
+
+def load_labelled(data, resolution: int, batch_size: int = 256,
+                  num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of `labelled_batches` at once: (images (N, 3, res, res), labels (N,))."""
+    images, labels = [], []
+    for batch_images, batch_labels in labelled_batches(data, resolution, batch_size, num_workers):
+        images.append(batch_images)
+        labels.append(batch_labels)
+    if not images:
+        raise UserError(f"data {data}: holds no images; pass a non-empty dataset")
+    return torch.cat(images), torch.cat(labels)

@@ -1,0 +1,151 @@
+"""Click commands `train`, `probe` and `experiment`; cli.py registers them on `synthgen`.
+
+    from synthgen.train.commands import experiment, probe, train
+    main.add_command(train); main.add_command(probe); main.add_command(experiment)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from synthgen.errors import UserError
+
+
+def _blocks(text: str) -> tuple[int, ...]:
+    try:
+        blocks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        blocks = ()
+    if not blocks or min(blocks) < 1:
+        raise UserError(f"--blocks: {text!r} is not a list of positive block counts; pass e.g. "
+                        "2,2,2,2 (the ResNet-18 layout)")
+    return blocks
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Checkpoints (checkpoint-last.safetensors) and log.jsonl; resumed if present.")
+@click.option("--method", type=click.Choice(["simclr", "supcon", "multipos"]), default="multipos",
+              show_default=True)
+@click.option("--views", type=int, default=2, show_default=True, help="Views drawn per group.")
+@click.option("--crops-per-view", type=int, default=1, show_default=True,
+              help="Augmentations per drawn view (simclr on one view: --views 1 --crops-per-view 2).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Groups per step.")
+@click.option("--steps", type=int, default=1000, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--warmup-steps", type=int, default=0, show_default=True)
+@click.option("--temperature", type=float, default=0.1, show_default=True)
+@click.option("--resolution", type=int, default=32, show_default=True)
+@click.option("--augment", type=click.Choice(["simclr", "none"]), default="simclr", show_default=True)
+@click.option("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), show_default=True)
+@click.option("--arch", type=click.Choice(["resnet", "vit"]), default="resnet", show_default=True)
+@click.option("--width", type=int, default=32, show_default=True)
+@click.option("--blocks", default="2,2,2,2", show_default=True, help="ResNet blocks per stage.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", "num_workers", type=int, default=2, show_default=True)
+@click.option("--epoch-groups", type=int, default=None, help="Groups per epoch (default: dataset size).")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (1 is fastest for small models on a shared 2-core CPU).")
+@click.option("--no-amp", is_flag=True, help="Full precision on the GPU too.")
+def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, batch_size: int,
+          steps: int, lr: float, weight_decay: float, warmup_steps: int, temperature: float,
+          resolution: int, augment: str, crop_scale: tuple[float, float], arch: str, width: int,
+          blocks: str, seed: int, num_workers: int, epoch_groups: int | None,
+          checkpoint_every: int, device: str, threads: int | None, no_amp: bool) -> None:
+    """Pretrain an encoder contrastively on the shards of DATA (a dataset directory)."""
+    from synthgen.train.encoders import EncoderSpec
+    from synthgen.train.trainer import TrainConfig
+    from synthgen.train.trainer import train as run_training
+
+    config = TrainConfig(
+        data=str(data), method=method, views=views, crops_per_view=crops_per_view,
+        batch_size=batch_size, steps=steps, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, temperature=temperature, resolution=resolution,
+        augment=augment, crop_scale=tuple(crop_scale),
+        encoder=EncoderSpec(arch=arch, width=width, blocks=_blocks(blocks), resolution=resolution),
+        seed=seed, num_workers=num_workers, epoch_groups=epoch_groups,
+        checkpoint_every=checkpoint_every)
+    result = run_training(config, out, device=device, amp=not no_amp, cpu_threads=threads)
+    click.echo(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
+               f"checkpoint {result.checkpoint}")
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A synthgen train --out directory or checkpoint file; omit for the random floor only.")
+@click.option("--train", "train_data", type=click.Path(path_type=Path), required=True,
+              help="Labelled images to fit the classifier on: shards (k=1) or an ImageFolder tree.")
+@click.option("--test", "test_data", type=click.Path(path_type=Path), required=True,
+              help="Labelled images to report top-1 on.")
+@click.option("--resolution", type=int, default=None,
+              help="Image size (default: the checkpoint's encoder resolution, else 32).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random-init encoder seed.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the results to this file.")
+def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution: int | None,
+          weight_decay: float, seed: int, device: str, json_path: Path | None) -> None:
+    """Linear probe: frozen encoder features, logistic regression, top-1 on --test; also the
+    random-init encoder of the same architecture as the floor."""
+    from synthgen.train.encoders import EncoderSpec
+    from synthgen.train.probe import load_encoder
+    from synthgen.train.probe import probe as run_probe
+    from synthgen.train.probe import random_encoder
+    from synthgen.train.trainer import pick_device
+
+    torch_device = str(pick_device(device))
+    encoders = {}
+    spec = EncoderSpec(resolution=resolution or 32)
+    if checkpoint is not None:
+        encoders["checkpoint"], spec = load_encoder(checkpoint)
+    encoders["random-init"] = random_encoder(spec, seed)
+    results = {}
+    for name, encoder in encoders.items():
+        result = run_probe(encoder, train_data, test_data, resolution or spec.resolution,
+                           device=torch_device, weight_decay=weight_decay)
+        results[name] = {"test_top1": result.test_top1, "train_top1": result.train_top1,
+                         "train_samples": result.train_samples, "test_samples": result.test_samples,
+                         "classes": result.classes}
+        click.echo(f"{name}: top-1 {100 * result.test_top1:.2f}% on {result.test_samples} test "
+                   f"images ({result.classes} classes; train {100 * result.train_top1:.2f}%)")
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+@click.command("experiment")
+@click.option("--budget", "budget_name", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu",
+              show_default=True, help="Sizes: smoke (tiny-random, seconds), cpu (2 cores, < 1 h), gpu.")
+@click.option("--work", type=click.Path(path_type=Path), default=Path("runs/experiment"),
+              show_default=True, help="Where datasets, checkpoints and results go (reused).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--model", "model_id", default=None, help="Override the budget's generator model id.")
+@click.option("--seeds", default=None, help="Comma-separated training seeds (default: the budget's).")
+@click.option("--conditions", "only", default=None,
+              help="Comma-separated condition names to run (default: all), e.g. real-simclr,random-init.")
+def experiment(budget_name: str, work: Path, device: str, model_id: str | None,
+               seeds: str | None, only: str | None) -> None:
+    """Linear-probe accuracy on real renders after pretraining on real vs synthetic data
+    (see docs/EXPERIMENTS.md)."""
+    from dataclasses import replace
+
+    from synthgen.train.experiment import BUDGETS, run_experiment
+
+    budget = BUDGETS[budget_name]
+    if model_id:
+        budget = replace(budget, model_id=model_id)
+    if seeds:
+        try:
+            budget = replace(budget, seeds=tuple(int(s) for s in seeds.split(",")))
+        except ValueError:
+            raise UserError(f"--seeds: {seeds!r} is not a comma-separated list of integers; "
+                            "pass e.g. 0,1,2") from None
+    run_experiment(budget, work, device, log=lambda line: click.echo(line),
+                   only=tuple(only.split(",")) if only else None)

@@ -1,0 +1,277 @@
+"""Real vs synthetic pretraining on the embedded world, measured by a linear probe on real renders.
+
+    python -m synthgen.train.experiment --budget cpu --work runs/experiment   # or: synthgen experiment
+
+Conditions, each pretrained from scratch at an equal number of pretraining images
+(`Budget.images`) and an equal number of steps of `Budget.batch_images` crops each:
+
+| condition | pretraining data | objective |
+| --- | --- | --- |
+| real-simclr | `images` real renders (world train seeds) | SimCLR, 2 augmentations of one image |
+| synthetic-single-simclr | `images` generated groups of 1 view | SimCLR, 2 augmentations of one image |
+| synthetic-seeds-multipos | `images / views` groups of `views` views, `seeds` strategy | multi-positive over the views |
+| synthetic-latent-sigma{sigma}-multipos | the same with `latent` views at each sigma | multi-positive over the views |
+| random-init | none | none |
+
+Every condition uses the SimCLR augmentations. The probe: frozen encoder, logistic regression
+on the features of the `images` real train renders, top-1 on `real_test` held-out real renders
+(the world's evaluation seeds, never trained on by anything here); label = the object's shape
+(11 classes). Each condition is run with every seed in `Budget.seeds` (training seed; the
+random-init floor uses them as init seeds); results are mean and standard deviation over them.
+
+Synthetic data comes from `synthgen generate` (the engine API) with `Budget.model_id`:
+`builtin:world-sd` for the real experiment, `builtin:tiny-random` for the smoke budget (noise
+images: meaningless accuracies, but every stage runs). Datasets, checkpoints and results are
+kept under the work directory and reused when the command is run again.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from synthgen.data import stable_seed
+from synthgen.errors import UserError
+from synthgen.train.encoders import EncoderSpec
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    model_id: str
+    sampling_steps: int
+    guidance_scale: float
+    images: int                 # pretraining images per condition
+    views: int                  # views per group in the multi-view conditions
+    sigmas: tuple[float, ...]   # latent-view perturbation scales
+    real_test: int              # held-out real renders the probe is scored on
+    steps: int                  # training steps per run
+    batch_images: int           # crops per step (all conditions)
+    encoder: EncoderSpec
+    seeds: tuple[int, ...]
+    lr: float = 2e-3
+    temperature: float = 0.2
+    # SimCLR's 0.08 lower bound often crops a 32 px world object away entirely ("small"
+    # objects span 30% of the side); 0.2 keeps most crops on the object.
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    num_workers: int = 2
+    groups_per_shard: int = 64
+
+
+SMALL_RESNET = EncoderSpec(arch="resnet", width=8, blocks=(1, 1, 1, 1), resolution=32,
+                           projection_dim=64)
+BUDGETS = {
+    # Seconds: exercises every stage on noise images.
+    "smoke": Budget("smoke", "builtin:tiny-random", 2, 0.0, images=64, views=4, sigmas=(0.5,),
+                    real_test=64, steps=4, batch_images=32, encoder=SMALL_RESNET, seeds=(0,),
+                    num_workers=0, groups_per_shard=16),
+    # 2 CPU cores, under an hour when the cores are free (see docs/EXPERIMENTS.md).
+    "cpu": Budget("cpu", "builtin:world-sd", 10, 4.0, images=1536, views=4,
+                  sigmas=(0.25, 0.5, 1.0), real_test=1000, steps=400, batch_images=64,
+                  encoder=SMALL_RESNET, seeds=(0, 1, 2), crop_scale=(0.2, 1.0)),
+    # One GPU with 16 CPU cores, estimated 1-1.5 h (not run): ResNet-18 layout at width 32,
+    # 20x the images. The loader is the limit: ~370 crops/s per worker at 32 px (measured on
+    # the 2-core machine), so 14 workers feed ~10 steps/s of 512 crops: ~3.5 min per run.
+    "gpu": Budget("gpu", "builtin:world-sd", 20, 4.0, images=30720, views=4,
+                  sigmas=(0.25, 0.5, 1.0), real_test=5000, steps=2000, batch_images=512,
+                  encoder=EncoderSpec(width=32, blocks=(2, 2, 2, 2), resolution=32),
+                  seeds=(0, 1, 2), lr=3e-3, num_workers=14, groups_per_shard=512,
+                  crop_scale=(0.2, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    data: str            # "real", or the name of a synthetic dataset
+    method: str
+    views: int
+    crops_per_view: int
+
+
+def latent_dataset(sigma: float) -> str:
+    """The dataset name of latent views at `sigma` (recipe names allow no dots): latent-s0p5."""
+    return "latent-s" + f"{sigma:g}".replace(".", "p")
+
+
+def conditions(budget: Budget) -> list[Condition]:
+    found = [Condition("real-simclr", "real", "simclr", 1, 2),
+             Condition("synthetic-single-simclr", "single", "simclr", 1, 2),
+             Condition("synthetic-seeds-multipos", "seeds", "multipos", budget.views, 1)]
+    found += [Condition(f"synthetic-latent-sigma{sigma:g}-multipos", latent_dataset(sigma),
+                        "multipos", budget.views, 1) for sigma in budget.sigmas]
+    return found
+
+
+def synthetic_recipe(budget: Budget, name: str, views: int, strategy: str, sigma: float = 0.5):
+    """A recipe of the world's 11 shapes (class index = the shape's index in the world's SHAPES,
+    as for real renders) in the canonical caption wording; `budget.images // views` groups."""
+    from synthgen.recipe import Recipe
+    from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
+
+    groups = budget.images // views
+    per_class = [groups // len(SHAPES) + (1 if i < groups % len(SHAPES) else 0)
+                 for i in range(len(SHAPES))]
+    return Recipe.model_validate({
+        "name": f"experiment-{name}",
+        "seed": 20260,
+        "model": {"id": budget.model_id, "steps": budget.sampling_steps,
+                  "guidance_scale": budget.guidance_scale, "width": 32, "height": 32},
+        "templates": ["a {size} {stripes} {colour} {class} on a {background} background"],
+        "slots": {"size": list(SIZES), "colour": list(COLOURS), "background": list(BACKGROUNDS),
+                  # As often as the real renders are striped (30%).
+                  "stripes": {"": 7, "striped": 3}},
+        "classes": [{"name": shape, "groups": count} for shape, count in zip(SHAPES, per_class)],
+        "views": {"count": views, "strategy": strategy, "latent": {"sigma": sigma}},
+        "output": {"groups_per_shard": budget.groups_per_shard, "format": "png"},
+    })
+
+
+def synthetic_datasets(budget: Budget) -> dict:
+    """name -> recipe of every synthetic dataset the conditions read."""
+    recipes = {"single": synthetic_recipe(budget, "single", 1, "seeds"),
+               "seeds": synthetic_recipe(budget, "seeds", budget.views, "seeds")}
+    for sigma in budget.sigmas:
+        recipes[latent_dataset(sigma)] = synthetic_recipe(budget, latent_dataset(sigma),
+                                                          budget.views, "latent", sigma)
+    return recipes
+
+
+def prepare_data(budget: Budget, work: Path, device: str, log,
+                 needed: set[str] | None = None) -> dict[str, Path]:
+    """Write the real renders (always: the probe reads them) and generate the synthetic
+    datasets in `needed` (default all), skipping finished ones."""
+    from synthgen.engines.local import GenerateOptions, generate_dataset
+    from synthgen.plan import make_plan
+    from synthgen.world.dataset import write_real_dataset
+
+    paths = {}
+    real = work / "data" / "real"
+    if not (real / "done.json").is_file():
+        started = time.perf_counter()
+        counts = write_real_dataset(real, train=budget.images, test=budget.real_test, resolution=32)
+        (real / "done.json").write_text(json.dumps(counts))
+        log(f"real renders {counts} in {time.perf_counter() - started:.0f}s")
+    paths["real"], paths["real-test"] = real / "train", real / "test"
+    for name, recipe in synthetic_datasets(budget).items():
+        if needed is not None and name not in needed:
+            continue
+        out = work / "data" / name
+        if not (out / "manifest.json").is_file():
+            started = time.perf_counter()
+            summary = generate_dataset(make_plan(recipe), out,
+                                       GenerateOptions(device=device, progress=False))
+            log(f"generated {name}: {summary.images_generated} images in "
+                f"{time.perf_counter() - started:.0f}s")
+        paths[name] = out
+    return paths
+
+
+def train_config(budget: Budget, condition: Condition, data: Path, seed: int):
+    from synthgen.train.trainer import TrainConfig
+
+    crops = condition.views * condition.crops_per_view
+    return TrainConfig(data=str(data), method=condition.method, views=condition.views,
+                       crops_per_view=condition.crops_per_view,
+                       batch_size=budget.batch_images // crops, steps=budget.steps, lr=budget.lr,
+                       warmup_steps=max(1, budget.steps // 20), temperature=budget.temperature,
+                       resolution=32, crop_scale=budget.crop_scale, encoder=budget.encoder, seed=seed,
+                       num_workers=budget.num_workers, checkpoint_every=max(1, budget.steps // 4),
+                       log_every=max(1, budget.steps // 10))
+
+
+def summarise(accuracies: list[float]) -> dict:
+    return {"mean": statistics.fmean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "runs": len(accuracies), "per_seed": accuracies}
+
+
+def results_table(results: dict) -> str:
+    lines = ["| condition | pretraining images | views/group | objective | top-1 (mean ± std) | runs | per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in results.items():
+        per_seed = ", ".join(f"{100 * a:.1f}" for a in row["per_seed"])
+        lines.append(f"| {name} | {row['images']} | {row['views_per_group']} | {row['objective']} | "
+                     f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} | {row['runs']} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
+                   only: tuple[str, ...] | None = None) -> dict:
+    """Run every condition (or those named in `only`, "random-init" included) for every seed;
+    returns (and writes to work/results.json) the probe accuracies. Finished runs (a
+    probe.json per run) are not repeated, so an interrupted experiment continues."""
+    import torch
+
+    from synthgen.train.probe import load_encoder, probe, random_encoder
+    from synthgen.train.trainer import pick_device, train
+
+    known = [c.name for c in conditions(budget)] + ["random-init"]
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise UserError(f"--conditions: unknown {', '.join(unknown)}; pick from {', '.join(known)}")
+    selected = [c for c in conditions(budget) if only is None or c.name in only]
+    work.mkdir(parents=True, exist_ok=True)
+    torch_device = str(pick_device(device))
+    # Small models on a few shared cores: 1 intra-op thread, the loader workers take the rest
+    # (3x faster than 2 threads on the 2-core machine of docs/EXPERIMENTS.md).
+    cpu_threads = 1 if torch_device == "cpu" else None
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    started = time.perf_counter()
+    needed = {c.data for c in selected}
+    paths = prepare_data(budget, work, "cpu" if torch_device == "cpu" else torch_device, log, needed)
+    timings = {"data_seconds": round(time.perf_counter() - started, 1)}
+
+    def probed(encoder) -> float:
+        return probe(encoder, paths["real"], paths["real-test"], resolution=32,
+                     device=torch_device).test_top1
+
+    results = {}
+    for condition in selected:
+        accuracies = []
+        for seed in budget.seeds:
+            config = train_config(budget, condition, paths[condition.data], seed)
+            # The config's hash in the name: a changed budget never reuses an old run.
+            config_hash = stable_seed(json.dumps(config.to_json(), sort_keys=True)) % 16 ** 8
+            run_dir = work / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
+            done = run_dir / "probe.json"
+            if not done.is_file():
+                run_started = time.perf_counter()
+                train(config, run_dir, device=device, quiet=True, cpu_threads=cpu_threads)
+                trained = time.perf_counter() - run_started
+                encoder, _ = load_encoder(run_dir)
+                accuracy = probed(encoder)
+                done.write_text(json.dumps({"test_top1": accuracy, "train_seconds": round(trained, 1)}))
+            record = json.loads(done.read_text())
+            log(f"{condition.name} seed {seed}: top-1 {100 * record['test_top1']:.1f}% "
+                f"(trained in {record['train_seconds']}s)")
+            accuracies.append(record["test_top1"])
+        crops = condition.views * condition.crops_per_view
+        results[condition.name] = {**summarise(accuracies), "images": budget.images,
+                                   "views_per_group": 1 if condition.data in ("real", "single")
+                                   else budget.views,
+                                   "objective": f"{condition.method} ({crops} crops/group)"}
+    if only is None or "random-init" in only:
+        floor = [probed(random_encoder(budget.encoder, seed)) for seed in budget.seeds]
+        for seed, accuracy in zip(budget.seeds, floor):
+            log(f"random-init seed {seed}: top-1 {100 * accuracy:.1f}%")
+        results["random-init"] = {**summarise(floor), "images": 0, "views_per_group": "-",
+                                  "objective": "none"}
+    timings["total_seconds"] = round(time.perf_counter() - started, 1)
+    record = {"budget": {**asdict(budget), "encoder": budget.encoder.to_json()},
+              "device": torch_device, "timings": timings, "results": results}
+    (work / "results.json").write_text(json.dumps(record, indent=2))
+    table = results_table(results)
+    (work / "results.md").write_text(table + "\n")
+    log(table)
+    return record
+
+
+if __name__ == "__main__":
+    from synthgen.train.commands import experiment
+
+    experiment()

@@ -1,0 +1,204 @@
+"""The reference contrastive trainer: SimCLR, SupCon or multi-positive on synthgen shards.
+
+One step = one batch of `batch_size` groups, each shown as `views` x `crops_per_view` crops,
+through encoder + projection head into the method's loss (see `synthgen.train.losses`).
+AdamW, linear warm-up then cosine decay to 0 over `steps`. On a GPU the forward pass runs under
+torch.autocast (bfloat16 where supported, else float16 with a gradient scaler).
+
+Deterministic on the CPU for a given config and `num_workers`: the data stream is a pure
+function of (seed, epoch) (see `synthgen.data.pipeline`), the model is initialised from the
+seed, and step s always reads batch s mod batches_per_epoch of epoch s div batches_per_epoch.
+So a run resumed from its last checkpoint gives the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from synthgen.data import group_loader
+from synthgen.errors import UserError
+from synthgen.train.checkpoint import LAST, read_record, restore, save_checkpoint
+from synthgen.train.encoders import ContrastiveModel, EncoderSpec
+from synthgen.train.losses import group_embedding_loss
+
+METHODS = ("simclr", "supcon", "multipos")
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run computes (stored in every checkpoint)."""
+
+    data: str
+    method: str = "simclr"          # simclr | supcon | multipos
+    views: int = 2                  # k views drawn per group each epoch
+    crops_per_view: int = 1         # augmentations of each drawn view
+    batch_size: int = 64            # groups per step
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    temperature: float = 0.1
+    resolution: int = 32
+    augment: str = "simclr"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    seed: int = 0
+    num_workers: int = 2
+    epoch_groups: int | None = None  # groups per epoch; None: the dataset's size
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "crop_scale": list(self.crop_scale), "encoder": self.encoder.to_json()}
+
+    @classmethod
+    def from_json(cls, record: dict) -> TrainConfig:
+        return cls(**{**record, "crop_scale": tuple(record["crop_scale"]),
+                      "encoder": EncoderSpec.from_json(record["encoder"])})
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"method: unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        crops = self.views * self.crops_per_view
+        if self.method == "simclr" and crops != 2:
+            raise UserError(f"views: simclr needs exactly 2 crops per group, got views={self.views} "
+                            f"x crops_per_view={self.crops_per_view}; pass views=2, or views=1 "
+                            "with crops_per_view=2 (two augmentations of one image)")
+        if self.method == "multipos" and crops < 2:
+            raise UserError(f"views: multipos needs 2 or more crops per group, got {crops}; pass "
+                            "views >= 2 or crops_per_view >= 2")
+        if self.steps < 1:
+            raise UserError(f"steps: {self.steps} is not positive; pass 1 or more")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    final_loss: float
+    checkpoint: Path
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device: {device!r} asked but no CUDA GPU is visible; pass cpu or auto")
+    return torch.device(device)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from `lr` to 0 at `steps`."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(config: TrainConfig, out_dir: Path, device: str = "auto", amp: bool = True,
+          stop_after: int | None = None, quiet: bool = False,
+          cpu_threads: int | None = None) -> TrainResult:
+    """Train (or resume from `out_dir/checkpoint-last.safetensors`) up to `config.steps`.
+
+    `stop_after` ends this call after that many steps (a time-boxed job or an interruption
+    test); a later call resumes. A checkpoint is written every `checkpoint_every` steps and
+    at the end; the loss goes to stdout and `out_dir/log.jsonl`. `cpu_threads` sets torch's
+    intra-op threads (small models on a few shared cores run faster on 1 thread while the
+    loader workers take the other cores; the thread count can move the last float bits).
+    """
+    config.check()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out_dir / LAST
+
+    # 1. Device and seed; autocast only where it pays (GPU).
+    torch_device = pick_device(device)
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    use_amp = amp and torch_device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    torch.manual_seed(config.seed)
+
+    # 2. Data: a fixed number of batches per epoch, every batch a function of (seed, epoch).
+    loader = group_loader(config.data, views=config.views, crops_per_view=config.crops_per_view,
+                          batch_size=config.batch_size, resolution=config.resolution,
+                          augment=config.augment, crop_scale=config.crop_scale, mode="train",
+                          num_workers=config.num_workers, seed=config.seed,
+                          epoch_groups=config.epoch_groups, pin_memory=torch_device.type == "cuda")
+    batches_per_epoch = loader.batches_per_epoch
+
+    # 3. Model and optimiser, from the last checkpoint when there is one.
+    model = ContrastiveModel(config.encoder).to(torch_device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    if checkpoint_path.is_file():
+        if read_record(checkpoint_path)["config"] != config.to_json():
+            raise UserError(f"--out {out_dir}: holds a checkpoint of a different training config; "
+                            "choose another --out, or delete it to start over")
+        record = restore(checkpoint_path, model, optimizer)
+        step = record["step"]
+        if record.get("scaler"):
+            scaler.load_state_dict(record["scaler"])
+        if not quiet:
+            print(f"resuming from step {step} ({checkpoint_path})", flush=True)
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, model, optimizer,
+                        {"step": step, "config": config.to_json(), "scaler": scaler.state_dict(),
+                         "batches_per_epoch": batches_per_epoch})
+
+    # 4. The loop.
+    model.train()
+    last_stop = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    loss_value = float("nan")
+    started = time.perf_counter()
+    with open(out_dir / LOG, "a") as log:
+        while step < last_stop:
+            epoch, skip = divmod(step, batches_per_epoch)
+            batches = loader.epoch(epoch)
+            for _ in range(skip):  # resumed mid-epoch: the batches already trained on
+                next(batches)
+            for batch in batches:
+                # 4a. The step's learning rate.
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
+                # 4b. Forward every crop of every group, loss over the groups' embeddings.
+                images = batch.views.to(torch_device, non_blocking=True)
+                groups, crops = images.shape[:2]
+                with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=use_amp):
+                    embeddings = model(images.flatten(0, 1)).reshape(groups, crops, -1)
+                loss = group_embedding_loss(config.method, embeddings.float(),
+                                            batch.class_index, config.temperature)
+                # 4c. Backward and update.
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                # 4d. Log and checkpoint.
+                loss_value = loss.item()
+                if step % config.log_every == 0 or step == last_stop:
+                    elapsed = time.perf_counter() - started
+                    entry = {"step": step, "epoch": epoch, "loss": loss_value,
+                             "lr": optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 3)}
+                    log.write(json.dumps(entry) + "\n")
+                    log.flush()
+                    if not quiet:
+                        print(f"step {step}/{config.steps} epoch {epoch} loss {loss_value:.4f} "
+                              f"lr {entry['lr']:.2e} {elapsed:.0f}s", flush=True)
+                if step % config.checkpoint_every == 0 and step < last_stop:
+                    checkpoint()
+                if step >= last_stop:
+                    break
+
+    # 5. The last checkpoint (what resume and the probe read).
+    checkpoint()
+    return TrainResult(out_dir, step, loss_value, checkpoint_path)
