@@ -259,7 +259,7 @@ def finalize(dataset_dir: Path) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def edit(recipe: Path, out_dir: Path, device: str) -> None:
     """Erase the recipe's `suppress: method: erase` concepts from its model; save the result."""
-    from synthgen.generate.load import choose_device
+    from synthgen.devices import choose_device
     from synthgen.generate.prepare import write_edited_model
     from synthgen.recipe import load_recipe
 

@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
 
-    from synthgen.audit.encoder import choose_audit_device
+    from synthgen.devices import choose_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = choose_audit_device(args.device)
+    device = choose_device(args.device)
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.float16 if device.type == "cuda" else torch.float32)
     batch_size = args.batch_size or (512 if device.type == "cuda" else 64)

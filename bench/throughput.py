@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.small:
         args.size, args.images, args.batch_size, args.plain_calls = 64, min(args.images, 64), 8, 8
-    from synthgen.generate.load import choose_device
+    from synthgen.devices import choose_device
 
     device = choose_device(args.device)
     args.device = str(device)

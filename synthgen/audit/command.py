@@ -46,6 +46,7 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
     """Measure what a dataset holds: attribute balance, suppressed concepts, view diversity,
     prompt fidelity, near-duplicates and integrity; writes report.json and report.html."""
     from synthgen.audit import encoder as encoders
+    from synthgen.devices import choose_device
     from synthgen.audit.cache import CACHE_FILE
     from synthgen.audit.report import write_report
     from synthgen.audit.run import AuditSettings, run_audit
@@ -60,7 +61,7 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
                             attributes=[parse_attribute_option(a) for a in attributes],
                             fidelity_threshold=fidelity_threshold,
                             duplicate_threshold=duplicate_threshold)
-    chosen_device = encoders.choose_audit_device(device)
+    chosen_device = choose_device(device)
     if quiet:
         from transformers.utils import logging as transformers_logging
 

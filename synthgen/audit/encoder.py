@@ -54,18 +54,6 @@ def resolve_clip_source(clip_id: str) -> str:
     return str(folder)
 
 
-def choose_audit_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
-    return device
-
-
 class ClipEncoder:
     """A transformers CLIPModel + CLIPProcessor on one device, in inference mode.
 

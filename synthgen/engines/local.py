@@ -227,7 +227,8 @@ class ShardWorker:
                  device: str | None = None, fault: str | None = None):
         import torch
 
-        from synthgen.generate.load import choose_device, choose_dtype
+        from synthgen.devices import choose_device
+        from synthgen.generate.load import choose_dtype
         from synthgen.generate.prepare import prepare_sampler
 
         self.plan = plan

@@ -41,23 +41,6 @@ def resolve_model_source(model_id: str) -> str:
     return str(Path(str(resources.files("synthgen") / "models" / name)))
 
 
-def choose_device(requested: str = "auto") -> torch.device:
-    """`auto` is the first CUDA GPU when there is one, else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if visible == 0:
-            raise UserError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
-        if device.index is not None and device.index >= visible:
-            raise UserError(f"--device {requested}: only cuda:0 to cuda:{visible - 1} are visible")
-    return device
-
-
 def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
     """`auto` is float16 on a GPU (bfloat16 where the recipe asks) and float32 on the CPU."""
     if requested == "auto":

@@ -129,7 +129,7 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPTokenizer
 
-    from synthgen.generate.load import choose_device
+    from synthgen.devices import choose_device
     from synthgen.world.clip import zero_shot_attribute_accuracy
     from synthgen.world.corpus import held_out_pool
     from synthgen.world.oracle import load_oracle, oracle_accuracy

@@ -89,7 +89,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     """
     from transformers import CLIPTextModel
 
-    from synthgen.generate.load import choose_device
+    from synthgen.devices import choose_device
 
     out_root = Path(out_root)
     torch_device = choose_device(device)
