@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthgen.builtin import resolve_model_source
 from synthgen.errors import UserError
 
-BUILTIN_PREFIX = "builtin:"
 
 
 class ImageTextEncoder(Protocol):
@@ -38,20 +36,6 @@ class ImageTextEncoder(Protocol):
     def encode_images(self, images: list[torch.Tensor]) -> np.ndarray: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
-
-
-def resolve_clip_source(clip_id: str) -> str:
-    """A `from_pretrained` argument: `builtin:NAME` -> the folder synthgen/models/NAME."""
-    if not clip_id.startswith(BUILTIN_PREFIX):
-        return clip_id
-    name = clip_id[len(BUILTIN_PREFIX):]
-    folder = Path(str(resources.files("synthgen") / "models" / name))
-    if not (folder / "config.json").is_file():
-        raise UserError(
-            f"--clip {clip_id}: no CLIP model at {folder} (the builtin world CLIP is not part of "
-            "this installation yet); pass --clip with a hub id or a local CLIP folder, e.g. "
-            "--clip openai/clip-vit-base-patch32, or set audit.clip in the recipe")
-    return str(folder)
 
 
 class ClipEncoder:
@@ -100,7 +84,7 @@ def load_clip_encoder(clip_id: str, device: torch.device, dtype: str = "auto") -
     """Load a CLIP (hub id, local folder or builtin:NAME) from safetensors onto `device`."""
     from transformers import CLIPModel, CLIPProcessor
 
-    source = resolve_clip_source(clip_id)
+    source = resolve_model_source(clip_id, "--clip (or audit.clip)")
     torch_dtype = {"float32": torch.float32, "float16": torch.float16,
                    "bfloat16": torch.bfloat16}.get(dtype)
     if torch_dtype is None:

@@ -397,7 +397,17 @@ class ShardAssembler:
         return self.written
 
     def shutdown(self) -> None:
-        for future in self.pending_writes:
-            future.cancel()
+        """Stop the background threads, also after an error or Ctrl-C in the sampler.
+
+        Shards that were sampled whole are still written (at most `max_pending_shards`, so
+        this is quick), because a rerun then skips them; only the unfinished shard's views
+        are dropped. Their write errors are not raised here: the error that stopped the run
+        is already on its way up.
+        """
+        while self.pending_writes:
+            try:
+                self._collect(self.pending_writes.popleft())
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
         self.encoders.shutdown(wait=True, cancel_futures=True)
         self.writer.shutdown(wait=True, cancel_futures=True)

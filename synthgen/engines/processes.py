@@ -117,7 +117,7 @@ def _build_shard(shard: int) -> ShardsBuilt:
 def generate_with_processes(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
     """Build the shards `out_dir` lacks with `options.workers` worker processes, one device
     each, then the manifest once every shard of the dataset is done."""
-    from synthgen.generate.load import resolve_model_source
+    from synthgen.builtin import resolve_model_source
 
     started = time.perf_counter()
     # 1. Check the output directory and find the shards left to build.

@@ -65,7 +65,7 @@ def _import_ray():
 def generate_with_ray(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
     """Build the shards `out_dir` lacks on a Ray actor pool, then the manifest once every
     shard of the dataset is done."""
-    from synthgen.generate.load import resolve_model_source
+    from synthgen.builtin import resolve_model_source
 
     ray = _import_ray()
     started = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from synthgen.errors import UserError
-from synthgen.generate.load import resolve_model_source
+from synthgen.builtin import resolve_model_source
 
 
 class ClipConceptScorer:
@@ -20,7 +20,7 @@ class ClipConceptScorer:
     def __init__(self, model_id: str, device: torch.device):
         from transformers import CLIPModel, CLIPProcessor
 
-        source = resolve_model_source(model_id)
+        source = resolve_model_source(model_id, "suppress[].detector")
         try:
             self.model = CLIPModel.from_pretrained(source, use_safetensors=True).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(source)

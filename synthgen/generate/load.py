@@ -9,36 +9,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import torch
 
+from synthgen.builtin import resolve_model_source
 from synthgen.errors import UserError
 from synthgen.recipe import ModelSpec
 
-BUILTIN_PREFIX = "builtin:"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def builtin_models() -> list[str]:
-    """Names of the model folders shipped inside the package (pipelines, CLIPs, oracles)."""
-    root = resources.files("synthgen") / "models"
-    if not root.is_dir():
-        return []
-    return sorted(entry.name for entry in root.iterdir()
-                  if (entry / "model_index.json").is_file() or (entry / "config.json").is_file())
-
-
-def resolve_model_source(model_id: str) -> str:
-    """A `from_pretrained` argument: a local folder path for builtin names, else unchanged."""
-    if not model_id.startswith(BUILTIN_PREFIX):
-        return model_id
-    name = model_id[len(BUILTIN_PREFIX):]
-    if name not in builtin_models():
-        raise UserError(f"model.id: unknown builtin model {model_id!r}; the builtin models are: "
-                        + ", ".join(BUILTIN_PREFIX + n for n in builtin_models()))
-    return str(Path(str(resources.files("synthgen") / "models" / name)))
 
 
 def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -116,7 +94,7 @@ def _scheduler(name: str):
 def _tiny_decoder(decoder_id: str, dtype: torch.dtype):
     from diffusers import AutoencoderTiny
 
-    source = resolve_model_source(decoder_id)
+    source = resolve_model_source(decoder_id, "model.decoder")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
