@@ -124,6 +124,29 @@ def _human_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
+class DatasetLocation(click.ParamType):
+    """A dataset directory (a Path), or an object-store URL such as s3://bucket/prefix (a str)."""
+
+    name = "DIR|URL"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if "://" not in text:
+            return Path(text)
+        from synthgen.store import OBJECT_STORE_PROTOCOLS
+
+        protocol = text.split("://", 1)[0].lower()
+        if protocol == "file":
+            return Path(text.split("://", 1)[1])
+        if protocol not in OBJECT_STORE_PROTOCOLS:
+            self.fail(f"{text!r}: {protocol}:// is not a supported store; use a directory "
+                      "(a mounted path works for any storage) or one of "
+                      + ", ".join(p + "://" for p in OBJECT_STORE_PROTOCOLS), param, ctx)
+        return text
+
+
 class BatchSize(click.ParamType):
     """A positive whole number, or "auto"."""
 
@@ -143,9 +166,10 @@ class BatchSize(click.ParamType):
 
 @main.command()
 @recipe_argument
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Dataset directory; rerunning into it resumes. Several workers or slices "
-                   "may write into one directory (a shared filesystem for several machines).")
+@click.option("--out", "out_dir", required=True, type=DatasetLocation(),
+              help="Dataset directory, or s3://bucket/prefix (pip install 'synthgen[s3]'); "
+                   "rerunning into it resumes. Several workers or slices may write into one "
+                   "location (a shared filesystem or a bucket for several machines).")
 @click.option("--batch-size", default="8", show_default=True, type=BatchSize(),
               help="Views per pipeline call (views of several groups share a batch), or auto: "
                    "the largest that fits the GPU (8 on the CPU).")
@@ -177,7 +201,7 @@ class BatchSize(click.ParamType):
 @click.option("--cpu-threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="PyTorch threads per CPU worker; part of what fixes the bytes on the CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate(recipe: Path, out_dir: Path, batch_size: int | str, compile_model: bool,
+def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_model: bool,
              channels_last: bool, device: str, dtype: str | None, overwrite: bool, encode_workers: int, engine: str, workers: int | None,
              gpus: str | None, address: str | None, shard_ranges: str | None, rank: int | None,
              world_size: int | None, cpu_threads: int, quiet: bool) -> None:
@@ -237,8 +261,8 @@ def generate(recipe: Path, out_dir: Path, batch_size: int | str, compile_model: 
 
 
 @main.command()
-@click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
-def finalize(dataset_dir: Path) -> None:
+@click.argument("dataset_dir", type=DatasetLocation())
+def finalize(dataset_dir: Path | str) -> None:
     """Write manifest.json for a dataset built in slices, once every shard is done.
 
     The plan is rebuilt from DATASET_DIR/recipe.json; missing shards are listed otherwise.

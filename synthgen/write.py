@@ -1,22 +1,22 @@
-"""Shards on disk: samples, tar files, per-shard stats, the manifest, and output-dir state.
+"""Shards in a dataset store: samples, tar files, per-shard stats, the manifest, and state.
 
-What holds for a dataset directory:
-- a `shard-NNNNNN.tar` is complete: it is written under a temporary name and renamed;
-- a shard is *done* only when its `.stats.json` exists, which is written after the rename;
+What holds for a dataset location (a directory or an object-store prefix, see `store.py`):
+- a `shard-NNNNNN.tar` is complete: a store never shows part of a file;
+- a shard is *done* only when its `.stats.json` exists, which is written after the tar;
 - `manifest.json` exists only when every planned shard is done;
-- `recipe.json` names the recipe the directory belongs to; another recipe is refused.
+- `recipe.json` names the recipe the location belongs to; another recipe is refused.
 Tar members have fixed order, mtime, owner and mode, so equal inputs give equal bytes.
 
 Several workers (processes, Ray actors, Slurm array tasks, on one machine or sharing a
-filesystem) may write into one directory at once:
-- a shard is *published* with `os.link(temporary, final)`, which fails when the final name
-  exists, so of two workers racing on one shard exactly one publishes; the loser discards its
-  temporary file and writes nothing else. Only the publisher writes the shard's stats file.
-  (The filesystem must support hard links: local disks, NFS, Lustre, GPFS and CephFS do.)
-- temporary names carry host and pid (`.NAME.HOST-PID-RANDOM.tmp`); `prepare_output_dir`
-  removes only stale ones (a dead pid on this host and a minute old, or older than
-  `STALE_TEMPORARY_SECONDS`), never another live worker's;
-- `prepare_output_dir` removes unfinished tars only of the shards its own run will build.
+filesystem or a bucket) may write into one location at once:
+- a shard is *published* with the store's `publish_once` (`os.link` on a filesystem, a
+  conditional PUT on an object store), so of two workers racing on one shard exactly one
+  publishes; the loser writes nothing else. Only the publisher writes the shard's stats file.
+- `prepare_output_dir` removes only stale temporary files (never a live worker's) and the
+  unfinished files of the shards its own run will build.
+
+Every function here takes a `Location`: a local path, an `s3://` (or other supported) URL,
+or an open `DatasetStore`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import platform
 import re
-import secrets
-import socket
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -40,77 +35,17 @@ from synthgen import __version__
 from synthgen.errors import UserError
 from synthgen.plan import GroupPlan, Plan, shard_name, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
+from synthgen.store import Location, open_store
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
 DATASET_FORMAT = "synthgen-dataset/1"
 _OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|\..*\.tmp)$")
-# `.NAME.HOST-PID-RANDOM.tmp`: who wrote a temporary file, so only stale ones are removed.
-_TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{16}\.tmp$")
-# A temporary file lives for one write (seconds at most); one this old has no writer left.
-STALE_TEMPORARY_SECONDS = 15 * 60
-# A dead pid alone is not proof: a process in another PID namespace (a container) on the same
-# host looks dead from here, so its file must also be this old.
-DEAD_WRITER_GRACE_SECONDS = 60
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def stats_name(shard: int) -> str:
     return f"shard-{shard:06d}.stats.json"
-
-
-def host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-
-
-def temporary_path(path: Path) -> Path:
-    """A fresh temporary name beside `path` that says which host and process writes it."""
-    # Not mkstemp, whose 0600 mode would survive the rename.
-    return path.with_name(f".{path.name}.{host_tag()}-{os.getpid()}-{secrets.token_hex(8)}.tmp")
-
-
-def _write_temporary(path: Path, data: bytes) -> Path:
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush to disk, then rename over `path`.
-
-    A reader sees either no file or the whole file; two writers racing on one path leave
-    exactly one whole file (the last one's).
-    """
-    temporary = _write_temporary(path, data)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def publish_once(path: Path, data: bytes) -> bool:
-    """Create `path` holding `data` unless it exists; True if this call created it.
-
-    The whole file appears at once (`os.link` of a flushed temporary file), and `os.link`
-    fails when `path` exists, so of several writers racing on one path exactly one wins;
-    the others' data is discarded and the existing file is left as it is.
-    """
-    temporary = _write_temporary(path, data)
-    try:
-        os.link(temporary, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def encode_image(pixels: np.ndarray, recipe: Recipe) -> bytes:
@@ -199,7 +134,7 @@ class PublishResult:
     published: bool
 
 
-def write_shard(out_dir: Path, shard: int, samples: list[dict], model_info: dict,
+def write_shard(location: Location, shard: int, samples: list[dict], model_info: dict,
                 nonfinite_views: tuple[tuple[str, int], ...] = ()) -> ShardStats:
     """Write one shard (tar, then stats last), replacing any earlier one, and return its stats.
 
@@ -207,26 +142,28 @@ def write_shard(out_dir: Path, shard: int, samples: list[dict], model_info: dict
     `nonfinite_views` lists (group id, view) whose model output had NaN/inf and was stored
     black: recorded per item so the run goes on and the audit can find them.
     """
+    store = open_store(location)
     data, stats = shard_tar(shard, samples, model_info, nonfinite_views)
-    write_atomically(out_dir / shard_name(shard), data)
-    write_atomically(out_dir / stats_name(shard), canonical_json(stats.to_json()) + b"\n")
+    store.write(shard_name(shard), data)
+    store.write(stats_name(shard), canonical_json(stats.to_json()) + b"\n")
     return stats
 
 
-def publish_shard(out_dir: Path, shard: int, samples: list[dict], model_info: dict,
+def publish_shard(location: Location, shard: int, samples: list[dict], model_info: dict,
                   nonfinite_views: tuple[tuple[str, int], ...] = ()) -> PublishResult:
-    """Publish one shard unless another worker has: tar first (by `os.link`), then stats.
+    """Publish one shard unless another worker has: tar first (`publish_once`), then stats.
 
     Exactly one of several workers racing on a shard publishes it and writes its stats; the
     others get `published=False` and write nothing (their stats are what the shard would have
     had). A tar already there is never replaced: a rerun removes unfinished ones first
     (`prepare_output_dir`, `remove_unfinished_shard`).
     """
+    store = open_store(location)
     data, stats = shard_tar(shard, samples, model_info, nonfinite_views)
-    published = publish_once(out_dir / shard_name(shard), data)
+    published = store.publish_once(shard_name(shard), data)
     if published:
         # Stats last: a shard counts as done only once this file exists.
-        write_atomically(out_dir / stats_name(shard), canonical_json(stats.to_json()) + b"\n")
+        store.write(stats_name(shard), canonical_json(stats.to_json()) + b"\n")
     return PublishResult(stats=stats, published=published)
 
 
@@ -257,23 +194,22 @@ def shard_tar(shard: int, samples: list[dict], model_info: dict,
     return data, stats
 
 
-def read_stats(out_dir: Path, shard: int) -> dict | None:
-    path = out_dir / stats_name(shard)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+def read_stats(location: Location, shard: int) -> dict | None:
+    data = open_store(location).read(stats_name(shard))
+    return None if data is None else json.loads(data)
 
 
-def shard_done(out_dir: Path, shard: int) -> bool:
+def shard_done(location: Location, shard: int) -> bool:
     """A shard is done when its stats file exists and its tar has the size the stats record."""
-    stats = read_stats(out_dir, shard)
-    tar_path = out_dir / shard_name(shard)
-    return bool(stats) and tar_path.is_file() and tar_path.stat().st_size == stats["bytes"]
+    store = open_store(location)
+    stats = read_stats(store, shard)
+    return bool(stats) and store.size(shard_name(shard)) == stats["bytes"]
 
 
-def missing_shards(out_dir: Path, plan: Plan) -> list[int]:
-    """The planned shards that are not done in `out_dir`, in order."""
-    return [shard for shard in range(plan.shard_count) if not shard_done(out_dir, shard)]
+def missing_shards(location: Location, plan: Plan) -> list[int]:
+    """The planned shards that are not done at `location`, in order."""
+    store = open_store(location)
+    return [shard for shard in range(plan.shard_count) if not shard_done(store, shard)]
 
 
 def format_shard_ranges(shards) -> str:
@@ -291,60 +227,30 @@ def format_shard_ranges(shards) -> str:
     return ",".join(parts)
 
 
-def remove_unfinished_shard(out_dir: Path, shard: int) -> None:
+def remove_unfinished_shard(location: Location, shard: int) -> None:
     """Remove what a worker killed mid-publish left of `shard` (a tar without stats).
 
     Only the run that is about to build `shard`, with no other live worker on it, may call
     this: a tar without stats is also what a live publisher shows between its two writes.
     """
-    if not shard_done(out_dir, shard):
-        (out_dir / stats_name(shard)).unlink(missing_ok=True)
-        (out_dir / shard_name(shard)).unlink(missing_ok=True)
+    store = open_store(location)
+    if not shard_done(store, shard):
+        store.remove(stats_name(shard))
+        store.remove(shard_name(shard))
 
 
-def remove_stale_temporaries(out_dir: Path, now: float | None = None) -> list[str]:
+def remove_stale_temporaries(location: Location, now: float | None = None) -> list[str]:
     """Remove temporary files no live writer will rename; returns their names.
 
-    Stale: the name carries no writer (older synthgen versions), the file is older than
-    `STALE_TEMPORARY_SECONDS`, or its writer is a process of this host that no longer runs
-    and the file is older than `DEAD_WRITER_GRACE_SECONDS`.
-    A live worker's temporary file (on this host or another) is left alone.
+    A live worker's temporary file (on this host or another) is left alone; see
+    `LocalStore.remove_stale_temporaries` for what counts as stale.
     """
-    now = time.time() if now is None else now
-    host = host_tag()
-    removed = []
-    for entry in out_dir.iterdir():
-        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
-            continue
-        owner = _TEMPORARY_OWNER.match(entry.name)
-        try:
-            age = now - entry.stat().st_mtime
-        except FileNotFoundError:  # its writer renamed it meanwhile
-            continue
-        stale = (owner is None or age > STALE_TEMPORARY_SECONDS
-                 or (age > DEAD_WRITER_GRACE_SECONDS and owner["host"] == host
-                     and not _process_alive(int(owner["pid"]))))
-        if stale:
-            entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return removed
+    return open_store(location).remove_stale_temporaries(now)
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
-
-
-def prepare_output_dir(out_dir: Path, plan: Plan, overwrite: bool,
+def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                        shards: tuple[int, ...] | None = None) -> set[int]:
-    """Make `out_dir` ready for `plan` and return the shards already done there (all of them).
+    """Make `location` ready for `plan` and return the shards already done there (all of them).
 
     Refuses a directory made from another recipe (unless `overwrite`), removes stale
     temporary files and the unfinished files of the shards this run will build (`shards`,
@@ -353,61 +259,61 @@ def prepare_output_dir(out_dir: Path, plan: Plan, overwrite: bool,
     `overwrite` (which deletes the dataset) and no two runs build the same shards.
     """
     recipe = plan.recipe
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory; choose another path")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe_path = out_dir / RECIPE_FILE
+    store = open_store(location)
+    store.prepare()
     if overwrite:
-        for entry in out_dir.iterdir():
-            if entry.is_file() and _OWNED_FILE.match(entry.name):
-                entry.unlink(missing_ok=True)
-    # 1. Claim the directory for this recipe; of workers starting at once, one writes it.
-    if not publish_once(recipe_path, _recipe_record(recipe)):
-        existing = json.loads(recipe_path.read_text()).get("recipe_hash")
+        for name in store.names():
+            if _OWNED_FILE.match(name):
+                store.remove(name)
+    # 1. Claim the location for this recipe; of workers starting at once, one writes it.
+    if not store.publish_once(RECIPE_FILE, _recipe_record(recipe)):
+        existing = json.loads(store.read(RECIPE_FILE) or b"{}").get("recipe_hash")
         if existing != recipe.recipe_hash:
             raise UserError(
-                f"--out {out_dir}: holds a dataset made from a different recipe (hash "
+                f"--out {store.location}: holds a dataset made from a different recipe (hash "
                 f"{str(existing)[:12]}, this recipe {recipe.recipe_hash[:12]}); choose another "
                 "--out, or pass --overwrite to delete that dataset and start over")
     # 2. Debris of killed writers: only temporaries no live process will rename.
-    remove_stale_temporaries(out_dir)
-    # 3. Unfinished shards of this run's own selection (a tar renamed before its stats).
+    store.remove_stale_temporaries()
+    # 3. Unfinished shards of this run's own selection (a tar published before its stats).
     selected = range(plan.shard_count) if shards is None else shards
-    done = {shard for shard in range(plan.shard_count) if shard_done(out_dir, shard)}
+    done = {shard for shard in range(plan.shard_count) if shard_done(store, shard)}
     for shard in selected:
         if shard not in done:
-            remove_unfinished_shard(out_dir, shard)
+            remove_unfinished_shard(store, shard)
     if len(done) < plan.shard_count:
-        (out_dir / MANIFEST).unlink(missing_ok=True)
+        store.remove(MANIFEST)
     return done
 
 
-def finalize_dataset(out_dir: Path) -> dict:
-    """Write `manifest.json` for the dataset in `out_dir` once every shard is done.
+def finalize_dataset(location: Location) -> dict:
+    """Write `manifest.json` for the dataset at `location` once every shard is done.
 
     The plan is rebuilt from the recipe recorded in `recipe.json`, so any worker (or a
     person, with `synthgen finalize DIR`) can finish a dataset built by slices.
     """
     from synthgen.plan import make_plan
 
-    recipe_path = out_dir / RECIPE_FILE
-    if not recipe_path.is_file():
-        raise UserError(f"{out_dir}: has no {RECIPE_FILE}, so it is not a synthgen dataset "
-                        "directory; pass the --out directory of a synthgen generate run")
-    record = json.loads(recipe_path.read_text())
+    store = open_store(location)
+    recipe_data = store.read(RECIPE_FILE)
+    if recipe_data is None:
+        raise UserError(f"{store.location}: has no {RECIPE_FILE}, so it is not a synthgen "
+                        "dataset; pass the --out of a synthgen generate run")
+    recipe_path = f"{store.location}/{RECIPE_FILE}"
+    record = json.loads(recipe_data)
     recipe = Recipe.model_validate(record["recipe"])
     if recipe.recipe_hash != record.get("recipe_hash"):
         raise UserError(f"{recipe_path}: the recorded recipe hashes to {recipe.recipe_hash[:12]}, "
                         f"not the recorded {str(record.get('recipe_hash'))[:12]} (written by "
                         "another synthgen version?); finalize with the version that generated it")
     plan = make_plan(recipe)
-    missing = missing_shards(out_dir, plan)
+    missing = missing_shards(store, plan)
     if missing:
         raise UserError(
-            f"{out_dir}: {len(missing)} of {plan.shard_count} shards are not finished "
+            f"{store.location}: {len(missing)} of {plan.shard_count} shards are not finished "
             f"(shards {format_shard_ranges(missing)}); build them with synthgen generate RECIPE "
-            f"--out {out_dir} --shards {format_shard_ranges(missing)}, then finalize again")
-    return write_manifest(out_dir, plan)
+            f"--out {store.location} --shards {format_shard_ranges(missing)}, then finalize again")
+    return write_manifest(store, plan)
 
 
 def _recipe_record(recipe: Recipe) -> bytes:
@@ -427,13 +333,14 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def write_manifest(out_dir: Path, plan: Plan) -> dict:
+def write_manifest(location: Location, plan: Plan) -> dict:
     """Assemble `manifest.json` from the stats files alone; refuses while a shard is missing."""
+    store = open_store(location)
     shards = []
     for shard in range(plan.shard_count):
-        stats = read_stats(out_dir, shard)
+        stats = read_stats(store, shard)
         if stats is None:
-            raise UserError(f"{out_dir}: shard {shard_name(shard)} is not finished; "
+            raise UserError(f"{store.location}: shard {shard_name(shard)} is not finished; "
                             "rerun synthgen generate to complete the dataset")
         shards.append(stats)
     manifest = {
@@ -451,7 +358,7 @@ def write_manifest(out_dir: Path, plan: Plan) -> dict:
         "shards": [{key: s[key] for key in ("name", "samples", "images", "bytes", "sha256")}
                    for s in shards],
     }
-    write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    store.write(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
 
 

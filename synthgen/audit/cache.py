@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthgen.write import write_atomically
+from synthgen.store import write_atomically
 
 CACHE_FILE = "embeddings.npz"
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from synthgen.audit.decode import decode_pil
 from synthgen.audit.run import OVERALL, AuditOutcome
-from synthgen.write import write_atomically
+from synthgen.store import write_atomically
 
 CELL = 96
 MAX_SCOPES_PER_CHART = 24

@@ -15,9 +15,9 @@ writes the manifest only once every shard of the dataset is done.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 from synthgen.errors import UserError
+from synthgen.store import open_store
 
 ENGINES = {
     "local": ("synthgen.engines.local", "generate_dataset"),
@@ -34,9 +34,10 @@ def engine_name(engine: str, workers: int | None) -> str:
     return engine
 
 
-def run_engine(name: str, plan, out_dir: Path, options):
-    """Run `plan` into `out_dir` with the engine called `name`; returns its `RunSummary`."""
+def run_engine(name: str, plan, out_dir, options):
+    """Run `plan` into `out_dir` (a path, a supported URL or a `DatasetStore`) with the engine
+    called `name`; returns its `RunSummary`."""
     if name not in ENGINES:
         raise UserError(f"--engine {name!r} is not an engine; use one of {', '.join(ENGINES)}")
     module, function = ENGINES[name]
-    return getattr(importlib.import_module(module), function)(plan, Path(out_dir), options)
+    return getattr(importlib.import_module(module), function)(plan, open_store(out_dir), options)

@@ -20,13 +20,13 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
 from synthgen.errors import UserError
 from synthgen.plan import GroupPlan, Plan
+from synthgen.store import DatasetStore, Location, open_store
 from synthgen.views import ViewPlan
 from synthgen.write import (
     PublishResult,
@@ -86,7 +86,7 @@ class GenerateOptions:
 class RunSummary:
     """What a `generate` run did."""
 
-    out_dir: Path
+    out_dir: str  # the dataset's location: a directory or a URL
     shards_total: int
     shards_skipped: int
     shards_written: int = 0
@@ -131,7 +131,7 @@ def selected_shards(plan: Plan, options: GenerateOptions) -> tuple[int, ...]:
     return tuple(sorted(set(options.shards)))
 
 
-def start_run(plan: Plan, out_dir: Path, options: GenerateOptions,
+def start_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions,
               engine: str) -> tuple[RunSummary, list[int]]:
     """Steps every engine takes first: check the options, prepare `out_dir`, list the work."""
     selection = selected_shards(plan, options)
@@ -141,7 +141,7 @@ def start_run(plan: Plan, out_dir: Path, options: GenerateOptions,
                         "starting the slices, or run without a slice")
     done = prepare_output_dir(out_dir, plan, options.overwrite, options.shards)
     pending = [shard for shard in selection if shard not in done]
-    summary = RunSummary(out_dir=out_dir, shards_total=plan.shard_count,
+    summary = RunSummary(out_dir=out_dir.location, shards_total=plan.shard_count,
                          shards_skipped=len(selection) - len(pending), engine=engine,
                          shards_selected=len(selection))
     return summary, pending
@@ -161,7 +161,7 @@ def add_built(summary: RunSummary, built: ShardsBuilt) -> None:
     summary.model = summary.model or built.model
 
 
-def finish_run(plan: Plan, out_dir: Path, options: GenerateOptions, summary: RunSummary,
+def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summary: RunSummary,
                started: float) -> RunSummary:
     """Steps every engine takes last: the manifest, once every shard of the dataset is done.
 
@@ -176,14 +176,14 @@ def finish_run(plan: Plan, out_dir: Path, options: GenerateOptions, summary: Run
         # Only possible when another run raced on this directory and lost its worker
         # between publishing a tar and writing its stats.
         raise UserError(
-            f"--out {out_dir}: shards {format_shard_ranges(summary.missing)} were published by "
+            f"--out {out_dir.location}: shards {format_shard_ranges(summary.missing)} were published by "
             "another run writing here at the same time and are not finished; rerun synthgen "
             "generate once the other run has stopped")
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
+def generate_dataset(plan: Plan, out_dir: Location, options: GenerateOptions) -> RunSummary:
     """Build every shard of `plan` (or of `options.shards`) that `out_dir` lacks, in this
     process on one device, then the manifest once every shard of the dataset is done.
 
@@ -191,7 +191,8 @@ def generate_dataset(plan: Plan, out_dir: Path, options: GenerateOptions) -> Run
     engines (`synthgen.engines.run_engine`).
     """
     started = time.perf_counter()
-    # 1. Check the output directory and find the shards that are already done.
+    out_dir = open_store(out_dir)
+    # 1. Check the output location and find the shards that are already done.
     summary, pending = start_run(plan, out_dir, options, engine="local")
     if not pending:
         # Everything was built before; a crash may have come between the last stats file
@@ -223,7 +224,7 @@ class ShardWorker:
     The model is loaded on construction; `build` may be called any number of times.
     """
 
-    def __init__(self, plan: Plan, out_dir: Path, options: GenerateOptions,
+    def __init__(self, plan: Plan, out_dir: Location, options: GenerateOptions,
                  device: str | None = None, fault: str | None = None):
         import torch
 
@@ -232,7 +233,7 @@ class ShardWorker:
         from synthgen.generate.prepare import prepare_sampler
 
         self.plan = plan
-        self.out_dir = Path(out_dir)
+        self.store = open_store(out_dir)
         self.options = options
         self.fault = fault
         recipe = plan.recipe
@@ -272,14 +273,14 @@ class ShardWorker:
     def build(self, shards, on_batch: Callable[[int, int], None] | None = None) -> ShardsBuilt:
         """Build `shards` in order and publish each (see `write.publish_shard`).
 
-        A shard already done in `out_dir` (another worker's) is skipped. `on_batch(shard,
+        A shard already done in the store (another worker's) is skipped. `on_batch(shard,
         images)` is called after every pipeline call, for progress.
         """
         built = ShardsBuilt(shards=tuple(shards), model=self.model_info)
-        assembler = ShardAssembler(self.plan, self.out_dir, self.model_info, self.options)
+        assembler = ShardAssembler(self.plan, self.store, self.model_info, self.options)
         try:
             for shard in shards:
-                if shard_done(self.out_dir, shard):
+                if shard_done(self.store, shard):
                     built.skipped += 1
                     continue
                 # Batches never cross shards, so a shard's bytes do not depend on which
@@ -335,9 +336,10 @@ class ShardAssembler:
     `results` holds each written shard's `PublishResult`.
     """
 
-    def __init__(self, plan: Plan, out_dir: Path, model_info: dict, options: GenerateOptions):
+    def __init__(self, plan: Plan, store: DatasetStore, model_info: dict,
+                 options: GenerateOptions):
         self.plan = plan
-        self.out_dir = out_dir
+        self.store = store
         self.model_info = model_info
         self.max_pending = options.max_pending_shards
         self.encoders = ThreadPoolExecutor(options.encode_workers, thread_name_prefix="encode")
@@ -376,7 +378,7 @@ class ShardAssembler:
         futures = self.encoded.pop(shard)
         nonfinite = tuple(self.nonfinite.pop(shard, ()))
         self.pending_writes.append(self.writer.submit(
-            lambda: publish_shard(self.out_dir, shard, [f.result() for f in futures],
+            lambda: publish_shard(self.store, shard, [f.result() for f in futures],
                                   self.model_info, nonfinite)))
         # Back-pressure: the sampler waits rather than piling up shards in memory.
         while len(self.pending_writes) > self.max_pending:

@@ -17,7 +17,6 @@ import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ from synthgen.engines.local import (
 )
 from synthgen.errors import UserError
 from synthgen.plan import Plan
+from synthgen.store import DatasetStore
 from synthgen.write import remove_stale_temporaries, remove_unfinished_shard, shard_name
 
 
@@ -97,9 +97,9 @@ def worker_devices(device: str, workers: int) -> list[str]:
 _WORKER: dict = {}
 
 
-def _start_worker(plan: Plan, out_dir: str, options: GenerateOptions, device: str,
+def _start_worker(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, device: str,
                   progress, fault: str | None) -> None:
-    _WORKER.update(plan=plan, out_dir=Path(out_dir), options=options, device=device,
+    _WORKER.update(plan=plan, out_dir=out_dir, options=options, device=device,
                    progress=progress, fault=fault, shard_worker=None)
 
 
@@ -114,7 +114,7 @@ def _build_shard(shard: int) -> ShardsBuilt:
     return _WORKER["shard_worker"].build([shard], on_batch=lambda s, n: progress.put((s, n)))
 
 
-def generate_with_processes(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
+def generate_with_processes(plan: Plan, out_dir: DatasetStore, options: GenerateOptions) -> RunSummary:
     """Build the shards `out_dir` lacks with `options.workers` worker processes, one device
     each, then the manifest once every shard of the dataset is done."""
     from synthgen.builtin import resolve_model_source
@@ -135,7 +135,7 @@ def generate_with_processes(plan: Plan, out_dir: Path, options: GenerateOptions)
 
     def start_worker(device: str) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
-                                   initargs=(plan, str(out_dir), options, device, progress, fault))
+                                   initargs=(plan, out_dir, options, device, progress, fault))
 
     workers = [start_worker(device) for device in devices]
     waiting = list(pending)  # shards not yet handed to a worker, in order

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from synthgen.engines.local import (
 from synthgen.engines.processes import WorkerDied
 from synthgen.errors import UserError
 from synthgen.plan import Plan
+from synthgen.store import DatasetStore
 from synthgen.write import remove_stale_temporaries, remove_unfinished_shard, shard_name
 
 
@@ -42,9 +42,9 @@ class RayShardWorker:
     """The actor: a `ShardWorker` made on the first call, so that a load error comes back as
     the call's error (a UserError stays one) instead of killing the actor."""
 
-    def __init__(self, plan: Plan, out_dir: str, options: GenerateOptions, device: str,
+    def __init__(self, plan: Plan, store: DatasetStore, options: GenerateOptions, device: str,
                  fault: str | None):
-        self.arguments = (plan, Path(out_dir), options, device, fault)
+        self.arguments = (plan, store, options, device, fault)
         self.worker: ShardWorker | None = None
 
     def build(self, shard: int) -> ShardsBuilt:
@@ -62,14 +62,13 @@ def _import_ray():
     return ray
 
 
-def generate_with_ray(plan: Plan, out_dir: Path, options: GenerateOptions) -> RunSummary:
+def generate_with_ray(plan: Plan, out_dir: DatasetStore, options: GenerateOptions) -> RunSummary:
     """Build the shards `out_dir` lacks on a Ray actor pool, then the manifest once every
     shard of the dataset is done."""
     from synthgen.builtin import resolve_model_source
 
     ray = _import_ray()
     started = time.perf_counter()
-    out_dir = Path(out_dir).resolve()  # actors may run in another working directory
     # 1. Check the output directory (the driver's view of the shared path); list the work.
     summary, pending = start_run(plan, out_dir, options, engine="ray")
     if not pending:
@@ -106,7 +105,7 @@ def generate_with_ray(plan: Plan, out_dir: Path, options: GenerateOptions) -> Ru
         device = "cuda" if on_gpu else "cpu"
         summary.workers = count
         actor_class = ray.remote(**per_actor)(RayShardWorker)
-        arguments = (ray.put(plan), str(out_dir), options, device, fault_from_environment())
+        arguments = (ray.put(plan), out_dir, options, device, fault_from_environment())
         _run_pool(ray, actor_class, arguments, count, plan, out_dir, options, pending, summary)
     finally:
         if started_ray:
@@ -114,7 +113,7 @@ def generate_with_ray(plan: Plan, out_dir: Path, options: GenerateOptions) -> Ru
     return finish_run(plan, out_dir, options, summary, started)
 
 
-def _run_pool(ray, actor_class, arguments, count: int, plan: Plan, out_dir: Path,
+def _run_pool(ray, actor_class, arguments, count: int, plan: Plan, out_dir: DatasetStore,
               options: GenerateOptions, pending: list[int], summary: RunSummary) -> None:
     from ray.exceptions import RayActorError, RayTaskError
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from synthgen.engines import run_engine
 from synthgen.engines.local import GenerateOptions
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
+from synthgen.write import PublishResult, build_sample, publish_shard, sample_metadata
 
 QUIET = GenerateOptions(progress=False, device="cpu", batch_size=3)
 
@@ -28,3 +30,28 @@ def dataset_bytes(out_dir: Path, manifest: bool = True) -> dict[str, str]:
     if manifest:
         files.append(out_dir / "manifest.json")
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def shard_samples(plan, shard: int) -> list[dict]:
+    """The samples of one shard with stand-in image bytes (no model needed)."""
+    return [build_sample(group, [f"{group.group_id}/{v.view}".encode() for v in group.views],
+                         sample_metadata(group, plan.recipe, {"device_type": "cpu"}), "png")
+            for group in plan.shard_groups(shard)]
+
+
+def race_publishers(location, plan, shard: int, racers: int) -> list[PublishResult]:
+    """`racers` threads publish the same shard at once (released together by a barrier)."""
+    samples = shard_samples(plan, shard)
+    start = threading.Barrier(racers)
+    results = []
+
+    def publish():
+        start.wait()
+        results.append(publish_shard(location, shard, samples, {"device_type": "cpu"}))
+
+    threads = [threading.Thread(target=publish) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,21 +14,19 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from engine_helpers import dataset_bytes, run
+from engine_helpers import dataset_bytes, race_publishers, run, shard_samples
 from synthgen.engines.local import FAULT_ENV, FAULT_EXIT_STATUS
 from synthgen.engines.slices import choose_slice, parse_shard_ranges
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
-from synthgen.write import (
+from synthgen.store import (
     DEAD_WRITER_GRACE_SECONDS,
     STALE_TEMPORARY_SECONDS,
-    finalize_dataset,
     host_tag,
-    prepare_output_dir,
-    publish_shard,
     temporary_path,
 )
+from synthgen.write import finalize_dataset, prepare_output_dir, publish_shard
 
 
 def invoke(*args):
@@ -94,38 +91,18 @@ def test_a_killed_run_is_finished_by_a_rerun_without_rebuilding_finished_shards(
     assert dataset_bytes(out) == expected
 
 
-def _shard_samples(plan, shard: int) -> list[dict]:
-    from synthgen.write import build_sample, sample_metadata
-
-    return [build_sample(group, [f"{group.group_id}/{v.view}".encode() for v in group.views],
-                         sample_metadata(group, plan.recipe, {"device_type": "cpu"}), "png")
-            for group in plan.shard_groups(shard)]
-
-
 def test_racing_publishers_of_one_shard_leave_one_correct_shard(write_recipe, tmp_path):
     plan = make_plan(load_recipe(write_recipe()))
     out = tmp_path / "out"
     prepare_output_dir(out, plan, overwrite=False)
-    samples = _shard_samples(plan, 1)
-    start = threading.Barrier(8)
-    results = []
-
-    def publish():
-        start.wait()
-        results.append(publish_shard(out, 1, samples, {"device_type": "cpu"}))
-
-    threads = [threading.Thread(target=publish) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = race_publishers(out, plan, 1, racers=8)
     assert sum(result.published for result in results) == 1
     stats = json.loads((out / "shard-000001.stats.json").read_text())
     assert stats == results[0].stats.to_json() == results[-1].stats.to_json()
     assert (out / "shard-000001.tar").stat().st_size == stats["bytes"]
     assert not list(out.glob(".*.tmp")), "losers discard their temporary files"
     # A late loser with other bytes neither replaces the shard nor touches its stats.
-    other = publish_shard(out, 1, samples[:1], {"device_type": "cpu"})
+    other = publish_shard(out, 1, shard_samples(plan, 1)[:1], {"device_type": "cpu"})
     assert not other.published
     assert json.loads((out / "shard-000001.stats.json").read_text()) == stats
 
