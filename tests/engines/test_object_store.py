@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -155,3 +156,21 @@ def test_unsupported_or_unreachable_locations_give_one_clear_message(write_recip
     assert not s3.exists("no-such-bucket"), "synthgen never creates buckets"
     with pytest.raises(UserError, match="gs://"):
         FsspecStore("gs://bucket/data")
+
+
+def test_ray_actors_write_the_same_shards_to_s3(reference, s3, s3_endpoint, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'synthgen[ray]'")
+    recipe, expected = reference
+    # On a cluster every node has its own AWS settings; here the actors get the test's.
+    storage_env = {name: value for name, value in os.environ.items()
+                   if name.startswith("AWS_")}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": storage_env})
+    try:
+        monkeypatch.setenv(FAULT_ENV, f"0:{tmp_path / 'died-once'}")
+        _, summary = run("ray", recipe, f"s3://{BUCKET}/ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "died-once").exists(), "the fault was injected"
+    assert summary.shards_retried == 1 and summary.shards_written == 3
+    assert store_bytes(s3, f"{BUCKET}/ray") == expected
