@@ -206,16 +206,15 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
              gpus: str | None, address: str | None, shard_ranges: str | None, rank: int | None,
              world_size: int | None, cpu_threads: int, quiet: bool) -> None:
     """Generate the dataset a recipe describes, as WebDataset shards in --out."""
-    from synthgen.attributes import plan_warnings
     from synthgen.engines import engine_name, run_engine
     from synthgen.engines.local import GenerateOptions
     from synthgen.engines.slices import choose_slice
-    from synthgen.plan import make_plan
+    from synthgen.plan import make_plan, recipe_warnings
     from synthgen.recipe import load_recipe
     from synthgen.write import format_shard_ranges
 
     the_plan = make_plan(load_recipe(recipe))
-    for warning in plan_warnings(the_plan.recipe):
+    for warning in recipe_warnings(the_plan.recipe):
         click.echo(f"warning: {warning}", err=True)
     if address is not None and engine != "ray":
         raise UserError(f"--address {address}: only the ray engine joins a cluster; add "

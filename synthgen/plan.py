@@ -202,6 +202,23 @@ def _fill(recipe: Recipe, template: str, chosen: dict[str, str], balanced: dict[
     return " ".join(prompt.split())
 
 
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Everything valid that will not do what the recipe seems to want (printed by plan and
+    generate): `attributes.plan_warnings`, and enumerations with more combinations than groups."""
+    warnings = plan_warnings(recipe)
+    for target in _targets(recipe):
+        if target.prompt_mode != "enumerate":
+            continue
+        combinations = len(_enumerate(target))
+        if combinations > target.groups:
+            warnings.append(
+                f"{target.name!r}: prompt_mode enumerate has {combinations} template x slot "
+                f"combinations but only {target.groups} groups, so the last "
+                f"{combinations - target.groups} are never used; raise groups to {combinations} "
+                "(or a multiple of it) to cover each one, or use prompt_mode: sample")
+    return warnings
+
+
 def _enumerate(target: _Target) -> list[tuple[str, dict[str, str]]]:
     """Every (template, direct slot values) combination, in recipe order; weights ignored."""
     combinations = []
@@ -275,7 +292,7 @@ def summarize(plan: Plan) -> dict:
         "balance": balance_table,
         "suppress": [{"concept": e.concept, "method": e.method} for e in recipe.suppress],
         "negative_prompt": negative_prompt(recipe),
-        "warnings": plan_warnings(recipe),
+        "warnings": recipe_warnings(recipe),
     }
 
 

@@ -380,19 +380,22 @@ class Recipe(StrictModel):
                             set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
         _check_nested_slots("slots", self.slots, set(self.slots) | {CLASS_SLOT})
         for index, spec in enumerate(self.classes):
-            known = set(self.slots) | set(spec.slots) | balance_slots | {CLASS_SLOT}
+            known = set(self.slots) | set(spec.slots) | self._balance_slots_for(spec.name) | {CLASS_SLOT}
             if spec.templates is None and not self.templates:
                 raise recipe_problem(
                     "cross_reference", f"classes[{index}] ({spec.name!r}) has no templates; give "
                     "it templates: [...] or add top-level templates: ['a photo of a {class}']")
             where = f"classes[{index}].templates" if spec.templates else "templates"
             for t_index, template in enumerate(self.templates_for(spec)):
+                self._check_balance_reaches(f"{where}[{t_index}]", template, spec.name, known)
                 _check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
             _check_nested_slots(f"classes[{index}].slots", spec.slots, known)
         own_labels = set()
         for index, case in enumerate(self.corner_cases):
             labelled = case.label is not None or case.own_label is not None
-            known = set(self.slots) | balance_slots | ({CLASS_SLOT} if labelled else set())
+            known = (set(self.slots) | self._balance_slots_for(case.name)
+                     | ({CLASS_SLOT} if labelled else set()))
+            self._check_balance_reaches(f"corner_cases[{index}].prompt", case.prompt, case.name, known)
             _check_template(f"corner_cases[{index}].prompt", case.prompt, known, "slots")
             if case.label is not None and case.label not in class_names:
                 raise recipe_problem(
@@ -432,6 +435,25 @@ class Recipe(StrictModel):
                                          f"case; use one of {sorted(names)}")
             slots.add(slot)
         return slots
+
+    def _balance_slots_for(self, target: str) -> set[str]:
+        """The slots that balance entries fill for the class or corner case `target`."""
+        return {entry.slot_name for entry in self.balance
+                if entry.applies_to is None or target in entry.applies_to}
+
+    def _check_balance_reaches(self, where: str, template: str, target: str, known: set[str]) -> None:
+        """A template used by `target` may not need a balance slot whose entry skips `target`."""
+        try:
+            used = template_slots(template)
+        except ValueError:
+            return  # malformed braces: _check_template reports them
+        for index, entry in enumerate(self.balance):
+            if entry.slot_name in used and entry.slot_name not in known:
+                raise recipe_problem(
+                    "balance", f"{where} {template!r} uses slot {{{entry.slot_name}}}, which "
+                    f"balance[{index}] fills only for {entry.applies_to}, not for {target!r}; add "
+                    f"{target!r} to balance[{index}].applies_to, or give {target!r} templates "
+                    "of its own without that slot")
 
     def corner_case_groups(self, case: CornerCaseSpec) -> int:
         """The exact number of groups a corner case gets (weights and oversampling rounded)."""

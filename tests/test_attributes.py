@@ -61,6 +61,16 @@ def test_balance_mistakes(write_recipe):
     with pytest.raises(UserError, match=r"slot \{colour\}, which is already defined"):
         load_recipe(write_recipe({"balance": [{"attribute": "colour", "values": {"a": 1, "b": 1}}]},
                                  name="b.yaml"))
+    # A shared template needs {age} for every class, but age is balanced only for doctors.
+    with pytest.raises(UserError, match=r"templates\[0\] 'a photo of a \{age\} \{class\}' uses "
+                       r"slot \{age\}, which balance\[0\] fills only for \['doctor'\], not for "
+                       r"'nurse'; add 'nurse' to balance\[0\].applies_to"):
+        load_recipe(write_recipe({
+            "templates": ["a photo of a {age} {class}"],
+            "classes": [{"name": "doctor", "groups": 2}, {"name": "nurse", "groups": 2}],
+            "corner_cases": [],
+            "balance": [{"attribute": "age", "values": {"young": 1, "old": 1},
+                         "applies_to": ["doctor"]}]}, name="c.yaml"))
 
 
 def test_corner_case_sizes_and_labels(write_recipe):
@@ -97,6 +107,14 @@ def test_enumerate_covers_every_combination(write_recipe):
     expected = sorted([f"a {s} {c} ball" for s in ("small", "big") for c in ("red", "green", "blue")]
                       + [f"a {c} ball" for c in ("red", "green", "blue")])
     assert prompts == expected
+    assert not [w for w in summarize(make_plan(recipe))["warnings"] if "enumerate" in w]
+    short = load_recipe(write_recipe({
+        "slots": {"colour": ["red", "green", "blue"], "size": ["small", "big"]},
+        "classes": [{"name": "ball", "templates": ["a {size} {colour} ball", "a {colour} ball"],
+                     "groups": 4, "prompt_mode": "enumerate"}],
+        "corner_cases": []}, name="short.yaml"))
+    assert ("'ball': prompt_mode enumerate has 9 template x slot combinations but only 4 groups, "
+            "so the last 5 are never used") in " ".join(summarize(make_plan(short))["warnings"])
 
 
 def test_nested_slots_expand_and_cycles_are_errors(write_recipe):

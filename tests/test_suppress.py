@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import webdataset
 from click.testing import CliRunner
 
 from cli import main
 from synthgen.engines.local import GenerateOptions, generate_dataset
+from synthgen.errors import UserError
 from synthgen.generate import prepare
 from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.erase import cross_attention_projections, erase_concept, text_embeddings
@@ -88,6 +90,26 @@ def test_rejection_regenerates_exactly_the_flagged_views(write_recipe, tmp_path,
     assert manifest["totals"]["rejections"] == {"bright": rejected_total}
 
 
+def test_each_concept_gets_only_its_own_retries():
+    from synthgen.generate.sampler import Sampler
+    from synthgen.recipe import ViewsSpec
+    from synthgen.views import plan_views
+
+    model = load_pipeline(SPEC, torch.device("cpu"), torch.float32)
+    everything = lambda images: torch.ones(len(images))  # noqa: E731 - flags every view
+    nothing = lambda images: torch.zeros(len(images))  # noqa: E731
+    rejectors = (Rejector(concept="logo", threshold=0.5, max_retries=1, score=everything),
+                 Rejector(concept="text", threshold=0.5, max_retries=4, score=nothing))
+    sampler = Sampler(model, SPEC, batch_size=2, rejectors=rejectors)
+    views = list(plan_views(ViewsSpec(count=2, strategy="seeds"), 7, "g", "a red circle", ""))
+    records = sampler.sample(views).records
+    # 'logo' allows one retry; the larger allowance of 'text' must not lend it more.
+    for view, record in zip(views, records):
+        assert record["rejections"] == {"logo": 1}
+        assert record["suppression_failed"] == ["logo"]
+        assert record["seed_used"] == derive_seed("retry", view.seed, 1)
+
+
 def test_clip_detector_scores_are_probabilities(tiny_clip_dir):
     scorer = ClipConceptScorer(str(tiny_clip_dir), torch.device("cpu"))
     images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8,
@@ -140,5 +162,19 @@ def test_erase_is_recorded_and_edit_command_writes_a_loadable_model(write_recipe
     edited_layers = dict(cross_attention_projections(reloaded.pipeline.unet))
     for name, linear in cross_attention_projections(original.pipeline.unet):
         assert not torch.equal(linear.weight, edited_layers[name].weight)
+    # A model made by synthgen edit brings its edit record into what datasets record.
+    (carried,) = reloaded.describe()["edits"]
+    assert carried["weights_sha256"] == edit["weights_sha256"]
+    assert carried["applied_by"] == "synthgen edit" and carried["base_model"] == SPEC.id
     again = CliRunner().invoke(main, ["edit", str(recipe), "--out", str(tmp_path / "edited")])
     assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_erase_on_a_model_without_a_unet_is_a_user_error(write_recipe):
+    from types import SimpleNamespace
+
+    recipe = load_recipe(write_recipe({"suppress": [{"concept": "a logo", "method": "erase"}]}))
+    transformer_model = SimpleNamespace(pipeline=SimpleNamespace(transformer=object()), edits=())
+    with pytest.raises(UserError, match=r"suppress\[0\].method erase: .* has no UNet.*use method: "
+                                        "reject or negative"):
+        prepare.apply_erasures(recipe, transformer_model)

@@ -60,6 +60,18 @@ def test_sigma_zero_gives_identical_views_and_distance_grows_with_sigma(tiny_mod
     assert 0 < spread[0] < spread[1] < spread[2], spread
 
 
+def test_sigma_zero_gives_identical_views_with_a_stochastic_scheduler():
+    # Ancestral sampling draws new noise at every step; latent views share their anchor's.
+    spec = SPEC.model_copy(update={"scheduler": "EulerAncestralDiscreteScheduler", "steps": 4})
+    sampler = Sampler(load_pipeline(spec, torch.device("cpu"), torch.float32), spec, batch_size=4)
+    identical = sampler.sample(latent_views(0.0, "g0")).images
+    assert all(torch.equal(identical[0], identical[i]) for i in range(1, 4))
+    seeds = list(plan_views(ViewsSpec(count=4, strategy="seeds"), 3, "g0", "a red circle", ""))
+    apart = sampler.sample(seeds).images
+    assert mean_pairwise_distance(apart) > mean_pairwise_distance(
+        sampler.sample(latent_views(0.1, "g0")).images) > 0
+
+
 def test_prompt_views_cycle_or_sample_modifiers():
     spec = ViewsSpec(count=3, strategy=["seeds", "prompt"],
                      prompt={"modifiers": ["at night", "from above"], "mode": "cycle"})

@@ -76,7 +76,24 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     if spec.decoder is not None:
         pipeline.vae = _tiny_decoder(spec.decoder, dtype)
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source)
+    return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source,
+                       edits=_recorded_edits(source))
+
+
+EDITS_FILE = "synthgen-edits.json"
+
+
+def _recorded_edits(source: str) -> tuple[dict, ...]:
+    """The erase edits a `synthgen edit` folder carries, so datasets made from it record them."""
+    import json
+    from pathlib import Path
+
+    record = Path(source) / EDITS_FILE
+    if not record.is_file():
+        return ()
+    data = json.loads(record.read_text())
+    return tuple({**edit, "applied_by": "synthgen edit", "base_model": data.get("base_model")}
+                 for edit in data.get("edits", ()))
 
 
 def _scheduler(name: str):

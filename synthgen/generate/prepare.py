@@ -20,6 +20,13 @@ from synthgen.recipe import Recipe
 
 def apply_erasures(recipe: Recipe, model: LoadedModel) -> LoadedModel:
     """Edit the model for every `erase` entry; the edits are recorded in `model.describe()`."""
+    erasing = [index for index, entry in enumerate(recipe.suppress) if entry.method == "erase"]
+    if erasing and getattr(model.pipeline, "unet", None) is None:
+        # PixArt, SD3 and FLUX denoise with a transformer, not a UNet with cross-attention.
+        raise UserError(
+            f"suppress[{erasing[0]}].method erase: {recipe.model.id} "
+            f"({type(model.pipeline).__name__}) has no UNet, and erase edits a UNet's "
+            "cross-attention; use method: reject or negative for this model")
     edits = tuple(erase_concept(model.pipeline, entry.concept, entry.target, entry.preserve)
                   for entry in recipe.suppress if entry.method == "erase")
     return replace(model, edits=model.edits + edits)
@@ -74,7 +81,7 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     import json
     from pathlib import Path
 
-    from synthgen.generate.load import choose_dtype
+    from synthgen.generate.load import EDITS_FILE, choose_dtype
 
     out_dir = Path(out_dir)
     if not any(entry.method == "erase" for entry in recipe.suppress):
@@ -86,5 +93,5 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     model.pipeline.save_pretrained(out_dir, safe_serialization=True)
     record = {"base_model": recipe.model.id, "revision": recipe.model.revision,
               "edits": list(model.edits)}
-    (out_dir / "synthgen-edits.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out_dir / EDITS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return model.edits

@@ -146,8 +146,8 @@ class Sampler:
         """Generate, then regenerate views a rejector flags: (uint8 images, finite, records).
 
         A view is flagged when any concept's score exceeds its threshold; it is drawn again
-        with `retry_view` until it passes or `max_retries` attempts are spent (the last
-        attempt is kept, and recorded as a suppression failure).
+        with `retry_view` until it passes or every concept that flags it has spent its own
+        `max_retries` (the last draw is kept, and recorded as a suppression failure).
         """
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
@@ -155,26 +155,34 @@ class Sampler:
             return images, finite, records
         current = list(views)
         pending = list(range(len(views)))
-        attempts = max(rejector.max_retries for rejector in self.rejectors)
-        for attempt in range(attempts + 1):
+        retries_allowed = {rejector.concept: rejector.max_retries for rejector in self.rejectors}
+        attempt = 0
+        while pending:
             flagged: dict[int, list[str]] = {}
             for rejector in self.rejectors:
                 scores = rejector.score(images[pending]).tolist()
                 for position, score in zip(pending, scores):
                     if score > rejector.threshold:
                         flagged.setdefault(position, []).append(rejector.concept)
-            if not flagged:
-                break
-            if attempt == attempts:
-                for position, concepts in flagged.items():
+            # A flagged view is drawn again while one of the concepts that flagged it has
+            # retries left; otherwise its last draw is kept and recorded as a failure.
+            pending = []
+            for position, concepts in sorted(flagged.items()):
+                spent = records[position].get("rejections", {})
+                if any(spent.get(concept, 0) < retries_allowed[concept] for concept in concepts):
+                    pending.append(position)
+                else:
                     records[position]["suppression_failed"] = sorted(concepts)
+            if not pending:
                 break
-            pending = sorted(flagged)
+            # Every view still pending has been drawn again equally often, so `attempt` is
+            # each one's retry number (the seed chain of `retry_view`).
+            attempt += 1
             for position in pending:
                 counts = records[position].setdefault("rejections", {})
                 for concept in flagged[position]:
                     counts[concept] = counts.get(concept, 0) + 1
-                current[position] = retry_view(current[position], attempt + 1)
+                current[position] = retry_view(current[position], attempt)
             redrawn, redrawn_finite = self._generate([current[p] for p in pending])
             images[pending], finite[pending] = redrawn, redrawn_finite
         for position, (planned, final) in enumerate(zip(views, current)):
@@ -209,8 +217,11 @@ class Sampler:
         """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite)."""
         # 1. Conditioning and noise, per view, independent of the batch.
         arguments = self._conditioning(views)
-        generators = [torch.Generator("cpu").manual_seed(derive_seed("steps", v.seed))
-                      for v in views]
+        # Stochastic schedulers (ancestral, SDE) draw fresh noise at every step. A latent
+        # neighbourhood shares its anchor's step noise, so its views differ only by the
+        # perturbation of the initial noise (sigma 0: identical views with any scheduler).
+        generators = [torch.Generator("cpu").manual_seed(derive_seed(
+            "steps", v.seed if v.anchor_seed is None else v.anchor_seed)) for v in views]
         steps = self.spec.steps
         if views[0].source_view is not None:
             pipeline = self._image_to_image()

@@ -24,13 +24,20 @@ def world() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole run.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
-def train(out: Path, device: str, seed: int, scale: float) -> None:
+@click.option("--models", default="clip,sd,oracle", show_default=True,
+              help="Which models to train; world-sd without clip loads OUT/world-clip. Separate "
+                   "runs (e.g. sd and oracle at once, one per core) give what one run gives.")
+def train(out: Path, device: str, seed: int, scale: float, models: str) -> None:
     """Train the world CLIP, text-to-image model and oracle, then evaluate them and write model cards."""
-    from synthgen.world.train import train_world_models
+    from synthgen.world.train import MODELS, train_world_models
 
     if scale <= 0:
         raise click.BadParameter("must be > 0", param_hint="--scale")
-    summary = train_world_models(out, device=device, seed=seed, scale=scale,
+    chosen = tuple(name.strip() for name in models.split(",") if name.strip())
+    if not chosen or set(chosen) - set(MODELS):
+        raise click.BadParameter(f"{models!r}: give a comma-separated subset of {', '.join(MODELS)}",
+                                 param_hint="--models")
+    summary = train_world_models(out, device=device, seed=seed, scale=scale, models=chosen,
                                  log=lambda message: click.echo(message))
     click.echo(f"trained in {summary['training_wall_seconds']:.0f}s; models in {out}")
 

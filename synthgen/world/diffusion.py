@@ -6,9 +6,10 @@ Training is two stages on rendered scenes:
    4x16x16 latents, trained for reconstruction plus a small KL term.
 2. ``train_world_unet``: a ``UNet2DConditionModel`` trained with the DDPM
    noise-prediction loss on VAE latents (scaled by ``scaling_factor`` =
-   1/std of the latents), conditioned on the frozen text tower's token
-   embeddings, with captions dropped to the empty prompt 10% of the time so
-   classifier-free guidance works.
+   1/std of the latents), weighted by min-SNR-gamma, conditioned on the frozen
+   text tower's token embeddings (cross-attention, plus a pooled copy added
+   to the timestep embedding), with captions dropped to the empty prompt 10%
+   of the time so classifier-free guidance works.
 
 ``assemble_pipeline`` puts the parts together as an ordinary diffusers
 pipeline folder that ``AutoPipelineForText2Image.from_pretrained`` loads.
@@ -30,6 +31,10 @@ from synthgen.world.corpus import ScenePool, images_to_tensor
 LATENT_CHANNELS = 4
 CAPTION_DROPOUT = 0.1
 TRAIN_TIMESTEPS = 1000
+# min-SNR-gamma loss weighting (Hang et al. 2023): noise levels whose SNR exceeds gamma (the
+# nearly clean ones, i.e. fine detail) stop dominating the loss, so training time goes to the
+# noisy levels where the layout, shape and colour of an object are decided.
+MIN_SNR_GAMMA = 5.0
 # Stable Diffusion's noise schedule: the samplers shipped with diffusers are tuned for it.
 BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -54,8 +59,14 @@ def build_world_vae():
 def build_world_unet(cross_attention_dim: int):
     """UNet2DConditionModel on 16x16 latents, channels (32, 64, 96), cross-attention at 8x8 and 4x4.
 
-    ~2.7M parameters: the widest layers sit at the coarse resolutions, where
+    ~2.9M parameters: the widest layers sit at the coarse resolutions, where
     they are cheap on a CPU and where the text decides shape and colour.
+    ``addition_embed_type="text"`` also pools the prompt's token embeddings into
+    the timestep embedding, so every resolution block (also the 16x16 ones
+    without cross-attention) knows the prompt: in the first world-sd, with
+    cross-attention alone, 2,000 steps learnt colour (70%) long before shape (17%).
+    The stock StableDiffusionPipeline runs it unchanged (it only passes the token
+    embeddings, which the UNet pools itself).
     """
     from diffusers import UNet2DConditionModel
 
@@ -65,6 +76,7 @@ def build_world_unet(cross_attention_dim: int):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=16,
+        addition_embed_type="text", addition_embed_type_num_heads=4,
     )
 
 
@@ -162,11 +174,12 @@ def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> tor
 
 @dataclass(frozen=True)
 class UnetTrainingSettings:
-    steps: int = 2000
+    steps: int = 8000
     batch_size: int = 64
     learning_rate: float = 5e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     ema_decay: float = 0.999
+    min_snr_gamma: float = MIN_SNR_GAMMA
 
 
 def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
@@ -205,8 +218,13 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
         timesteps = torch.randint(0, TRAIN_TIMESTEPS, (settings.batch_size,), generator=generator).to(device)
         alpha_bar = alphas_cumprod[timesteps][:, None, None, None]
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
-        # 3. Predict the noise; plain MSE (the epsilon objective of DDPM / Stable Diffusion).
-        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+        # 3. Predict the noise (the epsilon objective of DDPM / Stable Diffusion), each
+        #    sample's MSE weighted by min(SNR, gamma) / SNR.
+        prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
+        weight = snr.clamp(max=settings.min_snr_gamma) / snr
+        loss = (weight * per_sample).mean()
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
@@ -222,7 +240,7 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
             log(f"unet step {step}/{settings.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
     stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_latents": len(latents),
              "caption_dropout": CAPTION_DROPOUT, "ema_decay": settings.ema_decay,
-             "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
+             "min_snr_gamma": settings.min_snr_gamma, "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
     return ema_unet, stats
 
 

@@ -98,7 +98,7 @@ def scene_targets(pool: ScenePool) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class OracleTrainingSettings:
-    steps: int = 1000
+    steps: int = 4000
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 50

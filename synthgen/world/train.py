@@ -57,6 +57,9 @@ CPU_THREADS = 1
 often held one core; every op then waited on the descheduled second thread (CLIP: 5.1 s/step
 with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one thread is the robust choice."""
 
+MODELS = ("clip", "sd", "oracle")
+"""What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed."""
+
 CANONICAL_CAPTION_SHARE = 0.5
 """Share of diffusion captions in the canonical wording that evaluation prompts use."""
 
@@ -77,20 +80,30 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
-                       log=print, evaluate: bool = True, reuse_clip: bool = False) -> dict:
+                       log=print, evaluate: bool = True, reuse_clip: bool = False,
+                       models: tuple[str, ...] = MODELS) -> dict:
     """Train world-clip, world-sd and world-oracle under ``out_root``; returns the training stats.
 
     The result depends only on ``seed`` and ``scale`` (and the device's
     arithmetic). With ``evaluate`` the models are then measured with
     :func:`synthgen.world.evaluate.evaluate_world_models` and model cards written.
-    With ``reuse_clip`` an existing ``out_root/world-clip`` is loaded instead
-    of trained (to resume an interrupted run; the text encoder of world-sd is
-    then that CLIP's text tower).
+    ``models`` picks which of ``MODELS`` to train (the default: all three);
+    each model's training depends only on the seed, the scale and the render
+    pool, so training them in separate runs (even at the same time, one per
+    core) gives what one run gives. world-sd needs a CLIP: when "clip" is not
+    in ``models`` (or with ``reuse_clip``, the same as leaving it out) the
+    existing ``out_root/world-clip`` is loaded, and world-sd's text encoder is
+    its text tower.
     """
     from transformers import CLIPTextModel
 
     from synthgen.devices import choose_device
 
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise ValueError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
+    if reuse_clip:
+        models = tuple(model for model in models if model != "clip")
     out_root = Path(out_root)
     torch_device = choose_device(device)
     on_cpu = torch_device.type == "cpu"
@@ -108,13 +121,13 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     if on_cpu:
         torch.set_num_threads(CPU_THREADS)
     clip_dir = out_root / CLIP_FOLDER
-    if reuse_clip:
+    if "clip" not in models and "sd" in models:
         from transformers import CLIPModel, CLIPTokenizer
 
-        clip = CLIPModel.from_pretrained(clip_dir).to(torch_device).eval()
+        clip = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(torch_device).eval()
         tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
         say(f"reusing {clip_dir}")
-    else:
+    elif "clip" in models:
         # 2. CLIP stage 1: both towers, InfoNCE over hard-negative batches of (render, caption).
         tokenizer = build_world_tokenizer()
         clip_settings = _scaled(ClipTrainingSettings(), scale)
@@ -130,59 +143,61 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         _write_json(clip_dir / "training.json", clip_stats)
         say(f"saved {clip_dir}")
 
-    # 3. VAE for reconstruction; its latent std fixes the scaling factor.
-    vae_settings = _scaled(VaeTrainingSettings(), scale)
-    vae, vae_stats = train_world_vae(pool, vae_settings, torch_device, seed + 1, log=say)
-    latents = encode_latents(vae, pool, torch_device)
-    scaling_factor = latent_scaling_factor(latents)
-    vae.register_to_config(scaling_factor=scaling_factor)
-    vae_stats |= {"scaling_factor": scaling_factor, "settings": asdict(vae_settings),
-                  "parameters": parameter_count(vae)}
-    say(f"latents {tuple(latents.shape)}, scaling factor {scaling_factor:.4f}")
+    if "sd" in models:
+        # 3. VAE for reconstruction; its latent std fixes the scaling factor.
+        vae_settings = _scaled(VaeTrainingSettings(), scale)
+        vae, vae_stats = train_world_vae(pool, vae_settings, torch_device, seed + 1, log=say)
+        latents = encode_latents(vae, pool, torch_device)
+        scaling_factor = latent_scaling_factor(latents)
+        vae.register_to_config(scaling_factor=scaling_factor)
+        vae_stats |= {"scaling_factor": scaling_factor, "settings": asdict(vae_settings),
+                      "parameters": parameter_count(vae)}
+        say(f"latents {tuple(latents.shape)}, scaling factor {scaling_factor:.4f}")
 
-    # 4. The frozen text encoder is the CLIP's text tower, weights copied as they are.
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    text_encoder.load_state_dict(clip.text_model.state_dict())
-    text_encoder.to(torch_device).eval().requires_grad_(False)
+        # 4. The frozen text encoder is the CLIP's text tower, weights copied as they are.
+        text_encoder = CLIPTextModel(clip.config.text_config)
+        text_encoder.load_state_dict(clip.text_model.state_dict())
+        text_encoder.to(torch_device).eval().requires_grad_(False)
 
-    # 5. Captions (half canonical wording), embedded once per unique caption by the pipeline itself.
-    caption_rng = np.random.default_rng(seed + 2)
-    captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
-                for scene in pool.scenes]
-    unique_captions = sorted(set(captions))
-    position = {text: i for i, text in enumerate(unique_captions)}
-    caption_index = torch.tensor([position[text] for text in captions])
-    embedding_pipeline = assemble_pipeline(vae, None, text_encoder, tokenizer)
-    caption_embeddings = prompt_embeddings(embedding_pipeline, unique_captions, torch_device)
-    empty_embedding = prompt_embeddings(embedding_pipeline, [""], torch_device)
-    say(f"embedded {len(unique_captions)} unique captions")
+        # 5. Captions (half canonical wording), embedded once per unique caption by the pipeline itself.
+        caption_rng = np.random.default_rng(seed + 2)
+        captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
+                    for scene in pool.scenes]
+        unique_captions = sorted(set(captions))
+        position = {text: i for i, text in enumerate(unique_captions)}
+        caption_index = torch.tensor([position[text] for text in captions])
+        embedding_pipeline = assemble_pipeline(vae, None, text_encoder, tokenizer)
+        caption_embeddings = prompt_embeddings(embedding_pipeline, unique_captions, torch_device)
+        empty_embedding = prompt_embeddings(embedding_pipeline, [""], torch_device)
+        say(f"embedded {len(unique_captions)} unique captions")
 
-    # 6. UNet on scaled latents with caption dropout; the EMA weights are shipped.
-    unet_settings = _scaled(UnetTrainingSettings(), scale)
-    unet, unet_stats = train_world_unet(latents * scaling_factor, caption_index, caption_embeddings,
-                                        empty_embedding, unet_settings, torch_device, seed + 3, log=say)
-    pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
-    sd_dir = out_root / SD_FOLDER
-    pipeline.save_pretrained(sd_dir, safe_serialization=True)
-    held_out_mae = reconstruction_error(vae, train_pool(seed + 50, 512), torch.device("cpu"))
-    _write_json(sd_dir / "training.json", common | {
-        "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
-        "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
-                              "unique_captions": len(unique_captions)},
-        "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
-    })
-    say(f"saved {sd_dir}")
+        # 6. UNet on scaled latents with caption dropout; the EMA weights are shipped.
+        unet_settings = _scaled(UnetTrainingSettings(), scale)
+        unet, unet_stats = train_world_unet(latents * scaling_factor, caption_index, caption_embeddings,
+                                            empty_embedding, unet_settings, torch_device, seed + 3, log=say)
+        pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
+        sd_dir = out_root / SD_FOLDER
+        pipeline.save_pretrained(sd_dir, safe_serialization=True)
+        held_out_mae = reconstruction_error(vae, train_pool(seed + 50, 512), torch.device("cpu"))
+        _write_json(sd_dir / "training.json", common | {
+            "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
+            "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
+                                  "unique_captions": len(unique_captions)},
+            "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
+        })
+        say(f"saved {sd_dir}")
 
-    # 7. Oracle: supervised attribute reader trained on the same real renders.
-    oracle_settings = _scaled(OracleTrainingSettings(), scale)
-    oracle, oracle_stats = train_world_oracle(pool, oracle_settings, torch_device, seed + 4, log=say)
-    oracle_dir = out_root / ORACLE_FOLDER
-    save_oracle(oracle.to("cpu"), oracle_dir)
-    _write_json(oracle_dir / "training.json", common | oracle_stats | {"parameters": parameter_count(oracle)})
-    say(f"saved {oracle_dir}")
+    if "oracle" in models:
+        # 7. Oracle: supervised attribute reader trained on the same real renders.
+        oracle_settings = _scaled(OracleTrainingSettings(), scale)
+        oracle, oracle_stats = train_world_oracle(pool, oracle_settings, torch_device, seed + 4, log=say)
+        oracle_dir = out_root / ORACLE_FOLDER
+        save_oracle(oracle.to("cpu"), oracle_dir)
+        _write_json(oracle_dir / "training.json", common | oracle_stats | {"parameters": parameter_count(oracle)})
+        say(f"saved {oracle_dir}")
 
     training_seconds = round(time.time() - started, 1)
-    summary = {"training_wall_seconds": training_seconds, **common}
+    summary = {"training_wall_seconds": training_seconds, "models": list(models), **common}
     if evaluate:
         from synthgen.world.evaluate import evaluate_world_models, write_model_cards
 
@@ -202,10 +217,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--no-evaluate", action="store_true")
     parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated models to train (clip, sd, oracle); default all")
     args = parser.parse_args(argv)
+    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
     summary = train_world_models(args.out, args.device, args.seed, args.scale,
                                  log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate,
-                                 reuse_clip=args.reuse_clip)
+                                 reuse_clip=args.reuse_clip, models=models)
     print(json.dumps(summary, indent=2))
 
 
