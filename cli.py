@@ -13,6 +13,7 @@ A user's mistake prints one message and exits with status 2; no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -42,6 +43,19 @@ def main() -> None:
 
 
 recipe_argument = click.argument("recipe", type=click.Path(path_type=Path))
+# Messages about recipe fields that only loading the model can find (an unknown model id, a
+# detector that is not a CLIP) name the field; the CLI adds the file, as for schema errors.
+_RECIPE_FIELDS = ("model.", "suppress[")
+
+
+@contextlib.contextmanager
+def naming_the_recipe_file(recipe: Path):
+    try:
+        yield
+    except UserError as error:
+        if str(error).startswith(_RECIPE_FIELDS):
+            raise UserError(f"{recipe}: {error}") from None
+        raise
 
 
 @main.command()
@@ -71,6 +85,7 @@ def plan(recipe: Path, jsonl: Path | None, as_json: bool) -> None:
     the_plan = make_plan(load_recipe(recipe))
     summary = summarize(the_plan)
     if jsonl is not None:
+        check_output_file(jsonl, "--jsonl")
         with open(jsonl, "w", encoding="utf-8") as stream:
             the_plan.write_jsonl(stream)
     if as_json:
@@ -122,6 +137,17 @@ def _human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
+
+
+def check_output_file(path: Path, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """A file the user asked for can be written there, or one UserError that says why."""
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise UserError(f"{option} {path}: the file name must end in one of {', '.join(suffixes)} "
+                        "(it sets the image format)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: the folder {parent} does not exist; create it first "
+                        "or choose another path")
 
 
 class DatasetLocation(click.ParamType):
@@ -233,7 +259,8 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
                               overwrite=overwrite, encode_workers=encode_workers,
                               progress=not quiet, workers=workers, shards=chosen.shards,
                               address=address, cpu_threads=cpu_threads)
-    summary = run_engine(engine_name(engine, workers), the_plan, out_dir, options)
+    with naming_the_recipe_file(recipe):
+        summary = run_engine(engine_name(engine, workers), the_plan, out_dir, options)
     if summary.shards_written == 0 and summary.shards_skipped == summary.shards_selected:
         which = "all" if chosen.shards is None else "this slice's"
         click.echo(f"{out_dir}: {which} {summary.shards_selected} shards were already done"
@@ -253,6 +280,10 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
                    f"still to build (shards {format_shard_ranges(summary.missing)}); the run "
                    "that finishes the last one writes manifest.json, or run synthgen finalize "
                    f"{out_dir} once they are done")
+    if summary.model_variants > 1:
+        click.echo(f"warning: the shards of {out_dir} were made with {summary.model_variants} "
+                   "different model settings (device type, dtype or edits: runs resumed or sliced "
+                   "with other options); manifest.json lists them under model_variants", err=True)
     if summary.nonfinite_views:
         click.echo(f"warning: {summary.nonfinite_views} views had NaN/inf model output and were "
                    "stored black; see nonfinite_views in the shard stats files (try bfloat16 or "
@@ -286,7 +317,8 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
     from synthgen.generate.prepare import write_edited_model
     from synthgen.recipe import load_recipe
 
-    edits = write_edited_model(load_recipe(recipe), out_dir, choose_device(device))
+    with naming_the_recipe_file(recipe):
+        edits = write_edited_model(load_recipe(recipe), out_dir, choose_device(device))
     for record in edits:
         click.echo(f"erased {record['concept']!r} -> {record['target']!r} in "
                    f"{record['layers']} projections (keeping {record['preserve']}), "
@@ -325,6 +357,7 @@ def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | 
                        f"{sample['views'][0]['prompt']!r}  seeds="
                        + ",".join(str(v["seed"]) for v in sample["views"]))
     if contact_sheet is not None:
+        check_output_file(contact_sheet, "--contact-sheet", suffixes=(".png", ".jpg", ".jpeg", ".webp"))
         inspection.contact_sheet(dataset_dir, groups).save(contact_sheet)
         click.echo(f"contact sheet written to {contact_sheet}")
 

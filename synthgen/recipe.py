@@ -551,10 +551,38 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(text, source=str(path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently, so half of a recipe block could be ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _UniqueKeyLoader.construct_mapping)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first, again):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate recipe YAML text; `source` names it in error messages."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+    except _DuplicateKey as duplicate:
+        raise UserError(f"{source}:{duplicate.again.line + 1}:{duplicate.again.column + 1}: key "
+                        f"{duplicate.key!r} is given twice in one mapping (first on line "
+                        f"{duplicate.first.line + 1}); keep one of them") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source

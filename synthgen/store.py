@@ -146,7 +146,11 @@ class LocalStore:
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"--out {self.root}: exists and is not a directory; choose another path")
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {self.root}: cannot be created ({error.strerror}); choose a "
+                            "path you can write to") from None
 
     def names(self) -> list[str]:
         return sorted(entry.name for entry in self.root.iterdir() if entry.is_file())
@@ -154,13 +158,13 @@ class LocalStore:
     def size(self, name: str) -> int | None:
         try:
             return (self.root / name).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def read(self, name: str) -> bytes | None:
         try:
             return (self.root / name).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def write(self, name: str, data: bytes) -> None:

@@ -40,6 +40,7 @@ from synthgen.store import Location, open_store
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
 DATASET_FORMAT = "synthgen-dataset/1"
+_SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
 _OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|\..*\.tmp)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -286,6 +287,32 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     return done
 
 
+def claim_for_recipe(location: Location, recipe: Recipe) -> None:
+    """Record `recipe` as the location's recipe unless one is recorded (it is then `recipe`:
+    `prepare_output_dir` checked). Every publisher calls this, so a claim released by a
+    failed worker (`release_unused_claim`) is back before any shard of the recipe appears."""
+    open_store(location).publish_once(RECIPE_FILE, _recipe_record(recipe))
+
+
+def release_unused_claim(location: Location, recipe: Recipe) -> bool:
+    """After a failed run: forget the claim for `recipe` if no shard was ever built under it.
+
+    A run that fails before its first shard (a wrong model id, no GPU) then does not lock
+    the location against the corrected recipe. Returns True if the claim was removed.
+    """
+    store = open_store(location)
+    try:
+        record = store.read(RECIPE_FILE)
+        if record is None or json.loads(record).get("recipe_hash") != recipe.recipe_hash:
+            return False
+        if any(_SHARD_FILE.match(name) for name in store.names()):
+            return False
+        store.remove(RECIPE_FILE)
+    except (OSError, ValueError):
+        return False  # the location itself is the problem; the run's own error says so
+    return True
+
+
 def finalize_dataset(location: Location) -> dict:
     """Write `manifest.json` for the dataset at `location` once every shard is done.
 
@@ -349,6 +376,9 @@ def write_manifest(location: Location, plan: Plan) -> dict:
         "recipe": plan.recipe.model_dump(mode="json"),
         "plan": summarize(plan),
         "model": shards[0]["model"],
+        # Shards resumed or sliced with other options (device, dtype, edits) record what made
+        # them; more than one entry here means the dataset mixes them.
+        "model_variants": _model_variants(shards),
         "versions": library_versions(),
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                    "images": sum(s["images"] for s in shards),
@@ -360,6 +390,15 @@ def write_manifest(location: Location, plan: Plan) -> dict:
     }
     store.write(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
+
+
+def _model_variants(shards: list[dict]) -> list[dict]:
+    """Each distinct `model` description of the shards, with the shards it made."""
+    variants: dict[bytes, dict] = {}
+    for stats in shards:
+        key = canonical_json(stats["model"])
+        variants.setdefault(key, {"model": stats["model"], "shards": []})["shards"].append(stats["name"])
+    return list(variants.values())
 
 
 def _sum_counts(counts) -> dict[str, int]:

@@ -63,3 +63,18 @@ def test_user_errors_exit_2_without_traceback(write_recipe, tmp_path):
     assert_clean_user_error(
         invoke("generate", write_recipe(name="ok.yaml"), "--out", tmp_path / "o2", "--device", "cuda:7"),
         "--device")
+
+
+def test_output_path_mistakes_exit_2_without_traceback(write_recipe, tmp_path):
+    recipe = write_recipe()
+    assert_clean_user_error(invoke("plan", recipe, "--jsonl", tmp_path / "no" / "plan.jsonl"),
+                            "--jsonl", "does not exist; create it first")
+    (tmp_path / "a-file").write_text("")
+    assert_clean_user_error(invoke("generate", recipe, "--out", tmp_path / "a-file" / "data"),
+                            "cannot be created")
+    out = tmp_path / "out"
+    assert invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet").exit_code == 0
+    assert_clean_user_error(invoke("inspect", out, "--contact-sheet", tmp_path / "sheet.gifx"),
+                            "must end in one of .png")
+    assert_clean_user_error(invoke("inspect", out, "--contact-sheet", tmp_path / "no" / "s.png"),
+                            "does not exist")

@@ -134,6 +134,28 @@ def test_other_recipe_in_existing_output_is_refused(write_recipe, tmp_path):
     assert manifest["recipe"]["seed"] == 8
 
 
+def test_a_run_that_fails_before_its_first_shard_does_not_lock_the_directory(write_recipe,
+                                                                              tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    def generate(recipe):
+        return CliRunner().invoke(main, ["generate", str(recipe), "--out", str(tmp_path / "out"),
+                                         "--device", "cpu", "--quiet"])
+
+    broken = write_recipe({"model": {"id": "builtin:no-such-model"}}, name="broken.yaml")
+    failed = generate(broken)
+    assert failed.exit_code == 2 and f"{broken}: model.id: unknown builtin model" in failed.output
+    assert not (tmp_path / "out" / "recipe.json").exists(), "nothing was built: claim released"
+    fixed = generate(write_recipe())
+    assert fixed.exit_code == 0 and "wrote 3 shards" in fixed.output, fixed.output
+    # Once shards exist, the claim stays: another recipe is still refused.
+    refused = generate(broken)
+    assert refused.exit_code == 2 and "different recipe" in refused.output
+    assert (tmp_path / "out" / "recipe.json").exists()
+
+
 def test_guidance_and_negative_prompt_path(write_recipe, tmp_path):
     recipe = write_recipe({"model": {"guidance_scale": 4.0, "negative_prompt": "blurry"},
                            "classes": [{"name": "circle", "templates": ["a {colour} circle"],
@@ -228,3 +250,17 @@ def test_tiny_decoder_replaces_the_vae(write_recipe, tmp_path):
     with pytest.raises(UserError, match="model.decoder: cannot load"):
         run(write_recipe({"model": {"decoder": str(tmp_path / "none")}}, name="bad.yaml"),
             tmp_path / "bad")
+
+
+def test_a_dataset_resumed_with_other_options_lists_its_model_variants(write_recipe, tmp_path):
+    recipe = write_recipe()
+    out = tmp_path / "out"
+    run(recipe, out, shards=(0,))
+    _, summary = run(recipe, out, dtype="bfloat16")
+    assert summary.manifest_written and summary.model_variants == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_dtype = {variant["model"]["dtype"]: variant["shards"] for variant in manifest["model_variants"]}
+    assert by_dtype == {"float32": ["shard-000000.tar"],
+                        "bfloat16": ["shard-000001.tar", "shard-000002.tar"]}
+    _, plain = run(recipe, tmp_path / "plain")
+    assert plain.model_variants == 1

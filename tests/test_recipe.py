@@ -134,6 +134,11 @@ def test_yaml_is_loaded_safely(write_recipe):
     assert "not valid YAML" in message
 
 
+def test_a_key_given_twice_is_an_error(write_recipe):
+    message = error_for(write_recipe, "name: x\nseed: 1\nmodel:\n  id: a\n  steps: 2\n  id: b\n")
+    assert "recipe.yaml:6:3: key 'id' is given twice in one mapping (first on line 4)" in message
+
+
 def test_top_level_must_be_a_mapping(write_recipe):
     assert "YAML mapping" in error_for(write_recipe, "- just\n- a list\n")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,11 +32,13 @@ from synthgen.views import ViewPlan
 from synthgen.write import (
     PublishResult,
     build_sample,
+    claim_for_recipe,
     encode_image,
     format_shard_ranges,
     missing_shards,
     prepare_output_dir,
     publish_shard,
+    release_unused_claim,
     sample_metadata,
     shard_done,
     write_manifest,
@@ -101,6 +104,7 @@ class RunSummary:
     shards_retried: int = 0  # started again after their worker died
     missing: list[int] = field(default_factory=list)  # shards of the dataset still not done
     manifest_written: bool = False
+    model_variants: int = 1  # distinct model descriptions (device, dtype, ...) across the shards
 
     @property
     def images_per_second(self) -> float:
@@ -170,8 +174,9 @@ def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summ
     """
     summary.missing = missing_shards(out_dir, plan)
     if not summary.missing:
-        write_manifest(out_dir, plan)
+        manifest = write_manifest(out_dir, plan)
         summary.manifest_written = True
+        summary.model_variants = len(manifest["model_variants"])
     elif options.shards is None:
         # Only possible when another run raced on this directory and lost its worker
         # between publishing a tar and writing its stats.
@@ -211,6 +216,17 @@ def generate_dataset(plan: Plan, out_dir: Location, options: GenerateOptions) ->
         worker.close()
     # 4. The manifest.
     return finish_run(plan, out_dir, options, summary, started)
+
+
+@contextmanager
+def releasing_unused_claim(store: DatasetStore, plan: Plan):
+    """On any failure, give the location back if nothing was built in it (see
+    `write.release_unused_claim`), so a corrected recipe is not refused as "different"."""
+    try:
+        yield
+    except BaseException:
+        release_unused_claim(store, plan.recipe)
+        raise
 
 
 def fault_from_environment() -> str | None:
@@ -377,9 +393,13 @@ class ShardAssembler:
     def _submit_shard(self, shard: int) -> None:
         futures = self.encoded.pop(shard)
         nonfinite = tuple(self.nonfinite.pop(shard, ()))
-        self.pending_writes.append(self.writer.submit(
-            lambda: publish_shard(self.store, shard, [f.result() for f in futures],
-                                  self.model_info, nonfinite)))
+
+        def write() -> PublishResult:
+            samples = [f.result() for f in futures]
+            claim_for_recipe(self.store, self.plan.recipe)
+            return publish_shard(self.store, shard, samples, self.model_info, nonfinite)
+
+        self.pending_writes.append(self.writer.submit(write))
         # Back-pressure: the sampler waits rather than piling up shards in memory.
         while len(self.pending_writes) > self.max_pending:
             self._collect(self.pending_writes.popleft())

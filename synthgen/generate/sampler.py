@@ -88,13 +88,18 @@ class Sampler:
             # generators, which diffusers' randn_tensor draws one sample at a time.
             self.family = "generic"
         self._call_parameters = set(inspect.signature(self.pipeline.__call__).parameters)
+        # The denoiser is a UNet (SD, SDXL) or a transformer (PixArt, SD3, FLUX).
+        denoiser_name = "unet" if getattr(self.pipeline, "unet", None) is not None else "transformer"
         if channels_last:
-            # Convolutions on tensor cores prefer NHWC; the weights follow the layout.
-            for module in (self.pipeline.unet, self.pipeline.vae):
+            # Convolutions on tensor cores prefer NHWC; the weights follow the layout. A
+            # transformer has no convolutions to speak of, so only its VAE changes.
+            convolutional = [self.pipeline.vae] + ([self.pipeline.unet] if denoiser_name == "unet" else [])
+            for module in convolutional:
                 module.to(memory_format=torch.channels_last)
         if compile_model:
             # Every call has one shape (padded batches), so one compiled graph serves the run.
-            self.pipeline.unet = torch.compile(self.pipeline.unet, dynamic=False)
+            setattr(self.pipeline, denoiser_name,
+                    torch.compile(getattr(self.pipeline, denoiser_name), dynamic=False))
             self.pipeline.vae.decode = torch.compile(self.pipeline.vae.decode, dynamic=False)
 
     @property
