@@ -183,20 +183,22 @@ def _sample_rotation(rng: np.random.Generator) -> float:
     return float(rng.uniform(-ROTATION_RANGE_DEG, ROTATION_RANGE_DEG))
 
 
+def _random_object(rng: np.random.Generator, size: str, x: float, y: float,
+                   striped_prob: float, colours: tuple[str, ...] = tuple(COLOURS)) -> SceneObject:
+    """An object of `size` at (x, y) with a random shape, colour (one of `colours`), rotation
+    and stripes, drawn from `rng` in that order: the order is part of what a seed means."""
+    shape = str(rng.choice(SHAPES))
+    colour = str(rng.choice(colours))
+    rotation = _sample_rotation(rng)
+    striped = bool(rng.random() < striped_prob)
+    return SceneObject(shape=shape, colour=colour, size=size, x=x, y=y,
+                       rotation_deg=rotation, striped=striped)
+
+
 def _sample_single(rng: np.random.Generator, striped_prob: float) -> tuple[SceneObject, ...]:
     size = str(rng.choice(SIZES))
     x, y = _sample_position(rng, size)
-    return (
-        SceneObject(
-            shape=str(rng.choice(SHAPES)),
-            colour=str(rng.choice(tuple(COLOURS))),
-            size=size,
-            x=x,
-            y=y,
-            rotation_deg=_sample_rotation(rng),
-            striped=bool(rng.random() < striped_prob),
-        ),
-    )
+    return (_random_object(rng, size, x, y, striped_prob),)
 
 
 def _sample_inside(rng: np.random.Generator, striped_prob: float) -> tuple[SceneObject, ...]:
@@ -217,15 +219,7 @@ def _sample_inside(rng: np.random.Generator, striped_prob: float) -> tuple[Scene
         rotation_deg=_sample_rotation(rng),
         striped=outer_striped,
     )
-    inner = SceneObject(
-        shape=str(rng.choice(SHAPES)),
-        colour=str(rng.choice(inner_colours)),
-        size=INSIDE_INNER_SIZE,
-        x=x,
-        y=y,
-        rotation_deg=_sample_rotation(rng),
-        striped=bool(rng.random() < striped_prob),
-    )
+    inner = _random_object(rng, INSIDE_INNER_SIZE, x, y, striped_prob, colours=inner_colours)
     return outer, inner
 
 
@@ -254,15 +248,7 @@ def _sample_next_to(rng: np.random.Generator, striped_prob: float) -> tuple[Scen
     sizes = [str(rng.choice(NEXT_TO_SIZES)) for _ in range(2)]
     positions = _sample_next_to_positions(rng, sizes[0], sizes[1])
     return tuple(
-        SceneObject(
-            shape=str(rng.choice(SHAPES)),
-            colour=str(rng.choice(tuple(COLOURS))),
-            size=size,
-            x=x,
-            y=y,
-            rotation_deg=_sample_rotation(rng),
-            striped=bool(rng.random() < striped_prob),
-        )
+        _random_object(rng, size, x, y, striped_prob)
         for size, (x, y) in zip(sizes, positions)
     )
 
