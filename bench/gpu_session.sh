@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run of every GPU measurement the issues ask for, for a session lent a GPU.
-# Budget: about 8 minutes on an H100/H200 (well inside one 10-minute call), results in $OUT.
+# Budget: about 9 minutes on an H100/H200 (inside one 10-minute call), results in $OUT.
 #
 # Before the call, here (no GPU needed), fetch the pure-Python packages the GPU machine lacks
 # (see /work/.library/device/README.md), e.g.:
@@ -32,3 +32,9 @@ run sd-turbo-tiny       --arch sd-turbo --images 4096 --batch-size 64 --compile 
 run sd-turbo-4step      --arch sd-turbo --images 1024 --batch-size 64 --steps 4
 run sd-turbo-guided     --arch sd-turbo --images 1024 --batch-size 32 --steps 4 --guidance 5
 run sdxl-turbo-full     --arch sdxl-turbo --images 1024 --batch-size 32 --compile
+# Issue 8: audit throughput with the ViT-B/32 architecture (random weights), 512 px JPEGs.
+echo "== audit-vit-b32"
+timeout 120 python3 bench/audit_throughput.py --device cuda --images 20000 --sizes 512 \
+  --batch-size 512 --repeat 3 > "$out/audit-vit-b32.txt" 2> "$out/audit-vit-b32.err" \
+  || echo "audit benchmark failed or timed out: see audit-vit-b32.err"
+tail -n 8 "$out/audit-vit-b32.txt"
