@@ -298,6 +298,13 @@ class Sampler:
             arguments = {"prompt": [v.prompt for v in views]}
             if any(v.negative_prompt for v in views) and "negative_prompt" in self._call_parameters:
                 arguments["negative_prompt"] = [v.negative_prompt for v in views]
+            # PixArt's defaults would make the recipe say less than what happens: resolution
+            # binning generates at the nearest trained size and resizes to the recipe's (other
+            # compute, other pictures), and caption cleaning rewrites prompts only where bs4
+            # and ftfy happen to be installed (other bytes on another machine).
+            for switch in ("use_resolution_binning", "clean_caption"):
+                if switch in self._call_parameters:
+                    arguments[switch] = False
             return arguments
         positive = [self._embed(v.prompt, negative=False) for v in views]
         arguments = {"prompt_embeds": torch.cat([p[0] for p in positive])}

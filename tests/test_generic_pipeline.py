@@ -1,0 +1,166 @@
+"""The generic pipeline path (neither SD nor SDXL) end to end, on a tiny random PixArt-alpha.
+
+The pipeline is saved to a folder and loaded by synthgen as any hub model is (model.id = the
+folder, AutoPipelineForText2Image.from_pretrained with safetensors); prompts go in as text
+and each view's noise as its own CPU generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset
+import yaml
+from PIL import Image
+
+from pixart_fixture import RESOLUTION, save_tiny_pixart
+from synthgen.engines.local import GenerateOptions, generate_dataset
+from synthgen.errors import UserError
+from synthgen.plan import make_plan
+from synthgen.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def pixart_dir(tmp_path_factory) -> Path:
+    return save_tiny_pixart(tmp_path_factory.mktemp("tiny-pixart") / "model")
+
+
+def pixart_recipe(folder: Path, model_id: Path, views: dict | None = None, **model) -> Path:
+    recipe = {
+        "name": "pixart",
+        "seed": 11,
+        "model": {"id": str(model_id), "steps": 2, "guidance_scale": 0.0,
+                  "width": RESOLUTION, "height": RESOLUTION, **model},
+        "slots": {"colour": ["red", "green", "blue"]},
+        "classes": [
+            {"name": "circle", "templates": ["a {colour} circle"], "groups": 2},
+            {"name": "square", "templates": ["a photo of a {colour} square"], "groups": 1},
+        ],
+        "views": views or {"count": 2, "strategy": "seeds"},
+        "output": {"groups_per_shard": 2, "format": "png"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(recipe_path: Path, out_dir: Path, batch_size: int = 1):
+    plan = make_plan(load_recipe(recipe_path))
+    options = GenerateOptions(progress=False, device="cpu", batch_size=batch_size)
+    return plan, generate_dataset(plan, out_dir, options)
+
+
+def dataset_bytes(out_dir: Path) -> dict[str, str]:
+    files = sorted(out_dir.glob("shard-*.tar")) + [out_dir / "manifest.json"]
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.fixture(scope="module")
+def first_run(pixart_dir, tmp_path_factory):
+    """(recipe path, plan, summary, output folder) of one seeds-strategy run, batch size 1."""
+    folder = tmp_path_factory.mktemp("pixart-run")
+    recipe = pixart_recipe(folder, pixart_dir)
+    plan, summary = run(recipe, folder / "out")
+    return recipe, plan, summary, folder / "out"
+
+
+def test_pixart_shards_read_back_as_the_planned_groups(first_run):
+    recipe, plan, summary, out = first_run
+    assert summary.shards_written == 2 and summary.images_generated == 6
+    urls = [str(out / f"shard-{i:06d}.tar") for i in range(2)]
+    samples = list(webdataset.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in samples] == [g.group_id for g in plan.groups]
+    for sample, group in zip(samples, plan.groups):
+        metadata = json.loads(sample["json"])
+        assert int(sample["cls"]) == group.class_index == metadata["class_index"]
+        assert metadata["class_name"] == group.class_name
+        assert metadata["model"]["pipeline"] == "PixArtAlphaPipeline"
+        assert metadata["model"]["steps"] == 2 and metadata["model"]["dtype"] == "float32"
+        assert [v["seed"] for v in metadata["views"]] == [v.seed for v in group.views]
+        assert [v["prompt"] for v in metadata["views"]] == [v.prompt for v in group.views]
+        assert sorted(k for k in sample if k.startswith("view")) == ["view0.png", "view1.png"]
+        views = [np.asarray(Image.open(io.BytesIO(sample[f"view{i}.png"]))) for i in range(2)]
+        assert views[0].shape == (RESOLUTION, RESOLUTION, 3)
+        assert not np.array_equal(views[0], views[1]), "a group's seeds views must differ"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["images"] == 6 and manifest["totals"]["nonfinite_views"] == 0
+
+
+def test_pixart_bytes_do_not_depend_on_the_run_or_the_batch_size(first_run, tmp_path):
+    recipe, _, _, out = first_run
+    run(recipe, tmp_path / "again", batch_size=1)
+    run(recipe, tmp_path / "b3", batch_size=3)
+    assert dataset_bytes(out) == dataset_bytes(tmp_path / "again") == dataset_bytes(tmp_path / "b3")
+
+
+def test_pixart_guidance_with_a_negative_prompt(pixart_dir, tmp_path):
+    recipe = pixart_recipe(tmp_path, pixart_dir, guidance_scale=3.0, negative_prompt="blurry")
+    run(recipe, tmp_path / "out")
+    sample = next(iter(webdataset.WebDataset(str(tmp_path / "out" / "shard-000000.tar"),
+                                              shardshuffle=False, empty_check=False)))
+    metadata = json.loads(sample["json"])
+    assert metadata["views"][0]["negative_prompt"] == "blurry"
+    assert metadata["model"]["guidance_scale"] == 3.0
+
+
+def test_latent_views_are_refused_for_a_pipeline_synthgen_cannot_draw_latents_for(
+        pixart_dir, tmp_path):
+    recipe = pixart_recipe(tmp_path, pixart_dir,
+                           views={"count": 2, "strategy": "latent", "latent": {"sigma": 0.3}})
+    with pytest.raises(UserError, match=r"views\.strategy \['latent'\] needs a Stable Diffusion "
+                                        r"or SDXL pipeline; PixArtAlphaPipeline takes only seeds "
+                                        r"and prompt views"):
+        run(recipe, tmp_path / "out")
+    assert not list(tmp_path.glob("out/shard-*.tar"))
+
+
+def test_pixart_padded_batches_do_not_mix_views(pixart_dir):
+    """The GPU path (padded batches of many prompts, a generator per view), run on the CPU."""
+    import torch
+
+    from synthgen.generate.load import load_pipeline
+    from synthgen.generate.sampler import Sampler
+    from synthgen.recipe import ModelSpec
+    from synthgen.views import ViewPlan
+
+    spec = ModelSpec(id=str(pixart_dir), steps=2, width=RESOLUTION, height=RESOLUTION)
+    model = load_pipeline(spec, torch.device("cpu"), torch.float32)
+    views = [ViewPlan(f"g{seed}", 0, prompt, "", seed) for prompt, seed in
+             [("a red circle", 1), ("a blue square", 2), ("a green circle", 3)]]
+    batched = Sampler(model, spec, batch_size=4, one_view_per_call=False)
+    assert batched.family == "generic" and not batched.draws_own_latents
+    together = batched.sample(views).images
+    # Same shape, other neighbours and position: the kernel is the same, so the bits are too.
+    alone = batched.sample(views[2:]).images
+    assert torch.equal(together[2], alone[0])
+    # Against one view per call: other kernels, so equal up to float rounding only.
+    single = Sampler(model, spec, batch_size=4).sample(views).images
+    difference = (together.int() - single.int()).abs()
+    assert difference.max() <= 2 and difference.float().mean() < 0.01
+    assert not torch.equal(together[0], together[1])
+
+
+def test_pixart_generates_at_the_recipe_size_not_at_its_nearest_trained_size(pixart_dir):
+    """Resolution binning would draw a 64x64 request on the 256-pixel bin and resize it."""
+    import torch
+
+    from synthgen.generate.load import load_pipeline
+    from synthgen.generate.sampler import Sampler
+    from synthgen.recipe import ModelSpec
+    from synthgen.views import ViewPlan
+
+    spec = ModelSpec(id=str(pixart_dir), steps=2, width=64, height=64)
+    model = load_pipeline(spec, torch.device("cpu"), torch.float32)
+    latent_sizes = []
+    model.pipeline.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: latent_sizes.append(tuple(args[0].shape[-2:])),
+        with_kwargs=True)
+    images = Sampler(model, spec, batch_size=1).sample([ViewPlan("g", 0, "a red circle", "", 5)]).images
+    assert images.shape[1:3] == (64, 64)
+    assert set(latent_sizes) == {(8, 8)}, "denoised at 64 / 8 = 8 latent pixels"
