@@ -164,3 +164,22 @@ def test_pixart_generates_at_the_recipe_size_not_at_its_nearest_trained_size(pix
     images = Sampler(model, spec, batch_size=1).sample([ViewPlan("g", 0, "a red circle", "", 5)]).images
     assert images.shape[1:3] == (64, 64)
     assert set(latent_sizes) == {(8, 8)}, "denoised at 64 / 8 = 8 latent pixels"
+
+
+def test_pixart_prompt_embeddings_are_computed_once_per_unique_text(pixart_dir, tmp_path,
+                                                                     monkeypatch):
+    from diffusers import PixArtAlphaPipeline
+
+    calls = []
+    original = PixArtAlphaPipeline.encode_prompt
+
+    def counting_encode(self, prompt, *args, **kwargs):
+        if prompt is not None:  # the pipeline passes given embeddings through with None
+            calls.append(prompt)
+        return original(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(PixArtAlphaPipeline, "encode_prompt", counting_encode)
+    recipe = pixart_recipe(tmp_path, pixart_dir, guidance_scale=3.0, negative_prompt="blurry")
+    plan, _ = run(recipe, tmp_path / "out")
+    prompts = {view.prompt for group in plan.groups for view in group.views}
+    assert sorted(calls) == sorted(prompts | {"blurry"}), "one T5 encoding per unique text"

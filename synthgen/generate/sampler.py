@@ -37,6 +37,11 @@ class SampledBatch:
         return self.records[position] if self.records else {}
 
 
+# Pipelines whose prompts synthgen encodes itself through their `encode_prompt` (T5 text,
+# padded to max_sequence_length, with an attention mask).
+PIXART_PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+
+
 @dataclass(frozen=True)
 class Rejector:
     """One suppressed concept: `score` maps uint8 (N, H, W, 3) images to probabilities (N,)."""
@@ -84,9 +89,11 @@ class Sampler:
         elif isinstance(self.pipeline, StableDiffusionPipeline):
             self.family = "sd"
         else:
-            # PixArt, FLUX and others: prompts go in as text and noise as per-view CPU
-            # generators, which diffusers' randn_tensor draws one sample at a time.
+            # PixArt, FLUX and others: noise goes in as per-view CPU generators, which
+            # diffusers' randn_tensor draws one sample at a time; prompts as text, except for
+            # PixArt (below), whose T5 embeddings synthgen caches per unique text.
             self.family = "generic"
+        self.caches_t5_prompts = type(self.pipeline).__name__ in PIXART_PIPELINES
         self._call_parameters = set(inspect.signature(self.pipeline.__call__).parameters)
         # The denoiser is a UNet (SD, SDXL) or a transformer (PixArt, SD3, FLUX).
         denoiser_name = "unet" if getattr(self.pipeline, "unet", None) is not None else "transformer"
@@ -295,9 +302,13 @@ class Sampler:
 
     def _conditioning(self, views: list[ViewPlan]) -> dict:
         if self.family == "generic":
-            arguments = {"prompt": [v.prompt for v in views]}
-            if any(v.negative_prompt for v in views) and "negative_prompt" in self._call_parameters:
-                arguments["negative_prompt"] = [v.negative_prompt for v in views]
+            if self.caches_t5_prompts:
+                arguments = self._t5_conditioning(views)
+            else:
+                arguments = {"prompt": [v.prompt for v in views]}
+                if (any(v.negative_prompt for v in views)
+                        and "negative_prompt" in self._call_parameters):
+                    arguments["negative_prompt"] = [v.negative_prompt for v in views]
             # PixArt's defaults would make the recipe say less than what happens: resolution
             # binning generates at the nearest trained size and resizes to the recipe's (other
             # compute, other pictures), and caption cleaning rewrites prompts only where bs4
@@ -316,6 +327,28 @@ class Sampler:
             if self.family == "sdxl":
                 arguments["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])
         return arguments
+
+    def _t5_conditioning(self, views: list[ViewPlan]) -> dict:
+        """PixArt's prompt embeddings and attention masks, one cached encoding per text."""
+        positive = [self._embed_t5(v.prompt) for v in views]
+        arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),
+                     "prompt_attention_mask": torch.cat([p[1] for p in positive])}
+        if self.uses_guidance:
+            # The pipeline pads a negative prompt to the prompt's length, as here.
+            negative = [self._embed_t5(v.negative_prompt) for v in views]
+            arguments["negative_prompt"] = None  # its default "" may not come with embeddings
+            arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
+            arguments["negative_prompt_attention_mask"] = torch.cat([n[1] for n in negative])
+        return arguments
+
+    def _embed_t5(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        key = "t5:" + text
+        if key not in self._embeddings:
+            embeds, mask, _, _ = self.pipeline.encode_prompt(
+                text, do_classifier_free_guidance=False, num_images_per_prompt=1,
+                device=self.model.device, clean_caption=False)
+            self._embeddings[key] = (embeds, mask)
+        return self._embeddings[key]
 
     def _embed(self, text: str, negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(token embeddings, pooled embedding or None) of one text, cached."""
