@@ -26,7 +26,8 @@ def world() -> None:
               help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
 @click.option("--models", default="clip,sd,oracle", show_default=True,
               help="Which models to train; world-sd without clip loads OUT/world-clip. Separate "
-                   "runs (e.g. sd and oracle at once, one per core) give what one run gives.")
+                   "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
+                   "clip-refine continues OUT/world-clip's vision refinement (text tower kept).")
 def train(out: Path, device: str, seed: int, scale: float, models: str) -> None:
     """Train the world CLIP, text-to-image model and oracle, then evaluate them and write model cards."""
     from synthgen.world.train import MODELS, train_world_models

@@ -167,6 +167,29 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     return metrics
 
 
+def _continued(clip_train: dict) -> str:
+    """The model card's words for stage-2 continuations (`--models clip-refine`), if any."""
+    text = ""
+    for run in clip_train.get("vision_refinement_continued", ()):
+        text += (f"; then continued (`--models clip-refine`, seed {run['seed']}): {run['steps']} more "
+                 f"steps at learning rate {run['settings']['learning_rate']:g}, {run['wall_seconds'] / 60:.1f} min, "
+                 "text tower checked unchanged")
+    return text
+
+
+def _pooled_text(sd_dir: Path) -> str:
+    config = json.loads((sd_dir / "unet" / "config.json").read_text())
+    if config.get("addition_embed_type") != "text":
+        return ""
+    return ("  the prompt's token embeddings also pooled into the timestep embedding "
+            "(`addition_embed_type=\"text\"`),\n")
+
+
+def _min_snr(unet_train: dict) -> str:
+    gamma = unet_train.get("min_snr_gamma")
+    return f" weighted by min-SNR-gamma (gamma {gamma:g})" if gamma else ""
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
 
@@ -202,7 +225,7 @@ tower: ViT, 8x8 patches on 32x32, 4 layers, hidden 128. Projection 128. Pixels i
   shapes), AdamW with warm-up + cosine; {clip_train['wall_seconds'] / 60:.1f} min on {clip_train['device']}
 - Training stage 2: vision tower only (text tower frozen: it is world-sd's text encoder),
   image-to-text InfoNCE against all {refinement.get('bank_captions', 7920):,} canonical single-object captions,
-  {refinement.get('steps', 0)} steps of batch {refinement.get('batch_size', 0)}, {refinement.get('wall_seconds', 0) / 60:.1f} min
+  {refinement.get('steps', 0)} steps of batch {refinement.get('batch_size', 0)}, {refinement.get('wall_seconds', 0) / 60:.1f} min{_continued(clip_train)}
 - Zero-shot on {clip_metrics['held_out_images']} held-out renders (seeds disjoint from training): shape
   **{_percent(clip_metrics['zero_shot_shape_accuracy'])}**, colour **{_percent(clip_metrics['zero_shot_colour_accuracy'])}**
   (gate: 95% each). Prompt ensembling: class scores sum the probabilities of every canonical
@@ -225,7 +248,7 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
   {sd_train['vae']['batch_size']} (MSE + 1e-6 KL), {sd_train['vae']['wall_seconds'] / 60:.1f} min; held-out reconstruction error
   {sd_train['vae']['reconstruction_mae_255']:.2f}/255 per channel; scaling_factor {sd_train['vae']['scaling_factor']:.4f} (1/std of latents).
 - UNet: `UNet2DConditionModel`, channels (32, 64, 96), cross-attention at 8x8 and 4x4,
-  {sd_train['unet']['parameters']:,} parameters; DDPM epsilon loss, {sd_train['unet']['steps']} steps of batch
+{_pooled_text(models_root / SD_FOLDER)}  {sd_train['unet']['parameters']:,} parameters; DDPM epsilon loss{_min_snr(sd_train['unet'])}, {sd_train['unet']['steps']} steps of batch
   {sd_train['unet']['batch_size']}, 10% caption dropout (for classifier-free guidance), EMA {sd_train['unet']['ema_decay']};
   {sd_train['unet']['wall_seconds'] / 60:.1f} min on {sd_train['device']}.
 - Data: {sd_train['unet']['train_latents']:,} single-object renders, {sd_train['unet']['unique_captions']:,} unique captions

@@ -57,8 +57,15 @@ CPU_THREADS = 1
 often held one core; every op then waited on the descheduled second thread (CLIP: 5.1 s/step
 with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one thread is the robust choice."""
 
-MODELS = ("clip", "sd", "oracle")
-"""What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed."""
+MODELS = ("clip", "sd", "oracle", "clip-refine")
+"""What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed.
+"clip-refine" is not part of a run from scratch: it continues stage 2 (the vision tower only)
+of an existing ``out_root/world-clip`` for `CONTINUED_REFINEMENT` steps, which leaves the text
+tower, and so world-sd's text encoder, bit for bit as it was."""
+
+FROM_SCRATCH = ("clip", "sd", "oracle")
+
+CONTINUED_REFINEMENT = VisionRefinementSettings(steps=3000, learning_rate=2.5e-4, warmup_steps=50)
 
 CANONICAL_CAPTION_SHARE = 0.5
 """Share of diffusion captions in the canonical wording that evaluation prompts use."""
@@ -81,13 +88,13 @@ def _write_json(path: Path, value: dict) -> None:
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
                        log=print, evaluate: bool = True, reuse_clip: bool = False,
-                       models: tuple[str, ...] = MODELS) -> dict:
+                       models: tuple[str, ...] = FROM_SCRATCH) -> dict:
     """Train world-clip, world-sd and world-oracle under ``out_root``; returns the training stats.
 
     The result depends only on ``seed`` and ``scale`` (and the device's
     arithmetic). With ``evaluate`` the models are then measured with
     :func:`synthgen.world.evaluate.evaluate_world_models` and model cards written.
-    ``models`` picks which of ``MODELS`` to train (the default: all three);
+    ``models`` picks which of ``MODELS`` to train (the default: the three from scratch);
     each model's training depends only on the seed, the scale and the render
     pool, so training them in separate runs (even at the same time, one per
     core) gives what one run gives. world-sd needs a CLIP: when "clip" is not
@@ -187,6 +194,27 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         })
         say(f"saved {sd_dir}")
 
+    if "clip-refine" in models:
+        # 6b. Continue stage 2 of the shipped CLIP: vision tower only, text tower untouched.
+        from transformers import CLIPModel, CLIPTokenizer
+
+        refined = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(torch_device)
+        refine_tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+        text_before = {k: v.clone() for k, v in refined.text_model.state_dict().items()}
+        settings = _scaled(CONTINUED_REFINEMENT, scale)
+        stats = refine_vision_tower(refined, refine_tokenizer, pool, settings, torch_device,
+                                    seed + 6, log=say)
+        unchanged = all(torch.equal(text_before[k], v) for k, v in refined.text_model.state_dict().items())
+        if not unchanged:
+            raise RuntimeError("the continued refinement changed the text tower")
+        save_world_clip(refined.to("cpu"), refine_tokenizer, clip_dir)
+        record = json.loads((clip_dir / "training.json").read_text())
+        record.setdefault("vision_refinement_continued", []).append(
+            stats | {"settings": asdict(settings), "seed": seed + 6, "device": common["device"],
+                     "text_tower_unchanged": unchanged})
+        _write_json(clip_dir / "training.json", record)
+        say(f"continued the vision refinement of {clip_dir}")
+
     if "oracle" in models:
         # 7. Oracle: supervised attribute reader trained on the same real renders.
         oracle_settings = _scaled(OracleTrainingSettings(), scale)
@@ -217,8 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--no-evaluate", action="store_true")
     parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated models to train (clip, sd, oracle); default all")
+    parser.add_argument("--models", default=",".join(FROM_SCRATCH),
+                        help="comma-separated models to train (clip, sd, oracle; or clip-refine "
+                             "to continue an existing CLIP's vision refinement); default the three")
     args = parser.parse_args(argv)
     models = tuple(name.strip() for name in args.models.split(",") if name.strip())
     summary = train_world_models(args.out, args.device, args.seed, args.scale,
