@@ -243,6 +243,13 @@ class GroupLoader:
                                     persistent_workers=False, pin_memory=pin_memory,
                                     generator=torch.Generator().manual_seed(dataset.seed))
 
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (train mode), for progress bars and trainers."""
+        if self.batches_per_epoch is None:
+            raise TypeError("an evaluation loader streams each shard once and has no fixed "
+                            "length; iterate it, or use train mode for a length")
+        return self.batches_per_epoch
+
     def set_epoch(self, epoch: int) -> None:
         self.dataset.epoch = epoch
 

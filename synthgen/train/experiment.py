@@ -54,8 +54,8 @@ class Budget:
     seeds: tuple[int, ...]
     lr: float = 2e-3
     temperature: float = 0.2
-    # SimCLR's 0.08 lower bound often crops a 32 px world object away entirely ("small"
-    # objects span 30% of the side); 0.2 keeps most crops on the object.
+    # SimCLR's own crop scale; at 32 px its 0.08 lower bound often crops a world object away
+    # entirely ("small" objects span 30% of the side), so the budgets below raise it.
     crop_scale: tuple[float, float] = (0.08, 1.0)
     num_workers: int = 2
     groups_per_shard: int = 64

@@ -71,9 +71,11 @@ class TrainConfig:
             raise UserError(f"views: simclr needs exactly 2 crops per group, got views={self.views} "
                             f"x crops_per_view={self.crops_per_view}; pass views=2, or views=1 "
                             "with crops_per_view=2 (two augmentations of one image)")
-        if self.method == "multipos" and crops < 2:
-            raise UserError(f"views: multipos needs 2 or more crops per group, got {crops}; pass "
-                            "views >= 2 or crops_per_view >= 2")
+        if self.method in ("multipos", "supcon") and crops < 2:
+            # SupCon with one crop has positives only where a batch holds two groups of one
+            # class; a batch without any gives a loss over no anchors (NaN).
+            raise UserError(f"views: {self.method} needs 2 or more crops per group, got {crops}; "
+                            "pass views >= 2 or crops_per_view >= 2")
         if self.steps < 1:
             raise UserError(f"steps: {self.steps} is not positive; pass 1 or more")
 

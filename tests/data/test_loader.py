@@ -127,7 +127,7 @@ def test_manifest_gives_the_shard_list_and_length_hint(dataset):
     source = resolve_shards(directory)
     assert len(source.urls) == 3 and source.samples == 12 and source.min_views == 3
     loader = group_loader(directory, views=1, batch_size=4, resolution=8, num_workers=0)
-    assert loader.batches_per_epoch == 3
+    assert loader.batches_per_epoch == 3 == len(loader)
     assert len(list(loader)) == 3
 
 
