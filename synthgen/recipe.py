@@ -316,7 +316,8 @@ class AuditAttribute(StrictModel):
 
     name: str = Field(min_length=1)
     values: list[str] = Field(min_length=2)
-    templates: list[str] = ["a photo of {value}"]
+    # None: the audit's four default templates (prompt ensembling, see docs/AUDIT.md).
+    templates: list[str] | None = None
 
 
 class AuditSpec(StrictModel):

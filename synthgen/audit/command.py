@@ -1,7 +1,7 @@
 """The `synthgen audit DIR` click command (registered in cli.py with `main.add_command(audit)`).
 
 Exit status: 0 when every --fail-on rule holds, 1 when one fails (each failing rule is printed
-as `FAILED RULE: value V`), 2 for a user mistake (raised as UserError, printed by the CLI).
+as `FAILED RULE: value V`, or `not measured`), 2 for a user mistake (raised as UserError, printed by the CLI).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
     from synthgen.audit.run import AuditSettings, run_audit
     from synthgen.audit.source import dataset_shards
     from synthgen.audit.spec import parse_attribute_option, spec_from_recipe
-    from synthgen.audit.thresholds import parse_fail_on
+    from synthgen.audit.thresholds import METRICS, parse_fail_on
 
     # Every option is checked before a model loads: a typo costs nothing.
     rules = parse_fail_on(fail_on)
@@ -78,7 +78,12 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
     click.echo(f"report: {page} (and report.json)")
     failed = [c for c in outcome.checks if c["failed"]]
     for check in failed:
-        click.echo(f"FAILED {check['rule']}: value {check['value']:.6g}", err=True)
+        if check["value"] is None:
+            click.echo(f"FAILED {check['rule']}: not measured ({check['metric']}: "
+                       f"{METRICS[check['metric']]}; nothing in this dataset to measure it on, "
+                       "or every view was unsure)", err=True)
+        else:
+            click.echo(f"FAILED {check['rule']}: value {check['value']:.6g}", err=True)
     if failed:
         click.get_current_context().exit(FAIL_EXIT)
 

@@ -247,7 +247,8 @@ def run_audit(dataset_dir: Path, spec: AuditSpec, encoder, settings: AuditSettin
         "per_class": view_similarity_table(table.embeddings, table.group_array,
                                            [item.scope for item in table.items], settings.pairs_per_label),
         "per_strategy": view_similarity_table(table.embeddings, table.group_array,
-                                              [item.strategy for item in table.items], settings.pairs_per_label),
+                                              [item.strategy for item in table.items], settings.pairs_per_label,
+                                              classes=[item.scope for item in table.items]),
     }
     duplicates = measure_duplicates(table, spec.duplicate_threshold, settings)
     integrity = {

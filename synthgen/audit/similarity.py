@@ -47,10 +47,13 @@ def sampled_between_group_mean(embeddings: np.ndarray, groups: np.ndarray, rows:
 
 
 def view_similarity_table(embeddings: np.ndarray, groups: np.ndarray, labels: list[str],
-                          pairs_per_label: int = 2000, seed: int = 0) -> dict[str, dict]:
+                          pairs_per_label: int = 2000, seed: int = 0,
+                          classes: list[str] | None = None) -> dict[str, dict]:
     """Per label (a class, corner case or view strategy): within-group vs between-group cosine.
 
-    `labels[i]` is the label of row i. Between-group pairs are drawn within a label only.
+    `labels[i]` is the label of row i. Between-group pairs are drawn within a label only and,
+    with `classes` (row i's class or corner case), within one class of it: per view strategy,
+    diversity then still means "between groups of the same class", not "between classes".
     """
     within = within_group_means(embeddings, groups)
     rows_by_label: dict[str, list[int]] = defaultdict(list)
@@ -62,11 +65,34 @@ def view_similarity_table(embeddings: np.ndarray, groups: np.ndarray, labels: li
         rows = np.array(rows_by_label[label])
         label_groups = sorted(set(groups[rows].tolist()))
         alike = [within[g] for g in label_groups if g in within]
-        between, sampled = sampled_between_group_mean(embeddings, groups, rows, pairs_per_label, rng)
+        if classes is None:
+            between, sampled = sampled_between_group_mean(embeddings, groups, rows,
+                                                          pairs_per_label, rng)
+        else:
+            between, sampled = _between_within_classes(embeddings, groups, rows, classes,
+                                                       pairs_per_label, rng)
         table[label] = {"groups": len(label_groups), "views": int(len(rows)),
                         "within_group": float(np.mean(alike)) if alike else None,
                         "between_groups": between, "pairs_sampled": sampled}
     return table
+
+
+def _between_within_classes(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
+                            classes: list[str], pairs: int,
+                            rng: np.random.Generator) -> tuple[float | None, int]:
+    """Mean cosine of random different-group pairs that share a class, the `pairs` shared out
+    over the classes by their number of rows."""
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        by_class[classes[row]].append(int(row))
+    total, sampled = 0.0, 0
+    for name in sorted(by_class):
+        members = np.array(by_class[name])
+        share = max(1, round(pairs * len(members) / len(rows)))
+        mean, count = sampled_between_group_mean(embeddings, groups, members, share, rng)
+        if count:
+            total, sampled = total + mean * count, sampled + count
+    return (total / sampled if sampled else None), sampled
 
 
 def near_duplicates(embeddings: np.ndarray, groups: np.ndarray, threshold: float,

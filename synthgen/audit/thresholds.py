@@ -1,8 +1,9 @@
 """`--fail-on` rules: `NAME OP NUMBER` checked against the report's summary numbers.
 
 Syntax: `kl>0.05`, `suppressed>=0.01`, `chi2_p<0.001`; several rules comma-separated or in
-repeated options. A rule fails when the summary value satisfies the comparison; a summary
-value that could not be measured (None: no attribute, no view) never fails a rule.
+repeated options. A rule fails when the summary value satisfies the comparison, and also when
+the value could not be measured (None: no such attribute or concept, every view unsure): a
+gate in a pipeline must not pass on a dataset it did not measure.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class FailRule:
     def check(self, summary: dict) -> tuple[bool, float | None]:
         value = summary.get(self.metric)
         if value is None:
-            return False, None
+            return True, None
         return bool(_OPERATORS[self.op](value, self.limit)), value
 
 

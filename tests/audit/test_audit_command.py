@@ -123,3 +123,13 @@ def test_real_clip_path_end_to_end_and_cache(tmp_path, tiny_clip_dir):
 
 def test_command_is_a_click_command():
     assert isinstance(audit, click.Command) and audit.name == "audit"
+
+
+def test_a_rule_on_something_the_dataset_does_not_have_fails_as_not_measured(tmp_path, fake_encoder):
+    # No balance entries: nothing was assigned, so disagreement with assignments is unmeasured.
+    dataset = _dataset(tmp_path, ["red", "green", "blue"])
+    result = CliRunner().invoke(_cli(), ["audit", str(dataset), "--quiet", "--fail-on",
+                                         "disagreement>0.5,low_fidelity>0.9"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED disagreement>0.5: not measured" in result.output
+    assert "low_fidelity" not in result.output.split("FAILED", 1)[1], "measured and below 0.9"

@@ -63,7 +63,9 @@ def test_fail_on_rules_parse_and_fire_exactly_past_the_limit():
     rules = parse_fail_on(["kl>0.05,suppressed>=0.01", "chi2_p<0.001"])
     assert [str(r) for r in rules] == ["kl>0.05", "suppressed>=0.01", "chi2_p<0.001"]
     checks = evaluate(rules, {"kl": 0.05, "suppressed": 0.01, "chi2_p": None})
-    assert [c["failed"] for c in checks] == [False, True, False]
+    # chi2_p was not measured: a gate must not pass on what it could not see.
+    assert [c["failed"] for c in checks] == [False, True, True]
+    assert checks[2]["value"] is None
     assert evaluate(parse_fail_on(["kl>0.05"]), {"kl": math.inf})[0]["failed"]
 
 

@@ -213,3 +213,23 @@ def test_targets_follow_applies_to_and_corner_cases_are_their_own_scope(tmp_path
     assert scopes["corner:ring"]["counts"] == {"red": 0, "green": 0, "blue": 2}
     # The overall row covers the views the recipe balanced: the squares.
     assert scopes["overall"]["views"] == 8 and scopes["overall"]["target_source"] == "recipe"
+
+
+def test_per_strategy_diversity_pairs_groups_of_one_class_only():
+    from synthgen.audit.similarity import view_similarity_table
+
+    # Class a: every view the same vector; class b: each group along its own axis.
+    groups = np.repeat(np.arange(6), 2)  # two views per group, three groups per class
+    classes = ["a"] * 6 + ["b"] * 6
+    a_views = np.tile(np.eye(8)[0], (6, 1))
+    b_views = np.vstack([np.eye(8)[1 + g] for g in groups[6:] - 3])
+    embeddings = np.vstack([a_views, b_views])
+    per_class = view_similarity_table(embeddings, groups, classes, pairs_per_label=400)
+    assert per_class["a"]["between_groups"] == pytest.approx(1.0)
+    assert per_class["b"]["between_groups"] == pytest.approx(0.0)
+    strategy = view_similarity_table(embeddings, groups, ["seeds"] * 12, pairs_per_label=400,
+                                     classes=classes)
+    # Pairs within a class only: half from a (1.0), half from b (0.0); never a-with-b (0.0).
+    assert strategy["seeds"]["between_groups"] == pytest.approx(0.5, abs=0.01)
+    mixed = view_similarity_table(embeddings, groups, ["seeds"] * 12, pairs_per_label=400)
+    assert mixed["seeds"]["between_groups"] < 0.4, "without classes, pairs cross classes"
