@@ -1,0 +1,39 @@
+"""The world training entry point at a tiny scale: which models a run trains, and that
+continuing the CLIP's vision refinement leaves its text tower (world-sd's text encoder) alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthgen.world.train import train_world_models
+
+
+def test_clip_refine_changes_the_vision_tower_only(tmp_path):
+    from transformers import CLIPModel
+
+    shipped = Path(str(resources.files("synthgen") / "models" / "world-clip"))
+    shutil.copytree(shipped, tmp_path / "world-clip")
+    before = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
+    summary = train_world_models(tmp_path, device="cpu", scale=0.002, log=lambda message: None,
+                                 evaluate=False, models=("clip-refine",))
+    assert summary["models"] == ["clip-refine"]
+    after = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
+    text_before, text_after = before.text_model.state_dict(), after.text_model.state_dict()
+    assert all(torch.equal(text_before[k], text_after[k]) for k in text_before)
+    vision_before, vision_after = before.vision_model.state_dict(), after.vision_model.state_dict()
+    assert any(not torch.equal(vision_before[k], vision_after[k]) for k in vision_before)
+    (record,) = json.loads((tmp_path / "world-clip" / "training.json").read_text())[
+        "vision_refinement_continued"]
+    assert record["text_tower_unchanged"] and record["steps"] == 6
+    assert not (tmp_path / "world-sd").exists() and not (tmp_path / "world-oracle").exists()
+
+
+def test_unknown_model_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose from clip, sd, oracle"):
+        train_world_models(tmp_path, device="cpu", models=("unet",), evaluate=False)
