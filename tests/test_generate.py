@@ -12,6 +12,7 @@ import pytest
 import webdataset
 from PIL import Image
 
+from sampling_checks import check_padded_batches_do_not_mix_views, count_prompt_encodings
 from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.generate.sampler import Sampler
@@ -197,36 +198,16 @@ def test_padded_batches_do_not_mix_views():
 
     from synthgen.generate.load import load_pipeline
     from synthgen.recipe import ModelSpec
-    from synthgen.views import ViewPlan
 
     spec = ModelSpec(id="builtin:tiny-random", steps=2, width=32, height=32)
     model = load_pipeline(spec, torch.device("cpu"), torch.float32)
-    views = [ViewPlan(f"g{seed}", 0, prompt, "", seed) for prompt, seed in
-             [("a red circle", 1), ("a blue square", 2), ("a green star", 3)]]
-    batched = Sampler(model, spec, batch_size=4, one_view_per_call=False)
-    together = batched.sample(views).images
-    # Same shape, other neighbours and position: the kernel is the same, so the bits are too.
-    alone = batched.sample(views[2:]).images
-    assert torch.equal(together[2], alone[0])
-    # Against one view per call: other kernels, so equal up to float rounding only.
-    single = Sampler(model, spec, batch_size=4).sample(views).images
-    difference = (together.int() - single.int()).abs()
-    assert difference.max() <= 2 and difference.float().mean() < 0.01
-    assert not torch.equal(together[0], together[1])
+    check_padded_batches_do_not_mix_views(model, spec)
 
 
 def test_prompt_embeddings_are_computed_once_per_unique_text(write_recipe, tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
-    encoded = []
-    original = StableDiffusionPipeline.encode_prompt
-
-    def counting_encode(self, prompt, *args, **kwargs):
-        if prompt is not None:  # the pipeline's own call, handed our prompt_embeds, has None
-            encoded.append(prompt)
-        return original(self, prompt, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionPipeline, "encode_prompt", counting_encode)
+    encoded = count_prompt_encodings(monkeypatch, StableDiffusionPipeline)
     plan, _ = run(write_recipe(), tmp_path / "out", batch_size=4)
     unique = {view.prompt for group in plan.groups for view in group.views}
     assert sorted(encoded) == sorted(unique)

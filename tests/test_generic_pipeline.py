@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from pixart_fixture import RESOLUTION, save_tiny_pixart
+from sampling_checks import check_padded_batches_do_not_mix_views, count_prompt_encodings
 from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
@@ -125,25 +126,12 @@ def test_pixart_padded_batches_do_not_mix_views(pixart_dir):
     import torch
 
     from synthgen.generate.load import load_pipeline
-    from synthgen.generate.sampler import Sampler
     from synthgen.recipe import ModelSpec
-    from synthgen.views import ViewPlan
 
     spec = ModelSpec(id=str(pixart_dir), steps=2, width=RESOLUTION, height=RESOLUTION)
     model = load_pipeline(spec, torch.device("cpu"), torch.float32)
-    views = [ViewPlan(f"g{seed}", 0, prompt, "", seed) for prompt, seed in
-             [("a red circle", 1), ("a blue square", 2), ("a green circle", 3)]]
-    batched = Sampler(model, spec, batch_size=4, one_view_per_call=False)
+    batched = check_padded_batches_do_not_mix_views(model, spec)
     assert batched.family == "generic" and not batched.draws_own_latents
-    together = batched.sample(views).images
-    # Same shape, other neighbours and position: the kernel is the same, so the bits are too.
-    alone = batched.sample(views[2:]).images
-    assert torch.equal(together[2], alone[0])
-    # Against one view per call: other kernels, so equal up to float rounding only.
-    single = Sampler(model, spec, batch_size=4).sample(views).images
-    difference = (together.int() - single.int()).abs()
-    assert difference.max() <= 2 and difference.float().mean() < 0.01
-    assert not torch.equal(together[0], together[1])
 
 
 def test_pixart_generates_at_the_recipe_size_not_at_its_nearest_trained_size(pixart_dir):
@@ -170,15 +158,7 @@ def test_pixart_prompt_embeddings_are_computed_once_per_unique_text(pixart_dir, 
                                                                      monkeypatch):
     from diffusers import PixArtAlphaPipeline
 
-    calls = []
-    original = PixArtAlphaPipeline.encode_prompt
-
-    def counting_encode(self, prompt, *args, **kwargs):
-        if prompt is not None:  # the pipeline passes given embeddings through with None
-            calls.append(prompt)
-        return original(self, prompt, *args, **kwargs)
-
-    monkeypatch.setattr(PixArtAlphaPipeline, "encode_prompt", counting_encode)
+    calls = count_prompt_encodings(monkeypatch, PixArtAlphaPipeline)
     recipe = pixart_recipe(tmp_path, pixart_dir, guidance_scale=3.0, negative_prompt="blurry")
     plan, _ = run(recipe, tmp_path / "out")
     prompts = {view.prompt for group in plan.groups for view in group.views}
