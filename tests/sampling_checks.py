@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
+import webdataset
 
 from synthgen.generate.sampler import Sampler
 from synthgen.views import ViewPlan
@@ -39,3 +44,26 @@ def count_prompt_encodings(monkeypatch, pipeline_class) -> list[str]:
 
     monkeypatch.setattr(pipeline_class, "encode_prompt", counting_encode)
     return encoded
+
+
+def dataset_bytes(out_dir: Path) -> dict[str, str]:
+    """sha256 of every shard and of the manifest."""
+    files = sorted(out_dir.glob("shard-*.tar")) + [out_dir / "manifest.json"]
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def read_planned_samples(out_dir: Path, plan) -> list[tuple[dict, object, dict]]:
+    """The dataset's samples read back with webdataset, checked against the plan (order, key,
+    class, seeds and prompts of every view); (sample, planned group, metadata) for each."""
+    urls = [str(out_dir / f"shard-{i:06d}.tar") for i in range(plan.shard_count)]
+    samples = list(webdataset.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in samples] == [g.group_id for g in plan.groups]
+    read = []
+    for sample, group in zip(samples, plan.groups):
+        metadata = json.loads(sample["json"])
+        assert int(sample["cls"]) == group.class_index == metadata["class_index"]
+        assert metadata["class_name"] == group.class_name
+        assert [v["seed"] for v in metadata["views"]] == [v.seed for v in group.views]
+        assert [v["prompt"] for v in metadata["views"]] == [v.prompt for v in group.views]
+        read.append((sample, group, metadata))
+    return read

@@ -12,7 +12,12 @@ import pytest
 import webdataset
 from PIL import Image
 
-from sampling_checks import check_padded_batches_do_not_mix_views, count_prompt_encodings
+from sampling_checks import (
+    check_padded_batches_do_not_mix_views,
+    count_prompt_encodings,
+    dataset_bytes,
+    read_planned_samples,
+)
 from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.generate.sampler import Sampler
@@ -28,26 +33,15 @@ def run(recipe_path: Path, out_dir: Path, **options):
     return plan, generate_dataset(plan, out_dir, GenerateOptions(**fields))
 
 
-def dataset_bytes(out_dir: Path) -> dict[str, str]:
-    """sha256 of every shard and of the manifest."""
-    files = sorted(out_dir.glob("shard-*.tar")) + [out_dir / "manifest.json"]
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
 def test_shards_read_back_as_the_planned_groups(write_recipe, tmp_path):
     plan, summary = run(write_recipe(), tmp_path / "out")
     assert summary.shards_written == 3 and summary.images_generated == 18
-    urls = [str(tmp_path / "out" / f"shard-{i:06d}.tar") for i in range(3)]
-    samples = list(webdataset.WebDataset(urls, shardshuffle=False, empty_check=False))
-    assert [s["__key__"] for s in samples] == [g.group_id for g in plan.groups]
-    for sample, group in zip(samples, plan.groups):
-        metadata = json.loads(sample["json"])
-        assert int(sample["cls"]) == group.class_index == metadata["class_index"]
-        assert metadata["class_name"] == group.class_name
+    read = read_planned_samples(tmp_path / "out", plan)
+    assert plan.shard_count == 3 and len(read) == 9
+    samples = [sample for sample, _, _ in read]
+    for sample, group, metadata in read:
         assert metadata["corner_case"] == group.corner_case
         assert metadata["tags"] == list(group.tags)
-        assert [v["seed"] for v in metadata["views"]] == [v.seed for v in group.views]
-        assert [v["prompt"] for v in metadata["views"]] == [v.prompt for v in group.views]
         assert metadata["model"]["id"] == "builtin:tiny-random"
         assert metadata["model"]["steps"] == 2 and metadata["model"]["dtype"] == "float32"
         assert metadata["recipe"]["hash"] == plan.recipe.recipe_hash

@@ -7,7 +7,6 @@ and each view's noise as its own CPU generator.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,7 +18,12 @@ import yaml
 from PIL import Image
 
 from pixart_fixture import RESOLUTION, save_tiny_pixart
-from sampling_checks import check_padded_batches_do_not_mix_views, count_prompt_encodings
+from sampling_checks import (
+    check_padded_batches_do_not_mix_views,
+    count_prompt_encodings,
+    dataset_bytes,
+    read_planned_samples,
+)
 from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
@@ -57,11 +61,6 @@ def run(recipe_path: Path, out_dir: Path, batch_size: int = 1):
     return plan, generate_dataset(plan, out_dir, options)
 
 
-def dataset_bytes(out_dir: Path) -> dict[str, str]:
-    files = sorted(out_dir.glob("shard-*.tar")) + [out_dir / "manifest.json"]
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
 @pytest.fixture(scope="module")
 def first_run(pixart_dir, tmp_path_factory):
     """(recipe path, plan, summary, output folder) of one seeds-strategy run, batch size 1."""
@@ -74,17 +73,11 @@ def first_run(pixart_dir, tmp_path_factory):
 def test_pixart_shards_read_back_as_the_planned_groups(first_run):
     recipe, plan, summary, out = first_run
     assert summary.shards_written == 2 and summary.images_generated == 6
-    urls = [str(out / f"shard-{i:06d}.tar") for i in range(2)]
-    samples = list(webdataset.WebDataset(urls, shardshuffle=False, empty_check=False))
-    assert [s["__key__"] for s in samples] == [g.group_id for g in plan.groups]
-    for sample, group in zip(samples, plan.groups):
-        metadata = json.loads(sample["json"])
-        assert int(sample["cls"]) == group.class_index == metadata["class_index"]
-        assert metadata["class_name"] == group.class_name
+    read = read_planned_samples(out, plan)
+    assert plan.shard_count == 2 and len(read) == 3
+    for sample, group, metadata in read:
         assert metadata["model"]["pipeline"] == "PixArtAlphaPipeline"
         assert metadata["model"]["steps"] == 2 and metadata["model"]["dtype"] == "float32"
-        assert [v["seed"] for v in metadata["views"]] == [v.seed for v in group.views]
-        assert [v["prompt"] for v in metadata["views"]] == [v.prompt for v in group.views]
         assert sorted(k for k in sample if k.startswith("view")) == ["view0.png", "view1.png"]
         views = [np.asarray(Image.open(io.BytesIO(sample[f"view{i}.png"]))) for i in range(2)]
         assert views[0].shape == (RESOLUTION, RESOLUTION, 3)
