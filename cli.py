@@ -158,19 +158,13 @@ class DatasetLocation(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, Path):
             return value
-        text = str(value)
-        if "://" not in text:
-            return Path(text)
-        from synthgen.store import OBJECT_STORE_PROTOCOLS
+        from synthgen.store import OBJECT_STORE_PROTOCOLS, parse_location
 
-        protocol = text.split("://", 1)[0].lower()
-        if protocol == "file":
-            return Path(text.split("://", 1)[1])
-        if protocol not in OBJECT_STORE_PROTOCOLS:
-            self.fail(f"{text!r}: {protocol}:// is not a supported store; use a directory "
-                      "(a mounted path works for any storage) or one of "
-                      + ", ".join(p + "://" for p in OBJECT_STORE_PROTOCOLS), param, ctx)
-        return text
+        try:
+            # memory:// and the like are for the Python API only: workers would not share them.
+            return parse_location(str(value), OBJECT_STORE_PROTOCOLS)
+        except UserError as error:
+            self.fail(str(error), param, ctx)
 
 
 class BatchSize(click.ParamType):

@@ -79,16 +79,33 @@ def is_url(location: str | os.PathLike) -> bool:
     return isinstance(location, str) and "://" in location
 
 
+def parse_location(text: str | os.PathLike,
+                   protocols: tuple[str, ...] = OBJECT_STORE_PROTOCOLS + IN_PROCESS_PROTOCOLS
+                   ) -> Path | str:
+    """`--out` as given -> a local path (`file://` URLs too), or a URL of one of `protocols`;
+    any other URL is a `UserError` that says what to do instead."""
+    if not is_url(text):
+        return Path(text)
+    protocol, rest = text.split("://", 1)
+    protocol = protocol.lower()
+    if protocol == "file":
+        return Path(rest)
+    if protocol not in protocols:
+        raise UserError(
+            f"--out {text}: {protocol}:// is not a supported store; synthgen writes to "
+            f"{', '.join(p + '://' for p in protocols)} URLs (their exclusive create is atomic, "
+            "so racing workers cannot both publish a shard) and to local or mounted paths; "
+            "mount the storage and pass its path, or write locally and copy the finished "
+            "directory")
+    return text
+
+
 def open_store(location: Location) -> DatasetStore:
     """The store for `--out`: a URL (`s3://bucket/prefix`) or a local path (`file://` too)."""
     if isinstance(location, (LocalStore, FsspecStore)):
         return location
-    if is_url(location):
-        protocol = location.split("://", 1)[0].lower()
-        if protocol == "file":
-            return LocalStore(Path(location.split("://", 1)[1]))
-        return FsspecStore(location)
-    return LocalStore(Path(location))
+    parsed = parse_location(location)
+    return LocalStore(parsed) if isinstance(parsed, Path) else FsspecStore(parsed)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -231,14 +248,9 @@ class FsspecStore:
     """
 
     def __init__(self, url: str):
-        protocol = url.split("://", 1)[0].lower()
-        if protocol not in OBJECT_STORE_PROTOCOLS + IN_PROCESS_PROTOCOLS:
-            raise UserError(
-                f"--out {url}: synthgen writes to {', '.join(p + '://' for p in OBJECT_STORE_PROTOCOLS)} "
-                "URLs (their exclusive create is atomic, so racing workers cannot both publish a "
-                f"shard) and to local or mounted paths, not to {protocol}://; mount the storage "
-                "and pass its path, or write locally and copy the finished directory")
-        self.protocol = protocol
+        if not isinstance(parse_location(url), str):
+            raise ValueError(f"{url}: a local path; open it with open_store (a LocalStore)")
+        self.protocol = url.split("://", 1)[0].lower()
         self.location = url.rstrip("/")
         self._fs = None
 

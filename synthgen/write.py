@@ -26,6 +26,7 @@ import io
 import json
 import platform
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -291,7 +292,10 @@ def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     """Record `recipe` as the location's recipe unless one is recorded (it is then `recipe`:
     `prepare_output_dir` checked). Every publisher calls this, so a claim released by a
     failed worker (`release_unused_claim`) is back before any shard of the recipe appears."""
-    open_store(location).publish_once(RECIPE_FILE, _recipe_record(recipe))
+    store = open_store(location)
+    # A look first: the claim is almost always there, and creating it writes a file.
+    if store.size(RECIPE_FILE) is None:
+        store.publish_once(RECIPE_FILE, _recipe_record(recipe))
 
 
 def release_unused_claim(location: Location, recipe: Recipe) -> bool:
@@ -311,6 +315,17 @@ def release_unused_claim(location: Location, recipe: Recipe) -> bool:
     except (OSError, ValueError):
         return False  # the location itself is the problem; the run's own error says so
     return True
+
+
+@contextmanager
+def releasing_unused_claim(location: Location, recipe: Recipe):
+    """On any failure inside the block, give the location back if nothing was built in it
+    (`release_unused_claim`), so a corrected recipe is not refused as "different"."""
+    try:
+        yield
+    except BaseException:
+        release_unused_claim(location, recipe)
+        raise
 
 
 def finalize_dataset(location: Location) -> dict:

@@ -39,9 +39,9 @@ def run_engine(name: str, plan, out_dir, options):
     called `name`; returns its `RunSummary`."""
     if name not in ENGINES:
         raise UserError(f"--engine {name!r} is not an engine; use one of {', '.join(ENGINES)}")
-    from synthgen.engines.local import releasing_unused_claim
+    from synthgen.write import releasing_unused_claim
 
     module, function = ENGINES[name]
     store = open_store(out_dir)
-    with releasing_unused_claim(store, plan):
+    with releasing_unused_claim(store, plan.recipe):
         return getattr(importlib.import_module(module), function)(plan, store, options)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -38,7 +37,6 @@ from synthgen.write import (
     missing_shards,
     prepare_output_dir,
     publish_shard,
-    release_unused_claim,
     sample_metadata,
     shard_done,
     write_manifest,
@@ -216,17 +214,6 @@ def generate_dataset(plan: Plan, out_dir: Location, options: GenerateOptions) ->
         worker.close()
     # 4. The manifest.
     return finish_run(plan, out_dir, options, summary, started)
-
-
-@contextmanager
-def releasing_unused_claim(store: DatasetStore, plan: Plan):
-    """On any failure, give the location back if nothing was built in it (see
-    `write.release_unused_claim`), so a corrected recipe is not refused as "different"."""
-    try:
-        yield
-    except BaseException:
-        release_unused_claim(store, plan.recipe)
-        raise
 
 
 def fault_from_environment() -> str | None:
