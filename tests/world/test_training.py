@@ -20,6 +20,7 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
     shipped = Path(str(resources.files("synthgen") / "models" / "world-clip"))
     shutil.copytree(shipped, tmp_path / "world-clip")
     before = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
+    earlier_runs = json.loads((shipped / "training.json").read_text()).get("vision_refinement_continued", [])
     summary = train_world_models(tmp_path, device="cpu", scale=0.002, log=lambda message: None,
                                  evaluate=False, models=("clip-refine",))
     assert summary["models"] == ["clip-refine"]
@@ -28,8 +29,9 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
     assert all(torch.equal(text_before[k], text_after[k]) for k in text_before)
     vision_before, vision_after = before.vision_model.state_dict(), after.vision_model.state_dict()
     assert any(not torch.equal(vision_before[k], vision_after[k]) for k in vision_before)
-    (record,) = json.loads((tmp_path / "world-clip" / "training.json").read_text())[
+    *kept, record = json.loads((tmp_path / "world-clip" / "training.json").read_text())[
         "vision_refinement_continued"]
+    assert kept == earlier_runs
     assert record["text_tower_unchanged"] and record["steps"] == 6
     assert not (tmp_path / "world-sd").exists() and not (tmp_path / "world-oracle").exists()
 
@@ -37,3 +39,21 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
 def test_unknown_model_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="choose from clip, sd, oracle"):
         train_world_models(tmp_path, device="cpu", models=("unet",), evaluate=False)
+
+
+def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
+    from synthgen.world.evaluate import evaluate_world_models, write_model_cards
+
+    shipped = Path(str(resources.files("synthgen") / "models"))
+    for folder in ("world-clip", "world-sd", "world-oracle"):
+        shutil.copytree(shipped / folder, tmp_path / folder)
+    metrics = evaluate_world_models(tmp_path, device="cpu", scale=0.01, log=lambda message: None)
+    write_model_cards(tmp_path)
+    round_trip = metrics["world-sd"]["vae_round_trip"]
+    assert round_trip["images"] == 10 and set(round_trip["shape_accuracy_by_size"]) == {"small", "medium", "large"}
+    assert 0 <= round_trip["shape_accuracy"] <= 1 and round_trip["mean_abs_error_255"] > 0
+    for folder, values in metrics.items():
+        assert json.loads((tmp_path / folder / "metrics.json").read_text()) == json.loads(json.dumps(values))
+        assert values["command"] == "python -m synthgen.world.evaluate --scale 0.01"
+    card = (tmp_path / "world-sd" / "README.md").read_text()
+    assert "ceiling: shape read on VAE round trips of 10 held-out renders" in card
