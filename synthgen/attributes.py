@@ -59,7 +59,8 @@ def plan_warnings(recipe: Recipe) -> list[str]:
     """Settings that are valid but will not do what the recipe seems to want."""
     warnings = []
     negatives = [entry.concept for entry in recipe.suppress if entry.method == "negative"]
-    if (negatives or recipe.model.negative_prompt) and recipe.model.guidance_scale <= 1.0:
+    if ((negatives or recipe.model.negative_prompt) and recipe.model.guidance_scale <= 1.0
+            and recipe.model.true_cfg_scale is None):
         warnings.append(
             f"model.guidance_scale is {recipe.model.guidance_scale}: without classifier-free "
             "guidance (as for sd-turbo and SDXL-turbo at 0) the negative prompt has no effect, "

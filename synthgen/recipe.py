@@ -107,6 +107,9 @@ class ModelSpec(StrictModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     steps: int = Field(1, ge=1, le=1000)
     guidance_scale: float = Field(0.0, ge=0.0)
+    # FLUX.1 only: real classifier-free guidance with the negative prompt (twice the compute).
+    # Its guidance_scale is a distilled input that never looks at a negative prompt.
+    true_cfg_scale: float | None = Field(None, gt=1.0)
     scheduler: str | None = None
     width: int = Field(512, ge=8, le=8192)
     height: int = Field(512, ge=8, le=8192)

@@ -8,9 +8,42 @@ from pathlib import Path
 
 import torch
 import webdataset
+import yaml
 
+from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.generate.sampler import Sampler
+from synthgen.plan import make_plan
+from synthgen.recipe import load_recipe
 from synthgen.views import ViewPlan
+
+
+def write_small_recipe(folder: Path, model_id: Path, resolution: int, views: dict | None = None,
+                       **model) -> Path:
+    """A 3-group recipe (2 classes, a colour slot, 2 seeds views, PNG) for a model folder."""
+    recipe = {
+        "name": "small",
+        "seed": 11,
+        "model": {"id": str(model_id), "steps": 2, "guidance_scale": 0.0,
+                  "width": resolution, "height": resolution, **model},
+        "slots": {"colour": ["red", "green", "blue"]},
+        "classes": [
+            {"name": "circle", "templates": ["a {colour} circle"], "groups": 2},
+            {"name": "square", "templates": ["a photo of a {colour} square"], "groups": 1},
+        ],
+        "views": views or {"count": 2, "strategy": "seeds"},
+        "output": {"groups_per_shard": 2, "format": "png"},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run_recipe(recipe_path: Path, out_dir: Path, batch_size: int = 1):
+    """(plan, summary) of generating the recipe on the CPU into ``out_dir``."""
+    plan = make_plan(load_recipe(recipe_path))
+    options = GenerateOptions(progress=False, device="cpu", batch_size=batch_size)
+    return plan, generate_dataset(plan, out_dir, options)
 
 
 def check_padded_batches_do_not_mix_views(model, spec) -> Sampler:

@@ -144,3 +144,8 @@ def test_negative_suppression_joins_negative_prompt_and_warns_without_guidance(w
                                        "suppress": [{"concept": "text", "method": "negative"}]},
                                       name="guided.yaml"))
     assert summarize(make_plan(guided))["warnings"] == []
+    # FLUX.1-schnell runs at guidance 0; its true CFG applies the negative prompt anyway.
+    true_cfg = load_recipe(write_recipe({"model": {"guidance_scale": 0.0, "true_cfg_scale": 4.0},
+                                         "suppress": [{"concept": "text", "method": "negative"}]},
+                                        name="true-cfg.yaml"))
+    assert summarize(make_plan(true_cfg))["warnings"] == []

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset
-import yaml
 from PIL import Image
 
 from pixart_fixture import RESOLUTION, save_tiny_pixart
@@ -23,11 +22,10 @@ from sampling_checks import (
     count_prompt_encodings,
     dataset_bytes,
     read_planned_samples,
+    run_recipe,
+    write_small_recipe,
 )
-from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
-from synthgen.plan import make_plan
-from synthgen.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +34,10 @@ def pixart_dir(tmp_path_factory) -> Path:
 
 
 def pixart_recipe(folder: Path, model_id: Path, views: dict | None = None, **model) -> Path:
-    recipe = {
-        "name": "pixart",
-        "seed": 11,
-        "model": {"id": str(model_id), "steps": 2, "guidance_scale": 0.0,
-                  "width": RESOLUTION, "height": RESOLUTION, **model},
-        "slots": {"colour": ["red", "green", "blue"]},
-        "classes": [
-            {"name": "circle", "templates": ["a {colour} circle"], "groups": 2},
-            {"name": "square", "templates": ["a photo of a {colour} square"], "groups": 1},
-        ],
-        "views": views or {"count": 2, "strategy": "seeds"},
-        "output": {"groups_per_shard": 2, "format": "png"},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+    return write_small_recipe(folder, model_id, RESOLUTION, views, **model)
 
 
-def run(recipe_path: Path, out_dir: Path, batch_size: int = 1):
-    plan = make_plan(load_recipe(recipe_path))
-    options = GenerateOptions(progress=False, device="cpu", batch_size=batch_size)
-    return plan, generate_dataset(plan, out_dir, options)
+run = run_recipe
 
 
 @pytest.fixture(scope="module")

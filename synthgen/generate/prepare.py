@@ -15,6 +15,7 @@ from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.erase import erase_concept
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
+from synthgen.attributes import negative_prompt
 from synthgen.recipe import Recipe
 
 
@@ -69,6 +70,7 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
                       compile_model=compile_model, channels_last=channels_last)
     check_strategies(recipe, sampler)
+    check_negative_prompts(recipe, sampler)
     return sampler
 
 
@@ -95,3 +97,26 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
               "edits": list(model.edits)}
     (out_dir / EDITS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return model.edits
+
+
+def check_negative_prompts(recipe: Recipe, sampler: Sampler) -> None:
+    """A negative prompt the pipeline would ignore is a user error, not a silent no-op."""
+    pipeline_name = type(sampler.pipeline).__name__
+    true_cfg = recipe.model.true_cfg_scale
+    if true_cfg is not None and not sampler.accepts("true_cfg_scale"):
+        raise UserError(f"model.true_cfg_scale {true_cfg}: {pipeline_name} has no true_cfg_scale "
+                        "(it is FLUX's); use model.guidance_scale for classifier-free guidance")
+    negative = negative_prompt(recipe)
+    if not negative:
+        return
+    where = ("model.negative_prompt" if recipe.model.negative_prompt else
+             f"suppress[{next(i for i, e in enumerate(recipe.suppress) if e.method == 'negative')}]"
+             ".method negative")
+    if not sampler.accepts("negative_prompt"):
+        raise UserError(f"{where}: {pipeline_name} takes no negative prompt; "
+                        "use suppress method: reject instead")
+    if sampler.accepts("true_cfg_scale") and true_cfg is None:
+        raise UserError(
+            f"{where}: {pipeline_name}'s guidance_scale is distilled and ignores negative prompts; "
+            "set model.true_cfg_scale (for example 4.0; two transformer passes per step) to apply "
+            f"{negative!r}, or use suppress method: reject")

@@ -40,6 +40,10 @@ class SampledBatch:
 # Pipelines whose prompts synthgen encodes itself through their `encode_prompt` (T5 text,
 # padded to max_sequence_length, with an attention mask).
 PIXART_PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+# Likewise for FLUX.1 (CLIP pooled + T5 per-token embeddings). Its guidance_scale is a
+# distilled input of the transformer, not classifier-free guidance: a negative prompt acts only
+# through `true_cfg_scale` (a second transformer pass per step).
+FLUX_PIPELINES = ("FluxPipeline",)
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,10 @@ class Sampler:
         else:
             # PixArt, FLUX and others: noise goes in as per-view CPU generators, which
             # diffusers' randn_tensor draws one sample at a time; prompts as text, except for
-            # PixArt (below), whose T5 embeddings synthgen caches per unique text.
+            # PixArt and FLUX (below), whose embeddings synthgen caches per unique text.
             self.family = "generic"
         self.caches_t5_prompts = type(self.pipeline).__name__ in PIXART_PIPELINES
+        self.caches_flux_prompts = type(self.pipeline).__name__ in FLUX_PIPELINES
         self._call_parameters = set(inspect.signature(self.pipeline.__call__).parameters)
         # The denoiser is a UNet (SD, SDXL) or a transformer (PixArt, SD3, FLUX).
         denoiser_name = "unet" if getattr(self.pipeline, "unet", None) is not None else "transformer"
@@ -108,6 +113,10 @@ class Sampler:
             setattr(self.pipeline, denoiser_name,
                     torch.compile(getattr(self.pipeline, denoiser_name), dynamic=False))
             self.pipeline.vae.decode = torch.compile(self.pipeline.vae.decode, dynamic=False)
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the pipeline's ``__call__`` takes ``argument``."""
+        return argument in self._call_parameters
 
     @property
     def uses_guidance(self) -> bool:
@@ -304,10 +313,12 @@ class Sampler:
         if self.family == "generic":
             if self.caches_t5_prompts:
                 arguments = self._t5_conditioning(views)
+            elif self.caches_flux_prompts:
+                arguments = self._flux_conditioning(views)
             else:
                 arguments = {"prompt": [v.prompt for v in views]}
                 if (any(v.negative_prompt for v in views)
-                        and "negative_prompt" in self._call_parameters):
+                        and self.accepts("negative_prompt")):
                     arguments["negative_prompt"] = [v.negative_prompt for v in views]
             # PixArt's defaults would make the recipe say less than what happens: resolution
             # binning generates at the nearest trained size and resizes to the recipe's (other
@@ -340,6 +351,27 @@ class Sampler:
             arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
             arguments["negative_prompt_attention_mask"] = torch.cat([n[1] for n in negative])
         return arguments
+
+    def _flux_conditioning(self, views: list[ViewPlan]) -> dict:
+        """FLUX's per-token and pooled prompt embeddings, one cached encoding per text."""
+        positive = [self._embed_flux(v.prompt) for v in views]
+        arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),
+                     "pooled_prompt_embeds": torch.cat([p[1] for p in positive])}
+        if self.spec.true_cfg_scale is not None:
+            negative = [self._embed_flux(v.negative_prompt) for v in views]
+            arguments["true_cfg_scale"] = self.spec.true_cfg_scale
+            arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
+            arguments["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])
+        return arguments
+
+    def _embed_flux(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        key = "flux:" + text
+        if key not in self._embeddings:
+            # The pipeline's own defaults otherwise (prompt_2 = prompt, max_sequence_length).
+            embeds, pooled, _ = self.pipeline.encode_prompt(
+                text, prompt_2=None, device=self.model.device, num_images_per_prompt=1)
+            self._embeddings[key] = (embeds, pooled)
+        return self._embeddings[key]
 
     def _embed_t5(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         key = "t5:" + text
