@@ -114,3 +114,15 @@ def test_true_cfg_scale_is_refused_for_a_pipeline_without_it(tmp_path):
     with pytest.raises(UserError, match=r"model\.true_cfg_scale 3\.0: StableDiffusionPipeline has no "
                                         r"true_cfg_scale"):
         run_recipe(recipe, tmp_path / "out")
+
+
+def test_auto_dtype_is_bfloat16_for_flux_on_a_gpu(flux_dir, tmp_path):
+    from synthgen.generate.load import choose_dtype
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    flux = ModelSpec(id=str(flux_dir))
+    assert choose_dtype("auto", gpu, flux) == torch.bfloat16
+    assert choose_dtype("auto", cpu, flux) == torch.float32
+    assert choose_dtype("float16", gpu, flux) == torch.float16, "an explicit choice stands"
+    assert choose_dtype("auto", gpu, ModelSpec(id="builtin:tiny-random")) == torch.float16
+    assert choose_dtype("auto", gpu, ModelSpec(id=str(tmp_path / "missing"))) == torch.float16

@@ -242,7 +242,7 @@ class ShardWorker:
         recipe = plan.recipe
         # 1. Device and dtype; on the CPU a fixed thread count (see GenerateOptions).
         self.device = choose_device(device or options.device)
-        dtype = choose_dtype(options.dtype or recipe.model.dtype, self.device)
+        dtype = choose_dtype(options.dtype or recipe.model.dtype, self.device, recipe.model)
         self._threads_before = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(options.cpu_threads)

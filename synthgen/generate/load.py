@@ -19,11 +19,32 @@ from synthgen.recipe import ModelSpec
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on a GPU (bfloat16 where the recipe asks) and float32 on the CPU."""
-    if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[requested]
+# Pipelines published in bfloat16 whose activations overflow float16 (black, NaN images).
+BFLOAT16_PIPELINES = ("FluxPipeline",)
+
+
+def choose_dtype(requested: str, device: torch.device, spec: ModelSpec | None = None) -> torch.dtype:
+    """`auto` is float32 on the CPU; on a GPU float16, or bfloat16 for `BFLOAT16_PIPELINES`
+    (read from the model's model_index.json when `spec` is given)."""
+    if requested != "auto":
+        return _DTYPES[requested]
+    if device.type != "cuda":
+        return torch.float32
+    if spec is not None and pipeline_class_name(spec) in BFLOAT16_PIPELINES:
+        return torch.bfloat16
+    return torch.float16
+
+
+def pipeline_class_name(spec: ModelSpec) -> str | None:
+    """The pipeline class a model folder or hub id names, or None where it cannot be read
+    (loading then reports the problem)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(resolve_model_source(spec.id), revision=spec.revision)
+    except (OSError, ValueError, EnvironmentError, UserError):
+        return None
+    return config.get("_class_name")
 
 
 @dataclass(frozen=True)

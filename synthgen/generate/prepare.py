@@ -90,7 +90,7 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
         raise UserError("synthgen edit: the recipe has no suppress entry with method: erase")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
-    dtype = choose_dtype(recipe.model.dtype, device)
+    dtype = choose_dtype(recipe.model.dtype, device, recipe.model)
     model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
     model.pipeline.save_pretrained(out_dir, safe_serialization=True)
     record = {"base_model": recipe.model.id, "revision": recipe.model.revision,
