@@ -105,7 +105,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class VaeTrainingSettings:
-    steps: int = 600
+    steps: int = 2400
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -174,7 +174,7 @@ def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> tor
 
 @dataclass(frozen=True)
 class UnetTrainingSettings:
-    steps: int = 8000
+    steps: int = 10000
     batch_size: int = 64
     learning_rate: float = 5e-4
     warmup_steps: int = 200
