@@ -32,7 +32,8 @@ from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
 GUIDANCE_SCALE = 4.0
 SAMPLING_STEPS = 20
 HELD_OUT_RENDERS = 1000
-GENERATED_PROMPTS = 200
+GENERATED_PROMPTS = 500
+"""Prompts for the shape and colour gates: at 90% the 95% interval is about +-2.6 points."""
 SUPPRESSION_PROMPTS = 100
 DIVERSITY_SEEDS = 64
 DIVERSITY_PROMPT = "a medium red star on a gray background"
@@ -70,6 +71,12 @@ def generate(pipeline, prompts: list[str], seeds: list[int], negative_prompt: st
     return np.concatenate(images)
 
 
+def _interval95(hits: int, total: int) -> list[float]:
+    from synthgen.audit.metrics import wilson_interval
+
+    return [round(bound, 4) for bound in wilson_interval(hits, total)]
+
+
 def _rate(values) -> float:
     values = list(values)
     return round(float(np.mean(values)), 4) if values else float("nan")
@@ -89,6 +96,10 @@ def evaluate_generator(pipeline, oracle, prompt_count: int = GENERATED_PROMPTS,
         "prompted_shape_accuracy": _rate(r["shape"] == p["shape"] for r, p in zip(readings, prompts)),
         "prompted_colour_accuracy": _rate(r["colour"] == p["colour"] for r, p in zip(readings, prompts)),
         "prompted_size_accuracy": _rate(r["size"] == p["size"] for r, p in zip(readings, prompts)),
+        "prompted_shape_ci95": _interval95(
+            sum(r["shape"] == p["shape"] for r, p in zip(readings, prompts)), prompt_count),
+        "prompted_colour_ci95": _interval95(
+            sum(r["colour"] == p["colour"] for r, p in zip(readings, prompts)), prompt_count),
         "per_shape_accuracy": {shape: _rate(r["shape"] == shape for r, p in zip(readings, prompts)
                                             if p["shape"] == shape) for shape in SHAPES},
     }
@@ -234,6 +245,14 @@ def _min_snr(unet_train: dict) -> str:
     return f" weighted by min-SNR-gamma (gamma {gamma:g})" if gamma else ""
 
 
+def _interval(metrics: dict, key: str) -> str:
+    """" (95% CI a-b)" where the metrics hold the interval (older metrics files do not)."""
+    if key not in metrics:
+        return ""
+    low, high = metrics[key]
+    return f" (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
+
+
 def _round_trip_row(sd_metrics: dict) -> str:
     """The model card's row for the VAE's ceiling on shape (absent from older metrics files)."""
     round_trip = sd_metrics.get("vae_round_trip")
@@ -314,8 +333,8 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
 
 | metric | value | target |
 |---|---|---|
-| prompted shape accuracy ({sd_metrics['prompts']} prompts) | {_percent(sd_metrics['prompted_shape_accuracy'])} | >= 90% |
-| prompted colour accuracy | {_percent(sd_metrics['prompted_colour_accuracy'])} | >= 90% |
+| prompted shape accuracy ({sd_metrics['prompts']} prompts) | {_percent(sd_metrics['prompted_shape_accuracy'])}{_interval(sd_metrics, 'prompted_shape_ci95')} | >= 90% |
+| prompted colour accuracy | {_percent(sd_metrics['prompted_colour_accuracy'])}{_interval(sd_metrics, 'prompted_colour_ci95')} | >= 90% |
 | prompted size accuracy | {_percent(sd_metrics['prompted_size_accuracy'])} | |
 {_round_trip_row(sd_metrics)}| striped rate, prompt without stripes, no negative prompt | {_percent(suppression['striped_rate_no_negative_prompt'])} | |
 | striped rate, same prompts, negative prompt "striped" | {_percent(suppression['striped_rate_negative_prompt_striped'])} | lower |

@@ -57,3 +57,6 @@ def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
         assert values["command"] == "python -m synthgen.world.evaluate --scale 0.01"
     card = (tmp_path / "world-sd" / "README.md").read_text()
     assert "ceiling: shape read on VAE round trips of 10 held-out renders" in card
+    low, high = metrics["world-sd"]["prompted_shape_ci95"]
+    assert low <= metrics["world-sd"]["prompted_shape_accuracy"] <= high
+    assert f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)" in card
