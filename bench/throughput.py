@@ -138,7 +138,7 @@ def stage_breakdown(folder: Path, args, device: torch.device, batches: int) -> d
 
     recipe = bench_recipe(folder, args, max(1, batches * args.batch_size // 4), "stages")
     plan = make_plan(recipe)
-    sampler = prepare_sampler(recipe, device, choose_dtype(recipe.model.dtype, device),
+    sampler = prepare_sampler(recipe, device, choose_dtype(recipe.model.dtype, device, recipe.model),
                               args.batch_size, compile_model=args.compile,
                               channels_last=args.channels_last)
     totals = {"unet": 0.0, "decode": 0.0, "encode": 0.0, "write": 0.0}
