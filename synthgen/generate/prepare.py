@@ -10,12 +10,12 @@ from dataclasses import replace
 
 import torch
 
+from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.erase import erase_concept
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
-from synthgen.attributes import negative_prompt
 from synthgen.recipe import Recipe
 
 
