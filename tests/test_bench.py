@@ -21,3 +21,12 @@ def test_throughput_benchmark_small(tmp_path):
     assert result["stages"]["unet"] > 0 and result["stages"]["decode"] > 0
     assert result["gflop_per_image"] > 0 and 0 < result["fraction_of_compute_limit"]
     assert (tmp_path / "runs" / "bench" / "manifest.json").is_file()
+
+
+def test_world_training_steps_benchmark_small():
+    spec = importlib.util.spec_from_file_location("world_training_steps", BENCH.parent / "world_training_steps.py")
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    result = steps.main(["--threads", "1", "--steps", "1", "--warmup", "1"])
+    assert set(result) == {"unet", "clip", "vae", "oracle"}
+    assert all(timing["1_threads"] > 0 for timing in result.values())

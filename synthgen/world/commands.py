@@ -28,7 +28,10 @@ def world() -> None:
               help="Which models to train; world-sd without clip loads OUT/world-clip. Separate "
                    "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
                    "clip-refine continues OUT/world-clip's vision refinement (text tower kept).")
-def train(out: Path, device: str, seed: int, scale: float, models: str) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads per run: 1 is robust when other jobs share the cores; on a quiet "
+                   "machine 2 is ~1.5x faster (docs/WORLD.md).")
+def train(out: Path, device: str, seed: int, scale: float, models: str, threads: int) -> None:
     """Train the world CLIP, text-to-image model and oracle, then evaluate them and write model cards."""
     from synthgen.world.train import MODELS, train_world_models
 
@@ -39,7 +42,7 @@ def train(out: Path, device: str, seed: int, scale: float, models: str) -> None:
         raise click.BadParameter(f"{models!r}: give a comma-separated subset of {', '.join(MODELS)}",
                                  param_hint="--models")
     summary = train_world_models(out, device=device, seed=seed, scale=scale, models=chosen,
-                                 log=lambda message: click.echo(message))
+                                 threads=threads, log=lambda message: click.echo(message))
     click.echo(f"trained in {summary['training_wall_seconds']:.0f}s; models in {out}")
 
 

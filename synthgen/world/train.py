@@ -53,9 +53,11 @@ TRAIN_SCENES = 60_000
 """Single-object training renders shared by all three models (~1 ms each to render)."""
 
 CPU_THREADS = 1
-"""Intra-op threads on a CPU. On the 2-core machine the models were trained on, another process
-often held one core; every op then waited on the descheduled second thread (CLIP: 5.1 s/step
-with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one thread is the robust choice."""
+"""Default intra-op threads on a CPU. On the 2-core machine the models were trained on, another
+process often held one core; every op then waited on the descheduled second thread (CLIP: 5.1
+s/step with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one thread is the robust
+default. On a quiet machine ``threads=2`` is 1.5-1.7x faster per step
+(``bench/world_training_steps.py``; figures in docs/WORLD.md)."""
 
 MODELS = ("clip", "sd", "oracle", "clip-refine")
 """What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed.
@@ -88,7 +90,7 @@ def _write_json(path: Path, value: dict) -> None:
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
                        log=print, evaluate: bool = True, reuse_clip: bool = False,
-                       models: tuple[str, ...] = FROM_SCRATCH) -> dict:
+                       models: tuple[str, ...] = FROM_SCRATCH, threads: int = CPU_THREADS) -> dict:
     """Train world-clip, world-sd and world-oracle under ``out_root``; returns the training stats.
 
     The result depends only on ``seed`` and ``scale`` (and the device's
@@ -100,7 +102,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     core) gives what one run gives. world-sd needs a CLIP: when "clip" is not
     in ``models`` (or with ``reuse_clip``, the same as leaving it out) the
     existing ``out_root/world-clip`` is loaded, and world-sd's text encoder is
-    its text tower.
+    its text tower. ``threads`` is the intra-op thread count on a CPU (see `CPU_THREADS`).
     """
     from transformers import CLIPTextModel
 
@@ -115,7 +117,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     torch_device = choose_device(device)
     on_cpu = torch_device.type == "cpu"
     started = time.time()
-    common = {"seed": seed, "scale": scale, "device": _device_description(torch_device, CPU_THREADS),
+    common = {"seed": seed, "scale": scale, "device": _device_description(torch_device, threads),
               "torch": torch.__version__}
     stamp = lambda: f"[{time.time() - started:6.0f}s]"  # noqa: E731 - a one-line log prefix
     say = lambda message: log(f"{stamp()} {message}")  # noqa: E731
@@ -126,7 +128,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     say(f"rendered {scene_count} training scenes")
 
     if on_cpu:
-        torch.set_num_threads(CPU_THREADS)
+        torch.set_num_threads(threads)
     clip_dir = out_root / CLIP_FOLDER
     if "clip" not in models and "sd" in models:
         from transformers import CLIPModel, CLIPTokenizer
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--no-evaluate", action="store_true")
+    parser.add_argument("--threads", type=int, default=CPU_THREADS,
+                        help="CPU threads (default 1, robust on a shared machine; 2 is faster on a quiet one)")
     parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
     parser.add_argument("--models", default=",".join(FROM_SCRATCH),
                         help="comma-separated models to train (clip, sd, oracle; or clip-refine "
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     models = tuple(name.strip() for name in args.models.split(",") if name.strip())
     summary = train_world_models(args.out, args.device, args.seed, args.scale,
                                  log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate,
-                                 reuse_clip=args.reuse_clip, models=models)
+                                 reuse_clip=args.reuse_clip, models=models, threads=args.threads)
     print(json.dumps(summary, indent=2))
 
 

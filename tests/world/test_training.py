@@ -21,8 +21,12 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
     shutil.copytree(shipped, tmp_path / "world-clip")
     before = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
     earlier_runs = json.loads((shipped / "training.json").read_text()).get("vision_refinement_continued", [])
-    summary = train_world_models(tmp_path, device="cpu", scale=0.002, log=lambda message: None,
-                                 evaluate=False, models=("clip-refine",))
+    threads_before = torch.get_num_threads()
+    try:
+        summary = train_world_models(tmp_path, device="cpu", scale=0.002, log=lambda message: None,
+                                     evaluate=False, models=("clip-refine",), threads=2)
+    finally:
+        torch.set_num_threads(threads_before)
     assert summary["models"] == ["clip-refine"]
     after = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
     text_before, text_after = before.text_model.state_dict(), after.text_model.state_dict()
@@ -33,6 +37,7 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
         "vision_refinement_continued"]
     assert kept == earlier_runs
     assert record["text_tower_unchanged"] and record["steps"] == 6
+    assert record["device"].endswith(", 2 threads)")
     assert not (tmp_path / "world-sd").exists() and not (tmp_path / "world-oracle").exists()
 
 
@@ -47,7 +52,11 @@ def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
     shipped = Path(str(resources.files("synthgen") / "models"))
     for folder in ("world-clip", "world-sd", "world-oracle"):
         shutil.copytree(shipped / folder, tmp_path / folder)
-    metrics = evaluate_world_models(tmp_path, device="cpu", scale=0.01, log=lambda message: None)
+    threads_before = torch.get_num_threads()
+    try:
+        metrics = evaluate_world_models(tmp_path, device="cpu", scale=0.01, log=lambda message: None)
+    finally:
+        torch.set_num_threads(threads_before)  # evaluation sets 2 threads on a CPU
     write_model_cards(tmp_path)
     round_trip = metrics["world-sd"]["vae_round_trip"]
     assert round_trip["images"] == 10 and set(round_trip["shape_accuracy_by_size"]) == {"small", "medium", "large"}
