@@ -90,16 +90,16 @@ def evaluate_generator(pipeline, oracle, prompt_count: int = GENERATED_PROMPTS,
     seeds = [GENERATION_SEED_OFFSET + i for i in range(prompt_count)]
     # 1. Prompted attributes.
     readings = oracle.read(generate(pipeline, [p["prompt"] for p in prompts], seeds))
+    shape_hits = [r["shape"] == p["shape"] for r, p in zip(readings, prompts)]
+    colour_hits = [r["colour"] == p["colour"] for r, p in zip(readings, prompts)]
     result = {
         "guidance_scale": GUIDANCE_SCALE, "sampling_steps": SAMPLING_STEPS,
         "scheduler": type(pipeline.scheduler).__name__, "prompts": prompt_count,
-        "prompted_shape_accuracy": _rate(r["shape"] == p["shape"] for r, p in zip(readings, prompts)),
-        "prompted_colour_accuracy": _rate(r["colour"] == p["colour"] for r, p in zip(readings, prompts)),
+        "prompted_shape_accuracy": _rate(shape_hits),
+        "prompted_colour_accuracy": _rate(colour_hits),
         "prompted_size_accuracy": _rate(r["size"] == p["size"] for r, p in zip(readings, prompts)),
-        "prompted_shape_ci95": _interval95(
-            sum(r["shape"] == p["shape"] for r, p in zip(readings, prompts)), prompt_count),
-        "prompted_colour_ci95": _interval95(
-            sum(r["colour"] == p["colour"] for r, p in zip(readings, prompts)), prompt_count),
+        "prompted_shape_ci95": _interval95(sum(shape_hits), prompt_count),
+        "prompted_colour_ci95": _interval95(sum(colour_hits), prompt_count),
         "per_shape_accuracy": {shape: _rate(r["shape"] == shape for r, p in zip(readings, prompts)
                                             if p["shape"] == shape) for shape in SHAPES},
     }
@@ -152,14 +152,10 @@ def reconstruction_readings(vae, oracle, pool) -> dict:
     draw (the first VAE lost the points of small stars and crosses: 84% here,
     65% for small objects) is one the generator cannot draw either.
     """
-    from synthgen.world.corpus import images_to_tensor
+    from synthgen.world.diffusion import round_trips
 
-    decoded = []
-    images = images_to_tensor(pool.images)
-    for start in range(0, len(images), 256):
-        pixels = images[start:start + 256].to(vae.device, vae.dtype)
-        decoded.append(vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1).float().cpu())
-    round_trip = ((torch.cat(decoded).permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    _, decoded = round_trips(vae, pool, vae.device)
+    round_trip = ((decoded.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
     readings = oracle.read(round_trip)
     truths = [scene.objects[0] for scene in pool.scenes]
     return {
