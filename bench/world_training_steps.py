@@ -2,6 +2,7 @@
 
     python bench/world_training_steps.py --threads 1 2      # the figures in docs/WORLD.md
     python bench/world_training_steps.py --steps 2 --warmup 1 --threads 1   # a quick check
+    python bench/world_training_steps.py --threads 2 --bf16       # bfloat16 autocast as well
 
 Each step is a forward, backward and AdamW update on random inputs of the training batch
 shape (UNet 64 latents 4x16x16 with 32x128 token embeddings; CLIP 128 image-caption pairs;
@@ -56,21 +57,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time each step under CPU bfloat16 autocast (weights stay float32)")
     args = parser.parse_args(argv)
+    precisions = ("float32", "bfloat16") if args.bf16 else ("float32",)
     threads_before = torch.get_num_threads()
     results: dict[str, dict[str, float]] = {}
     try:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for name, step in _steps().items():
-                for _ in range(args.warmup):
-                    step()
-                started = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                seconds = (time.perf_counter() - started) / args.steps
-                results.setdefault(name, {})[f"{threads}_threads"] = round(seconds, 4)
-                print(f"{name:7s} {threads} thread(s): {seconds:.3f} s/step", flush=True)
+            for precision in precisions:
+                for name, step in _steps().items():
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                        for _ in range(args.warmup):
+                            step()
+                        started = time.perf_counter()
+                        for _ in range(args.steps):
+                            step()
+                    seconds = (time.perf_counter() - started) / args.steps
+                    suffix = "" if precision == "float32" else "_bf16"
+                    results.setdefault(name, {})[f"{threads}_threads{suffix}"] = round(seconds, 4)
+                    print(f"{name:7s} {threads} thread(s) {precision}: {seconds:.3f} s/step", flush=True)
     finally:
         torch.set_num_threads(threads_before)
     print(json.dumps(results, indent=2))

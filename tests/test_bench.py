@@ -27,6 +27,6 @@ def test_world_training_steps_benchmark_small():
     spec = importlib.util.spec_from_file_location("world_training_steps", BENCH.parent / "world_training_steps.py")
     steps = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(steps)
-    result = steps.main(["--threads", "1", "--steps", "1", "--warmup", "1"])
+    result = steps.main(["--threads", "1", "--steps", "1", "--warmup", "1", "--bf16"])
     assert set(result) == {"unet", "clip", "vae", "oracle"}
-    assert all(timing["1_threads"] > 0 for timing in result.values())
+    assert all(timing["1_threads"] > 0 and timing["1_threads_bf16"] > 0 for timing in result.values())

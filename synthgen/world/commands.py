@@ -27,7 +27,8 @@ def world() -> None:
 @click.option("--models", default="clip,sd,oracle", show_default=True,
               help="Which models to train; world-sd without clip loads OUT/world-clip. Separate "
                    "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
-                   "clip-refine continues OUT/world-clip's vision refinement (text tower kept).")
+                   "clip-refine continues OUT/world-clip's vision refinement (text tower kept); "
+                   "sd-detail runs world-sd's second UNet phase on a world-sd trained without it.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads per run: 1 is robust when other jobs share the cores; on a quiet "
                    "machine 2 is ~1.5x faster (docs/WORLD.md).")

@@ -81,11 +81,20 @@ def build_world_unet(cross_attention_dim: int):
 
 
 def build_sampling_scheduler():
-    """DPM-Solver++ (2M) over the training noise schedule: good samples in ~20 steps."""
+    """DPM-Solver++ (2M) over the training noise schedule: good samples in ~20 steps.
+
+    The config also records ``clip_sample=False``, as Stable Diffusion's own scheduler configs
+    do: a recipe's ``model.scheduler`` builds the new scheduler from this config, and DDIM or
+    DDPM otherwise default to clipping the predicted latent to [-1, 1], which wrecks latents
+    of unit variance (measured on world-sd: DDIM 50 steps drew the prompted shape 7.7% of the
+    time instead of 86%).
+    """
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type="epsilon",
-                                       timestep_spacing="trailing", steps_offset=1, **BETA_SCHEDULE)
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type="epsilon",
+                                            timestep_spacing="trailing", steps_offset=1, **BETA_SCHEDULE)
+    scheduler.register_to_config(clip_sample=False)
+    return scheduler
 
 
 def assemble_pipeline(vae, unet, text_encoder, tokenizer):
@@ -185,27 +194,50 @@ class UnetTrainingSettings:
     learning_rate: float = 5e-4
     warmup_steps: int = 200
     ema_decay: float = 0.999
-    min_snr_gamma: float = MIN_SNR_GAMMA
+    min_snr_gamma: float | None = MIN_SNR_GAMMA
+    """None: every noise level weighted alike (the plain DDPM epsilon loss)."""
+    small_object_weight: float = 1.0
+    """How much more often a render of a small object is drawn into a batch than another."""
+
+
+DETAIL_PHASE = UnetTrainingSettings(steps=4000, learning_rate=2e-4, warmup_steps=50, min_snr_gamma=None,
+                                    small_object_weight=2.0)
+"""The second UNet phase, continued from the first phase's EMA weights. After phase 1, world-sd
+drew small objects as round blobs (prompted shape 74% on small objects against 92% on medium
+and 98% on large ones): a small object spans ~5 latent pixels, so its shape is the fine detail
+that min-SNR weighting de-emphasises. Phase 2 weights every noise level alike and draws small
+objects twice as often (a 1,500-step trial: small 71.8% -> 77.8% against a control that kept
+phase 1's settings)."""
 
 
 def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
                      empty_embedding: torch.Tensor, settings: UnetTrainingSettings, device: torch.device,
-                     seed: int, log=print):
+                     seed: int, log=print, small_objects: torch.Tensor | None = None, initial_unet=None):
     """Train the UNet on scaled latents; returns (EMA UNet, stats).
 
     ``latents[i]`` (already multiplied by the VAE scaling factor) is captioned
     by ``caption_embeddings[caption_index[i]]``; ``empty_embedding`` (1, L, H)
     is the empty prompt used for caption dropout and as the unconditional
-    branch of classifier-free guidance.
+    branch of classifier-free guidance. ``small_objects[i]`` says whether
+    latent i shows a small object (needed when ``settings.small_object_weight``
+    is not 1). ``initial_unet`` continues a trained UNet (its weights start both
+    the trained copy and the EMA, with a fresh optimiser) instead of a new one.
     """
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
     noise_schedule = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, **BETA_SCHEDULE)
-    unet = build_world_unet(caption_embeddings.shape[-1]).to(device)
+    unet = build_world_unet(caption_embeddings.shape[-1])
+    if initial_unet is not None:
+        # Weights only: a loaded UNet's config also carries where it was loaded from.
+        unet.load_state_dict(initial_unet.state_dict())
+    unet.to(device)
     unet.train()
     # An exponential moving average of the weights samples much better after a short run.
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+    draw_weights = None
+    if settings.small_object_weight != 1.0:
+        draw_weights = torch.where(small_objects, settings.small_object_weight, 1.0).double()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -214,7 +246,10 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
     started = time.time()
     for step in range(settings.steps):
         # 1. Batch: latents, their captions' embeddings, 10% of captions dropped to "".
-        indices = torch.randint(0, len(latents), (settings.batch_size,), generator=generator)
+        if draw_weights is None:
+            indices = torch.randint(0, len(latents), (settings.batch_size,), generator=generator)
+        else:
+            indices = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=generator)
         clean = latents[indices].to(device)
         context = caption_embeddings[caption_index[indices].to(device)]
         dropped = (torch.rand(settings.batch_size, generator=generator) < CAPTION_DROPOUT).to(device)
@@ -225,20 +260,23 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
         alpha_bar = alphas_cumprod[timesteps][:, None, None, None]
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
         # 3. Predict the noise (the epsilon objective of DDPM / Stable Diffusion), each
-        #    sample's MSE weighted by min(SNR, gamma) / SNR.
+        #    sample's MSE weighted by min(SNR, gamma) / SNR, or all alike without a gamma.
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
-        weight = snr.clamp(max=settings.min_snr_gamma) / snr
-        loss = (weight * per_sample).mean()
+        if settings.min_snr_gamma is None:
+            loss = per_sample.mean()
+        else:
+            snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
+            loss = (snr.clamp(max=settings.min_snr_gamma) / snr * per_sample).mean()
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        # 4. EMA, with a warm-up so early steps are not averaged with the random init for long.
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        # 4. EMA, with a warm-up so early steps are not averaged with the random init for long
+        #    (a continued UNet starts from trained weights: no warm-up).
+        decay = settings.ema_decay if initial_unet is not None else min(settings.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for averaged, current in zip(ema_unet.parameters(), unet.parameters()):
                 averaged.lerp_(current, 1 - decay)
@@ -246,7 +284,8 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
             log(f"unet step {step}/{settings.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
     stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_latents": len(latents),
              "caption_dropout": CAPTION_DROPOUT, "ema_decay": settings.ema_decay,
-             "min_snr_gamma": settings.min_snr_gamma, "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
+             "min_snr_gamma": settings.min_snr_gamma, "small_object_weight": settings.small_object_weight,
+             "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
     return ema_unet, stats
 
 

@@ -219,10 +219,10 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
 
 
 def _continued(clip_train: dict) -> str:
-    """The model card's words for stage-2 continuations (`--models clip-refine`), if any."""
+    """The model card's words for stage-2 continuations (the end of `--models clip`, or `clip-refine`)."""
     text = ""
     for run in clip_train.get("vision_refinement_continued", ()):
-        text += (f"; then continued (`--models clip-refine`, seed {run['seed']}): {run['steps']} more "
+        text += (f"; then continued (seed {run['seed']}): {run['steps']} more "
                  f"steps at learning rate {run['settings']['learning_rate']:g}, {run['wall_seconds'] / 60:.1f} min, "
                  "text tower checked unchanged")
     return text
@@ -239,6 +239,17 @@ def _pooled_text(sd_dir: Path) -> str:
 def _min_snr(unet_train: dict) -> str:
     gamma = unet_train.get("min_snr_gamma")
     return f" weighted by min-SNR-gamma (gamma {gamma:g})" if gamma else ""
+
+
+def _detail_phase(sd_train: dict) -> str:
+    """The model card's bullet for the UNet's second phase (absent from world-sd v3 and before)."""
+    phase = sd_train.get("detail_phase")
+    if phase is None:
+        return ""
+    separately = " (run as `--models sd-detail` on the phase-1 UNet)" if phase.get("continued_separately") else ""
+    return (f"- UNet detail phase{separately}: continued from the EMA weights for {phase['steps']} steps at learning\n"
+            f"  rate {phase['settings']['learning_rate']:g}, every noise level weighted alike, small objects drawn "
+            f"{phase['small_object_weight']:g}x as often;\n  {phase['wall_seconds'] / 60:.1f} min on {phase['device']}.\n")
 
 
 def _interval(metrics: dict, key: str) -> str:
@@ -320,7 +331,7 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
 {_pooled_text(models_root / SD_FOLDER)}  {sd_train['unet']['parameters']:,} parameters; DDPM epsilon loss{_min_snr(sd_train['unet'])}, {sd_train['unet']['steps']} steps of batch
   {sd_train['unet']['batch_size']}, 10% caption dropout (for classifier-free guidance), EMA {sd_train['unet']['ema_decay']};
   {sd_train['unet']['wall_seconds'] / 60:.1f} min on {sd_train['device']}.
-- Data: {sd_train['unet']['train_latents']:,} single-object renders, {sd_train['unet']['unique_captions']:,} unique captions
+{_detail_phase(sd_train)}- Data: {sd_train['unet']['train_latents']:,} single-object renders, {sd_train['unet']['unique_captions']:,} unique captions
   (half in the canonical wording "a SIZE [striped] COLOUR SHAPE on a BACKGROUND background").
 - Scheduler: {sd_metrics['scheduler']} (shipped); measured at {sd_metrics['sampling_steps']} steps, guidance {sd_metrics['guidance_scale']}.
 - Weights: {_folder_bytes(models_root / SD_FOLDER) / 1e6:.1f} MB fp32 safetensors.

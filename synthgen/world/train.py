@@ -30,6 +30,7 @@ from synthgen.world.clip import (
 )
 from synthgen.world.corpus import train_pool
 from synthgen.world.diffusion import (
+    DETAIL_PHASE,
     UnetTrainingSettings,
     VaeTrainingSettings,
     assemble_pipeline,
@@ -59,11 +60,13 @@ s/step with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one th
 default. On a quiet machine ``threads=2`` is 1.5-1.7x faster per step
 (``bench/world_training_steps.py``; figures in docs/WORLD.md)."""
 
-MODELS = ("clip", "sd", "oracle", "clip-refine")
+MODELS = ("clip", "sd", "oracle", "clip-refine", "sd-detail")
 """What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed.
-"clip-refine" is not part of a run from scratch: it continues stage 2 (the vision tower only)
-of an existing ``out_root/world-clip`` for `CONTINUED_REFINEMENT` steps, which leaves the text
-tower, and so world-sd's text encoder, bit for bit as it was."""
+"clip" ends with `CONTINUED_REFINEMENT` (more steps of stage 2, the vision tower only);
+"clip-refine" runs those steps on an existing ``out_root/world-clip``, which leaves the text
+tower, and so world-sd's text encoder, bit for bit as it was. "sd-detail" runs world-sd's second
+UNet phase (`DETAIL_PHASE`) alone on an existing ``out_root/world-sd`` whose UNet had only the
+first; "sd" runs both phases."""
 
 FROM_SCRATCH = ("clip", "sd", "oracle")
 
@@ -86,6 +89,59 @@ def _device_description(device: torch.device, threads: int) -> str:
 
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _continue_vision_refinement(clip, tokenizer, pool, seed: int, scale: float, device: torch.device,
+                                common: dict, say) -> dict:
+    """`CONTINUED_REFINEMENT` of ``clip``'s vision tower in place; its record for training.json."""
+    text_before = {k: v.clone() for k, v in clip.text_model.state_dict().items()}
+    settings = _scaled(CONTINUED_REFINEMENT, scale)
+    stats = refine_vision_tower(clip, tokenizer, pool, settings, device, seed + 6, log=say)
+    unchanged = all(torch.equal(text_before[k], v) for k, v in clip.text_model.state_dict().items())
+    if not unchanged:
+        raise RuntimeError("the continued refinement changed the text tower")
+    return stats | {"settings": asdict(settings), "seed": seed + 6, "device": common["device"],
+                    "text_tower_unchanged": unchanged}
+
+
+def _diffusion_data(pipeline, pool, scaled_latents: torch.Tensor, seed: int, device: torch.device) -> dict:
+    """The UNet's training data, in `train_world_unet`'s argument order: scaled latents, each one's
+    caption index, the embedding of every unique caption, and the empty prompt's embedding."""
+    caption_rng = np.random.default_rng(seed + 2)
+    captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
+                for scene in pool.scenes]
+    unique_captions = sorted(set(captions))
+    position = {text: i for i, text in enumerate(unique_captions)}
+    return {"latents": scaled_latents,  # keyword arguments of train_world_unet
+            "caption_index": torch.tensor([position[text] for text in captions]),
+            "caption_embeddings": prompt_embeddings(pipeline, unique_captions, device),
+            "empty_embedding": prompt_embeddings(pipeline, [""], device)}
+
+
+def _small_objects(pool) -> torch.Tensor:
+    return torch.tensor([scene.objects[0].size == "small" for scene in pool.scenes])
+
+
+def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, device: torch.device,
+                                common: dict, say) -> None:
+    """Run `DETAIL_PHASE` on the UNet of ``sd_dir`` (its VAE latents and text encoder as they are)
+    and save the UNet; a world-sd that already had its detail phase is refused."""
+    from diffusers import StableDiffusionPipeline
+
+    record = json.loads((sd_dir / "training.json").read_text())
+    if "detail_phase" in record:
+        raise ValueError(f"{sd_dir} already had its detail phase; train world-sd again instead (--models sd)")
+    pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
+    latents = encode_latents(pipeline.vae, pool, device)
+    data = _diffusion_data(pipeline, pool, latents * pipeline.vae.config.scaling_factor, seed, device)
+    settings = _scaled(DETAIL_PHASE, scale)
+    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 7, log=say,
+                                   small_objects=_small_objects(pool), initial_unet=pipeline.unet)
+    unet.to("cpu").save_pretrained(sd_dir / "unet", safe_serialization=True)
+    record["detail_phase"] = stats | {"settings": asdict(settings), "seed": seed + 7, "device": common["device"],
+                                      "continued_separately": True}
+    _write_json(sd_dir / "training.json", record)
+    say(f"continued {sd_dir} with the detail phase")
 
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
@@ -111,6 +167,8 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise ValueError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
+    if "sd" in models and "sd-detail" in models:
+        raise ValueError("models: sd already includes the detail phase; leave out sd-detail")
     if reuse_clip:
         models = tuple(model for model in models if model != "clip")
     out_root = Path(out_root)
@@ -145,10 +203,13 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         refinement_settings = _scaled(VisionRefinementSettings(), scale)
         refinement_stats = refine_vision_tower(clip, tokenizer, pool, refinement_settings, torch_device,
                                                seed + 5, log=say)
+        # 2c. Stage 2 continued, as `clip-refine` does to a CLIP trained before this was part of a run.
+        continued = _continue_vision_refinement(clip, tokenizer, pool, seed, scale, torch_device, common, say)
         save_world_clip(clip.to("cpu"), tokenizer, clip_dir)
         clip.to(torch_device)
         clip_stats |= common | {"parameters": parameter_count(clip), "settings": asdict(clip_settings),
-                                "vision_refinement": refinement_stats | {"settings": asdict(refinement_settings)}}
+                                "vision_refinement": refinement_stats | {"settings": asdict(refinement_settings)},
+                                "vision_refinement_continued": [continued]}
         _write_json(clip_dir / "training.json", clip_stats)
         say(f"saved {clip_dir}")
 
@@ -169,21 +230,19 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         text_encoder.to(torch_device).eval().requires_grad_(False)
 
         # 5. Captions (half canonical wording), embedded once per unique caption by the pipeline itself.
-        caption_rng = np.random.default_rng(seed + 2)
-        captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
-                    for scene in pool.scenes]
-        unique_captions = sorted(set(captions))
-        position = {text: i for i, text in enumerate(unique_captions)}
-        caption_index = torch.tensor([position[text] for text in captions])
-        embedding_pipeline = assemble_pipeline(vae, None, text_encoder, tokenizer)
-        caption_embeddings = prompt_embeddings(embedding_pipeline, unique_captions, torch_device)
-        empty_embedding = prompt_embeddings(embedding_pipeline, [""], torch_device)
-        say(f"embedded {len(unique_captions)} unique captions")
+        data = _diffusion_data(assemble_pipeline(vae, None, text_encoder, tokenizer), pool, latents * scaling_factor,
+                               seed, torch_device)
+        say(f"embedded {len(data['caption_embeddings'])} unique captions")
 
-        # 6. UNet on scaled latents with caption dropout; the EMA weights are shipped.
+        # 6. UNet phase 1 on scaled latents with caption dropout, then the detail phase from its
+        #    EMA weights; the detail phase's EMA weights are shipped.
         unet_settings = _scaled(UnetTrainingSettings(), scale)
-        unet, unet_stats = train_world_unet(latents * scaling_factor, caption_index, caption_embeddings,
-                                            empty_embedding, unet_settings, torch_device, seed + 3, log=say)
+        unet, unet_stats = train_world_unet(**data, settings=unet_settings, device=torch_device, seed=seed + 3,
+                                            log=say)
+        detail_settings = _scaled(DETAIL_PHASE, scale)
+        unet, detail_stats = train_world_unet(**data, settings=detail_settings, device=torch_device,
+                                              seed=seed + 7, log=say,
+                                              small_objects=_small_objects(pool), initial_unet=unet)
         pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
         sd_dir = out_root / SD_FOLDER
         pipeline.save_pretrained(sd_dir, safe_serialization=True)
@@ -191,10 +250,16 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         _write_json(sd_dir / "training.json", common | {
             "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
             "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
-                                  "unique_captions": len(unique_captions)},
+                                  "unique_captions": len(data["caption_embeddings"])},
+            "detail_phase": detail_stats | {"settings": asdict(detail_settings), "seed": seed + 7,
+                                            "device": common["device"]},
             "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
         })
         say(f"saved {sd_dir}")
+
+    if "sd-detail" in models:
+        # 6b. The detail phase alone, on an existing world-sd trained before it existed.
+        _continue_with_detail_phase(out_root / SD_FOLDER, pool, seed, scale, torch_device, common, say)
 
     if "clip-refine" in models:
         # 6b. Continue stage 2 of the shipped CLIP: vision tower only, text tower untouched.
@@ -202,18 +267,11 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
 
         refined = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(torch_device)
         refine_tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-        text_before = {k: v.clone() for k, v in refined.text_model.state_dict().items()}
-        settings = _scaled(CONTINUED_REFINEMENT, scale)
-        stats = refine_vision_tower(refined, refine_tokenizer, pool, settings, torch_device,
-                                    seed + 6, log=say)
-        unchanged = all(torch.equal(text_before[k], v) for k, v in refined.text_model.state_dict().items())
-        if not unchanged:
-            raise RuntimeError("the continued refinement changed the text tower")
+        continued = _continue_vision_refinement(refined, refine_tokenizer, pool, seed, scale, torch_device,
+                                                common, say)
         save_world_clip(refined.to("cpu"), refine_tokenizer, clip_dir)
         record = json.loads((clip_dir / "training.json").read_text())
-        record.setdefault("vision_refinement_continued", []).append(
-            stats | {"settings": asdict(settings), "seed": seed + 6, "device": common["device"],
-                     "text_tower_unchanged": unchanged})
+        record.setdefault("vision_refinement_continued", []).append(continued)
         _write_json(clip_dir / "training.json", record)
         say(f"continued the vision refinement of {clip_dir}")
 
@@ -250,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU threads (default 1, robust on a shared machine; 2 is faster on a quiet one)")
     parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
     parser.add_argument("--models", default=",".join(FROM_SCRATCH),
-                        help="comma-separated models to train (clip, sd, oracle; or clip-refine "
-                             "to continue an existing CLIP's vision refinement); default the three")
+                        help="comma-separated models to train (clip, sd, oracle; or clip-refine / sd-detail "
+                             "to continue an existing CLIP's vision refinement / run an existing world-sd's "
+                             "detail phase); default the three")
     args = parser.parse_args(argv)
     models = tuple(name.strip() for name in args.models.split(",") if name.strip())
     summary = train_world_models(args.out, args.device, args.seed, args.scale,

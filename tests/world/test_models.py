@@ -82,6 +82,23 @@ def test_world_sd_draws_the_prompted_colour(prompted_readings):
     assert hits >= 7, prompted_readings
 
 
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "EulerDiscreteScheduler"])
+def test_world_sd_still_draws_the_prompted_shape_with_another_scheduler(scheduler, oracle):
+    # model.scheduler rebuilds the scheduler from the shipped config; without its
+    # clip_sample=False, DDIM clipped the unit-variance latents and drew stars for everything.
+    from synthgen.generate.load import load_pipeline
+    from synthgen.recipe import ModelSpec
+    from synthgen.world.evaluate import generate
+
+    spec = ModelSpec(id="builtin:world-sd", scheduler=scheduler, steps=20, guidance_scale=4.0, width=32, height=32)
+    pipeline = load_pipeline(spec, torch.device("cpu"), torch.float32).pipeline
+    assert type(pipeline.scheduler).__name__ == scheduler
+    texts = [f"a {size} {colour} {shape} on a gray background" for size, colour, shape in PROMPTED]
+    readings = oracle.read(generate(pipeline, texts, seeds=list(range(len(texts))), steps=20))
+    hits = sum(r["shape"] == shape for r, (_, _, shape) in zip(readings, PROMPTED))
+    assert hits >= 5, readings
+
+
 def test_world_clip_loads_with_transformers_and_ranks_the_true_caption_first():
     from transformers import CLIPModel, CLIPProcessor
 

@@ -69,3 +69,54 @@ def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
     low, high = metrics["world-sd"]["prompted_shape_ci95"]
     assert low <= metrics["world-sd"]["prompted_shape_accuracy"] <= high
     assert f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)" in card
+
+
+def _train_quietly(out: Path, models: tuple[str, ...]) -> dict:
+    threads_before = torch.get_num_threads()
+    try:
+        return train_world_models(out, device="cpu", scale=0.002, log=lambda message: None, evaluate=False,
+                                  models=models, threads=2)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def test_world_sd_from_scratch_runs_both_unet_phases_and_loads_as_a_pipeline(tmp_path):
+    from diffusers import AutoPipelineForText2Image
+
+    shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-clip")), tmp_path / "world-clip")
+    _train_quietly(tmp_path, ("sd",))
+    record = json.loads((tmp_path / "world-sd" / "training.json").read_text())
+    assert record["unet"]["steps"] == 20 and record["unet"]["min_snr_gamma"] == 5.0
+    phase = record["detail_phase"]
+    assert phase["steps"] == 8 and phase["min_snr_gamma"] is None and phase["small_object_weight"] == 2.0
+    assert "continued_separately" not in phase
+    pipeline = AutoPipelineForText2Image.from_pretrained(tmp_path / "world-sd", use_safetensors=True)
+    assert pipeline.scheduler.config.clip_sample is False
+
+
+def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    sd_dir = tmp_path / "world-sd"
+    shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-sd")), sd_dir)
+    record = json.loads((sd_dir / "training.json").read_text())
+    record.pop("detail_phase", None)  # as world-sd v3 was: phase 1 only
+    (sd_dir / "training.json").write_text(json.dumps(record))
+    before = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
+    _train_quietly(tmp_path, ("sd-detail",))
+    after = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
+    for part in ("vae", "text_encoder"):
+        kept, now = getattr(before, part).state_dict(), getattr(after, part).state_dict()
+        assert all(torch.equal(kept[k], now[k]) for k in kept), part
+    unet_before, unet_after = before.unet.state_dict(), after.unet.state_dict()
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    assert "_name_or_path" not in json.loads((sd_dir / "unet" / "config.json").read_text())
+    phase = json.loads((sd_dir / "training.json").read_text())["detail_phase"]
+    assert phase["continued_separately"] and phase["steps"] == 8 and phase["seed"] == 7
+    with pytest.raises(ValueError, match="already had its detail phase"):
+        _train_quietly(tmp_path, ("sd-detail",))
+
+
+def test_sd_and_sd_detail_together_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="sd already includes the detail phase"):
+        train_world_models(tmp_path, device="cpu", models=("sd", "sd-detail"), evaluate=False)
