@@ -207,7 +207,15 @@ drew small objects as round blobs (prompted shape 74% on small objects against 9
 and 98% on large ones): a small object spans ~5 latent pixels, so its shape is the fine detail
 that min-SNR weighting de-emphasises. Phase 2 weights every noise level alike and draws small
 objects twice as often (a 1,500-step trial: small 71.8% -> 77.8% against a control that kept
-phase 1's settings)."""
+phase 1's settings). Drawing stars and crosses, the shapes it still blends, twice as often
+as well was tried and not kept (docs/WORLD.md)."""
+
+
+def batch_draw_weights(settings: UnetTrainingSettings, small_objects: torch.Tensor | None) -> torch.Tensor | None:
+    """Relative chance of each render to be drawn into a batch; None when all are alike."""
+    if settings.small_object_weight == 1.0:
+        return None
+    return torch.where(small_objects, settings.small_object_weight, 1.0).double()
 
 
 def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
@@ -235,9 +243,7 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
     unet.train()
     # An exponential moving average of the weights samples much better after a short run.
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
-    draw_weights = None
-    if settings.small_object_weight != 1.0:
-        draw_weights = torch.where(small_objects, settings.small_object_weight, 1.0).double()
+    draw_weights = batch_draw_weights(settings, small_objects)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(seed)

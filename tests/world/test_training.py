@@ -120,3 +120,15 @@ def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once
 def test_sd_and_sd_detail_together_are_refused(tmp_path):
     with pytest.raises(ValueError, match="sd already includes the detail phase"):
         train_world_models(tmp_path, device="cpu", models=("sd", "sd-detail"), evaluate=False)
+
+
+def test_detail_phase_draws_small_objects_twice_as_often():
+    from synthgen.world.diffusion import DETAIL_PHASE, UnetTrainingSettings, batch_draw_weights
+
+    small = torch.tensor([True, False, True, False])
+    assert batch_draw_weights(UnetTrainingSettings(), small) is None
+    weights = batch_draw_weights(DETAIL_PHASE, small)
+    assert weights.tolist() == [2.0, 1.0, 2.0, 1.0]
+    drawn = torch.multinomial(weights, 90_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    shares = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    assert torch.allclose(shares, weights / weights.sum(), atol=0.01)
