@@ -105,14 +105,14 @@ def _continue_vision_refinement(clip, tokenizer, pool, seed: int, scale: float, 
 
 
 def _diffusion_data(pipeline, pool, scaled_latents: torch.Tensor, seed: int, device: torch.device) -> dict:
-    """The UNet's training data, in `train_world_unet`'s argument order: scaled latents, each one's
-    caption index, the embedding of every unique caption, and the empty prompt's embedding."""
+    """The UNet's training data as keyword arguments of `train_world_unet`: scaled latents, each
+    one's caption index, the embedding of every unique caption, and the empty prompt's embedding."""
     caption_rng = np.random.default_rng(seed + 2)
     captions = [caption(scene) if caption_rng.random() < CANONICAL_CAPTION_SHARE else caption(scene, caption_rng)
                 for scene in pool.scenes]
     unique_captions = sorted(set(captions))
     position = {text: i for i, text in enumerate(unique_captions)}
-    return {"latents": scaled_latents,  # keyword arguments of train_world_unet
+    return {"latents": scaled_latents,
             "caption_index": torch.tensor([position[text] for text in captions]),
             "caption_embeddings": prompt_embeddings(pipeline, unique_captions, device),
             "empty_embedding": prompt_embeddings(pipeline, [""], device)}
