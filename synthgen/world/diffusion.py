@@ -252,7 +252,7 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
     started = time.time()
     for step in range(settings.steps):
         # 1. Batch: latents, their captions' embeddings, 10% of captions dropped to "".
-        if draw_weights is None:
+        if draw_weights is None:  # randint, as before weighted draws existed: phase 1 stays reproducible
             indices = torch.randint(0, len(latents), (settings.batch_size,), generator=generator)
         else:
             indices = torch.multinomial(draw_weights, settings.batch_size, replacement=True, generator=generator)

@@ -118,8 +118,14 @@ def _diffusion_data(pipeline, pool, scaled_latents: torch.Tensor, seed: int, dev
             "empty_embedding": prompt_embeddings(pipeline, [""], device)}
 
 
-def _small_objects(pool) -> torch.Tensor:
-    return torch.tensor([scene.objects[0].size == "small" for scene in pool.scenes])
+def _run_detail_phase(data: dict, pool, initial_unet, seed: int, scale: float, device: torch.device,
+                      common: dict, say):
+    """`DETAIL_PHASE` from ``initial_unet`` on ``data`` (see `_diffusion_data`); (EMA UNet, its record)."""
+    settings = _scaled(DETAIL_PHASE, scale)
+    small_objects = torch.tensor([scene.objects[0].size == "small" for scene in pool.scenes])
+    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 7, log=say,
+                                   small_objects=small_objects, initial_unet=initial_unet)
+    return unet, stats | {"settings": asdict(settings), "seed": seed + 7, "device": common["device"]}
 
 
 def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, device: torch.device,
@@ -134,12 +140,9 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
     pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
     latents = encode_latents(pipeline.vae, pool, device)
     data = _diffusion_data(pipeline, pool, latents * pipeline.vae.config.scaling_factor, seed, device)
-    settings = _scaled(DETAIL_PHASE, scale)
-    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 7, log=say,
-                                   small_objects=_small_objects(pool), initial_unet=pipeline.unet)
+    unet, phase = _run_detail_phase(data, pool, pipeline.unet, seed, scale, device, common, say)
     unet.to("cpu").save_pretrained(sd_dir / "unet", safe_serialization=True)
-    record["detail_phase"] = stats | {"settings": asdict(settings), "seed": seed + 7, "device": common["device"],
-                                      "continued_separately": True}
+    record["detail_phase"] = phase | {"continued_separately": True}
     _write_json(sd_dir / "training.json", record)
     say(f"continued {sd_dir} with the detail phase")
 
@@ -239,10 +242,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         unet_settings = _scaled(UnetTrainingSettings(), scale)
         unet, unet_stats = train_world_unet(**data, settings=unet_settings, device=torch_device, seed=seed + 3,
                                             log=say)
-        detail_settings = _scaled(DETAIL_PHASE, scale)
-        unet, detail_stats = train_world_unet(**data, settings=detail_settings, device=torch_device,
-                                              seed=seed + 7, log=say,
-                                              small_objects=_small_objects(pool), initial_unet=unet)
+        unet, detail_phase = _run_detail_phase(data, pool, unet, seed, scale, torch_device, common, say)
         pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
         sd_dir = out_root / SD_FOLDER
         pipeline.save_pretrained(sd_dir, safe_serialization=True)
@@ -251,8 +251,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
             "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
             "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
                                   "unique_captions": len(data["caption_embeddings"])},
-            "detail_phase": detail_stats | {"settings": asdict(detail_settings), "seed": seed + 7,
-                                            "device": common["device"]},
+            "detail_phase": detail_phase,
             "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
         })
         say(f"saved {sd_dir}")

@@ -14,6 +14,15 @@ import torch
 from synthgen.world.train import train_world_models
 
 
+def _train_quietly(out: Path, models: tuple[str, ...]) -> dict:
+    threads_before = torch.get_num_threads()
+    try:
+        return train_world_models(out, device="cpu", scale=0.002, log=lambda message: None, evaluate=False,
+                                  models=models, threads=2)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
 def test_clip_refine_changes_the_vision_tower_only(tmp_path):
     from transformers import CLIPModel
 
@@ -21,12 +30,7 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
     shutil.copytree(shipped, tmp_path / "world-clip")
     before = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
     earlier_runs = json.loads((shipped / "training.json").read_text()).get("vision_refinement_continued", [])
-    threads_before = torch.get_num_threads()
-    try:
-        summary = train_world_models(tmp_path, device="cpu", scale=0.002, log=lambda message: None,
-                                     evaluate=False, models=("clip-refine",), threads=2)
-    finally:
-        torch.set_num_threads(threads_before)
+    summary = _train_quietly(tmp_path, ("clip-refine",))
     assert summary["models"] == ["clip-refine"]
     after = CLIPModel.from_pretrained(tmp_path / "world-clip", use_safetensors=True)
     text_before, text_after = before.text_model.state_dict(), after.text_model.state_dict()
@@ -69,15 +73,6 @@ def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
     low, high = metrics["world-sd"]["prompted_shape_ci95"]
     assert low <= metrics["world-sd"]["prompted_shape_accuracy"] <= high
     assert f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)" in card
-
-
-def _train_quietly(out: Path, models: tuple[str, ...]) -> dict:
-    threads_before = torch.get_num_threads()
-    try:
-        return train_world_models(out, device="cpu", scale=0.002, log=lambda message: None, evaluate=False,
-                                  models=models, threads=2)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def test_world_sd_from_scratch_runs_both_unet_phases_and_loads_as_a_pipeline(tmp_path):
