@@ -59,6 +59,14 @@ def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.visual_projection(pooled), dim=-1)
 
 
+@torch.no_grad()
+def patch_features(model, pixels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The vision tower's last hidden state at each patch (class token dropped), (N, 16, 128),
+    row-major over the 4x4 patch grid, for pixels in [-1, 1], (N, 3, 32, 32)."""
+    return torch.cat([model.vision_model(pixel_values=pixels[start:start + batch_size]).last_hidden_state[:, 1:]
+                      for start in range(0, len(pixels), batch_size)])
+
+
 def text_features(model, input_ids: torch.Tensor) -> torch.Tensor:
     """L2-normalised projected text embeddings (pooled at the first end-of-text token)."""
     pooled = model.text_model(input_ids=input_ids).pooler_output

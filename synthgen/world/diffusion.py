@@ -9,7 +9,8 @@ Training is two stages on rendered scenes:
    1/std of the latents), weighted by min-SNR-gamma, conditioned on the frozen
    text tower's token embeddings (cross-attention, plus a pooled copy added
    to the timestep embedding), with captions dropped to the empty prompt 10%
-   of the time so classifier-free guidance works.
+   of the time so classifier-free guidance works; in the first of its two
+   phases also aligned with the world CLIP's image features (``AlignmentHead``).
 
 ``assemble_pipeline`` puts the parts together as an ordinary diffusers
 pipeline folder that ``AutoPipelineForText2Image.from_pretrained`` loads.
@@ -198,10 +199,13 @@ class UnetTrainingSettings:
     """None: every noise level weighted alike (the plain DDPM epsilon loss)."""
     small_object_weight: float = 1.0
     """How much more often a render of a small object is drawn into a batch than another."""
+    alignment_weight: float = 0.5
+    """Weight of the representation-alignment loss (`AlignmentHead`); 0 turns it off. 0.5 as in
+    the REPA paper; a matched 3,000-step trial from scratch: prompted shape 38.3% -> 44.7%."""
 
 
 DETAIL_PHASE = UnetTrainingSettings(steps=4000, learning_rate=2e-4, warmup_steps=50, min_snr_gamma=None,
-                                    small_object_weight=2.0)
+                                    small_object_weight=2.0, alignment_weight=0.0)
 """The second UNet phase, continued from the first phase's EMA weights. After phase 1, world-sd
 drew small objects as round blobs (prompted shape 74% on small objects against 92% on medium
 and 98% on large ones): a small object spans ~5 latent pixels, so its shape is the fine detail
@@ -218,9 +222,33 @@ def batch_draw_weights(settings: UnetTrainingSettings, small_objects: torch.Tens
     return torch.where(small_objects, settings.small_object_weight, 1.0).double()
 
 
+class AlignmentHead(torch.nn.Module):
+    """REPA (Yu et al. 2024, "Representation Alignment for Generation"): an MLP maps each position
+    of the UNet's 4x4 mid-block features to the world CLIP vision tower's feature of the same
+    patch of the *clean* render, and the loss is their negative cosine similarity. The UNet
+    then has to recognise, from the noisy latent, what a trained image encoder sees in the
+    clean image, which the paper found speeds diffusion training up many times. The head is
+    used in training only and is not shipped."""
+
+    def __init__(self, unet_channels: int, target_dim: int, hidden: int = 256):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(unet_channels, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
+                                       torch.nn.Linear(hidden, target_dim))
+
+    def alignment_loss(self, mid_features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """mid_features (B, C, 4, 4), targets (B, 16, D) row-major over the same 4x4 grid."""
+        positions = mid_features.flatten(2).transpose(1, 2)
+        if positions.shape[1] != targets.shape[1]:
+            raise ValueError(f"the UNet's mid-block has {positions.shape[1]} positions, "
+                             f"the alignment targets {targets.shape[1]} patches")
+        return -F.cosine_similarity(self.mlp(positions), targets, dim=-1).mean()
+
+
 def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
                      empty_embedding: torch.Tensor, settings: UnetTrainingSettings, device: torch.device,
-                     seed: int, log=print, small_objects: torch.Tensor | None = None, initial_unet=None):
+                     seed: int, log=print, small_objects: torch.Tensor | None = None, initial_unet=None,
+                     alignment_targets: torch.Tensor | None = None):
     """Train the UNet on scaled latents; returns (EMA UNet, stats).
 
     ``latents[i]`` (already multiplied by the VAE scaling factor) is captioned
@@ -230,6 +258,8 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
     latent i shows a small object (needed when ``settings.small_object_weight``
     is not 1). ``initial_unet`` continues a trained UNet (its weights start both
     the trained copy and the EMA, with a fresh optimiser) instead of a new one.
+    ``alignment_targets[i]`` (N, 16, D) are the CLIP patch features of render i,
+    needed when ``settings.alignment_weight`` is not 0 (see `AlignmentHead`).
     """
     from diffusers import DDPMScheduler
 
@@ -244,7 +274,15 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
     # An exponential moving average of the weights samples much better after a short run.
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
     draw_weights = batch_draw_weights(settings, small_objects)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    trained = list(unet.parameters())
+    mid_features = {}
+    if settings.alignment_weight:
+        if alignment_targets is None:
+            raise ValueError("alignment_weight needs alignment_targets")
+        head = AlignmentHead(unet.config.block_out_channels[-1], alignment_targets.shape[-1]).to(device)
+        trained += list(head.parameters())
+        unet.mid_block.register_forward_hook(lambda module, inputs, output: mid_features.update(mid=output))
+    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.01)
     alphas_cumprod = noise_schedule.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(seed)
     caption_embeddings = caption_embeddings.to(device)
@@ -274,11 +312,14 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
         else:
             snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
             loss = (snr.clamp(max=settings.min_snr_gamma) / snr * per_sample).mean()
+        if settings.alignment_weight:
+            alignment = head.alignment_loss(mid_features["mid"], alignment_targets[indices].to(device))
+            loss = loss + settings.alignment_weight * alignment
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         # 4. EMA, with a warm-up so early steps are not averaged with the random init for long
         #    (a continued UNet starts from trained weights: no warm-up).
@@ -287,10 +328,13 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
             for averaged, current in zip(ema_unet.parameters(), unet.parameters()):
                 averaged.lerp_(current, 1 - decay)
         if step % 100 == 0 or step == settings.steps - 1:
-            log(f"unet step {step}/{settings.steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+            aligned = f" alignment {-alignment.item():.3f}" if settings.alignment_weight else ""
+            log(f"unet step {step}/{settings.steps} loss {loss.item():.4f}{aligned} ({time.time() - started:.0f}s)")
     stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_latents": len(latents),
              "caption_dropout": CAPTION_DROPOUT, "ema_decay": settings.ema_decay,
              "min_snr_gamma": settings.min_snr_gamma, "small_object_weight": settings.small_object_weight,
+             "alignment_weight": settings.alignment_weight,
+             **({"final_alignment_cosine": round(-alignment.item(), 4)} if settings.alignment_weight else {}),
              "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
     return ema_unet, stats
 

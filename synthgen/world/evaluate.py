@@ -243,6 +243,14 @@ def _min_snr(unet_train: dict) -> str:
     return f" weighted by min-SNR-gamma (gamma {gamma:g})" if gamma else ""
 
 
+def _alignment(unet_train: dict) -> str:
+    weight = unet_train.get("alignment_weight")
+    if not weight:
+        return ""
+    return (f",\n  plus {weight:g} x representation alignment (REPA) of the 4x4 mid-block features with world-clip's"
+            f" vision patch features\n  (final cosine {unet_train['final_alignment_cosine']:.2f})")
+
+
 def _detail_phase(sd_train: dict) -> str:
     """The model card's bullet for the UNet's second phase (absent from world-sd v3 and before)."""
     phase = sd_train.get("detail_phase")
@@ -330,7 +338,7 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
   {sd_train['vae']['batch_size']} (MSE + 1e-6 KL), {sd_train['vae']['wall_seconds'] / 60:.1f} min; held-out reconstruction error
   {sd_train['vae']['reconstruction_mae_255']:.2f}/255 per channel; scaling_factor {sd_train['vae']['scaling_factor']:.4f} (1/std of latents).
 - UNet: `UNet2DConditionModel`, channels (32, 64, 96), cross-attention at 8x8 and 4x4,
-{_pooled_text(models_root / SD_FOLDER)}  {sd_train['unet']['parameters']:,} parameters; DDPM epsilon loss{_min_snr(sd_train['unet'])}, {sd_train['unet']['steps']} steps of batch
+{_pooled_text(models_root / SD_FOLDER)}  {sd_train['unet']['parameters']:,} parameters; DDPM epsilon loss{_min_snr(sd_train['unet'])}{_alignment(sd_train['unet'])}, {sd_train['unet']['steps']} steps of batch
   {sd_train['unet']['batch_size']}, 10% caption dropout (for classifier-free guidance), EMA {sd_train['unet']['ema_decay']};
   {sd_train['unet']['wall_seconds'] / 60:.1f} min on {sd_train['device']}.
 {_detail_phase(sd_train)}- Data: {sd_train['unet']['train_latents']:,} single-object renders, {sd_train['unet']['unique_captions']:,} unique captions

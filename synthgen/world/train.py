@@ -24,11 +24,12 @@ import torch
 from synthgen.world.clip import (
     ClipTrainingSettings,
     VisionRefinementSettings,
+    patch_features,
     refine_vision_tower,
     save_world_clip,
     train_world_clip,
 )
-from synthgen.world.corpus import train_pool
+from synthgen.world.corpus import images_to_tensor, train_pool
 from synthgen.world.diffusion import (
     DETAIL_PHASE,
     UnetTrainingSettings,
@@ -236,10 +237,14 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         data = _diffusion_data(assemble_pipeline(vae, None, text_encoder, tokenizer), pool, latents * scaling_factor,
                                seed, torch_device)
         say(f"embedded {len(data['caption_embeddings'])} unique captions")
+        unet_settings = _scaled(UnetTrainingSettings(), scale)
+        if unet_settings.alignment_weight:
+            # 5b. What the world CLIP's vision tower sees in each clean render: phase 1's alignment targets.
+            data["alignment_targets"] = patch_features(clip, images_to_tensor(pool.images).to(torch_device)).cpu()
+            say(f"alignment targets {tuple(data['alignment_targets'].shape)}")
 
         # 6. UNet phase 1 on scaled latents with caption dropout, then the detail phase from its
         #    EMA weights; the detail phase's EMA weights are shipped.
-        unet_settings = _scaled(UnetTrainingSettings(), scale)
         unet, unet_stats = train_world_unet(**data, settings=unet_settings, device=torch_device, seed=seed + 3,
                                             log=say)
         unet, detail_phase = _run_detail_phase(data, pool, unet, seed, scale, torch_device, common, say)

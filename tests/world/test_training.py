@@ -82,6 +82,8 @@ def test_world_sd_from_scratch_runs_both_unet_phases_and_loads_as_a_pipeline(tmp
     _train_quietly(tmp_path, ("sd",))
     record = json.loads((tmp_path / "world-sd" / "training.json").read_text())
     assert record["unet"]["steps"] == 20 and record["unet"]["min_snr_gamma"] == 5.0
+    assert record["unet"]["alignment_weight"] == 0.5 and "final_alignment_cosine" in record["unet"]
+    assert record["detail_phase"]["alignment_weight"] == 0.0
     phase = record["detail_phase"]
     assert phase["steps"] == 8 and phase["min_snr_gamma"] is None and phase["small_object_weight"] == 2.0
     assert "continued_separately" not in phase
@@ -127,3 +129,51 @@ def test_detail_phase_draws_small_objects_twice_as_often():
     drawn = torch.multinomial(weights, 90_000, replacement=True, generator=torch.Generator().manual_seed(0))
     shares = torch.bincount(drawn, minlength=4).double() / len(drawn)
     assert torch.allclose(shares, weights / weights.sum(), atol=0.01)
+
+
+def _tiny_unet_data(count: int = 16) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    return {"latents": torch.randn(count, 4, 16, 16, generator=generator),
+            "caption_index": torch.randint(0, 3, (count,), generator=generator),
+            "caption_embeddings": torch.randn(3, 32, 128, generator=generator),
+            "empty_embedding": torch.zeros(1, 32, 128),
+            "alignment_targets": torch.randn(count, 16, 128, generator=generator)}
+
+
+def test_alignment_loss_reaches_the_unet_and_leaves_no_trace_in_it():
+    from synthgen.world.diffusion import UnetTrainingSettings, build_world_unet, train_world_unet
+
+    data, cpu = _tiny_unet_data(), torch.device("cpu")
+    plain = UnetTrainingSettings(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.0)
+    aligned = UnetTrainingSettings(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.5)
+    unet_plain, stats_plain = train_world_unet(**data, settings=plain, device=cpu, seed=0, log=lambda m: None)
+    unet_aligned, stats = train_world_unet(**data, settings=aligned, device=cpu, seed=0, log=lambda m: None)
+    assert "final_alignment_cosine" not in stats_plain and -1 <= stats["final_alignment_cosine"] <= 1
+    # Same seed and batches: the weights differ only through the alignment gradient.
+    plain_weights, aligned_weights = unet_plain.state_dict(), unet_aligned.state_dict()
+    assert any(not torch.equal(plain_weights[k], aligned_weights[k]) for k in plain_weights)
+    # The head is not part of the shipped UNet, and no hook stays on it.
+    assert set(aligned_weights) == set(build_world_unet(128).state_dict())
+    assert not unet_aligned.mid_block._forward_hooks
+    with pytest.raises(ValueError, match="alignment_weight needs alignment_targets"):
+        train_world_unet(**{**data, "alignment_targets": None}, settings=aligned, device=cpu, seed=0,
+                         log=lambda m: None)
+
+
+def test_alignment_head_learns_patch_targets_and_refuses_a_grid_mismatch():
+    from synthgen.world.diffusion import AlignmentHead
+
+    torch.manual_seed(0)
+    features = torch.randn(32, 96, 4, 4)
+    targets = torch.einsum("bchw,cd->bhwd", features, torch.randn(96, 128)).flatten(1, 2)
+    head = AlignmentHead(96, 128)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    first = head.alignment_loss(features, targets).item()
+    for _ in range(150):
+        loss = head.alignment_loss(features, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert abs(first) < 0.2 and loss.item() < -0.9
+    with pytest.raises(ValueError, match="16 positions, the alignment targets 64 patches"):
+        head.alignment_loss(features, torch.randn(32, 64, 128))
