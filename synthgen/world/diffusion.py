@@ -308,13 +308,14 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
         prediction = unet(noisy, timesteps, encoder_hidden_states=context).sample
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
         if settings.min_snr_gamma is None:
-            loss = per_sample.mean()
+            diffusion_loss = per_sample.mean()
         else:
             snr = alpha_bar.flatten() / (1 - alpha_bar.flatten())
-            loss = (snr.clamp(max=settings.min_snr_gamma) / snr * per_sample).mean()
+            diffusion_loss = (snr.clamp(max=settings.min_snr_gamma) / snr * per_sample).mean()
+        loss = diffusion_loss
         if settings.alignment_weight:
             alignment = head.alignment_loss(mid_features["mid"], alignment_targets[indices].to(device))
-            loss = loss + settings.alignment_weight * alignment
+            loss = diffusion_loss + settings.alignment_weight * alignment
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
@@ -329,13 +330,14 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
                 averaged.lerp_(current, 1 - decay)
         if step % 100 == 0 or step == settings.steps - 1:
             aligned = f" alignment {-alignment.item():.3f}" if settings.alignment_weight else ""
-            log(f"unet step {step}/{settings.steps} loss {loss.item():.4f}{aligned} ({time.time() - started:.0f}s)")
+            log(f"unet step {step}/{settings.steps} loss {diffusion_loss.item():.4f}{aligned} ({time.time() - started:.0f}s)")
     stats = {"steps": settings.steps, "batch_size": settings.batch_size, "train_latents": len(latents),
              "caption_dropout": CAPTION_DROPOUT, "ema_decay": settings.ema_decay,
              "min_snr_gamma": settings.min_snr_gamma, "small_object_weight": settings.small_object_weight,
              "alignment_weight": settings.alignment_weight,
              **({"final_alignment_cosine": round(-alignment.item(), 4)} if settings.alignment_weight else {}),
-             "final_loss": round(loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
+             # The diffusion objective alone, comparable across runs with and without alignment.
+             "final_loss": round(diffusion_loss.item(), 4), "wall_seconds": round(time.time() - started, 1)}
     return ema_unet, stats
 
 
