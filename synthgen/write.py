@@ -4,7 +4,8 @@ What holds for a dataset location (a directory or an object-store prefix, see `s
 - a `shard-NNNNNN.tar` is complete: a store never shows part of a file;
 - a shard is *done* only when its `.stats.json` exists, which is written after the tar;
 - `manifest.json` exists only when every planned shard is done;
-- `recipe.json` names the recipe the location belongs to; another recipe is refused.
+- `recipe.json` names the recipe the location belongs to; another recipe is refused, and so
+  are shards of other weights under the same model id (each shard's stats record a digest).
 Tar members have fixed order, mtime, owner and mode, so equal inputs give equal bytes.
 
 Several workers (processes, Ray actors, Slurm array tasks, on one machine or sharing a
@@ -34,9 +35,10 @@ from PIL import Image
 
 from synthgen import __version__
 from synthgen.errors import UserError
+from synthgen.generate.identity import weights_digest
 from synthgen.plan import GroupPlan, Plan, shard_name, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
-from synthgen.store import Location, open_store
+from synthgen.store import DatasetStore, Location, open_store
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
@@ -254,9 +256,10 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                        shards: tuple[int, ...] | None = None) -> set[int]:
     """Make `location` ready for `plan` and return the shards already done there (all of them).
 
-    Refuses a directory made from another recipe (unless `overwrite`), removes stale
-    temporary files and the unfinished files of the shards this run will build (`shards`,
-    default all), and records the recipe. Only files synthgen writes are ever removed.
+    Refuses a directory made from another recipe, or whose done shards were made by other
+    weights than the recipe's model has now (`generate/identity.py`), unless `overwrite`;
+    removes stale temporary files and the unfinished files of the shards this run will build
+    (`shards`, default all), and records the recipe. Only files synthgen writes are ever removed.
     Safe when several workers prepare one directory at once, as long as none passes
     `overwrite` (which deletes the dataset) and no two runs build the same shards.
     """
@@ -280,12 +283,31 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     # 3. Unfinished shards of this run's own selection (a tar published before its stats).
     selected = range(plan.shard_count) if shards is None else shards
     done = {shard for shard in range(plan.shard_count) if shard_done(store, shard)}
+    weights = weights_digest(recipe.model) if done else None
+    if weights is not None:  # None: a hub model not downloaded yet; `write_manifest` checks
+        stats_by_shard = {shard: read_stats(store, shard) for shard in done}
+        _refuse_other_weights(store, recipe, stats_by_shard, weights)
     for shard in selected:
         if shard not in done:
             remove_unfinished_shard(store, shard)
     if len(done) < plan.shard_count:
         store.remove(MANIFEST)
     return done
+
+
+def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: dict[int, dict],
+                          weights: str | None, compared_with: str = "now") -> None:
+    """One message for shards whose recorded weights are not `weights`: a dataset is made by one
+    model. (Shards written before synthgen recorded weights have none, and are refused too.)"""
+    other = {shard: stats["model"].get("weights", "not recorded")
+             for shard, stats in stats_by_shard.items() if stats["model"].get("weights") != weights}
+    if other:
+        recorded = sorted(set(other.values()))
+        raise UserError(
+            f"--out {store.location}: shards {format_shard_ranges(other)} were made by other "
+            f"weights of model.id {recipe.model.id!r} ({', '.join(recorded)}; "
+            f"{compared_with} {weights}); "
+            "pass --overwrite to delete that dataset and start over, or choose another --out")
 
 
 def claim_for_recipe(location: Location, recipe: Recipe) -> None:
@@ -385,6 +407,10 @@ def write_manifest(location: Location, plan: Plan) -> dict:
             raise UserError(f"{store.location}: shard {shard_name(shard)} is not finished; "
                             "rerun synthgen generate to complete the dataset")
         shards.append(stats)
+    # Shards resumed with other weights are refused before they are built; this catches
+    # runs that wrote here at the same time under different weights.
+    first_weights = shards[0]["model"].get("weights")
+    _refuse_other_weights(store, plan.recipe, dict(enumerate(shards)), first_weights, "shard 0 has")
     manifest = {
         "format": DATASET_FORMAT,
         "recipe_hash": plan.recipe.recipe_hash,

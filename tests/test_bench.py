@@ -1,4 +1,4 @@
-"""The throughput benchmark runs end to end at a tiny scale on the CPU (a check, not a timing)."""
+"""The benchmark and figure scripts run end to end at a tiny scale on the CPU (a check, not a timing)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,27 @@ def test_world_training_steps_benchmark_small():
     result = steps.main(["--threads", "1", "--steps", "1", "--warmup", "1", "--bf16"])
     assert set(result) == {"unet", "clip", "vae", "oracle"}
     assert all(timing["1_threads"] > 0 and timing["1_threads_bf16"] > 0 for timing in result.values())
+
+
+def test_quickstart_oracle_figures_small(write_recipe, tmp_path):
+    from synthgen.engines.local import GenerateOptions, generate_dataset
+    from synthgen.plan import make_plan
+    from synthgen.recipe import load_recipe
+
+    recipe = write_recipe({"suppress": [{"concept": "striped", "method": "negative"}],
+                           "corner_cases": [{"name": "striped circle", "prompt": "a striped {colour} circle",
+                                             "label": "circle", "groups": 1}]})
+    generate_dataset(make_plan(load_recipe(recipe)), tmp_path / "out",
+                     GenerateOptions(progress=False, device="cpu"))
+    spec = importlib.util.spec_from_file_location("quickstart_oracle", BENCH.parent / "quickstart_oracle.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    result = figures.main([str(tmp_path / "out"), "--seed", "5"])
+    dataset, resampled = result["dataset"], result["resampled"]
+    assert dataset["views"] == 16 and dataset["unasked"] == 14, "8 groups of 2 views, one striped group"
+    assert dataset["shape_prompted"] == 16 and dataset["colour_prompted"] == 16
+    assert 0 <= dataset["unasked_striped"] <= 14 and 0 <= dataset["shape_as_prompted"] <= 16
+    assert resampled["negative_prompt"] == "striped" and resampled["seeds"][0] == 5
+    assert 1 <= resampled["prompts"] <= 7, "one prompt per unasked group at most (seed views share it)"
+    assert all(0 <= resampled[key] <= resampled["prompts"]
+               for key in ("striped_without_negative", "striped_with_negative"))

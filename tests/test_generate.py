@@ -239,3 +239,35 @@ def test_a_dataset_resumed_with_other_options_lists_its_model_variants(write_rec
                         "bfloat16": ["shard-000001.tar", "shard-000002.tar"]}
     _, plain = run(recipe, tmp_path / "plain")
     assert plain.model_variants == 1
+
+
+def test_a_dataset_is_never_resumed_or_finished_with_other_weights(write_recipe, tmp_path):
+    from synthgen.generate.tiny_random import save_tiny_pipeline
+    from synthgen.write import finalize_dataset
+
+    model_dir = save_tiny_pipeline(tmp_path / "model", seed=0)
+    recipe = write_recipe({"model": {"id": str(model_dir)}})
+    out = tmp_path / "out"
+    run(recipe, out, shards=(0,))
+    made_by = json.loads((out / "shard-000000.stats.json").read_text())["model"]["weights"]
+    assert made_by.startswith("sha256:")
+    # The folder is retrained in place: same id, same recipe hash, other weights.
+    save_tiny_pipeline(model_dir, seed=1)
+    with pytest.raises(UserError, match=r"shards 0 were made by other weights of model\.id.*--overwrite"):
+        run(recipe, out)
+    assert not (out / "shard-000001.tar").exists()
+    _, summary = run(recipe, out, overwrite=True)
+    assert summary.shards_written == 3
+    stats_path = out / "shard-000002.stats.json"
+    stats = json.loads(stats_path.read_text())
+    assert stats["model"]["weights"] not in (made_by, None)
+    # Shards that two runs wrote at once under different weights: no manifest.
+    stats["model"]["weights"] = made_by
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(UserError, match="shards 2 were made by other weights.*shard 0 has"):
+        finalize_dataset(out)
+    # A shard from before synthgen recorded weights cannot be shown to match.
+    del stats["model"]["weights"]
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(UserError, match=r"shards 2 were made by other weights .*\(not recorded;"):
+        run(recipe, out)

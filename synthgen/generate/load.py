@@ -14,6 +14,7 @@ import torch
 
 from synthgen.builtin import resolve_model_source
 from synthgen.errors import UserError
+from synthgen.generate.identity import weights_digest
 from synthgen.recipe import ModelSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,10 +57,13 @@ class LoadedModel:
     dtype: torch.dtype
     source: str
     edits: tuple[dict, ...] = ()  # erase edits applied after loading (see generate/erase.py)
+    weights: str | None = None  # the loaded weights' digest (generate/identity.py)
 
     def describe(self) -> dict:
         description = {"pipeline": type(self.pipeline).__name__, "device_type": self.device.type,
                        "dtype": str(self.dtype).replace("torch.", "")}
+        if self.weights is not None:
+            description["weights"] = self.weights
         if self.edits:
             description["edits"] = list(self.edits)
         return description
@@ -98,7 +102,7 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
         pipeline.vae = _tiny_decoder(spec.decoder, dtype)
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source,
-                       edits=_recorded_edits(source))
+                       edits=_recorded_edits(source), weights=weights_digest(spec))
 
 
 EDITS_FILE = "synthgen-edits.json"
