@@ -99,9 +99,9 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
     from synthgen.train.probe import load_encoder
     from synthgen.train.probe import probe as run_probe
     from synthgen.train.probe import random_encoder
-    from synthgen.train.trainer import pick_device
+    from synthgen.devices import choose_device
 
-    torch_device = str(pick_device(device))
+    torch_device = str(choose_device(device))
     encoders = {}
     spec = EncoderSpec(resolution=resolution or 32)
     if checkpoint is not None:

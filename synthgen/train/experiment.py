@@ -1,6 +1,6 @@
 """Real vs synthetic pretraining on the embedded world, measured by a linear probe on real renders.
 
-    python -m synthgen.train.experiment --budget cpu --work runs/experiment   # or: synthgen experiment
+    synthgen experiment --budget cpu --work runs/experiment
 
 Conditions, each pretrained from scratch at an equal number of pretraining images
 (`Budget.images`) and an equal number of steps of `Budget.batch_images` crops each:
@@ -210,7 +210,8 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
     import torch
 
     from synthgen.train.probe import load_encoder, probe, random_encoder
-    from synthgen.train.trainer import pick_device, train
+    from synthgen.devices import choose_device
+    from synthgen.train.trainer import train
 
     known = [c.name for c in conditions(budget)] + ["random-init"]
     unknown = sorted(set(only or ()) - set(known))
@@ -218,7 +219,7 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
         raise UserError(f"--conditions: unknown {', '.join(unknown)}; pick from {', '.join(known)}")
     selected = [c for c in conditions(budget) if only is None or c.name in only]
     work.mkdir(parents=True, exist_ok=True)
-    torch_device = str(pick_device(device))
+    torch_device = str(choose_device(device))
     # Small models on a few shared cores: 1 intra-op thread, the loader workers take the rest
     # (3x faster than 2 threads on the 2-core machine of docs/EXPERIMENTS.md).
     cpu_threads = 1 if torch_device == "cpu" else None
@@ -272,9 +273,3 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
     (work / "results.md").write_text(table + "\n")
     log(table)
     return record
-
-
-if __name__ == "__main__":
-    from synthgen.train.commands import experiment
-
-    experiment()

@@ -14,7 +14,6 @@ So a run resumed from its last checkpoint gives the same weights as one never in
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +21,12 @@ from pathlib import Path
 import torch
 
 from synthgen.data import group_loader
+from synthgen.devices import choose_device
 from synthgen.errors import UserError
 from synthgen.train.checkpoint import LAST, read_record, restore, save_checkpoint
 from synthgen.train.encoders import ContrastiveModel, EncoderSpec
 from synthgen.train.losses import group_embedding_loss
+from synthgen.train.schedule import warmup_cosine
 
 METHODS = ("simclr", "supcon", "multipos")
 LOG = "log.jsonl"
@@ -88,22 +89,6 @@ class TrainResult:
     checkpoint: Path
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device: {device!r} asked but no CUDA GPU is visible; pass cpu or auto")
-    return torch.device(device)
-
-
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine from `lr` to 0 at `steps`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train(config: TrainConfig, out_dir: Path, device: str = "auto", amp: bool = True,
           stop_after: int | None = None, quiet: bool = False,
           cpu_threads: int | None = None) -> TrainResult:
@@ -121,7 +106,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "auto", amp: bool = 
     checkpoint_path = out_dir / LAST
 
     # 1. Device and seed; autocast only where it pays (GPU).
-    torch_device = pick_device(device)
+    torch_device = choose_device(device)
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     use_amp = amp and torch_device.type == "cuda"
@@ -171,7 +156,7 @@ def train(config: TrainConfig, out_dir: Path, device: str = "auto", amp: bool = 
             for batch in batches:
                 # 4a. The step's learning rate.
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step)
+                    group["lr"] = warmup_cosine(step, config.steps, config.lr, config.warmup_steps)
                 # 4b. Forward every crop of every group, loss over the groups' embeddings.
                 images = batch.views.to(torch_device, non_blocking=True)
                 groups, crops = images.shape[:2]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from synthgen.world.corpus import ScenePool, images_to_tensor
 from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, caption
+from synthgen.world.settings import TrainingSettings
 from synthgen.world.tokenizer import MODEL_MAX_LENGTH
 
 TEXT_HIDDEN_SIZE = 128
@@ -90,20 +91,12 @@ class CaptionTokens:
 
 
 @dataclass(frozen=True)
-class ClipTrainingSettings:
+class ClipTrainingSettings(TrainingSettings):
     steps: int = 2500
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.05
-
-
-def cosine_learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 5% of it."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train_world_clip(pool: ScenePool, tokenizer, settings: ClipTrainingSettings, device: torch.device,
@@ -142,7 +135,7 @@ def train_world_clip(pool: ScenePool, tokenizer, settings: ClipTrainingSettings,
         loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
         # 3. Update with warm-up + cosine learning rate.
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+            group["lr"] = settings.learning_rate_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -200,7 +193,7 @@ def hard_negative_batches(pool: ScenePool, batch_size: int, rng: np.random.Gener
 
 
 @dataclass(frozen=True)
-class VisionRefinementSettings:
+class VisionRefinementSettings(TrainingSettings):
     steps: int = 6000
     batch_size: int = 128
     learning_rate: float = 5e-4
@@ -258,7 +251,7 @@ def refine_vision_tower(model, tokenizer, pool: ScenePool, settings: VisionRefin
         loss = F.cross_entropy(logit_scale * image_features(model, pixels) @ bank.T, targets)
         # 3. Update the vision side only.
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+            group["lr"] = settings.learning_rate_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthgen.world.clip import cosine_learning_rate
 from synthgen.world.corpus import ScenePool, images_to_tensor
+from synthgen.world.settings import TrainingSettings
 
 LATENT_CHANNELS = 4
 CAPTION_DROPOUT = 0.1
@@ -114,7 +114,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 
 @dataclass(frozen=True)
-class VaeTrainingSettings:
+class VaeTrainingSettings(TrainingSettings):
     steps: int = 2400
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -142,7 +142,7 @@ def train_world_vae(pool: ScenePool, settings: VaeTrainingSettings, device: torc
         mse = F.mse_loss(reconstruction, pixels)
         loss = mse + settings.kl_weight * posterior.kl().mean()
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+            group["lr"] = settings.learning_rate_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -189,7 +189,7 @@ def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> tor
 
 
 @dataclass(frozen=True)
-class UnetTrainingSettings:
+class UnetTrainingSettings(TrainingSettings):
     steps: int = 10000
     batch_size: int = 64
     learning_rate: float = 5e-4
@@ -317,7 +317,7 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
             alignment = head.alignment_loss(mid_features["mid"], alignment_targets[indices].to(device))
             loss = diffusion_loss + settings.alignment_weight * alignment
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+            group["lr"] = settings.learning_rate_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthgen.world.clip import cosine_learning_rate
 from synthgen.world.corpus import ScenePool, images_to_tensor
 from synthgen.world.scene import COLOURS, SHAPES, SIZES
+from synthgen.world.settings import TrainingSettings
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
@@ -97,7 +97,7 @@ def scene_targets(pool: ScenePool) -> dict[str, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class OracleTrainingSettings:
+class OracleTrainingSettings(TrainingSettings):
     steps: int = 4000
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -138,7 +138,7 @@ def train_world_oracle(pool: ScenePool, settings: OracleTrainingSettings, device
                 + 100 * F.mse_loss(outputs["position"], batch_targets["position"]))
         # 3. Update.
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, settings.steps, settings.learning_rate, settings.warmup_steps)
+            group["lr"] = settings.learning_rate_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
