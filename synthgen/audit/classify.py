@@ -3,8 +3,9 @@
 Contracts:
 - `ZeroShotAttribute.classify(E)` for unit image embeddings E (N, D) returns value indices
   (N,), with UNSURE (-1) where the top-1 minus top-2 softmax probability is below the
-  margin, and the probabilities (N, V). A value's text embedding is the normalised mean of
-  its normalised template embeddings (prompt ensembling).
+  margin, and the probabilities (N, V); `decide` applies the same rule to any probability
+  rows (a group's reading is `decide` of its views' mean probabilities). A value's text
+  embedding is the normalised mean of its normalised template embeddings (prompt ensembling).
 - `ConceptDetector.probability(E)` is P(concept) in a two-way softmax of concept vs. contrast
   prompt ensembles; a view is detected when it is above the concept's threshold.
 """
@@ -54,10 +55,14 @@ class ZeroShotAttribute:
 
     def classify(self, image_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities = softmax(self.logit_scale * image_embeddings @ self.value_embeddings.T)
+        return self.decide(probabilities), probabilities
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Value indices (N,) for probability rows (N, V): the top one, UNSURE within the margin."""
         top_two = np.sort(probabilities, axis=1)[:, -2:]
         choice = probabilities.argmax(axis=1)
         choice[(top_two[:, 1] - top_two[:, 0]) < self.margin] = UNSURE
-        return choice, probabilities
+        return choice
 
 
 class ConceptDetector:

@@ -34,8 +34,13 @@ from synthgen.audit.similarity import near_duplicates, view_similarity_table
 from synthgen.audit.spec import AuditSpec
 from synthgen.audit.thresholds import FailRule, evaluate
 
-REPORT_FORMAT = "synthgen-audit/1"
+# 2: attributes counted per group or per view ("unit"), recorded slot values, agreement per
+# unit; unreadable_samples is a list of samples, like every other integrity entry.
+REPORT_FORMAT = "synthgen-audit/2"
 OVERALL = "overall"
+# The integrity lists whose lengths add up to the `integrity` summary figure, in print order.
+DAMAGE_KINDS = ("missing_shards", "sha256_mismatches", "unreadable_shards", "unreadable_samples",
+                "missing_views", "unreadable_views", "black_views")
 
 
 @dataclass
@@ -46,7 +51,7 @@ class AuditSettings:
     sheet_groups: int = 6          # groups per class / corner case on the contact sheets
     worst_views: int = 16          # lowest-fidelity views listed and pictured
     duplicate_examples: int = 8    # duplicate pairs pictured
-    pairs_per_label: int = 2000    # random pairs per class for between-group similarity
+    pairs_per_label: int = 2000    # pairs per class for between-group similarity (all, if fewer)
     progress: bool = True
     decode_workers: int = 4
 
@@ -280,11 +285,20 @@ def run_audit(dataset_dir: Path, spec: AuditSpec, encoder, settings: AuditSettin
         "duplicates": duplicates,
         "integrity": integrity,
         "sheets": dict(table.first_keys_by_scope),
+        "recorded": _sheet_recorded_values(table, spec),
         "summary": summary,
         "checks": checks,
     }
     pictures = fetch_pictures(dataset_dir, shards, report, table)
     return AuditOutcome(report=json_safe(report), summary=summary, checks=checks, pictures=pictures)
+
+
+def _sheet_recorded_values(table: ViewTable, spec: AuditSpec) -> dict[str, dict[str, str]]:
+    """The recorded values of the audited attributes for each view on a contact sheet."""
+    keys = {key for keys in table.first_keys_by_scope.values() for key in keys}
+    names = [attribute.name for attribute in spec.attributes]
+    return {view_id: {name: str(item.assigned[name]) for name in names if name in item.assigned}
+            for view_id, item in zip(table.view_ids, table.items) if item.key in keys}
 
 
 def _progress(total: int | None, enabled: bool):
@@ -295,49 +309,136 @@ def _progress(total: int | None, enabled: bool):
 
 def _scopes(table: ViewTable) -> dict[str, np.ndarray]:
     """Row indices of the whole dataset, each class and each corner case."""
+    return _rows_by_scope([item.scope for item in table.items])
+
+
+def _rows_by_scope(labels: list[str]) -> dict[str, np.ndarray]:
+    """Indices of all rows (`overall`) and of each label's rows, labels sorted."""
     scopes: dict[str, list[int]] = defaultdict(list)
-    for row, item in enumerate(table.items):
-        scopes[item.scope].append(row)
-    return {OVERALL: np.arange(len(table.items)),
-            **{name: np.array(rows) for name, rows in sorted(scopes.items())}}
+    for row, label in enumerate(labels):
+        scopes[label].append(row)
+    return {OVERALL: np.arange(len(labels)),
+            **{name: np.array(rows, dtype=np.int64) for name, rows in sorted(scopes.items())}}
+
+
+def attribute_unit(name: str, items: list[source.ViewItem], groups: np.ndarray) -> str:
+    """What one observation of attribute `name` is: "group" or "view".
+
+    A value recorded per view (a view's own `slots` or `balance`) can differ between a group's
+    views: "view". A value recorded per group (its class, `slots` or `balance`) is the same in
+    all of them: "group".
+    Nothing recorded: "view" when some group's views have different prompts (the `prompt`
+    view strategy can vary what a view shows), else "group" (every view drew the same text).
+    """
+    if any(name in item.assigned_per_view for item in items):
+        return "view"
+    if any(name in item.assigned for item in items):
+        return "group"
+    prompt_of_group: dict[int, str] = {}
+    for item, group in zip(items, groups.tolist()):
+        if prompt_of_group.setdefault(group, item.prompt) != item.prompt:
+            return "view"
+    return "group"
+
+
+@dataclass
+class AttributeReadings:
+    """One row per counted unit (a group or a view) of one attribute."""
+
+    choice: np.ndarray                   # value index, or UNSURE
+    views: np.ndarray                    # views behind each reading (1 per view)
+    items: list[source.ViewItem]         # the unit's (first) view: class, scope, recorded values
+
+
+def group_readings(classifier: ZeroShotAttribute, probabilities: np.ndarray, groups: np.ndarray,
+                   items: list[source.ViewItem]) -> AttributeReadings:
+    """A group's reading is the margin rule applied to the mean of its views' probabilities:
+    it uses how sure each view is, is unsure when its views split, and equals the view's own
+    reading for a one-view group (a majority vote would need a tie rule and drop the margin)."""
+    present, first_rows, inverse, views = np.unique(groups, return_index=True,
+                                                    return_inverse=True, return_counts=True)
+    sums = np.zeros((len(present), probabilities.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, probabilities)
+    choice = classifier.decide(sums / views[:, None])
+    return AttributeReadings(choice, views, [items[row] for row in first_rows])
 
 
 def measure_attribute(table: ViewTable, attribute, texts: TextEmbeddings, logit_scale: float,
                       margin: float) -> dict:
-    """Counts, distribution metrics against the target, unsure rate and agreement, per scope."""
+    """Counts, distribution metrics against the target, unsure rate and agreement, per scope.
+
+    Counted in the attribute's unit (`attribute_unit`): per group where all views of a group
+    carry one value, so that tests and intervals count independent draws; the per-view counts
+    are kept beside them (`per_view`) where a group has more than one view.
+    """
     values = attribute.values
+    classifier = ZeroShotAttribute(attribute, texts, logit_scale, margin)
     if len(table.items):
-        choice, _ = ZeroShotAttribute(attribute, texts, logit_scale, margin).classify(table.embeddings)
+        choice, probabilities = classifier.classify(table.embeddings)
     else:
-        choice = np.zeros(0, dtype=np.int64)
-    targets = [attribute.target_for(item.class_name, item.corner_case) for item in table.items]
+        choice, probabilities = np.zeros(0, np.int64), np.zeros((0, len(values)), np.float32)
+    by_view = AttributeReadings(choice, np.ones(len(choice), np.int64), table.items)
+    unit = attribute_unit(attribute.name, table.items, table.group_array)
+    readings = (group_readings(classifier, probabilities, table.group_array, table.items)
+                if unit == "group" else by_view)
+    scopes = _attribute_scopes(attribute, readings)
+    agreement = agreement_metrics(_recorded_pairs(attribute, readings), values)
+    if unit == "group" and len(readings.views) and readings.views.max() > 1:
+        view_scopes = _attribute_scopes(attribute, by_view)
+        for scope, metrics in scopes.items():
+            per_view = view_scopes.get(scope)
+            if per_view is not None:
+                metrics["per_view"] = {key: per_view[key] for key in
+                                       ("units", "counts", "unsure", "kl", "chi2", "chi2_p")}
+        view_agreement = agreement_metrics(_recorded_pairs(attribute, by_view), values)
+        if agreement and view_agreement:
+            agreement["per_view"] = {key: view_agreement[key]
+                                     for key in ("units", "sure", "agree", "agreement")}
+    return {"values": list(values), "templates": list(attribute.templates),
+            "source": attribute.source, "unit": unit, "target_from": attribute.target_from,
+            "scopes": scopes, "agreement": agreement,
+            "classified": {view_id: (values[c] if c != UNSURE else None)
+                           for view_id, c in zip(table.view_ids, choice)}}
+
+
+def _unit_target(attribute, item: source.ViewItem) -> dict[str, float] | None:
+    if attribute.target_from == "slot weights" and attribute.name not in item.assigned:
+        return None  # this group's template has no such slot: nothing was drawn
+    return attribute.target_for(item.class_name, item.corner_case)
+
+
+def _attribute_scopes(attribute, readings: AttributeReadings) -> dict[str, dict]:
+    """Distribution metrics of the readings against their targets, overall and per scope."""
+    values = attribute.values
+    targets = [_unit_target(attribute, item) for item in readings.items]
     has_targets = any(t is not None for t in targets)
     scopes = {}
-    for scope, rows in _scopes(table).items():
+    for scope, rows in _rows_by_scope([item.scope for item in readings.items]).items():
         if scope == OVERALL and has_targets:
-            # The recipe balances only where applies_to says; the overall test is over those views.
+            # The recipe sets targets only where applies_to says; the overall test is over those.
             rows = np.array([r for r in rows if targets[r] is not None], dtype=np.int64)
         scope_targets = [targets[r] for r in rows if targets[r] is not None]
         if scope_targets:
             target = {v: float(np.mean([t[v] for t in scope_targets])) for v in values}
-            target_source = "recipe"
+            target_source = f"recipe {attribute.target_from}"
         else:
             target = {v: 1.0 / len(values) for v in values}
             target_source = "uniform (no recipe target)"
-        counts = Counter(values[c] for c in choice[rows] if c != UNSURE)
+        counts = Counter(values[c] for c in readings.choice[rows] if c != UNSURE)
         metrics = distribution_metrics({v: counts.get(v, 0) for v in values}, target)
-        unsure = int(np.sum(choice[rows] == UNSURE))
-        metrics.update(views=int(len(rows)), unsure=unsure,
+        unsure = int(np.sum(readings.choice[rows] == UNSURE))
+        metrics.update(units=int(len(rows)), views=int(readings.views[rows].sum()), unsure=unsure,
                        unsure_rate=unsure / len(rows) if len(rows) else None,
                        target_source=target_source)
         scopes[scope] = metrics
-    pairs = [(str(item.assigned[attribute.name]), values[c] if c != UNSURE else None)
-             for item, c in zip(table.items, choice) if attribute.name in item.assigned]
-    return {"values": list(values), "templates": list(attribute.templates),
-            "source": attribute.source, "scopes": scopes,
-            "agreement": agreement_metrics(pairs),
-            "classified": {view_id: (values[c] if c != UNSURE else None)
-                           for view_id, c in zip(table.view_ids, choice)}}
+    return scopes
+
+
+def _recorded_pairs(attribute, readings: AttributeReadings) -> list[tuple[str, str | None]]:
+    """(recorded value, reading or None for unsure) for each unit that recorded a value."""
+    return [(str(item.assigned[attribute.name]),
+             attribute.values[c] if c != UNSURE else None)
+            for item, c in zip(readings.items, readings.choice) if attribute.name in item.assigned]
 
 
 def measure_concept(table: ViewTable, detector: ConceptDetector) -> dict:
@@ -347,8 +448,13 @@ def measure_concept(table: ViewTable, detector: ConceptDetector) -> dict:
     detected = probability > spec.threshold
     per_scope = {}
     for scope, rows in _scopes(table).items():
+        # Counted per view: rejection acts on each view; the groups with a detected view say
+        # whether detections cluster in groups (a concept in a group's prompt shows in all).
+        groups = table.group_array[rows]
         per_scope[scope] = {"views": int(len(rows)), "detected": int(detected[rows].sum()),
-                            "rate": float(detected[rows].mean()) if len(rows) else None}
+                            "rate": float(detected[rows].mean()) if len(rows) else None,
+                            "groups": int(len(np.unique(groups))),
+                            "groups_detected": int(len(np.unique(groups[detected[rows]])))}
     strongest = np.argsort(-probability)[:8]
     return {"method": spec.method, "threshold": spec.threshold, "contrast": spec.contrast,
             "generation_detector": spec.detector,
@@ -412,10 +518,7 @@ def summarize(attributes: dict, suppression: dict, fidelity: dict, duplicates: d
         return metrics["kl"]
 
     listed = integrity["listed_views"]
-    damaged = (len(integrity["missing_shards"]) + len(integrity["sha256_mismatches"])
-               + len(integrity["unreadable_shards"]) + integrity["unreadable_samples"]
-               + len(integrity["missing_views"]) + len(integrity["unreadable_views"])
-               + len(integrity["black_views"]))
+    damaged = sum(len(integrity[kind]) for kind in DAMAGE_KINDS)
     agreements = [a["agreement"] for a in (m["agreement"] for m in attributes.values()) if a]
     return {
         "kl": worst(kl_of(m["scopes"][OVERALL]) for m in attributes.values()),

@@ -3,7 +3,8 @@
 All functions take unit image embeddings E (N, D), one row per readable view, and `groups`
 (N,) integer group index per row. None of them builds an N x N matrix:
 - within-group mean cosine uses |sum of a group's rows|^2 = sum of all its pairwise cosines;
-- between-group similarity samples a bounded number of random pairs per class (seeded);
+- between-group similarity uses every different-group pair of a class when there are at most
+  `pairs_per_label` of them, else that many distinct random ones (seeded);
 - near-duplicates multiply blocks of rows (block x block at a time) and keep only pairs above
   the threshold, so memory is O(block^2 + pairs found).
 """
@@ -30,18 +31,44 @@ def within_group_means(embeddings: np.ndarray, groups: np.ndarray) -> dict[int, 
     return result
 
 
+def different_group_pair_count(groups: np.ndarray, rows: np.ndarray) -> int:
+    """How many unordered pairs of `rows` lie in different groups."""
+    sizes = np.unique(groups[rows], return_counts=True)[1].astype(np.int64)
+    return int((len(rows) * (len(rows) - 1) - np.sum(sizes * (sizes - 1))) // 2)
+
+
+def _all_different_group_pairs(groups: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair of `rows` from different groups (as many as there are pairs)."""
+    order = rows[np.argsort(groups[rows], kind="stable")]
+    starts = np.flatnonzero(np.diff(groups[order])) + 1
+    firsts, seconds = [], []
+    for start, end in zip([0, *starts], [*starts, len(order)]):
+        later = order[end:]
+        firsts.append(np.repeat(order[start:end], len(later)))
+        seconds.append(np.tile(later, end - start))
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
 def sampled_between_group_mean(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
                                pairs: int, rng: np.random.Generator) -> tuple[float | None, int]:
-    """Mean cosine of up to `pairs` random pairs of `rows` from different groups."""
-    if len(rows) < 2 or len(np.unique(groups[rows])) < 2:
+    """Mean cosine over up to `pairs` distinct pairs of `rows` from different groups, and how
+    many pairs that was: all of them when there are no more than `pairs`, else a random set."""
+    possible = different_group_pair_count(groups, rows) if len(rows) else 0
+    if possible == 0:
         return None, 0
-    # Draw a few more than needed, then drop same-group pairs; never loop unboundedly.
-    first = rng.choice(rows, size=pairs * 2)
-    second = rng.choice(rows, size=pairs * 2)
-    keep = groups[first] != groups[second]
-    first, second = first[keep][:pairs], second[keep][:pairs]
-    if len(first) == 0:
-        return None, 0
+    if possible <= pairs:
+        first, second = _all_different_group_pairs(groups, rows)
+    else:
+        # Draw more than needed, then drop same-group pairs and repeats (keeping draw order,
+        # so the set stays random); never loops, and may fall a little short of `pairs`.
+        first = rng.choice(rows, size=pairs * 2)
+        second = rng.choice(rows, size=pairs * 2)
+        keep = groups[first] != groups[second]
+        first, second = first[keep], second[keep]
+        low, high = np.minimum(first, second), np.maximum(first, second)
+        _, index = np.unique(low * (int(rows.max()) + 1) + high, return_index=True)
+        index = np.sort(index)[:pairs]
+        first, second = first[index], second[index]
     cosines = np.einsum("ij,ij->i", embeddings[first], embeddings[second])
     return float(cosines.mean()), int(len(first))
 
@@ -73,8 +100,24 @@ def view_similarity_table(embeddings: np.ndarray, groups: np.ndarray, labels: li
                                                        pairs_per_label, rng)
         table[label] = {"groups": len(label_groups), "views": int(len(rows)),
                         "within_group": float(np.mean(alike)) if alike else None,
-                        "between_groups": between, "pairs_sampled": sampled}
+                        "between_groups": between, "pairs_sampled": sampled,
+                        "pairs_possible": _possible_pairs(groups, rows, classes)}
     return table
+
+
+def _possible_pairs(groups: np.ndarray, rows: np.ndarray, classes: list[str] | None) -> int:
+    """Different-group pairs of `rows` that the between-group mean may draw from."""
+    if classes is None:
+        return different_group_pair_count(groups, rows)
+    return sum(different_group_pair_count(groups, members)
+               for members in _rows_by_class(rows, classes).values())
+
+
+def _rows_by_class(rows: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        by_class[classes[row]].append(int(row))
+    return {name: np.array(members) for name, members in sorted(by_class.items())}
 
 
 def _between_within_classes(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
@@ -82,12 +125,8 @@ def _between_within_classes(embeddings: np.ndarray, groups: np.ndarray, rows: np
                             rng: np.random.Generator) -> tuple[float | None, int]:
     """Mean cosine of random different-group pairs that share a class, the `pairs` shared out
     over the classes by their number of rows."""
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        by_class[classes[row]].append(int(row))
     total, sampled = 0.0, 0
-    for name in sorted(by_class):
-        members = np.array(by_class[name])
+    for members in _rows_by_class(rows, classes).values():
         share = max(1, round(pairs * len(members) / len(rows)))
         mean, count = sampled_between_group_mean(embeddings, groups, members, share, rng)
         if count:

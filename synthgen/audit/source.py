@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthgen.inspection import iter_samples, load_manifest
+from synthgen.recipe import CLASS_SLOT
 
 _HASH_CHUNK = 1 << 20
 
@@ -32,7 +33,13 @@ class ViewItem:
     corner_case: str | None
     strategy: str
     prompt: str
-    assigned: dict  # attribute -> value the recipe assigned (view-level overrides group-level)
+    # What the recipe recorded for this view, attribute or slot name -> value: the group's
+    # class (as `class`, the slot every template can use), slot values and balanced values,
+    # overridden by the view's own re-drawn slots and balanced values (the `slots` view
+    # strategy). Names in `assigned_per_view` are the view's own (they may differ between a
+    # group's views).
+    assigned: dict
+    assigned_per_view: tuple[str, ...] = ()
 
     @property
     def view_id(self) -> str:
@@ -51,7 +58,7 @@ class ShardProblems:
     missing: list[str] = field(default_factory=list)
     sha256_mismatches: list[dict] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
-    unreadable_samples: int = 0
+    unreadable_samples: list[dict] = field(default_factory=list)
 
 
 def dataset_shards(dataset_dir: Path) -> tuple[dict, list[dict]]:
@@ -93,20 +100,30 @@ def iter_views(dataset_dir: Path, shards: list[dict], problems: ShardProblems,
 
 def _sample_views(sample: dict, shard: str, problems: ShardProblems):
     try:
-        metadata = json.loads(sample["json"])
-    except (KeyError, ValueError):
-        problems.unreadable_samples += 1
+        items = list(_view_items(sample, shard))
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        # A sample whose json is absent or malformed lists no views the audit can trust.
+        problems.unreadable_samples.append(
+            {"shard": shard, "sample": str(sample.get("__key__")),
+             "error": f"{type(error).__name__}: {error}"})
         return
-    group_assigned = metadata.get("balance") or {}
+    yield from items
+
+
+def _view_items(sample: dict, shard: str):
+    metadata = json.loads(sample["json"])
+    label = {CLASS_SLOT: metadata["class_name"]} if metadata.get("class_name") is not None else {}
+    group_assigned = {**label, **(metadata.get("slots") or {}), **(metadata.get("balance") or {})}
     for index, view in enumerate(metadata.get("views") or []):
         file = view.get("file") or f"view{index}"
+        own = {**(view.get("slots") or {}), **(view.get("balance") or {})}
         yield ViewItem(
             key=sample["__key__"], view=int(view.get("view", index)), file=file, shard=shard,
             data=sample.get(file), class_name=metadata.get("class_name"),
             corner_case=metadata.get("corner_case"),
             strategy=_strategy_label(view.get("strategy") or metadata.get("view_strategy")),
             prompt=str(view.get("prompt") or ""),
-            assigned={**group_assigned, **(view.get("balance") or {})},
+            assigned={**group_assigned, **own}, assigned_per_view=tuple(own),
         )
 
 

@@ -8,8 +8,11 @@ Contracts:
 - an attribute has at least two distinct values and at least one template using `{value}`;
 - a value's target proportion is known per view from the recipe's `balance` entries (the
   entry whose `applies_to` names the view's class or corner case, else the one applying to
-  all); where none applies, the view has no target;
-- command-line attributes replace recipe attributes of the same name.
+  all); where none applies, the view has no target. An attribute no `balance` entry names but
+  a recipe slot does takes the slot's sampling weights (its class's own, else the recipe's;
+  even shares under `prompt_mode: enumerate`) as the target of the groups that drew a value;
+- command-line attributes replace recipe attributes of the same name; command-line templates
+  replace the templates of the attribute they name.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class AttributeSpec:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     targets: tuple[tuple[tuple[str, ...] | None, dict[str, float]], ...] = ()
     source: str = "recipe"
+    # Where `targets` come from: "balance" (exact quotas), "slot weights" (sampled; a target
+    # only for groups that recorded a value of the slot) or None (no recipe target).
+    target_from: str | None = "balance"
 
     def prompts(self, value: str) -> list[str]:
         return [template.replace("{value}", value).replace("{attribute}", self.name)
@@ -101,11 +107,27 @@ def parse_attribute_option(text: str) -> AttributeSpec:
     return AttributeSpec(name=name.strip(), values=values, source="command line")
 
 
+def parse_template_option(text: str) -> tuple[str, str]:
+    """`shape=a {value} on a gray background` -> (attribute name, template)."""
+    name, separator, template = text.partition("=")
+    if not separator or not name.strip() or not template.strip():
+        raise UserError(f"--template {text!r}: write NAME=TEMPLATE with {{value}} where the value "
+                        "goes, e.g. --template 'shape=a {value} on a gray background'")
+    return name.strip(), template.strip()
+
+
 def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | None = None,
                      attributes: list[AttributeSpec] = (), fidelity_threshold: float | None = None,
-                     duplicate_threshold: float | None = None) -> AuditSpec:
-    """The audit for a manifest's recipe, with command-line options taking precedence."""
-    audit = recipe.get("audit") or {}
+                     duplicate_threshold: float | None = None,
+                     templates: list[tuple[str, str]] = (),
+                     audit_block: dict | None = None) -> AuditSpec:
+    """The audit for a manifest's recipe, with command-line options taking precedence.
+
+    `templates` holds (attribute name, template) pairs from the command line; `audit_block`,
+    when given, is read instead of the recipe's own `audit:` section (targets still come from
+    the recipe that made the dataset).
+    """
+    audit = (audit_block if audit_block is not None else recipe.get("audit")) or {}
     balance = [entry for entry in recipe.get("balance") or [] if entry.get("attribute")]
     targets_by_attribute: dict[str, list] = {}
     for entry in balance:
@@ -113,23 +135,41 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
         targets_by_attribute.setdefault(entry["attribute"], []).append(
             (tuple(applies_to) if applies_to else None, dict(entry.get("values") or {})))
 
+    def targets(name: str) -> tuple[list, str | None]:
+        if name in targets_by_attribute:
+            return targets_by_attribute[name], "balance"
+        weights = slot_weight_targets(recipe, name)
+        return weights, ("slot weights" if weights else None)
+
     found: dict[str, AttributeSpec] = {}
     # The audit section says how to read an attribute (values, templates); balance entries of
-    # the same name supply the targets. A balanced attribute without an audit entry is read
-    # with its balance values and the default templates.
+    # the same name (else a slot of that name) supply the targets. A balanced attribute without
+    # an audit entry is read with its balance values and the default templates.
     for item in audit.get("attributes") or []:
         if not item.get("name"):
             continue
         found[item["name"]] = _attribute(item["name"], item.get("values") or [],
                                          item.get("templates") or DEFAULT_TEMPLATES,
-                                         targets_by_attribute.get(item["name"], []), "recipe audit")
-    for name, targets in targets_by_attribute.items():
+                                         *targets(item["name"]), "recipe audit")
+    for name in targets_by_attribute:
         if name not in found:
-            values = list(dict.fromkeys(v for _, proportions in targets for v in proportions))
-            found[name] = _attribute(name, values, DEFAULT_TEMPLATES, targets, "recipe balance")
+            values = list(dict.fromkeys(v for _, proportions in targets_by_attribute[name]
+                                        for v in proportions))
+            found[name] = _attribute(name, values, DEFAULT_TEMPLATES, *targets(name), "recipe balance")
     for option in attributes:
         found[option.name] = _attribute(option.name, list(option.values), option.templates,
-                                        targets_by_attribute.get(option.name, []), option.source)
+                                        *targets(option.name), option.source)
+    given: dict[str, list[str]] = {}
+    for name, template in templates:
+        if name not in found:
+            raise UserError(f"--template '{name}={template}': no attribute {name!r} to read; "
+                            f"attributes: {', '.join(found) or 'none'} (add one with "
+                            f"--attribute '{name}=a,b')")
+        given.setdefault(name, []).append(template)
+    for name, chosen in given.items():
+        attribute = found[name]
+        found[name] = _attribute(name, list(attribute.values), chosen, list(attribute.targets),
+                                 attribute.target_from, f"{attribute.source}, command-line templates")
 
     concepts = tuple(
         ConceptSpec(concept=entry["concept"], method=str(entry.get("method", "?")),
@@ -156,7 +196,36 @@ def _first(*candidates):
     return next(c for c in candidates if c is not None)
 
 
-def _attribute(name: str, values: list[str], templates, targets: list, source: str) -> AttributeSpec:
+def slot_weight_targets(recipe: dict, slot: str) -> list:
+    """(applies_to, {value: weight}) per class and corner case that can draw `slot`.
+
+    A class's own slot values replace the recipe's; `prompt_mode: enumerate` cycles through
+    the values evenly, so its target is even shares. Slots whose values hold other slots are
+    left out: the recorded value is then the expanded text, not one of the listed values.
+    """
+    shared = (recipe.get("slots") or {}).get(slot)
+    found = []
+    for entry in recipe.get("classes") or []:
+        weights = (entry.get("slots") or {}).get(slot, shared)
+        if entry.get("name") and weights:
+            mode = entry.get("prompt_mode") or recipe.get("prompt_mode") or "sample"
+            found.append(((entry["name"],), _slot_proportions(weights, mode)))
+    for entry in recipe.get("corner_cases") or []:
+        if entry.get("name") and shared:
+            found.append(((entry["name"],), _slot_proportions(shared, "sample")))
+    return [(applies_to, weights) for applies_to, weights in found
+            if not any("{" in value for value in weights)]
+
+
+def _slot_proportions(weights, mode: str) -> dict[str, float]:
+    # Recipes store weights as {value: weight}; a plain list (equal weights) is read too.
+    if mode == "enumerate" or not isinstance(weights, dict):
+        return {str(value): 1.0 for value in weights}
+    return {str(value): float(weight) for value, weight in weights.items()}
+
+
+def _attribute(name: str, values: list[str], templates, targets: list, target_from: str | None,
+               source: str) -> AttributeSpec:
     values = tuple(dict.fromkeys(values))
     if len(values) < 2:
         raise UserError(f"attribute {name!r}: needs at least two values to classify between "
@@ -177,4 +246,5 @@ def _attribute(name: str, values: list[str], templates, targets: list, source: s
         if total > 0:
             normalised.append((applies_to, {v: p / total for v, p in kept.items()}))
     return AttributeSpec(name=name, values=values, templates=templates,
-                         targets=tuple(normalised), source=source)
+                         targets=tuple(normalised), source=source,
+                         target_from=target_from if normalised else None)

@@ -7,8 +7,10 @@ its coarse texture), a text as the colour words it contains.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +94,9 @@ def build_dataset(out_dir: Path, groups: list[dict], recipe: dict | None = None,
     """Shards + manifest from group specs.
 
     A group spec: {"class": name, "colours": [one per view], "corner": name|None,
-    "balance": {...}|None, "prompt": str, "drop_view": index|None, "images": [bytes]|None}.
+    "balance": {...}|None, "slots": {...}|None, "view_fields": [{json fields} per view]|None,
+    "prompt": str | [one per view], "drop_view": index|None, "images": [bytes]|None,
+    "json": bytes|None}.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -102,14 +106,19 @@ def build_dataset(out_dir: Path, groups: list[dict], recipe: dict | None = None,
         colours = group["colours"]
         images = group.get("images") or [noise_image(c, seed=index * 100 + v) for v, c in enumerate(colours)]
         prompt = group.get("prompt", f"a {colours[0]} {group['class']}")
+        prompts = prompt if isinstance(prompt, list) else [prompt] * len(colours)
         metadata = {
             "group_id": key, "index": index, "class_name": group["class"], "class_index": 0,
             "corner_case": corner, "tags": [], "view_strategy": group.get("strategy", ["seeds"]),
-            "views": [{"view": v, "prompt": prompt, "negative_prompt": "", "seed": v,
+            "views": [{"view": v, "prompt": prompts[v], "negative_prompt": "", "seed": v,
                        "file": f"view{v}.png"} for v in range(len(colours))],
         }
         if group.get("balance"):
             metadata["balance"] = group["balance"]
+        if group.get("slots"):
+            metadata["slots"] = group["slots"]
+        for view, fields in zip(metadata["views"], group.get("view_fields") or []):
+            view.update(fields)
         sample = {"__key__": key, "json": canonical_json(metadata), "cls": b"0"}
         for v, data in enumerate(images):
             if v != group.get("drop_view"):
@@ -117,10 +126,31 @@ def build_dataset(out_dir: Path, groups: list[dict], recipe: dict | None = None,
         samples.append(sample)
     shards = []
     for shard, start in enumerate(range(0, len(samples), groups_per_shard)):
-        stats = write_shard(out_dir, shard, samples[start:start + groups_per_shard], {})
-        shards.append({key: stats.to_json()[key] for key in ("name", "samples", "images", "bytes", "sha256")})
+        stats = write_shard(out_dir, shard, samples[start:start + groups_per_shard], {}).to_json()
+        # "json": raw bytes in place of the metadata, to plant a damaged sample (write_shard
+        # reads the metadata it writes, so these are swapped into the finished tar).
+        damaged = {f"{sample['__key__']}.json": group["json"]
+                   for sample, group in zip(samples[start:], groups[start:start + groups_per_shard])
+                   if group.get("json") is not None}
+        if damaged:
+            stats.update(_replace_members(out_dir / stats["name"], damaged))
+        shards.append({key: stats[key] for key in ("name", "samples", "images", "bytes", "sha256")})
     manifest = {"format": "synthgen-dataset/1", "recipe_hash": "0" * 64,
                 "recipe": {"name": "handmade", **(recipe or {})}, "shards": shards,
                 "totals": {"shards": len(shards), "samples": len(samples)}}
     (out_dir / MANIFEST).write_text(json.dumps(manifest))
     return out_dir
+
+
+def _replace_members(path: Path, replacements: dict[str, bytes]) -> dict:
+    """Rewrite the tar at `path` with some members' bytes replaced; its new size and sha256."""
+    with tarfile.open(path) as source:
+        members = [(info, source.extractfile(info).read()) for info in source.getmembers()]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as target:
+        for info, data in members:
+            data = replacements.get(info.name, data)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return {"bytes": len(buffer.getvalue()), "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 from audit_fixtures import build_dataset
 
 from synthgen.audit.command import audit
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 RECIPE = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 1, "blue": 1},
                        "applies_to": None}],
@@ -65,7 +69,8 @@ def test_report_files_are_written_and_the_html_references_existing_pngs(tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["attributes"]) == {"colour", "shade"}
-    assert report["summary"]["unsure"] == pytest.approx(2 / 8)
+    # Counted per group (a group's views share a prompt): the olive group is unsure.
+    assert report["attributes"]["colour"]["scopes"]["overall"]["unsure_rate"] == pytest.approx(1 / 4)
     assert "classified" not in report["attributes"]["colour"]
     lines = [json.loads(line) for line in (report_dir / "views.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and lines[0]["colour"] == "red" and "clip_score" in lines[0]
@@ -113,7 +118,7 @@ def test_real_clip_path_end_to_end_and_cache(tmp_path, tiny_clip_dir):
     report = json.loads((dataset / "audit" / "report.json").read_text())
     assert report["totals"]["embedded_views"] == 8 and report["model"]["identity"].startswith(str(tiny_clip_dir))
     shape = report["attributes"]["shape"]["scopes"]["overall"]
-    assert shape["total"] + shape["unsure"] == 8
+    assert shape["total"] + shape["unsure"] == shape["units"] == 4 and shape["views"] == 8
     second = CliRunner().invoke(_cli(), arguments)
     assert second.exit_code == 0, second.output
     again = json.loads((dataset / "audit" / "report.json").read_text())
@@ -133,3 +138,53 @@ def test_a_rule_on_something_the_dataset_does_not_have_fails_as_not_measured(tmp
     assert result.exit_code == 1, result.output
     assert "FAILED disagreement>0.5: not measured" in result.output
     assert "low_fidelity" not in result.output.split("FAILED", 1)[1], "measured and below 0.9"
+
+
+def test_templates_come_from_the_command_line_or_a_recipe_files_audit_block(tmp_path, fake_encoder):
+    dataset = _dataset(tmp_path, ["red", "green", "blue"])
+    report_path = dataset / "audit" / "report.json"
+    result = CliRunner().invoke(_cli(), ["audit", str(dataset), "--quiet",
+                                         "--template", "colour=a {value} thing",
+                                         "--template", "colour=something {value}"])
+    assert result.exit_code == 0, result.output
+    colour = json.loads(report_path.read_text())["attributes"]["colour"]
+    assert colour["templates"] == ["a {value} thing", "something {value}"]
+    assert colour["source"] == "recipe balance, command-line templates"
+    # A recipe file's audit: block alone; the dataset's recipe still gives the colour target.
+    recipe = yaml.safe_load((REPOSITORY / "recipes" / "quickstart.yaml").read_text())
+    recipe["audit"] = {"margin": 0.2, "attributes": [{"name": "colour", "values": ["red", "blue"],
+                                                      "templates": ["a {value} shape"]}]}
+    recipe_file = tmp_path / "audit.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(_cli(), ["audit", str(dataset), "--quiet", "--recipe", str(recipe_file)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    colour = report["attributes"]["colour"]
+    assert colour["templates"] == ["a {value} shape"] and colour["values"] == ["red", "blue"]
+    assert colour["target_from"] == "balance" and report["settings"]["margin"] == 0.2
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--template", "shape=a {value}"], "no attribute 'shape'"),
+    (["--template", "colour=a plain photo"], "must use {value}"),
+    (["--template", "colour"], "--template"),
+    (["--recipe", "no-such-recipe.yaml"], "recipe file not found"),
+])
+def test_template_mistakes_exit_two_with_one_line(tmp_path, fake_encoder, arguments, message):
+    dataset = _dataset(tmp_path, ["red", "blue"])
+    result = CliRunner().invoke(_cli(), ["audit", str(dataset), "--quiet", *arguments])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_the_printed_summary_counts_groups_agreement_and_unreadable_samples(tmp_path, fake_encoder):
+    groups = [{"class": "circle", "colours": [c] * 2, "balance": {"colour": c}}
+              for c in ("red", "green", "blue", "red")]
+    groups[3]["json"] = b"{not json"
+    dataset = build_dataset(tmp_path / "data", groups, RECIPE)
+    result = CliRunner().invoke(_cli(), ["audit", str(dataset), "--quiet", "--fail-on", "integrity>0"])
+    assert result.exit_code == 1, result.output
+    assert "colour (per group): red 1, green 1, blue 1; unsure 0" in result.output
+    assert "counted per view: red 2, green 2, blue 2" in result.output
+    assert "agrees with the recorded colour in 3 of 3 sure groups" in result.output
+    assert "integrity 1: " in result.output and "1 unreadable samples" in result.output
+    assert "FAILED integrity>0: value 1" in result.output

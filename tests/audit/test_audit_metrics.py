@@ -52,11 +52,14 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 20)[0] == 0.0
 
 
-def test_agreement_counts_sure_views_only():
-    result = agreement_metrics([("red", "red"), ("red", None), ("blue", "red"), ("blue", "blue")])
-    assert (result["sure"], result["agree"], result["unsure"]) == (3, 2, 1)
-    assert result["confusion"] == {"red": {"red": 1, "unsure": 1}, "blue": {"red": 1, "blue": 1}}
-    assert agreement_metrics([]) is None
+def test_agreement_counts_sure_units_of_values_it_reads():
+    pairs = [("red", "red"), ("red", None), ("blue", "red"), ("blue", "blue"), ("olive", "red")]
+    result = agreement_metrics(pairs, ("red", "blue"))
+    assert (result["units"], result["sure"], result["agree"], result["unsure"], result["not_read"]) == (5, 3, 2, 1, 1)
+    assert result["confusion"] == {"red": {"red": 1, "unsure": 1}, "blue": {"red": 1, "blue": 1},
+                                   "olive": {"red": 1}}
+    assert result["ci95"] == pytest.approx(wilson_interval(2, 3))
+    assert agreement_metrics([], ("red", "blue")) is None
 
 
 def test_fail_on_rules_parse_and_fire_exactly_past_the_limit():

@@ -42,46 +42,57 @@ def test_counts_equal_a_counter_over_the_same_classifications(tmp_path):
     dataset = build_dataset(tmp_path / "data", groups)
     outcome = _audit(dataset)
     colour = outcome.report["attributes"]["colour"]
-    # What the fake says, classified view by view outside the audit.
+    # Views of a group record one colour: counted per group, per-view counts kept beside.
+    assert colour["unit"] == "group"
+    # What the fake says, classified view by view and group by group outside the audit.
     encoder = MeanColourEncoder()
     classifier = ZeroShotAttribute(spec_from_recipe(RECIPE).attributes[0], TextEmbeddings(encoder),
                                    encoder.logit_scale, margin=0.1)
     decoder = ImageDecoder(__import__("torch").device("cpu"))
-    by_scope: dict[str, Counter] = {"overall": Counter()}
-    unsure: Counter = Counter()
+    by_view = {"overall": Counter()}
+    by_group = {"overall": Counter()}
     for index, group in enumerate(groups):
         images = decoder.decode_batch([noise_image(c, index * 100 + v) for v, c in enumerate(group["colours"])])
-        choices, _ = classifier.classify(encoder.encode_images(images))
-        for choice in choices:
-            scope = f"class:{group['class']}"
-            if choice == UNSURE:
-                unsure[scope] += 1
-                unsure["overall"] += 1
-            else:
-                value = classifier.spec.values[choice]
-                by_scope.setdefault(scope, Counter())[value] += 1
-                by_scope["overall"][value] += 1
+        choices, probabilities = classifier.classify(encoder.encode_images(images))
+        scope = f"class:{group['class']}"
+        group_choice = classifier.decide(probabilities.mean(axis=0, keepdims=True))[0]
+        for counters, found in ((by_view, choices), (by_group, [group_choice])):
+            for choice in found:
+                value = "unsure" if choice == UNSURE else classifier.spec.values[choice]
+                counters.setdefault(scope, Counter())[value] += 1
+                counters["overall"][value] += 1
     decoder.close()
-    for scope, counter in by_scope.items():
-        measured = colour["scopes"][scope]["counts"]
-        assert {v: c for v, c in measured.items() if c} == dict(counter), scope
-        assert colour["scopes"][scope]["unsure"] == unsure[scope]
+    for scope, counter in by_group.items():
+        measured = colour["scopes"][scope]
+        assert {v: c for v, c in measured["counts"].items() if c} == {
+            v: c for v, c in counter.items() if v != "unsure"}, scope
+        assert measured["unsure"] == counter["unsure"] and measured["units"] == sum(counter.values())
+        per_view = measured["per_view"]
+        assert {v: c for v, c in per_view["counts"].items() if c} == {
+            v: c for v, c in by_view[scope].items() if v != "unsure"}, scope
+        assert per_view["unsure"] == by_view[scope]["unsure"]
     # And the fake classifies as intended: olive is unsure, the rest by colour.
-    intended = Counter(expected_label(c) for g in groups for c in g["colours"])
+    intended = Counter(expected_label(g["colours"][0]) for g in groups)
     assert colour["scopes"]["overall"]["counts"] == {v: intended[v] for v in COLOURS}
-    assert colour["scopes"]["overall"]["unsure"] == intended[None] == 3
-    assert outcome.summary["unsure"] == pytest.approx(3 / 30)
+    assert colour["scopes"]["overall"]["unsure"] == intended[None] == 1
+    assert colour["scopes"]["overall"]["per_view"]["unsure"] == 3
+    assert outcome.summary["unsure"] == pytest.approx(1 / 10)
 
 
 def test_metrics_agreement_suppression_fidelity_and_similarity(tmp_path):
     dataset = build_dataset(tmp_path / "data", _groups())
     report = _audit(dataset).report
     overall = report["attributes"]["colour"]["scopes"]["overall"]
-    # 9 red, 9 green, 9 blue sure views against a uniform target.
-    assert overall["counts"] == {"red": 9, "green": 9, "blue": 9}
+    # 3 red, 3 green, 3 blue sure groups (9 views each) against a uniform target.
+    assert overall["counts"] == {"red": 3, "green": 3, "blue": 3}
+    assert overall["per_view"]["counts"] == {"red": 9, "green": 9, "blue": 9}
     assert overall["kl"] == pytest.approx(0.0, abs=1e-12) and overall["chi2_p"] == pytest.approx(1.0)
     agreement = report["attributes"]["colour"]["agreement"]
-    assert agreement["agree"] == 27 and agreement["sure"] == 27 and agreement["unsure"] == 3
+    # The olive group records a value the audit does not read: in the confusion table only.
+    assert (agreement["agree"], agreement["sure"], agreement["unsure"], agreement["not_read"]) == (9, 9, 0, 1)
+    assert agreement["confusion"] == {"red": {"red": 3}, "green": {"green": 3}, "blue": {"blue": 3},
+                                      "olive": {"unsure": 1}}
+    assert agreement["per_view"] == {"units": 30, "sure": 27, "agree": 27, "agreement": 1.0}
     blue = report["suppression"]["blue"]
     assert (blue["detected"], blue["views"], blue["threshold"]) == (9, 30, 0.5)
     # A group's views share a colour and differ in noise: alike within, less so between colours.
@@ -104,7 +115,10 @@ def test_planted_imbalance_duplicate_and_black_image_are_found(tmp_path):
     dataset = build_dataset(tmp_path / "data", groups)
     outcome = _audit(dataset)
     summary, report = outcome.summary, outcome.report
-    assert summary["kl"] > 0.3 and report["attributes"]["colour"]["scopes"]["overall"]["chi2_p"] < 1e-3
+    overall = report["attributes"]["colour"]["scopes"]["overall"]
+    # 8 red groups of 10 against a uniform target; counting views would claim 20 draws.
+    assert summary["kl"] > 0.3 and 1e-3 < overall["chi2_p"] < 0.01
+    assert overall["per_view"]["chi2_p"] < 1e-3
     assert report["duplicates"]["view_pairs"] == 1 and report["duplicates"]["group_pairs"] == 1
     pair = report["duplicates"]["examples"][0]
     assert {pair["a"], pair["b"]} == {"class-circle-000001.view0.png", "class-circle-000005.view1.png"}
@@ -210,9 +224,10 @@ def test_targets_follow_applies_to_and_corner_cases_are_their_own_scope(tmp_path
     assert scopes["class:square"]["target"] == {"red": 0.25, "green": 0.5, "blue": 0.25}
     assert scopes["class:square"]["kl"] == pytest.approx(0.0, abs=1e-12)
     assert scopes["class:circle"]["target_source"] == "uniform (no recipe target)"
-    assert scopes["corner:ring"]["counts"] == {"red": 0, "green": 0, "blue": 2}
-    # The overall row covers the views the recipe balanced: the squares.
-    assert scopes["overall"]["views"] == 8 and scopes["overall"]["target_source"] == "recipe"
+    assert scopes["corner:ring"]["counts"] == {"red": 0, "green": 0, "blue": 1}
+    # The overall row covers the groups the recipe balanced: the squares.
+    assert (scopes["overall"]["units"], scopes["overall"]["views"]) == (4, 8)
+    assert scopes["overall"]["target_source"] == "recipe balance"
 
 
 def test_per_strategy_diversity_pairs_groups_of_one_class_only():
@@ -233,3 +248,94 @@ def test_per_strategy_diversity_pairs_groups_of_one_class_only():
     assert strategy["seeds"]["between_groups"] == pytest.approx(0.5, abs=0.01)
     mixed = view_similarity_table(embeddings, groups, ["seeds"] * 12, pairs_per_label=400)
     assert mixed["seeds"]["between_groups"] < 0.4, "without classes, pairs cross classes"
+
+
+@pytest.mark.parametrize("recorded_as", ["balance", "slots"])
+def test_an_attribute_recorded_per_view_is_counted_per_view(tmp_path, recorded_as):
+    # The slots view strategy re-draws a slot per view (the json's views[i].slots), and a view
+    # may record its own balanced value: each view is then one draw.
+    groups = [{"class": "circle", "colours": ["red", "green", "blue"],
+               "prompt": ["a red circle", "a green circle", "a blue circle"],
+               "view_fields": [{recorded_as: {"colour": c}} for c in ("red", "green", "blue")]}
+              for _ in range(4)]
+    colour = _audit(build_dataset(tmp_path / "data", groups)).report["attributes"]["colour"]
+    overall = colour["scopes"]["overall"]
+    assert colour["unit"] == "view" and "per_view" not in overall
+    assert overall["counts"] == {"red": 4, "green": 4, "blue": 4} and overall["units"] == 12
+    assert colour["agreement"]["agree"] == 12 and colour["agreement"]["sure"] == 12
+
+
+def test_unrecorded_attribute_unit_follows_the_prompts():
+    from synthgen.audit.run import attribute_unit
+    from synthgen.audit.source import ViewItem
+
+    def item(prompt, assigned=None):
+        return ViewItem(key="k", view=0, file="view0.png", shard="s", data=None, class_name="c",
+                        corner_case=None, strategy="prompt", prompt=prompt, assigned=assigned or {})
+
+    same = [item("a red circle"), item("a red circle")]
+    differ = [item("a circle at night"), item("a circle by day")]
+    groups = np.array([0, 0])
+    assert attribute_unit("light", same, groups) == "group"
+    assert attribute_unit("light", differ, groups) == "view"
+    recorded = [item("a circle at night", {"colour": "red"}), item("a circle by day", {"colour": "red"})]
+    assert attribute_unit("colour", recorded, groups) == "group"
+
+
+def test_slot_weights_are_the_target_and_recorded_slots_are_compared(tmp_path):
+    # colour is a sampled slot with weights 2:1:1 for circles; squares' template has no colour.
+    recipe = {"slots": {"colour": {"red": 2, "green": 1, "blue": 1}},
+              "classes": [{"name": "circle", "groups": 4}, {"name": "square", "groups": 2,
+                                                            "templates": ["a {class}"]}],
+              "audit": {"attributes": [{"name": "colour", "values": ["red", "green", "blue"]}]}}
+    groups = [{"class": "circle", "colours": [c] * 2, "slots": {"colour": recorded}}
+              for c, recorded in (("red", "red"), ("red", "red"), ("green", "green"), ("blue", "red"))]
+    groups += [{"class": "square", "colours": ["green"] * 2} for _ in range(2)]
+    colour = _audit(build_dataset(tmp_path / "data", groups), recipe).report["attributes"]["colour"]
+    assert colour["target_from"] == "slot weights"
+    circle, overall = colour["scopes"]["class:circle"], colour["scopes"]["overall"]
+    assert circle["target"] == pytest.approx({"red": 0.5, "green": 0.25, "blue": 0.25})
+    assert circle["target_source"] == "recipe slot weights"
+    # The squares drew no colour: no target, and outside the overall test.
+    assert colour["scopes"]["class:square"]["target_source"] == "uniform (no recipe target)"
+    assert overall["units"] == 4 and overall["counts"] == {"red": 2, "green": 1, "blue": 1}
+    agreement = colour["agreement"]
+    assert (agreement["agree"], agreement["sure"]) == (3, 4)
+    assert agreement["confusion"]["red"] == {"red": 2, "blue": 1}
+
+
+def test_damaged_samples_count_in_integrity_and_the_rest_of_the_shard_is_read(tmp_path):
+    groups = [{"class": "circle", "colours": ["red"] * 2} for _ in range(4)]
+    groups[1]["json"] = b"{not json"
+    groups[2]["json"] = json.dumps({"class_name": "circle", "views": [7]}).encode()  # a view is no dict
+    outcome = _audit(build_dataset(tmp_path / "data", groups))
+    integrity = outcome.report["integrity"]
+    assert [entry["sample"] for entry in integrity["unreadable_samples"]] == [
+        "class-circle-000001", "class-circle-000002"]
+    assert integrity["unreadable_shards"] == []
+    assert outcome.report["totals"]["groups"] == 2 and outcome.summary["integrity"] == 2
+
+
+def test_between_group_similarity_uses_each_pair_once_when_there_are_few():
+    from synthgen.audit.similarity import view_similarity_table
+
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(10, 4))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    groups = np.repeat(np.arange(5), 2)
+    row = view_similarity_table(embeddings, groups, ["c"] * 10, pairs_per_label=2000)["c"]
+    pairs = [(i, j) for i in range(10) for j in range(i + 1, 10) if groups[i] != groups[j]]
+    assert row["pairs_sampled"] == row["pairs_possible"] == len(pairs) == 40
+    assert row["between_groups"] == pytest.approx(np.mean([embeddings[i] @ embeddings[j] for i, j in pairs]))
+    many = view_similarity_table(embeddings, groups, ["c"] * 10, pairs_per_label=25)["c"]
+    assert many["pairs_sampled"] <= 25 and many["pairs_possible"] == 40
+
+
+def test_the_class_is_the_recorded_value_of_an_attribute_named_class(tmp_path):
+    # Templates fill {class} with the class name: reading "class" is checked against it.
+    groups = [{"class": "red", "colours": ["red"] * 2}, {"class": "green", "colours": ["green"] * 2},
+              {"class": "blue", "colours": ["red"] * 2}]
+    recipe = {"audit": {"attributes": [{"name": "class", "values": ["red", "green", "blue"]}]}}
+    reading = _audit(build_dataset(tmp_path / "data", groups), recipe).report["attributes"]["class"]
+    assert reading["unit"] == "group"
+    assert reading["agreement"]["confusion"] == {"red": {"red": 1}, "green": {"green": 1}, "blue": {"red": 1}}
