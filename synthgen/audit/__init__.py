@@ -11,8 +11,12 @@ vector per view) and per-view results stay in memory, never the images:
     classify.py   zero-shot attributes (prompt ensembles, "unsure" margin), concept detection
     metrics.py    distribution metrics: Wilson intervals, KL, entropy, chi-square, agreement
     similarity.py views alike within groups, diversity between groups, near-duplicates (blockwise)
+    measurements/ one module per measurement (attributes, suppression, similarity, fidelity,
+                  duplicates, integrity), each with its section, --fail-on figures, printed
+                  lines and report.html part; registered once in measurements/__init__.py
     run.py        strings the stages together into one report dict (+ images for the report)
-    thresholds.py --fail-on rules
-    report.py     report.json, report.html, PNG charts and contact sheets
+    thresholds.py --fail-on rules over the measurements' figures
+    render.py     HTML tables and captioned PNG pictures the report sections are built from
+    report.py     report.json, views.jsonl, report.html (page, summary, contact sheets)
     command.py    the click command `audit`
 """

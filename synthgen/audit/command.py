@@ -23,6 +23,14 @@ FAIL_EXIT = 1
               "[default: the recipe's audit.clip, else builtin:world-clip].")
 @click.option("--attribute", "attributes", multiple=True, metavar="NAME=V1,V2,...",
               help="Classify this attribute (repeatable); replaces a recipe attribute of the same name.")
+@click.option("--template", "templates", multiple=True, metavar="NAME=TEMPLATE",
+              help="A prompt template for reading attribute NAME, with {value} where the value "
+              "goes (repeatable; together they replace NAME's templates), e.g. "
+              "--template 'shape=a {value} on a gray background'.")
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read attributes, templates, margin, CLIP and thresholds from this recipe "
+              "file's audit: block instead of the dataset's own (targets still come from the "
+              "recipe that made the dataset).")
 @click.option("--margin", type=float, help="Top-1 minus top-2 probability below which a view is "
               "'unsure' [default: recipe audit.margin, else 0.1].")
 @click.option("--fidelity-threshold", type=float, help="CLIP score below which a view is low "
@@ -40,26 +48,36 @@ FAIL_EXIT = 1
 @click.option("--no-cache", is_flag=True, help="Neither read nor write embeddings.npz.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attributes: tuple[str, ...],
-          margin: float | None, fidelity_threshold: float | None, duplicate_threshold: float | None,
+          templates: tuple[str, ...], recipe_file: Path | None, margin: float | None,
+          fidelity_threshold: float | None, duplicate_threshold: float | None,
           fail_on: tuple[str, ...], device: str, dtype: str, batch_size: int, no_cache: bool,
           quiet: bool) -> None:
     """Measure what a dataset holds: attribute balance, suppressed concepts, view diversity,
     prompt fidelity, near-duplicates and integrity; writes report.json and report.html."""
+    from synthgen.audit.thresholds import METRICS, parse_fail_on
+    from synthgen.outputs import check_output_folder
+
+    # Every option is checked before a model loads, and before the imports of torch and
+    # transformers (seconds): a typo costs nothing.
+    rules = parse_fail_on(fail_on)
+    check_output_folder(report_dir or dataset_dir / "audit", "--report")
+
     from synthgen.audit import encoder as encoders
     from synthgen.devices import choose_device
     from synthgen.audit.cache import CACHE_FILE
     from synthgen.audit.report import write_report
     from synthgen.audit.run import AuditSettings, run_audit
     from synthgen.audit.source import dataset_shards
-    from synthgen.audit.spec import parse_attribute_option, spec_from_recipe
-    from synthgen.audit.thresholds import METRICS, parse_fail_on
+    from synthgen.audit.spec import parse_attribute_option, parse_template_option, spec_from_recipe
+    from synthgen.recipe import load_recipe
 
-    # Every option is checked before a model loads: a typo costs nothing.
-    rules = parse_fail_on(fail_on)
     manifest, _ = dataset_shards(dataset_dir)
+    audit_block = (load_recipe(recipe_file).audit.model_dump(mode="json")
+                   if recipe_file is not None else None)
     spec = spec_from_recipe(manifest.get("recipe") or {}, clip=clip, margin=margin,
                             attributes=[parse_attribute_option(a) for a in attributes],
-                            fidelity_threshold=fidelity_threshold,
+                            templates=[parse_template_option(t) for t in templates],
+                            audit_block=audit_block, fidelity_threshold=fidelity_threshold,
                             duplicate_threshold=duplicate_threshold)
     chosen_device = choose_device(device)
     if quiet:
@@ -81,7 +99,7 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
         if check["value"] is None:
             click.echo(f"FAILED {check['rule']}: not measured ({check['metric']}: "
                        f"{METRICS[check['metric']]}; nothing in this dataset to measure it on, "
-                       "or every view was unsure)", err=True)
+                       "or every unit was unsure)", err=True)
         else:
             click.echo(f"FAILED {check['rule']}: value {check['value']:.6g}", err=True)
     if failed:
@@ -89,32 +107,13 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
 
 
 def format_summary(report: dict) -> str:
+    """The lines `synthgen audit` prints: totals, then each measurement's own lines."""
+    from synthgen.audit.measurements import MEASUREMENTS
+
     totals = report["totals"]
     lines = [f"{report['dataset']}: {totals['groups']} groups, {totals['listed_views']} views, "
              f"{totals['embedded_views']} embedded ({totals['embeddings_from_cache']} from cache) "
              f"with {report['model']['identity']}"]
-    for name, metrics in report["attributes"].items():
-        overall = metrics["scopes"]["overall"]
-        counts = ", ".join(f"{v} {c}" for v, c in overall["counts"].items())
-        lines.append(f"  {name}: {counts}; unsure {overall['unsure']}; KL {_kl_text(overall)}"
-                     + ("" if overall["chi2_p"] is None else f", chi2 p {overall['chi2_p']:.3g}"))
-    for concept, data in report["suppression"].items():
-        lines.append(f"  suppressed {concept!r}: {data['detected']} of {data['views']} views above "
-                     f"{data['threshold']}")
-    fidelity, duplicates, integrity = report["fidelity"], report["duplicates"], report["integrity"]
-    mean = "-" if fidelity["mean"] is None else f"{fidelity['mean']:.4f}"
-    lines.append(f"  fidelity: mean {mean}, {fidelity['below']} views below {fidelity['threshold']}")
-    lines.append(f"  duplicates: {duplicates['view_pairs']} view pairs, {duplicates['groups_involved']} groups")
-    lines.append(f"  integrity: {len(integrity['missing_shards'])} missing shards, "
-                 f"{len(integrity['sha256_mismatches'])} sha256 mismatches, "
-                 f"{len(integrity['unreadable_shards'])} unreadable shards, "
-                 f"{len(integrity['missing_views'])} missing views, "
-                 f"{len(integrity['unreadable_views'])} unreadable views, "
-                 f"{len(integrity['black_views'])} black views")
+    for name, measurement in MEASUREMENTS.items():
+        lines.extend(measurement.printed(report[name]))
     return "\n".join(lines)
-
-
-def _kl_text(metrics: dict) -> str:
-    if metrics["kl"] is not None:
-        return f"{metrics['kl']:.4f}"
-    return "inf" if metrics["total"] else "-"

@@ -4,7 +4,8 @@ Stages, each a generator or a pure function over the previous one's output:
 1. `source.iter_views` streams views out of the shards (sha256 checked per shard);
 2. `embedded_batches` decodes and embeds them in batches, reusing cached embeddings;
 3. `ViewTable` keeps one small row per view (embedding, labels, prompt), never pixels;
-4. measurements over the table: attributes, suppression, fidelity, similarity, duplicates;
+4. every registered measurement (measurements/__init__.py) computes its section of the report
+   from the table, and its `--fail-on` figures from its section;
 5. a second, targeted read fetches the encoded bytes of the few views the report pictures.
 
 Contract of `run_audit`: returns `AuditOutcome` whose `report` is JSON-able (non-finite numbers
@@ -17,7 +18,7 @@ import hashlib
 import math
 import queue
 import threading
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -27,20 +28,16 @@ import torch
 
 from synthgen.audit import source
 from synthgen.audit.cache import EmbeddingCache, save_cache
-from synthgen.audit.classify import UNSURE, ConceptDetector, TextEmbeddings, ZeroShotAttribute
+from synthgen.audit.classify import TextEmbeddings
 from synthgen.audit.decode import ImageDecoder, black_flags
-from synthgen.audit.metrics import agreement_metrics, distribution_metrics
-from synthgen.audit.similarity import near_duplicates, view_similarity_table
-from synthgen.audit.spec import AuditSpec
+from synthgen.audit.measurements import MEASUREMENTS
+from synthgen.audit.measurements.base import MeasurementInputs
+from synthgen.audit.spec import ResolvedAuditSpec
 from synthgen.audit.thresholds import FailRule, evaluate
 
 # 2: attributes counted per group or per view ("unit"), recorded slot values, agreement per
 # unit; unreadable_samples is a list of samples, like every other integrity entry.
 REPORT_FORMAT = "synthgen-audit/2"
-OVERALL = "overall"
-# The integrity lists whose lengths add up to the `integrity` summary figure, in print order.
-DAMAGE_KINDS = ("missing_shards", "sha256_mismatches", "unreadable_shards", "unreadable_samples",
-                "missing_views", "unreadable_views", "black_views")
 
 
 @dataclass
@@ -217,7 +214,7 @@ def _without_data(item: source.ViewItem) -> source.ViewItem:
     return replace(item, data=None)
 
 
-def run_audit(dataset_dir: Path, spec: AuditSpec, encoder, settings: AuditSettings,
+def run_audit(dataset_dir: Path, spec: ResolvedAuditSpec, encoder, settings: AuditSettings,
               rules: list[FailRule] = ()) -> AuditOutcome:
     manifest, shards = source.dataset_shards(dataset_dir)
     problems = source.ShardProblems()
@@ -242,29 +239,12 @@ def run_audit(dataset_dir: Path, spec: AuditSpec, encoder, settings: AuditSettin
         save_cache(settings.cache_path, encoder.identity, table.view_ids, table.digests,
                    table.embeddings, table.black_array)
 
-    texts = TextEmbeddings(encoder)
-    attributes = {a.name: measure_attribute(table, a, texts, encoder.logit_scale, spec.margin)
-                  for a in spec.attributes}
-    suppression = {c.concept: measure_concept(table, ConceptDetector(c, texts, encoder.logit_scale))
-                   for c in spec.concepts}
-    fidelity = measure_fidelity(table, texts, spec.fidelity_threshold, settings.worst_views)
-    similarity = {
-        "per_class": view_similarity_table(table.embeddings, table.group_array,
-                                           [item.scope for item in table.items], settings.pairs_per_label),
-        "per_strategy": view_similarity_table(table.embeddings, table.group_array,
-                                              [item.strategy for item in table.items], settings.pairs_per_label,
-                                              classes=[item.scope for item in table.items]),
-    }
-    duplicates = measure_duplicates(table, spec.duplicate_threshold, settings)
-    integrity = {
-        "shards": len(shards), "missing_shards": problems.missing,
-        "sha256_mismatches": problems.sha256_mismatches, "unreadable_shards": problems.unreadable,
-        "unreadable_samples": problems.unreadable_samples,
-        "listed_views": table.listed_views, "missing_views": table.missing_views,
-        "unreadable_views": table.unreadable_views,
-        "black_views": [v for v, black in zip(table.view_ids, table.black) if black],
-    }
-    summary = summarize(attributes, suppression, fidelity, duplicates, integrity)
+    inputs = MeasurementInputs(table=table, spec=spec, texts=TextEmbeddings(encoder),
+                               logit_scale=encoder.logit_scale, settings=settings, shards=shards,
+                               problems=problems)
+    sections = {name: measurement.measure(inputs) for name, measurement in MEASUREMENTS.items()}
+    summary = {figure: value for name, measurement in MEASUREMENTS.items()
+               for figure, value in measurement.figures(sections[name]).items()}
     checks = evaluate(list(rules), summary)
     report = {
         "format": REPORT_FORMAT,
@@ -278,22 +258,18 @@ def run_audit(dataset_dir: Path, spec: AuditSpec, encoder, settings: AuditSettin
                      "batch_size": settings.batch_size, "device": str(settings.device)},
         "totals": {"groups": len(table.group_of_key), "listed_views": table.listed_views,
                    "embedded_views": len(table.view_ids), "embeddings_from_cache": cache.hits},
-        "attributes": attributes,
-        "suppression": suppression,
-        "fidelity": fidelity,
-        "similarity": similarity,
-        "duplicates": duplicates,
-        "integrity": integrity,
+        **sections,
         "sheets": dict(table.first_keys_by_scope),
         "recorded": _sheet_recorded_values(table, spec),
         "summary": summary,
         "checks": checks,
     }
+    report = json_safe(report)
     pictures = fetch_pictures(dataset_dir, shards, report, table)
-    return AuditOutcome(report=json_safe(report), summary=summary, checks=checks, pictures=pictures)
+    return AuditOutcome(report=report, summary=summary, checks=checks, pictures=pictures)
 
 
-def _sheet_recorded_values(table: ViewTable, spec: AuditSpec) -> dict[str, dict[str, str]]:
+def _sheet_recorded_values(table: ViewTable, spec: ResolvedAuditSpec) -> dict[str, dict[str, str]]:
     """The recorded values of the audited attributes for each view on a contact sheet."""
     keys = {key for keys in table.first_keys_by_scope.values() for key in keys}
     names = [attribute.name for attribute in spec.attributes]
@@ -307,239 +283,11 @@ def _progress(total: int | None, enabled: bool):
     return tqdm(total=total, unit="view", desc="audit", disable=not enabled)
 
 
-def _scopes(table: ViewTable) -> dict[str, np.ndarray]:
-    """Row indices of the whole dataset, each class and each corner case."""
-    return _rows_by_scope([item.scope for item in table.items])
-
-
-def _rows_by_scope(labels: list[str]) -> dict[str, np.ndarray]:
-    """Indices of all rows (`overall`) and of each label's rows, labels sorted."""
-    scopes: dict[str, list[int]] = defaultdict(list)
-    for row, label in enumerate(labels):
-        scopes[label].append(row)
-    return {OVERALL: np.arange(len(labels)),
-            **{name: np.array(rows, dtype=np.int64) for name, rows in sorted(scopes.items())}}
-
-
-def attribute_unit(name: str, items: list[source.ViewItem], groups: np.ndarray) -> str:
-    """What one observation of attribute `name` is: "group" or "view".
-
-    A value recorded per view (a view's own `slots` or `balance`) can differ between a group's
-    views: "view". A value recorded per group (its class, `slots` or `balance`) is the same in
-    all of them: "group".
-    Nothing recorded: "view" when some group's views have different prompts (the `prompt`
-    view strategy can vary what a view shows), else "group" (every view drew the same text).
-    """
-    if any(name in item.assigned_per_view for item in items):
-        return "view"
-    if any(name in item.assigned for item in items):
-        return "group"
-    prompt_of_group: dict[int, str] = {}
-    for item, group in zip(items, groups.tolist()):
-        if prompt_of_group.setdefault(group, item.prompt) != item.prompt:
-            return "view"
-    return "group"
-
-
-@dataclass
-class AttributeReadings:
-    """One row per counted unit (a group or a view) of one attribute."""
-
-    choice: np.ndarray                   # value index, or UNSURE
-    views: np.ndarray                    # views behind each reading (1 per view)
-    items: list[source.ViewItem]         # the unit's (first) view: class, scope, recorded values
-
-
-def group_readings(classifier: ZeroShotAttribute, probabilities: np.ndarray, groups: np.ndarray,
-                   items: list[source.ViewItem]) -> AttributeReadings:
-    """A group's reading is the margin rule applied to the mean of its views' probabilities:
-    it uses how sure each view is, is unsure when its views split, and equals the view's own
-    reading for a one-view group (a majority vote would need a tie rule and drop the margin)."""
-    present, first_rows, inverse, views = np.unique(groups, return_index=True,
-                                                    return_inverse=True, return_counts=True)
-    sums = np.zeros((len(present), probabilities.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, probabilities)
-    choice = classifier.decide(sums / views[:, None])
-    return AttributeReadings(choice, views, [items[row] for row in first_rows])
-
-
-def measure_attribute(table: ViewTable, attribute, texts: TextEmbeddings, logit_scale: float,
-                      margin: float) -> dict:
-    """Counts, distribution metrics against the target, unsure rate and agreement, per scope.
-
-    Counted in the attribute's unit (`attribute_unit`): per group where all views of a group
-    carry one value, so that tests and intervals count independent draws; the per-view counts
-    are kept beside them (`per_view`) where a group has more than one view.
-    """
-    values = attribute.values
-    classifier = ZeroShotAttribute(attribute, texts, logit_scale, margin)
-    if len(table.items):
-        choice, probabilities = classifier.classify(table.embeddings)
-    else:
-        choice, probabilities = np.zeros(0, np.int64), np.zeros((0, len(values)), np.float32)
-    by_view = AttributeReadings(choice, np.ones(len(choice), np.int64), table.items)
-    unit = attribute_unit(attribute.name, table.items, table.group_array)
-    readings = (group_readings(classifier, probabilities, table.group_array, table.items)
-                if unit == "group" else by_view)
-    scopes = _attribute_scopes(attribute, readings)
-    agreement = agreement_metrics(_recorded_pairs(attribute, readings), values)
-    if unit == "group" and len(readings.views) and readings.views.max() > 1:
-        view_scopes = _attribute_scopes(attribute, by_view)
-        for scope, metrics in scopes.items():
-            per_view = view_scopes.get(scope)
-            if per_view is not None:
-                metrics["per_view"] = {key: per_view[key] for key in
-                                       ("units", "counts", "unsure", "kl", "chi2", "chi2_p")}
-        view_agreement = agreement_metrics(_recorded_pairs(attribute, by_view), values)
-        if agreement and view_agreement:
-            agreement["per_view"] = {key: view_agreement[key]
-                                     for key in ("units", "sure", "agree", "agreement")}
-    return {"values": list(values), "templates": list(attribute.templates),
-            "source": attribute.source, "unit": unit, "target_from": attribute.target_from,
-            "scopes": scopes, "agreement": agreement,
-            "classified": {view_id: (values[c] if c != UNSURE else None)
-                           for view_id, c in zip(table.view_ids, choice)}}
-
-
-def _unit_target(attribute, item: source.ViewItem) -> dict[str, float] | None:
-    if attribute.target_from == "slot weights" and attribute.name not in item.assigned:
-        return None  # this group's template has no such slot: nothing was drawn
-    return attribute.target_for(item.class_name, item.corner_case)
-
-
-def _attribute_scopes(attribute, readings: AttributeReadings) -> dict[str, dict]:
-    """Distribution metrics of the readings against their targets, overall and per scope."""
-    values = attribute.values
-    targets = [_unit_target(attribute, item) for item in readings.items]
-    has_targets = any(t is not None for t in targets)
-    scopes = {}
-    for scope, rows in _rows_by_scope([item.scope for item in readings.items]).items():
-        if scope == OVERALL and has_targets:
-            # The recipe sets targets only where applies_to says; the overall test is over those.
-            rows = np.array([r for r in rows if targets[r] is not None], dtype=np.int64)
-        scope_targets = [targets[r] for r in rows if targets[r] is not None]
-        if scope_targets:
-            target = {v: float(np.mean([t[v] for t in scope_targets])) for v in values}
-            target_source = f"recipe {attribute.target_from}"
-        else:
-            target = {v: 1.0 / len(values) for v in values}
-            target_source = "uniform (no recipe target)"
-        counts = Counter(values[c] for c in readings.choice[rows] if c != UNSURE)
-        metrics = distribution_metrics({v: counts.get(v, 0) for v in values}, target)
-        unsure = int(np.sum(readings.choice[rows] == UNSURE))
-        metrics.update(units=int(len(rows)), views=int(readings.views[rows].sum()), unsure=unsure,
-                       unsure_rate=unsure / len(rows) if len(rows) else None,
-                       target_source=target_source)
-        scopes[scope] = metrics
-    return scopes
-
-
-def _recorded_pairs(attribute, readings: AttributeReadings) -> list[tuple[str, str | None]]:
-    """(recorded value, reading or None for unsure) for each unit that recorded a value."""
-    return [(str(item.assigned[attribute.name]),
-             attribute.values[c] if c != UNSURE else None)
-            for item, c in zip(readings.items, readings.choice) if attribute.name in item.assigned]
-
-
-def measure_concept(table: ViewTable, detector: ConceptDetector) -> dict:
-    spec = detector.spec
-    probability = (detector.probability(table.embeddings) if len(table.items)
-                   else np.zeros(0, np.float32))
-    detected = probability > spec.threshold
-    per_scope = {}
-    for scope, rows in _scopes(table).items():
-        # Counted per view: rejection acts on each view; the groups with a detected view say
-        # whether detections cluster in groups (a concept in a group's prompt shows in all).
-        groups = table.group_array[rows]
-        per_scope[scope] = {"views": int(len(rows)), "detected": int(detected[rows].sum()),
-                            "rate": float(detected[rows].mean()) if len(rows) else None,
-                            "groups": int(len(np.unique(groups))),
-                            "groups_detected": int(len(np.unique(groups[detected[rows]])))}
-    strongest = np.argsort(-probability)[:8]
-    return {"method": spec.method, "threshold": spec.threshold, "contrast": spec.contrast,
-            "generation_detector": spec.detector,
-            "prompts": spec.concept_prompts(), **per_scope[OVERALL], "per_scope": per_scope,
-            "strongest": [{"view": table.view_ids[i], "probability": float(probability[i])}
-                          for i in strongest]}
-
-
-def measure_fidelity(table: ViewTable, texts: TextEmbeddings, threshold: float, worst: int) -> dict:
-    """CLIP score (cosine of a view and its own prompt) per view; the views below threshold."""
-    if not len(table.items):
-        return {"threshold": threshold, "views": 0, "mean": None, "below": 0, "below_rate": None,
-                "per_scope": {}, "worst": []}
-    prompts = [item.prompt for item in table.items]
-    unique = list(dict.fromkeys(prompts))
-    index = {prompt: i for i, prompt in enumerate(unique)}
-    prompt_embeddings = texts(unique)
-    rows_prompt = np.array([index[p] for p in prompts])
-    scores = np.einsum("ij,ij->i", table.embeddings, prompt_embeddings[rows_prompt])
-    below = scores < threshold
-    per_scope = {scope: {"views": int(len(rows)), "mean": float(scores[rows].mean()),
-                         "below": int(below[rows].sum())}
-                 for scope, rows in _scopes(table).items() if scope != OVERALL}
-    lowest = np.argsort(scores)[:worst]
-    return {"threshold": threshold, "views": int(len(scores)), "mean": float(scores.mean()),
-            "median": float(np.median(scores)), "below": int(below.sum()),
-            "below_rate": float(below.mean()), "per_scope": per_scope,
-            "worst": [{"view": table.view_ids[i], "score": float(scores[i]),
-                       "prompt": table.items[i].prompt, "scope": table.items[i].scope}
-                      for i in lowest],
-            "per_view": dict(zip(table.view_ids, scores.tolist()))}
-
-
-def measure_duplicates(table: ViewTable, threshold: float, settings: AuditSettings) -> dict:
-    # Black views are all alike; they are reported under integrity, not as duplicates.
-    rows = np.nonzero(~table.black_array)[0] if len(table.items) else np.zeros(0, np.int64)
-    groups_total = len(table.group_of_key)
-    if len(rows) < 2:
-        return {"threshold": threshold, "view_pairs": 0, "group_pairs": 0, "groups_involved": 0,
-                "rate": 0.0 if groups_total else None, "examples": []}
-    found = near_duplicates(table.embeddings[rows], table.group_array[rows], threshold,
-                            keep=max(settings.duplicate_examples, 100), device=settings.device)
-    examples = [{"a": table.view_ids[rows[a]], "b": table.view_ids[rows[b]], "cosine": cosine}
-                for a, b, cosine in found["top"]]
-    return {"threshold": threshold, "view_pairs": found["view_pairs"],
-            "group_pairs": found["group_pairs"], "groups_involved": len(found["groups_involved"]),
-            "rate": len(found["groups_involved"]) / groups_total, "examples": examples}
-
-
-def summarize(attributes: dict, suppression: dict, fidelity: dict, duplicates: dict,
-              integrity: dict) -> dict:
-    """The numbers `--fail-on` reads (thresholds.METRICS); None where nothing was measured."""
-
-    def worst(values, pick=max):
-        present = [v for v in values if v is not None]
-        return pick(present) if present else None
-
-    def kl_of(metrics):
-        if metrics["total"] and metrics["impossible_values"]:
-            return math.inf
-        return metrics["kl"]
-
-    listed = integrity["listed_views"]
-    damaged = sum(len(integrity[kind]) for kind in DAMAGE_KINDS)
-    agreements = [a["agreement"] for a in (m["agreement"] for m in attributes.values()) if a]
-    return {
-        "kl": worst(kl_of(m["scopes"][OVERALL]) for m in attributes.values()),
-        "kl_any": worst(kl_of(s) for m in attributes.values() for s in m["scopes"].values()),
-        "chi2_p": worst((m["scopes"][OVERALL]["chi2_p"] for m in attributes.values()), min),
-        "unsure": worst(m["scopes"][OVERALL]["unsure_rate"] for m in attributes.values()),
-        "disagreement": worst(1 - a for a in agreements if a is not None),
-        "suppressed": worst(c["rate"] for c in suppression.values()),
-        "duplicates": duplicates["rate"],
-        "low_fidelity": fidelity["below_rate"],
-        "black": len(integrity["black_views"]) / listed if listed else None,
-        "unreadable": len(integrity["unreadable_views"]) / listed if listed else None,
-        "missing_views": len(integrity["missing_views"]) / listed if listed else None,
-        "integrity": damaged,
-    }
-
-
 def fetch_pictures(dataset_dir: Path, shards: list[dict], report: dict, table: ViewTable) -> dict[str, bytes]:
-    """Encoded bytes of the views the report shows: sheets, worst fidelity, duplicate pairs."""
-    wanted_views = {entry["view"] for entry in report["fidelity"]["worst"]}
-    wanted_views |= {v for pair in report["duplicates"]["examples"][:8] for v in (pair["a"], pair["b"])}
+    """Encoded bytes of the views the report shows: the contact sheets' groups, and the views
+    each measurement pictures (worst fidelity, duplicate pairs, ...)."""
+    wanted_views = {view for name, measurement in MEASUREMENTS.items()
+                    for view in measurement.pictured(report[name])}
     sheet_keys = {key for keys in table.first_keys_by_scope.values() for key in keys}
     keys = sheet_keys | {view.split(".", 1)[0] for view in wanted_views}
     shard_of_key = {item.key: item.shard for item in table.items}

@@ -12,9 +12,12 @@ All functions take unit image embeddings E (N, D), one row per readable view, an
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def within_group_means(embeddings: np.ndarray, groups: np.ndarray) -> dict[int, float]:
@@ -141,6 +144,10 @@ def near_duplicates(embeddings: np.ndarray, groups: np.ndarray, threshold: float
     Returns the number of such view pairs, the distinct group pairs and groups involved, and
     the `keep` most similar pairs as (row, row, cosine).
     """
+    # Imported here: the measurements import this module, and `synthgen audit` reads their
+    # --fail-on names before it imports torch (seconds).
+    import torch
+
     count = len(embeddings)
     matrix = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
     group_tensor = torch.from_numpy(groups.astype(np.int64)).to(device)

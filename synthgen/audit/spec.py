@@ -85,8 +85,10 @@ class ConceptSpec:
 
 
 @dataclass(frozen=True)
-class AuditSpec:
-    """Everything the audit measures and the thresholds it uses."""
+class ResolvedAuditSpec:
+    """Everything one audit measures and the thresholds it uses: the recipe's `audit:` block
+    as written (recipe.py's model of it) resolved against the rest of the recipe (balance
+    targets, slot weights, suppressed concepts) and the command line, by `spec_from_recipe`."""
 
     clip: str = DEFAULT_CLIP
     margin: float = DEFAULT_MARGIN
@@ -120,7 +122,7 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
                      attributes: list[AttributeSpec] = (), fidelity_threshold: float | None = None,
                      duplicate_threshold: float | None = None,
                      templates: list[tuple[str, str]] = (),
-                     audit_block: dict | None = None) -> AuditSpec:
+                     audit_block: dict | None = None) -> ResolvedAuditSpec:
     """The audit for a manifest's recipe, with command-line options taking precedence.
 
     `templates` holds (attribute name, template) pairs from the command line; `audit_block`,
@@ -180,7 +182,7 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
     chosen_margin = margin if margin is not None else audit.get("margin", DEFAULT_MARGIN)
     if not 0.0 <= chosen_margin < 1.0:
         raise UserError(f"--margin {chosen_margin}: must be in [0, 1)")
-    return AuditSpec(
+    return ResolvedAuditSpec(
         clip=clip or audit.get("clip") or DEFAULT_CLIP,
         margin=float(chosen_margin),
         attributes=tuple(found.values()),

@@ -12,26 +12,12 @@ import operator
 import re
 from dataclasses import dataclass
 
+from synthgen.audit.measurements import MEASUREMENTS
 from synthgen.errors import UserError
 
-# name -> what it is; the values are computed in run.py's `summary`.
-METRICS = {
-    "kl": "largest KL(measured || target) over attributes, whole dataset",
-    "kl_any": "largest KL over attributes and every class / corner case",
-    "chi2_p": "smallest chi-square p-value over attributes, whole dataset, counted in each "
-              "attribute's unit (groups, or views where a group's views differ)",
-    "unsure": "largest unsure rate over attributes, in each attribute's unit",
-    "disagreement": "largest share of sure units (groups or views) whose reading differs from "
-                    "the recorded value",
-    "suppressed": "largest detection rate over suppressed concepts",
-    "duplicates": "fraction of groups with a near-duplicate view in another group",
-    "low_fidelity": "fraction of views whose CLIP score is below the fidelity threshold",
-    "black": "fraction of views that are all black",
-    "unreadable": "fraction of views that do not decode",
-    "missing_views": "fraction of listed views absent from their sample",
-    "integrity": "number of damaged things: missing/unreadable/mismatched shards, unreadable "
-                 "samples, bad or missing views, black views",
-}
+# name -> what it is, from every measurement in the registry (each computes its own figures).
+METRICS = {name: meaning for measurement in MEASUREMENTS.values()
+           for name, meaning in measurement.fail_on.items()}
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 

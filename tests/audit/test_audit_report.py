@@ -15,6 +15,7 @@ from audit_fixtures import build_dataset, noise_image
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
+from synthgen.audit import render
 from synthgen.audit import report as report_module
 from synthgen.audit.command import audit
 
@@ -30,31 +31,31 @@ def _ink_right(image: Image.Image, box: tuple[int, int, int, int]) -> int:
 
 def _text_extent(text: str) -> float:
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return measure.textlength(text, font=report_module._font())
+    return measure.textlength(text, font=render.font())
 
 
 def test_long_group_ids_are_whole_on_sheets_worst_views_and_duplicate_pairs():
     key = f"class-{LONG_CLASS}-000001"
     picture = noise_image("red", 1)
-    needed = report_module.PAD + 0.95 * _text_extent(key)
+    needed = render.PAD + 0.95 * _text_extent(key)
     # Contact sheet: the id in the label column, left of the first thumbnail.
     report = {"attributes": {}, "recorded": {}}
     rows = report_module._sheet_rows(report, {f"{key}.view0.png": picture}, {}, [key])
     sheet = report_module._contact_sheet(rows)
-    label_width = sheet.width - report_module.CELL
-    assert _ink_right(sheet, (0, 0, label_width, report_module.PAD + report_module.LINE)) >= needed
+    label_width = sheet.width - render.CELL
+    assert _ink_right(sheet, (0, 0, label_width, render.PAD + render.LINE)) >= needed
     # Worst fidelity: class, group id and file beside each thumbnail.
-    lines = report_module._view_caption(f"{key}.view0.png", f"class:{LONG_CLASS}") + ["CLIP score 0.1"]
+    lines = render.view_caption(f"{key}.view0.png", f"class:{LONG_CLASS}") + ["CLIP score 0.1"]
     assert lines[:3] == [f"class:{LONG_CLASS}", key, "view0.png"]
-    grid = report_module._captioned_grid([(lines, picture)])
-    line_top = report_module.PAD + report_module.LINE
-    assert _ink_right(grid, (0, line_top, grid.width, line_top + report_module.LINE)) >= (
-        report_module.CELL + 0.95 * _text_extent(key))
+    grid = render.captioned_grid([(lines, picture)])
+    line_top = render.PAD + render.LINE
+    assert _ink_right(grid, (0, line_top, grid.width, line_top + render.LINE)) >= (
+        render.CELL + 0.95 * _text_extent(key))
     # Duplicate pairs: both view ids whole.
     pair = {"a": f"{key}.view0.png", "b": f"{key}.view1.png", "cosine": 0.99}
-    pairs = report_module._pair_sheet([(pair, picture, picture)])
-    assert _ink_right(pairs, (0, 0, pairs.width, report_module.PAD + report_module.LINE)) >= (
-        2 * report_module.CELL + 0.95 * _text_extent(pair["a"]))
+    pairs = render.pair_sheet([(pair, picture, picture)])
+    assert _ink_right(pairs, (0, 0, pairs.width, render.PAD + render.LINE)) >= (
+        2 * render.CELL + 0.95 * _text_extent(pair["a"]))
 
 
 def test_sheet_captions_show_what_was_read_and_mark_disagreement_in_red():
@@ -68,7 +69,7 @@ def test_sheet_captions_show_what_was_read_and_mark_disagreement_in_red():
                                             (views[f"{key}.view1.png"], [("unsure", True)])])]
     sheet = np.asarray(report_module._contact_sheet(rows))
     reddish = (sheet[..., 0] > 120) & (sheet[..., 1] < 60) & (sheet[..., 2] < 60)
-    below_thumbnails = reddish[report_module.CELL:]
+    below_thumbnails = reddish[render.CELL:]
     assert below_thumbnails.any(), "the disagreeing reading is drawn in red"
 
 

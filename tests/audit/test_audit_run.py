@@ -266,7 +266,7 @@ def test_an_attribute_recorded_per_view_is_counted_per_view(tmp_path, recorded_a
 
 
 def test_unrecorded_attribute_unit_follows_the_prompts():
-    from synthgen.audit.run import attribute_unit
+    from synthgen.audit.measurements.attributes import attribute_unit
     from synthgen.audit.source import ViewItem
 
     def item(prompt, assigned=None):

@@ -14,7 +14,8 @@ import pytest
 from audit_fixtures import MeanColourEncoder
 
 from synthgen.audit.classify import TextEmbeddings
-from synthgen.audit.run import EmbeddedView, ViewTable, measure_attribute
+from synthgen.audit.measurements.attributes import measure_attribute
+from synthgen.audit.run import EmbeddedView, ViewTable
 from synthgen.audit.source import ViewItem
 from synthgen.audit.spec import AttributeSpec
 
