@@ -1,14 +1,18 @@
 """Read a finished dataset back: counts per class and corner case, samples, contact sheets.
 
-Reads shards with webdataset only, so what it shows is what a trainer will see.
+Reads shards with the loader's own stages (`synthgen.data`), so what it shows is what a
+trainer will see, and it skips what a trainer's loader skips: unreadable tar data, samples
+whose json does not parse, that lack views or whose `cls` disagrees with their json. Each
+function collects what it skipped, and shards whose sha256 is not the manifest's, as one
+line each in a `damaged` list instead of raising.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -23,7 +27,11 @@ def load_manifest(dataset_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{dataset_dir}: no {MANIFEST}, so this is not a finished synthgen dataset; "
                         "run (or rerun) synthgen generate RECIPE --out DIR first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(f"{path}: is not valid JSON ({error}); rewrite it with synthgen "
+                        f"finalize {dataset_dir}") from None
 
 
 def shard_paths(dataset_dir: Path, manifest: dict) -> list[str]:
@@ -31,50 +39,98 @@ def shard_paths(dataset_dir: Path, manifest: dict) -> list[str]:
 
 
 def iter_samples(paths: list[str]):
-    """Yields raw webdataset samples (dicts of bytes keyed by extension), in shard order."""
+    """Yields raw webdataset samples (dicts of bytes keyed by extension), in shard order;
+    raises on unreadable tar data (see `readable_samples` for a reader that goes on)."""
     import webdataset
 
     dataset = webdataset.WebDataset(paths, shardshuffle=False, empty_check=False)
     yield from dataset
 
 
+def readable_samples(paths: list[str], damaged: list[str]) -> Iterator[tuple[dict, dict]]:
+    """Yields (raw webdataset sample, its json metadata) in shard order, for every sample the
+    loader would read; appends a line to `damaged` for each unreadable shard or sample."""
+    from synthgen.data.pipeline import DamagedSample, checked_metadata, tar_samples
+
+    def note(error: Exception) -> bool:
+        damaged.append(str(error))
+        return True
+
+    for sample in tar_samples(({"url": path} for path in paths), note):
+        try:
+            metadata, _, _ = checked_metadata(sample)
+        except DamagedSample as error:
+            note(error)
+            continue
+        yield sample, metadata
+
+
+def verify_shards(dataset_dir: Path, manifest: dict, damaged: list[str]) -> None:
+    """Appends a line to `damaged` for each shard whose sha256 is not the manifest's (bytes
+    flipped inside an image still decode, so only the digest shows them)."""
+    from synthgen.data.sources import ShardSource, verified_source
+
+    source = ShardSource(tuple(shard_paths(dataset_dir, manifest)),
+                         sha256=tuple(shard["sha256"] for shard in manifest["shards"]))
+    verified_source(source, lambda error: damaged.append(str(error)) or True)
+
+
 def count_groups(dataset_dir: Path) -> dict:
-    """Groups and images per class and per corner case, counted from the shards themselves."""
+    """Groups and images per class and per corner case, counted from the shards themselves;
+    per suppressed concept, the redraws (`rejections`) and the views stored although they
+    still failed (`suppression_failed`); `damaged` lists the shards and samples that could not
+    be counted or differ from the manifest's digest (empty for an intact dataset)."""
     manifest = load_manifest(dataset_dir)
     classes: Counter = Counter()
     corner_cases: Counter = Counter()
+    rejections: Counter = Counter()
+    suppression_failed: Counter = Counter()
     images = 0
-    for sample in iter_samples(shard_paths(dataset_dir, manifest)):
-        metadata = json.loads(sample["json"])
-        if metadata["corner_case"] is None:
-            classes[metadata["class_name"]] += 1
+    damaged: list[str] = []
+    verify_shards(dataset_dir, manifest, damaged)
+    for sample, metadata in readable_samples(shard_paths(dataset_dir, manifest), damaged):
+        if metadata.get("corner_case") is None:
+            classes[metadata.get("class_name")] += 1
         else:
             corner_cases[metadata["corner_case"]] += 1
         images += sum(1 for key in sample if key.startswith("view"))
+        for view in metadata.get("views") or ():
+            rejections.update(view.get("rejections", {}))
+            suppression_failed.update(view.get("suppression_failed", ()))
     return {"groups": sum(classes.values()) + sum(corner_cases.values()), "images": images,
-            "classes": dict(classes), "corner_cases": dict(corner_cases)}
+            "classes": dict(classes), "corner_cases": dict(corner_cases),
+            "rejections": dict(rejections), "suppression_failed": dict(suppression_failed),
+            "damaged": damaged}
 
 
-def shard_samples(dataset_dir: Path, shard: int) -> list[dict]:
-    """The metadata of every sample in one shard."""
+def shard_samples(dataset_dir: Path, shard: int, damaged: list[str]) -> list[dict]:
+    """The metadata of every readable sample in one shard (the rest goes to `damaged`)."""
     manifest = load_manifest(dataset_dir)
     if not 0 <= shard < len(manifest["shards"]):
         raise UserError(f"--shard {shard}: the dataset has shards 0 to {len(manifest['shards']) - 1}")
-    return [json.loads(sample["json"])
-            for sample in iter_samples([str(dataset_dir / manifest["shards"][shard]["name"])])]
+    return [metadata for _, metadata in
+            readable_samples([str(dataset_dir / manifest["shards"][shard]["name"])], damaged)]
 
 
-def contact_sheet(dataset_dir: Path, groups: int = 8, cell: int = 128) -> Image.Image:
-    """A grid, one row per group (first `groups` of the dataset), one column per view."""
+def contact_sheet(dataset_dir: Path, damaged: list[str], groups: int = 8,
+                  cell: int = 128) -> Image.Image:
+    """A grid, one row per group (first `groups` readable groups of the dataset), one column
+    per view; groups with a view that does not decode go to `damaged`."""
+    from synthgen.data.pipeline import DamagedSample, decoded_view
+
     manifest = load_manifest(dataset_dir)
     rows = []
-    for sample in iter_samples(shard_paths(dataset_dir, manifest)):
-        metadata = json.loads(sample["json"])
-        views = [Image.open(io.BytesIO(sample[view["file"]])).convert("RGB")
-                 for view in metadata["views"]]
+    for sample, metadata in readable_samples(shard_paths(dataset_dir, manifest), damaged):
+        try:
+            views = [decoded_view(sample, view["file"]) for view in metadata["views"]]
+        except DamagedSample as error:
+            damaged.append(str(error))
+            continue
         rows.append((metadata, views))
         if len(rows) == groups:
             break
+    if not rows:
+        raise UserError(f"--contact-sheet: {dataset_dir} has no readable group to show")
     label_width = 200
     columns = max(len(views) for _, views in rows)
     sheet = Image.new("RGB", (label_width + columns * cell, len(rows) * cell), "white")

@@ -17,9 +17,11 @@ atomic are accepted (`OBJECT_STORE_PROTOCOLS`); any other URL is refused with a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -37,9 +39,6 @@ IN_PROCESS_PROTOCOLS = ("memory",)
 _TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{16}\.tmp$")
 # A temporary file lives for one write (seconds at most); one this old has no writer left.
 STALE_TEMPORARY_SECONDS = 15 * 60
-# A dead pid alone is not proof: a process in another PID namespace (a container) on the same
-# host looks dead from here, so its file must also be this old.
-DEAD_WRITER_GRACE_SECONDS = 60
 
 
 class DatasetStore(Protocol):
@@ -70,6 +69,12 @@ class DatasetStore(Protocol):
 
     def remove_stale_temporaries(self, now: float | None = None) -> list[str]:
         """Remove what killed writers left behind that no live writer will finish."""
+
+    def sha256(self, name: str) -> str | None:
+        """The hex sha256 of `name`'s bytes, read once as a stream; None when it does not exist."""
+
+    def remove_folder(self, name: str) -> None:
+        """Remove the folder `name` and everything under it, if it exists."""
 
 
 Location = Union[str, os.PathLike, DatasetStore]
@@ -123,7 +128,18 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    """This host and PID namespace, as a temporary name records them.
+
+    Within one tag, a pid that does not run is proof that its writer is dead. The PID
+    namespace is part of the tag because a process in another one on the same host (a
+    container sharing the hostname) has pids that mean nothing here; without /proc (macOS,
+    the BSDs) there are no PID namespaces, and the hostname alone is the tag.
+    """
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    try:
+        return f"{host}_pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
 
 
 def temporary_path(path: Path) -> Path:
@@ -202,10 +218,22 @@ class LocalStore:
     def remove(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
 
+    def sha256(self, name: str) -> str | None:
+        try:
+            with (self.root / name).open("rb") as stream:
+                return hashlib.file_digest(stream, "sha256").hexdigest()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def remove_folder(self, name: str) -> None:
+        if (self.root / name).is_dir():
+            shutil.rmtree(self.root / name)
+
     def remove_stale_temporaries(self, now: float | None = None) -> list[str]:
         """Stale: the name carries no writer (older synthgen versions), the file is older
-        than `STALE_TEMPORARY_SECONDS`, or its writer is a process of this host that no
-        longer runs and the file is older than `DEAD_WRITER_GRACE_SECONDS`."""
+        than `STALE_TEMPORARY_SECONDS`, or its writer is a process of this host and PID
+        namespace (`host_tag`) that no longer runs, whatever the file's age: a rerun right
+        after a kill removes what the killed workers left."""
         now = time.time() if now is None else now
         host = host_tag()
         removed = []
@@ -218,8 +246,7 @@ class LocalStore:
             except FileNotFoundError:  # its writer renamed it meanwhile
                 continue
             stale = (owner is None or age > STALE_TEMPORARY_SECONDS
-                     or (age > DEAD_WRITER_GRACE_SECONDS and owner["host"] == host
-                         and not _process_alive(int(owner["pid"]))))
+                     or (owner["host"] == host and not _process_alive(int(owner["pid"]))))
             if stale:
                 entry.unlink(missing_ok=True)
                 removed.append(entry.name)
@@ -337,6 +364,22 @@ class FsspecStore:
 
     def remove_stale_temporaries(self, now: float | None = None) -> list[str]:
         return []  # one PUT is whole: nothing half-written is ever left behind
+
+    def sha256(self, name: str) -> str | None:
+        path = self._path(name)
+        self.fs.invalidate_cache(path)
+        try:
+            with self.fs.open(path, "rb") as stream:
+                return hashlib.file_digest(stream, "sha256").hexdigest()
+        except FileNotFoundError:
+            return None
+
+    def remove_folder(self, name: str) -> None:
+        path = self._path(name)
+        self.fs.invalidate_cache(path)
+        if self.fs.isdir(path):
+            self.fs.rm(path, recursive=True)
+        self.fs.invalidate_cache(path)
 
 
 def _filesystem(url: str):

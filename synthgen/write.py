@@ -2,10 +2,17 @@
 
 What holds for a dataset location (a directory or an object-store prefix, see `store.py`):
 - a `shard-NNNNNN.tar` is complete: a store never shows part of a file;
-- a shard is *done* only when its `.stats.json` exists, which is written after the tar;
-- `manifest.json` exists only when every planned shard is done;
-- `recipe.json` names the recipe the location belongs to; another recipe is refused, and so
-  are shards of other weights under the same model id (each shard's stats record a digest).
+- a shard is *done* only when its `.stats.json` exists, which is written after the tar, and
+  the tar has the size recorded there; a resume (`prepare_output_dir`, for the shards it
+  would skip) and `finalize_dataset` also check the recorded sha256, reading each tar once,
+  and rebuild (or name) a shard that fails;
+- `manifest.json` exists only when every planned shard is done; a run that writes it
+  leaves no temporary files of dead writers;
+- `recipe.json` names the recipe the location belongs to and the digest of its model's
+  weights; another recipe is refused, and so are shards of other weights under the same model
+  id (each shard's stats record a digest). A shard is published only while `recipe.json`
+  names its recipe and weights, so a worker that outlived its run publishes nothing into a
+  dataset that `--overwrite` started over with another recipe.
 Tar members have fixed order, mtime, owner and mode, so equal inputs give equal bytes.
 
 Several workers (processes, Ray actors, Slurm array tasks, on one machine or sharing a
@@ -14,7 +21,7 @@ filesystem or a bucket) may write into one location at once:
   conditional PUT on an object store), so of two workers racing on one shard exactly one
   publishes; the loser writes nothing else. Only the publisher writes the shard's stats file.
 - `prepare_output_dir` removes only stale temporary files (never a live worker's) and the
-  unfinished files of the shards its own run will build.
+  unfinished or damaged files of the shards its own run will build.
 
 Every function here takes a `Location`: a local path, an `s3://` (or other supported) URL,
 or an open `DatasetStore`.
@@ -46,6 +53,9 @@ DATASET_FORMAT = "synthgen-dataset/1"
 _SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
 _OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|\..*\.tmp)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
+# removes it with the dataset it described.
+AUDIT_FOLDER = "audit"
 
 
 def stats_name(shard: int) -> str:
@@ -161,14 +171,53 @@ def publish_shard(location: Location, shard: int, samples: list[dict], model_inf
     others get `published=False` and write nothing (their stats are what the shard would have
     had). A tar already there is never replaced: a rerun removes unfinished ones first
     (`prepare_output_dir`, `remove_unfinished_shard`).
+
+    Before and after the tar appears, `recipe.json` must name the samples' recipe hash and
+    `model_info`'s weights (`check_claim`): a worker whose run was replaced meanwhile (another
+    recipe with `--overwrite`, or a coordinator killed and rerun) gets a `UserError` and
+    leaves nothing published.
     """
     store = open_store(location)
     data, stats = shard_tar(shard, samples, model_info, nonfinite_views)
+    recipe_hashes = {json.loads(sample["json"])["recipe"]["hash"] for sample in samples}
+    check_claim(store, shard, recipe_hashes, model_info.get("weights"))
     published = store.publish_once(shard_name(shard), data)
     if published:
+        try:
+            # Again: a run with --overwrite may have claimed the location since the first look.
+            check_claim(store, shard, recipe_hashes, model_info.get("weights"))
+        except UserError:
+            store.remove(shard_name(shard))
+            raise
         # Stats last: a shard counts as done only once this file exists.
         store.write(stats_name(shard), canonical_json(stats.to_json()) + b"\n")
     return PublishResult(stats=stats, published=published)
+
+
+def check_claim(location: Location, shard: int, recipe_hashes: set[str],
+                weights: str | None) -> None:
+    """A `UserError` unless `recipe.json` names the one recipe hash in `recipe_hashes` and, if
+    it records weights, `weights`: what a shard about to be published must match."""
+    store = open_store(location)
+    try:
+        record = json.loads(store.read(RECIPE_FILE) or b"{}")
+    except ValueError:
+        record = {}
+    recorded_hash, recorded_weights = record.get("recipe_hash"), record.get("weights")
+    shown = ", ".join(sorted(str(h)[:12] for h in recipe_hashes))
+    if recipe_hashes != {recorded_hash}:
+        raise UserError(
+            f"--out {store.location}: {shard_name(shard)} of recipe {shown} was not published: "
+            f"{RECIPE_FILE} now names recipe {str(recorded_hash)[:12]}, so another run replaced "
+            "this dataset (--overwrite) while this one was building; let that run finish, or "
+            "give this one another --out")
+    if recorded_weights not in (None, weights):
+        raise UserError(
+            f"--out {store.location}: {shard_name(shard)} made with weights {weights} was not "
+            f"published: {RECIPE_FILE} records the dataset's weights as {recorded_weights} (the "
+            "model changed since this run started, or another run with other weights replaced "
+            "the dataset); pass --overwrite to start over with these weights, or choose "
+            "another --out")
 
 
 def shard_tar(shard: int, samples: list[dict], model_info: dict,
@@ -203,15 +252,32 @@ def read_stats(location: Location, shard: int) -> dict | None:
     return None if data is None else json.loads(data)
 
 
-def shard_done(location: Location, shard: int) -> bool:
-    """A shard is done when its stats file exists and its tar has the size the stats record."""
+def done_shard_stats(location: Location, shard: int, verify: bool = False) -> dict | None:
+    """The stats of `shard` if it is done, else None.
+
+    Done: its stats file exists and its tar has the size recorded there; with `verify`, the
+    tar's sha256 is also the recorded one (the tar is read once, as a stream). Bytes flipped
+    inside an image or the json keep the size, so only `verify` catches them.
+    """
     store = open_store(location)
-    stats = read_stats(store, shard)
-    return bool(stats) and store.size(shard_name(shard)) == stats["bytes"]
+    try:
+        stats = read_stats(store, shard)
+    except ValueError:  # a damaged stats file: the shard is rebuilt like an unfinished one
+        return None
+    if not stats or store.size(shard_name(shard)) != stats["bytes"]:
+        return None
+    if verify and store.sha256(shard_name(shard)) != stats["sha256"]:
+        return None
+    return stats
+
+
+def shard_done(location: Location, shard: int) -> bool:
+    """Whether `shard` is done, checked by size (`done_shard_stats`)."""
+    return done_shard_stats(location, shard) is not None
 
 
 def missing_shards(location: Location, plan: Plan) -> list[int]:
-    """The planned shards that are not done at `location`, in order."""
+    """The planned shards that are not done at `location` (checked by size), in order."""
     store = open_store(location)
     return [shard for shard in range(plan.shard_count) if not shard_done(store, shard)]
 
@@ -257,11 +323,14 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     """Make `location` ready for `plan` and return the shards already done there (all of them).
 
     Refuses a directory made from another recipe, or whose done shards were made by other
-    weights than the recipe's model has now (`generate/identity.py`), unless `overwrite`;
-    removes stale temporary files and the unfinished files of the shards this run will build
-    (`shards`, default all), and records the recipe. Only files synthgen writes are ever removed.
-    Safe when several workers prepare one directory at once, as long as none passes
-    `overwrite` (which deletes the dataset) and no two runs build the same shards.
+    weights than the recipe's model has now (`generate/identity.py`), unless `overwrite`
+    (which also removes the deleted dataset's `audit/` folder); removes stale temporary files
+    and the unfinished or damaged files of the shards this run will build (`shards`, default
+    all), and records the recipe and weights. The done shards of the selection are checked
+    against their recorded sha256 (each tar read once), the others by size. Only files
+    synthgen writes are ever removed. Safe when several workers prepare one directory at once,
+    as long as none passes `overwrite` (which deletes the dataset) and no two runs build the
+    same shards.
     """
     recipe = plan.recipe
     store = open_store(location)
@@ -270,29 +339,42 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
         for name in store.names():
             if _OWNED_FILE.match(name):
                 store.remove(name)
+        store.remove_folder(AUDIT_FOLDER)
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
-    if not store.publish_once(RECIPE_FILE, _recipe_record(recipe)):
-        existing = json.loads(store.read(RECIPE_FILE) or b"{}").get("recipe_hash")
-        if existing != recipe.recipe_hash:
+    #    (The weights are recorded below: another recipe is refused before its model is looked at.)
+    record = {"recipe_hash": recipe.recipe_hash, "weights": None}
+    if not store.publish_once(RECIPE_FILE, _recipe_record(recipe, None)):
+        record = json.loads(store.read(RECIPE_FILE) or b"{}")
+        if record.get("recipe_hash") != recipe.recipe_hash:
             raise UserError(
                 f"--out {store.location}: holds a dataset made from a different recipe (hash "
-                f"{str(existing)[:12]}, this recipe {recipe.recipe_hash[:12]}); choose another "
-                "--out, or pass --overwrite to delete that dataset and start over")
+                f"{str(record.get('recipe_hash'))[:12]}, this recipe {recipe.recipe_hash[:12]}); "
+                "choose another --out, or pass --overwrite to delete that dataset and start over")
+    # None: a hub model not downloaded yet; publishers and `write_manifest` check the shards.
+    weights = weights_digest(recipe.model)
     # 2. Debris of killed writers: only temporaries no live process will rename.
     store.remove_stale_temporaries()
-    # 3. Unfinished shards of this run's own selection (a tar published before its stats).
-    selected = range(plan.shard_count) if shards is None else shards
-    done = {shard for shard in range(plan.shard_count) if shard_done(store, shard)}
-    weights = weights_digest(recipe.model) if done else None
-    if weights is not None:  # None: a hub model not downloaded yet; `write_manifest` checks
-        stats_by_shard = {shard: read_stats(store, shard) for shard in done}
+    # 3. The done shards, each stats file read once: the selection's by digest, as this run
+    #    would otherwise skip them; the others (other slices' work) by size.
+    selected = set(range(plan.shard_count) if shards is None else shards)
+    stats_by_shard = {}
+    for shard in range(plan.shard_count):
+        stats = done_shard_stats(store, shard, verify=shard in selected)
+        if stats is not None:
+            stats_by_shard[shard] = stats
+    if weights is not None:
         _refuse_other_weights(store, recipe, stats_by_shard, weights)
-    for shard in selected:
-        if shard not in done:
-            remove_unfinished_shard(store, shard)
-    if len(done) < plan.shard_count:
+        if record.get("weights") != weights:
+            # Just claimed, or claimed under weights nothing was built with: publishers must
+            # match these.
+            store.write(RECIPE_FILE, _recipe_record(recipe, weights))
+    # 4. Unfinished or damaged shards of this run's own selection; no other run builds them.
+    for shard in sorted(selected - stats_by_shard.keys()):
+        store.remove(stats_name(shard))
+        store.remove(shard_name(shard))
+    if len(stats_by_shard) < plan.shard_count:
         store.remove(MANIFEST)
-    return done
+    return set(stats_by_shard)
 
 
 def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: dict[int, dict],
@@ -317,7 +399,7 @@ def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     store = open_store(location)
     # A look first: the claim is almost always there, and creating it writes a file.
     if store.size(RECIPE_FILE) is None:
-        store.publish_once(RECIPE_FILE, _recipe_record(recipe))
+        store.publish_once(RECIPE_FILE, _recipe_record(recipe, weights_digest(recipe.model)))
 
 
 def release_unused_claim(location: Location, recipe: Recipe) -> bool:
@@ -371,17 +453,34 @@ def finalize_dataset(location: Location) -> dict:
                         f"not the recorded {str(record.get('recipe_hash'))[:12]} (written by "
                         "another synthgen version?); finalize with the version that generated it")
     plan = make_plan(recipe)
-    missing = missing_shards(store, plan)
-    if missing:
-        raise UserError(
-            f"{store.location}: {len(missing)} of {plan.shard_count} shards are not finished "
-            f"(shards {format_shard_ranges(missing)}); build them with synthgen generate RECIPE "
-            f"--out {store.location} --shards {format_shard_ranges(missing)}, then finalize again")
+    # Every finished tar is read once against its recorded sha256: a manifest vouches for them.
+    unfinished, damaged = [], []
+    for shard in range(plan.shard_count):
+        stats = done_shard_stats(store, shard)
+        if stats is None:
+            unfinished.append(shard)
+        elif store.sha256(shard_name(shard)) != stats["sha256"]:
+            damaged.append(shard)
+    if unfinished or damaged:
+        problems = []
+        if unfinished:
+            problems.append(f"{len(unfinished)} of {plan.shard_count} shards are not finished "
+                            f"(shards {format_shard_ranges(unfinished)})")
+        if damaged:
+            problems.append(f"shards {format_shard_ranges(damaged)} do not match the sha256 "
+                            "their stats file records (damaged since they were written)")
+        rebuild = format_shard_ranges(unfinished + damaged)
+        raise UserError(f"{store.location}: {'; '.join(problems)}; build them with synthgen "
+                        f"generate RECIPE --out {store.location} --shards {rebuild}, then "
+                        "finalize again")
     return write_manifest(store, plan)
 
 
-def _recipe_record(recipe: Recipe) -> bytes:
-    return json.dumps({"recipe_hash": recipe.recipe_hash, "recipe": recipe.model_dump(mode="json")},
+def _recipe_record(recipe: Recipe, weights: str | None) -> bytes:
+    """`recipe.json`: the recipe, its hash, and the digest of its model's weights (None for a
+    hub model not downloaded yet)."""
+    return json.dumps({"recipe_hash": recipe.recipe_hash, "weights": weights,
+                       "recipe": recipe.model_dump(mode="json")},
                       indent=2, sort_keys=True).encode() + b"\n"
 
 
@@ -398,8 +497,12 @@ def library_versions() -> dict:
 
 
 def write_manifest(location: Location, plan: Plan) -> dict:
-    """Assemble `manifest.json` from the stats files alone; refuses while a shard is missing."""
+    """Assemble `manifest.json` from the stats files alone; refuses while a shard is missing.
+
+    Removes the temporary files of dead writers first: a finished dataset holds none.
+    """
     store = open_store(location)
+    store.remove_stale_temporaries()
     shards = []
     for shard in range(plan.shard_count):
         stats = read_stats(store, shard)

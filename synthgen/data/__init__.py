@@ -11,10 +11,13 @@ Depends on torch, torchvision and webdataset only (never on synthgen.generate or
 
 from synthgen.data.augment import make_augmentation, resize_only, simclr_augmentation
 from synthgen.data.labelled import labelled_batches, load_labelled
-from synthgen.data.pipeline import (GroupBatch, GroupLoader, GroupSample, GroupViewDataset,
-                                    group_loader, split_info, stable_seed)
-from synthgen.data.sources import ShardSource, resolve_shards
+from synthgen.data.pipeline import (SKIP_REASONS, DamagedSample, GroupBatch, GroupLoader,
+                                    GroupSample, GroupViewDataset, UnreadableShard, group_loader,
+                                    split_info, stable_seed)
+from synthgen.data.sources import ShardChecksumError, ShardSource, resolve_shards
 
-__all__ = ["GroupBatch", "GroupLoader", "GroupSample", "GroupViewDataset", "ShardSource",
-           "group_loader", "labelled_batches", "load_labelled", "make_augmentation",
-           "resize_only", "resolve_shards", "simclr_augmentation", "split_info", "stable_seed"]
+__all__ = ["SKIP_REASONS", "DamagedSample", "GroupBatch", "GroupLoader", "GroupSample",
+           "GroupViewDataset", "ShardChecksumError", "ShardSource", "group_loader",
+           "labelled_batches", "load_labelled", "make_augmentation", "resize_only",
+           "resolve_shards", "simclr_augmentation", "split_info", "stable_seed",
+           "UnreadableShard"]

@@ -27,29 +27,34 @@ def decode_solid_colour(pixel) -> tuple[int, int, int]:
     return red, green // 16, green % 16
 
 
-def _png(colour: tuple[int, int, int], size: int) -> bytes:
+def _image(colour: tuple[int, int, int], size: int, extension: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8)).save(
+        buffer, {"png": "PNG", "jpg": "JPEG"}[extension])
     return buffer.getvalue()
 
 
 def solid_sample(group: int, class_index: int, views: int, size: int = 16,
-                 class_names: tuple[str, ...] = ("a", "b", "c", "d")) -> dict:
-    """One sample in synthgen's format (key, viewN.png, json, cls) of solid-colour views."""
+                 class_names: tuple[str, ...] = ("a", "b", "c", "d"),
+                 extension: str = "png") -> dict:
+    """One sample in synthgen's format (key, viewN.png, json, cls) of solid-colour views
+    (`extension` "jpg": JPEG views, whose colours are only close to the solid ones)."""
     group_id = f"class-{class_names[class_index]}-{group:06d}"
     metadata = {"group_id": group_id, "index": group, "class_index": class_index,
                 "class_name": class_names[class_index], "view_strategy": ["seeds"],
-                "views": [{"view": v, "file": f"view{v}.png", "seed": group * 100 + v}
+                "views": [{"view": v, "file": f"view{v}.{extension}", "seed": group * 100 + v}
                           for v in range(views)]}
     sample = {"__key__": group_id, "json": json.dumps(metadata, sort_keys=True).encode(),
               "cls": str(class_index).encode()}
     for view in range(views):
-        sample[f"view{view}.png"] = _png(solid_colour(group, view, class_index), size)
+        sample[f"view{view}.{extension}"] = _image(solid_colour(group, view, class_index), size,
+                                                   extension)
     return sample
 
 
 def write_solid_dataset(out_dir: Path, shards: int, groups_per_shard: int, views: int,
-                        classes: int = 4, size: int = 16, manifest: bool = True) -> list[str]:
+                        classes: int = 4, size: int = 16, manifest: bool = True,
+                        extension: str = "png") -> list[str]:
     """Write `shards` shards of solid-colour groups (group g has class g mod `classes`) into
     `out_dir` with `synthgen.write.write_shard`, plus a minimal manifest.json unless told not
     to; returns the group ids in write order."""
@@ -59,7 +64,7 @@ def write_solid_dataset(out_dir: Path, shards: int, groups_per_shard: int, views
     out_dir.mkdir(parents=True, exist_ok=True)
     group_ids, shard_records = [], []
     for shard in range(shards):
-        samples = [solid_sample(g, g % classes, views, size)
+        samples = [solid_sample(g, g % classes, views, size, extension=extension)
                    for g in range(shard * groups_per_shard, (shard + 1) * groups_per_shard)]
         stats = write_shard(out_dir, shard, samples, SOLID_MODEL_INFO)
         group_ids += [sample["__key__"] for sample in samples]

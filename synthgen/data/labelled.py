@@ -7,10 +7,11 @@ an ImageFolder tree (`root/CLASS/xxx.png`, classes indexed in sorted order, torc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import webdataset as wds
 
 from synthgen.data.augment import resize_only
 from synthgen.data.pipeline import group_loader
@@ -25,17 +26,20 @@ def is_shard_dataset(data) -> bool:
     return (path / MANIFEST).is_file() or any(path.glob(SHARD_GLOB))
 
 
-def labelled_batches(data, resolution: int, batch_size: int = 256,
-                     num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def labelled_batches(data, resolution: int, batch_size: int = 256, num_workers: int = 0,
+                     handler: Callable[[Exception], bool] = wds.warn_and_continue,
+                     verify: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yields (images float (B, 3, res, res) in [0, 1], labels long (B,)) over `data` once.
 
     Shards give one view per group (k=1: the loader's seeded choice, the same every call) and
     its `cls` label; a directory without shards is read as a torchvision ImageFolder.
-    Deterministic: the same images in the same order every call.
+    Deterministic: the same images in the same order every call. `handler` and `verify`: as
+    for `group_loader` (damaged samples are skipped with a warning by default).
     """
     if isinstance(data, (list, tuple)) or is_shard_dataset(data):
         loader = group_loader(data, views=1, batch_size=batch_size, resolution=resolution,
-                              augment="none", mode="eval", num_workers=num_workers)
+                              augment="none", mode="eval", num_workers=num_workers,
+                              handler=handler, verify=verify)
         for batch in loader:
             yield batch.views[:, 0], batch.class_index
         return

@@ -9,6 +9,16 @@ Stages are plain generators, chained inside `GroupViewDataset.iterator1` (a webd
       -> pick k of the group's V views, decode, augment each (GroupSample)
       -> collate (GroupBatch)
 
+Damaged data: an unreadable shard or part of one (a truncated tar), and a sample whose json
+does not parse, whose image does not decode, that lacks views its json lists or whose `cls`
+disagrees with its json, go to a webdataset-style `handler` (default `warn_and_continue`:
+warn and skip; `wds.reraise_exception` stops the run) and are counted in
+`GroupLoader.skipped`. Bytes flipped inside a JPEG can still decode, to wrong pixels: only the
+shard's sha256 shows that, so `verify=True` reads every shard once, when the loader is built,
+against the sha256 that manifest.json (or the stats files) record, and leaves out (or, with a
+raising handler, stops at) the shards that differ. It is off by default because it reads the
+whole dataset; turn it on for data copied or stored where bytes can rot.
+
 Determinism: everything random is seeded from (seed, epoch, ...) with a stable hash, never from
 the process: which shards a (rank, worker) draws, the shuffle order, which k views a group
 shows in an epoch (seeded by group id, so independent of shard order and worker) and its crops.
@@ -47,11 +57,62 @@ import webdataset as wds
 from PIL import Image
 
 from synthgen.data.augment import make_augmentation
-from synthgen.data.sources import ShardSource, resolve_shards
+from synthgen.data.sources import ShardSource, resolve_shards, verified_source
 from synthgen.errors import UserError
 
 VIEW_FILE = re.compile(r"^view(\d+)\.(jpg|jpeg|png|webp)$")
 MODES = ("train", "eval")
+# What the loader leaves out, counted per reason (`GroupLoader.skipped`): shards whose sha256
+# differs (verify=True); unreadable tar data; samples whose json, image, views or label is
+# damaged.
+SKIP_REASONS = ("checksum", "tar", "json", "image", "views", "label")
+
+
+class DamagedSample(ValueError):
+    """A sample that cannot be read as the group it claims to be; `reason` is one of
+    `SKIP_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnreadableShard(ValueError):
+    """A shard whose tar data cannot be read (to its end)."""
+
+    reason = "tar"
+
+
+class SkipCounts:
+    """Counts per `SKIP_REASONS`, one row per DataLoader worker in shared memory, so the
+    main process sees what its workers skipped (each row has one writer: no lock needed)."""
+
+    def __init__(self, workers: int):
+        rows = max(1, workers)
+        self.table = torch.zeros(rows, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+
+    def add(self, reason: str) -> None:
+        info = torch.utils.data.get_worker_info()
+        # The modulo only matters for a DataLoader with more workers than the loader was
+        # built for (a caller's own); rows then have two writers and may lose a count.
+        row = 0 if info is None else info.id % self.table.shape[0]
+        self.table[row, SKIP_REASONS.index(reason)] += 1
+
+    def totals(self) -> dict[str, int]:
+        return dict(zip(SKIP_REASONS, self.table.sum(0).tolist()))
+
+
+class CountingHandler:
+    """A webdataset handler that counts what it is given, then defers to `handler`.
+    (A class rather than a closure so spawned DataLoader workers can unpickle it.)"""
+
+    def __init__(self, handler: Callable[[Exception], bool], counts: SkipCounts):
+        self.handler = handler
+        self.counts = counts
+
+    def __call__(self, error: Exception) -> bool:
+        self.counts.add(error.reason)  # DamagedSample, UnreadableShard, ShardChecksumError
+        return self.handler(error)
 
 
 class GroupSample(NamedTuple):
@@ -115,6 +176,27 @@ def partitioned_shard_urls(urls: tuple[str, ...], rank: int, world_size: int, wo
             yield {"url": url}
 
 
+# Stage: yields the webdataset samples of each shard in turn. Unreadable tar data (a shard
+# cut short, a missing file) ends its shard and goes to `handler` once per shard, after the
+# samples read before it; a False from the handler ends the stream.
+def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    for source in urls:
+        errors: list[Exception] = []
+
+        def end_shard(error: Exception) -> bool:
+            errors.append(error)
+            return False  # webdataset would otherwise report a broken stream once per member
+
+        yield from wds.tarfile_samples([source], handler=end_shard)
+        if errors:
+            error = errors[0]
+            detail = str(error.args[0]).split(" @ ")[0] if error.args else ""
+            if not handler(UnreadableShard(f"{source['url']}: unreadable tar data "
+                                           f"({type(error).__name__}: {detail}); the samples "
+                                           "before it were read")):
+                return
+
+
 # Stage: yields the same samples, mixed within a buffer of `buffer_size` (0 or 1: unchanged).
 def shuffled(samples: Iterable, buffer_size: int, rng: random.Random) -> Iterator:
     if buffer_size <= 1:
@@ -142,13 +224,63 @@ def decode_image(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
+def checked_metadata(sample: dict) -> tuple[dict, list[tuple[int, str]], int]:
+    """(json metadata, view files, class index) of a sample, or a `DamagedSample`: no json
+    (every synthgen sample has one; a shard cut short can leave a sample without), json that
+    does not parse, views its json lists but the sample lacks, a `cls` that is not the json's
+    class index."""
+    where = f"group {sample['__key__']} in {sample.get('__url__', '?')}"
+    if "json" not in sample:
+        raise DamagedSample("json", f"{where}: has no json member")
+    try:
+        metadata = json.loads(sample["json"])
+    except ValueError as error:
+        raise DamagedSample("json", f"{where}: its json does not parse ({error})") from None
+    views = (metadata.get("views") or []) if isinstance(metadata, dict) else None
+    if not isinstance(views, list) or not all(isinstance(view, dict) for view in views):
+        raise DamagedSample("json", f"{where}: its json is not a synthgen sample's (an object "
+                                    "with a list of views)")
+    files = view_files(sample)
+    listed = {view.get("file") for view in views}
+    if listed and not listed <= {name for _, name in files}:
+        missing = sorted(str(name) for name in listed - {name for _, name in files})
+        raise DamagedSample("views", f"{where}: lacks {', '.join(missing)}, which its json lists")
+    recorded = metadata.get("class_index")
+    label = sample.get("cls", -1 if recorded is None else recorded)
+    try:
+        class_index = int(label)
+    except (TypeError, ValueError):
+        raise DamagedSample("label", f"{where}: its class index {label!r:.30} is not a "
+                                     "number") from None
+    if recorded is not None and class_index != recorded:
+        raise DamagedSample("label", f"{where}: its cls says class {class_index}, its json "
+                                     f"class {recorded}")
+    return metadata, files, class_index
+
+
+def decoded_view(sample: dict, name: str) -> Image.Image:
+    try:
+        return decode_image(sample[name])
+    except Exception as error:  # noqa: BLE001 - PIL raises many kinds for damaged bytes
+        raise DamagedSample("image", f"group {sample['__key__']} in {sample.get('__url__', '?')}: "
+                                     f"{name} does not decode ({type(error).__name__}: {error})"
+                            ) from None
+
+
 # Stage: yields a GroupSample per webdataset sample: k of its views, each augmented c times.
+# Damaged samples go to `handler` (skipped when it returns True, the end when False).
 def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augment: Callable,
-                  seed: int, epoch: int) -> Iterator[GroupSample]:
+                  seed: int, epoch: int,
+                  handler: Callable[[Exception], bool] = wds.reraise_exception
+                  ) -> Iterator[GroupSample]:
     for sample in samples:
         group_id = sample["__key__"]
-        metadata = json.loads(sample["json"]) if "json" in sample else {}
-        files = view_files(sample)
+        try:
+            metadata, files, class_index = checked_metadata(sample)
+        except DamagedSample as error:
+            if handler(error):
+                continue
+            return
         if len(files) < views:
             raise UserError(
                 f"views: {views} views per group asked, but group {group_id} (in "
@@ -157,11 +289,15 @@ def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augm
         # Which views this epoch: seeded by group id, so the same whichever worker reads it.
         chosen = random.Random(stable_seed(seed, epoch, group_id, "views")).sample(
             range(len(files)), views)
+        try:
+            images = [decoded_view(sample, files[view][1]) for view in chosen]
+        except DamagedSample as error:
+            if handler(error):
+                continue
+            return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stable_seed(seed, epoch, group_id, "augment"))
-            crops = [augment(decode_image(sample[files[view][1]]))
-                     for view in chosen for _ in range(crops_per_view)]
-        class_index = int(sample["cls"]) if "cls" in sample else int(metadata.get("class_index", -1))
+            crops = [augment(image) for image in images for _ in range(crops_per_view)]
         yield GroupSample(torch.stack(crops), tuple(files[view][0] for view in chosen),
                           class_index, group_id, metadata)
 
@@ -195,8 +331,12 @@ class GroupViewDataset(wds.DataPipeline):
 
     def __init__(self, source: ShardSource, *, views: int, batch_size: int, augment: Callable,
                  crops_per_view: int = 1, mode: str = "train", shuffle_buffer: int = 1000,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None):
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 handler: Callable[[Exception], bool] = wds.warn_and_continue,
+                 skip_counts: SkipCounts | None = None):
         super().__init__()
+        self.skip_counts = skip_counts or SkipCounts(1)
+        self.handler = CountingHandler(handler, self.skip_counts)
         self.source = source
         self.views = views
         self.batch_size = batch_size
@@ -215,12 +355,12 @@ class GroupViewDataset(wds.DataPipeline):
             urls = resampled_shard_urls(self.source.urls, self.seed, self.epoch, rank, worker)
         else:
             urls = partitioned_shard_urls(self.source.urls, rank, world_size, worker, num_workers)
-        samples = wds.tarfile_samples(urls)
+        samples = tar_samples(urls, self.handler)
         if self.mode == "train":
             rng = random.Random(stable_seed(self.seed, self.epoch, rank, worker, "shuffle"))
             samples = shuffled(samples, self.shuffle_buffer, rng)
         groups = group_samples(samples, self.views, self.crops_per_view, self.augment,
-                               self.seed, self.epoch)
+                               self.seed, self.epoch, self.handler)
         return batched(groups, self.batch_size, drop_last=self.mode == "train")
 
 
@@ -253,6 +393,13 @@ class GroupLoader:
     def set_epoch(self, epoch: int) -> None:
         self.dataset.epoch = epoch
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """What this loader left out since it was built, in all its workers, per reason
+        (`SKIP_REASONS`): shards that failed verification, unreadable tar data (a truncated
+        shard counts once) and damaged samples. All zero for an undamaged dataset."""
+        return self.dataset.skip_counts.totals()
+
     def epoch(self, epoch: int) -> Iterator[GroupBatch]:
         self.set_epoch(epoch)
         return iter(self)
@@ -266,14 +413,20 @@ def group_loader(data, *, views: int, batch_size: int, resolution: int,
                  crops_per_view: int = 1, mode: str = "train", num_workers: int = 0,
                  shuffle_buffer: int = 1000, seed: int = 0, epoch_groups: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
-                 pin_memory: bool = False) -> GroupLoader:
+                 pin_memory: bool = False,
+                 handler: Callable[[Exception], bool] = wds.warn_and_continue,
+                 verify: bool = False) -> GroupLoader:
     """A loader of `GroupBatch`es: per group, `views` (k) of its views, each augmented
     `crops_per_view` times at `resolution` px, so `batch.views` is (B, k * crops, 3, res, res).
 
-    `data`: a dataset directory (manifest.json; or a directory of shard-*.tar with stats
-    files), a shard URL pattern, or a list of URLs. `mode`: "train" (resampled, shuffled,
-    fixed epoch length, drop_last) or "eval" (each group once, in shard order). `epoch_groups`
-    overrides the number of groups per epoch (all ranks together) taken from the manifest.
+    `data`: a dataset directory (the shards manifest.json lists; without one, the shard-*.tar
+    that have a stats file), a shard URL pattern, or a list of URLs. `mode`: "train"
+    (resampled, shuffled, fixed epoch length, drop_last) or "eval" (each group once, in shard
+    order). `epoch_groups` overrides the number of groups per epoch (all ranks together) taken
+    from the manifest. `handler` gets each damaged shard or sample (webdataset's convention;
+    default: warn and skip; `wds.reraise_exception`: raise), and `loader.skipped` counts them.
+    `verify`: check every shard's sha256 against the dataset's record once, now (reads the
+    whole dataset; needs a dataset directory), and leave out the shards that differ.
     """
     if mode not in MODES:
         raise UserError(f"mode: unknown loader mode {mode!r}; use 'train' or 'eval'")
@@ -284,6 +437,12 @@ def group_loader(data, *, views: int, batch_size: int, resolution: int,
     if num_workers < 0:
         raise UserError(f"num_workers: {num_workers!r} is negative; pass 0 (main process) or more")
     source = resolve_shards(data)
+    skip_counts = SkipCounts(num_workers)
+    if verify:
+        source = verified_source(source, CountingHandler(handler, skip_counts))
+        if not source.urls:
+            raise UserError(f"data {data}: no shard has its recorded sha256, so nothing is left "
+                            "to read; rebuild the dataset (synthgen generate resumes it)")
     if source.min_views is not None and views > source.min_views:
         raise UserError(f"views: {views} views per group asked, but the dataset's groups have "
                         f"{source.min_views}; pass views <= {source.min_views}")
@@ -291,7 +450,7 @@ def group_loader(data, *, views: int, batch_size: int, resolution: int,
     dataset = GroupViewDataset(source, views=views, batch_size=batch_size, augment=augmentation,
                                crops_per_view=crops_per_view, mode=mode,
                                shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
-                               world_size=world_size)
+                               world_size=world_size, handler=handler, skip_counts=skip_counts)
     batches_per_epoch = None
     if mode == "train":
         groups = epoch_groups if epoch_groups is not None else source.samples

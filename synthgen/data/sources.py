@@ -1,14 +1,19 @@
 """Where a dataset's shards are: a synthgen dataset directory, a split directory, or URLs.
 
 A `ShardSource` is the list of shard URLs plus, when known, how many samples (groups) they
-hold and the fewest views any group has; the loader needs the first for a fixed epoch length
-in resampled mode and the second to refuse an impossible `views=k` before any worker starts.
+hold, the fewest views any group has, and each shard's recorded sample count and sha256; the
+loader needs the first for a fixed epoch length in resampled mode, the second to refuse an
+impossible `views=k` before any worker starts, and the digests to verify shards
+(`verified_source`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
@@ -22,12 +27,22 @@ class ShardSource:
     """Shard URLs (local paths or anything webdataset opens) and what is known about them.
 
     `samples` is the number of groups in all shards (None when unknown); `min_views` is the
-    smallest view count of any group (None when unknown: checked per sample instead).
+    smallest view count of any group (None when unknown: checked per sample instead);
+    `shard_samples` and `sha256`, when known, what the manifest or stats files record for each
+    URL, in order.
     """
 
     urls: tuple[str, ...]
     samples: int | None = None
     min_views: int | None = None
+    shard_samples: tuple[int, ...] | None = None
+    sha256: tuple[str, ...] | None = None
+
+
+class ShardChecksumError(ValueError):
+    """A shard's bytes do not have the sha256 its dataset records for it."""
+
+    reason = "checksum"  # as the loader counts it (`synthgen.data.pipeline.SKIP_REASONS`)
 
 
 def _min_views_of_recipe(recipe: dict) -> int | None:
@@ -42,29 +57,49 @@ def _min_views_of_recipe(recipe: dict) -> int | None:
         return None
 
 
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(f"data {path}: is not valid JSON ({error}), so the dataset is damaged; "
+                        "rebuild it (synthgen finalize DIR rewrites manifest.json; synthgen "
+                        "generate rebuilds a shard whose stats file is damaged)") from None
+
+
 def _from_directory(directory: Path) -> ShardSource:
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        urls = tuple(str(directory / shard["name"]) for shard in manifest["shards"])
+        # Only the manifest's shards: any other tar in the directory is not part of the dataset.
+        manifest = _read_record(manifest_path)
+        shards = manifest["shards"]
         samples = manifest.get("totals", {}).get("samples")
         if samples is None:
-            samples = sum(shard["samples"] for shard in manifest["shards"])
-        return ShardSource(urls, samples, _min_views_of_recipe(manifest.get("recipe") or {}))
+            samples = sum(shard["samples"] for shard in shards)
+        return ShardSource(tuple(str(directory / shard["name"]) for shard in shards), samples,
+                           _min_views_of_recipe(manifest.get("recipe") or {}),
+                           tuple(shard["samples"] for shard in shards),
+                           tuple(shard["sha256"] for shard in shards))
     # A directory of shards without a manifest (a world real-render split, or an unfinished
-    # dataset): every tar, with the sample counts of their stats files where all have one.
+    # dataset): the tars whose stats file exists, as only those are finished; a directory
+    # where no tar has one holds shards from elsewhere, and every tar is read.
     tars = sorted(directory.glob(SHARD_GLOB))
     if not tars:
         raise UserError(
             f"data {directory}: holds neither {MANIFEST} nor {SHARD_GLOB} files; pass the --out "
             "directory of synthgen generate, a split directory of synthgen world dataset "
             "(e.g. DIR/train), or shard URLs")
-    counts = []
-    for tar in tars:
-        stats = tar.with_name(tar.name[: -len(".tar")] + ".stats.json")
-        counts.append(json.loads(stats.read_text())["samples"] if stats.is_file() else None)
-    samples = None if None in counts else sum(counts)
-    return ShardSource(tuple(str(t) for t in tars), samples, None)
+    stats = {tar: _read_record(path) for tar in tars
+             if (path := tar.with_name(tar.name[: -len(".tar")] + ".stats.json")).is_file()}
+    if not stats:
+        return ShardSource(tuple(str(t) for t in tars))
+    unfinished = [tar.name for tar in tars if tar not in stats]
+    if unfinished:
+        warnings.warn(f"data {directory}: leaves out {', '.join(unfinished)}: no stats file, so "
+                      "not a finished shard of this dataset", stacklevel=3)
+    done = [tar for tar in tars if tar in stats]
+    counts = tuple(stats[tar]["samples"] for tar in done)
+    return ShardSource(tuple(str(t) for t in done), sum(counts), None, counts,
+                       tuple(stats[tar]["sha256"] for tar in done))
 
 
 def resolve_shards(data: str | Path | list | tuple | ShardSource) -> ShardSource:
@@ -88,3 +123,34 @@ def resolve_shards(data: str | Path | list | tuple | ShardSource) -> ShardSource
         raise UserError(f"data {data}: {len(missing)} of {len(urls)} shards do not exist (first: "
                         f"{missing[0]}); pass a dataset directory or existing shard paths")
     return ShardSource(urls)
+
+
+def verified_source(source: ShardSource, handler: Callable[[Exception], bool]) -> ShardSource:
+    """`source` without the shards whose bytes do not have their recorded sha256. Each shard is
+    read once; a mismatch (or a shard that cannot be read) goes to `handler` as a
+    `ShardChecksumError` (webdataset's convention: it raises, or returns to leave it out).
+
+    Needs the digests a dataset directory records (manifest.json or stats files).
+    """
+    if source.sha256 is None:
+        raise UserError("verify: the shards' sha256 are unknown (shard URLs, or a directory "
+                        "without manifest.json or stats files); pass the dataset directory, "
+                        "or verify=False")
+    kept = []
+    for index, (url, expected) in enumerate(zip(source.urls, source.sha256, strict=True)):
+        try:
+            with open(url, "rb") as stream:
+                actual = hashlib.file_digest(stream, "sha256").hexdigest()
+        except OSError as error:
+            handler(ShardChecksumError(f"{url}: cannot be read to check its sha256 "
+                                       f"({error.strerror})"))
+            continue
+        if actual == expected:
+            kept.append(index)
+            continue
+        handler(ShardChecksumError(f"{url}: sha256 {actual[:16]}, but its dataset records "
+                                   f"{expected[:16]}: its bytes changed since it was written"))
+    counts = None if source.shard_samples is None else tuple(source.shard_samples[i] for i in kept)
+    return replace(source, urls=tuple(source.urls[i] for i in kept),
+                   samples=None if counts is None else sum(counts), shard_samples=counts,
+                   sha256=tuple(source.sha256[i] for i in kept))

@@ -8,15 +8,26 @@ was building: that worker is replaced by a fresh process on the same device and 
 is started again, at most `options.max_attempts` times. Progress arrives per pipeline call
 through one queue, into one progress bar. The queue lives in a manager process, so a worker
 killed in the middle of a put cannot leave a lock held that would stall the others.
+
+Workers and the manager end with the coordinator (`exit_with_parent`): killed (`kill -9`,
+SIGTERM, out of memory), it can no longer collect their shards, and a worker left running
+would publish them into whatever dataset the location holds next.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import queue
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as wait_for_ready
+from multiprocessing.managers import SyncManager
 
 from tqdm import tqdm
 
@@ -93,12 +104,41 @@ def worker_devices(device: str, workers: int) -> list[str]:
     return [device] * workers
 
 
+# prctl(2): have the kernel send a signal to this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+# The status of a process that ended because its parent had died (nobody reads it).
+_ORPHANED_EXIT_STATUS = 1
+
+
+def exit_with_parent() -> None:
+    """End this process (started by multiprocessing's spawn) as soon as its parent dies.
+
+    Two ways, because each misses a case of the other: on Linux the kernel kills it at once
+    (PR_SET_PDEATHSIG), even while a C call holds the GIL; everywhere, a daemon thread waits
+    on the pipe multiprocessing keeps open from the parent (`parent_process().sentinel`),
+    which closes when the parent dies, also before the prctl took effect.
+    """
+    parent = multiprocessing.parent_process()
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is None:
+        return
+
+    def exit_when_parent_dies() -> None:
+        wait_for_ready([parent.sentinel])
+        os._exit(_ORPHANED_EXIT_STATUS)
+
+    threading.Thread(target=exit_when_parent_dies, name="exit-with-parent", daemon=True).start()
+
+
 # The worker process's state: set by `_start_worker`, the model loaded by the first shard.
 _WORKER: dict = {}
 
 
 def _start_worker(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, device: str,
                   progress, fault: str | None) -> None:
+    exit_with_parent()
     _WORKER.update(plan=plan, out_dir=out_dir, options=options, device=device,
                    progress=progress, fault=fault, shard_worker=None)
 
@@ -129,7 +169,8 @@ def generate_with_processes(plan: Plan, out_dir: DatasetStore, options: Generate
     resolve_model_source(plan.recipe.model.id)  # an unknown builtin name fails here, once
     # 2. One single-process pool per device; a dead one is replaced without touching the rest.
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager()
+    manager = SyncManager(ctx=context)
+    manager.start(exit_with_parent)
     progress = manager.Queue()
     fault = fault_from_environment()
 

@@ -3,15 +3,19 @@ workers without hanging or losing groups, and is deterministic per (seed, epoch)
 
 from __future__ import annotations
 
+import tarfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 
-from synthgen.data import group_loader, labelled_batches, load_labelled, resolve_shards
+from synthgen.data import (DamagedSample, ShardChecksumError, group_loader, labelled_batches,
+                           load_labelled, resolve_shards)
 from synthgen.data.fixtures import decode_solid_colour, write_solid_dataset
 from synthgen.errors import UserError
 
@@ -183,3 +187,112 @@ def test_the_loader_does_not_import_the_generator():
             "bad = [m for m in sys.modules if m.startswith(('diffusers', 'synthgen.generate'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def damaged_dataset(directory: Path) -> tuple[list[str], list[str]]:
+    """4 shards x 3 groups x 2 views, damaged the ways fault injection found: shard 0 holds a
+    group with invalid json, shard 1 one whose view is no image, shard 2 one whose cls
+    disagrees with its json, and shard 3 is cut inside its last group's last view. Returns
+    (all group ids, the undamaged ones)."""
+    from synthgen.data.fixtures import solid_sample
+    from synthgen.write import write_shard
+
+    directory.mkdir(parents=True)
+    groups = [[solid_sample(g, g % 4, views=2) for g in range(s * 3, s * 3 + 3)] for s in range(4)]
+    groups[1][2]["view1.png"] = b"GIF89a, but not really"
+    groups[2][0]["cls"] = b"3"
+    for shard, samples in enumerate(groups):
+        write_shard(directory, shard, samples, {})
+
+    def member(shard: int, name: str) -> tuple[Path, tarfile.TarInfo]:
+        tar = directory / f"shard-{shard:06d}.tar"
+        with tarfile.open(tar) as archive:
+            return tar, next(m for m in archive.getmembers() if m.name == name)
+
+    tar, json_member = member(0, "class-b-000001.json")
+    data = bytearray(tar.read_bytes())
+    data[json_member.offset_data] = ord("[")  # '{' -> '[': no longer parses
+    tar.write_bytes(bytes(data))
+    tar, last_view = member(3, "class-d-000011.view1.png")
+    tar.write_bytes(tar.read_bytes()[: last_view.offset_data + last_view.size // 2])
+    all_ids = [sample["__key__"] for samples in groups for sample in samples]
+    damaged = {groups[0][1]["__key__"], groups[1][2]["__key__"], groups[2][0]["__key__"],
+               groups[3][2]["__key__"]}
+    return all_ids, [g for g in all_ids if g not in damaged]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_damaged_shards_and_samples_are_skipped_with_a_warning_and_counted(tmp_path, num_workers):
+    _, undamaged = damaged_dataset(tmp_path / "ds")
+    loader = group_loader(tmp_path / "ds", views=2, batch_size=4, resolution=8, augment="none",
+                          mode="eval", num_workers=num_workers)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        seen = run_with_deadline(lambda: groups_seen(loader))
+    assert sorted(g for g, _, _ in seen) == sorted(undamaged)
+    # Counted in every worker process, summed here.
+    assert loader.skipped == {"checksum": 0, "tar": 1, "json": 1, "image": 1, "views": 1,
+                              "label": 1}
+    if num_workers == 0:  # worker processes warn on their own stderr
+        text = "\n".join(str(w.message) for w in warned)
+        for fragment in ("class-b-000001 in", "json does not parse", "view1.png does not decode",
+                         "its cls says class 3, its json class 2", "lacks view1.png",
+                         "unexpected end of data"):
+            assert fragment in text
+
+
+def test_a_raising_handler_stops_at_the_first_damage(tmp_path):
+    damaged_dataset(tmp_path / "ds")
+    loader = group_loader(tmp_path / "ds", views=2, batch_size=4, resolution=8, augment="none",
+                          mode="eval", handler=wds.reraise_exception)
+    with pytest.raises(DamagedSample, match="class-b-000001.*json does not parse"):
+        list(loader)
+
+
+def test_verify_leaves_out_a_shard_whose_jpeg_bytes_were_flipped(tmp_path):
+    directory = tmp_path / "ds"
+    group_ids = write_solid_dataset(directory, shards=3, groups_per_shard=2, views=2,
+                                    extension="jpg")
+    plain = {g: b.views for b in group_loader(directory, views=2, batch_size=1, resolution=8,
+                                              augment="none", mode="eval", seed=1)
+             for g in b.group_id}
+    tar = directory / "shard-000001.tar"
+    with tarfile.open(tar) as archive:
+        view = next(m for m in archive.getmembers() if m.name.endswith("view0.jpg"))
+    data = bytearray(tar.read_bytes())
+    data[view.offset_data + view.size - 4] ^= 0xFF  # inside the entropy-coded data: decodes
+    tar.write_bytes(bytes(data))
+
+    def read(**options):
+        loader = group_loader(directory, views=2, batch_size=1, resolution=8, augment="none",
+                              mode="eval", seed=1, **options)
+        return {g: b.views for b in loader for g in b.group_id}, loader.skipped
+
+    # Without verification the damage goes unnoticed: every group, one of them wrong.
+    unverified, skipped = read()
+    assert list(unverified) == group_ids and not any(skipped.values())
+    assert not torch.equal(unverified[view.name.split(".")[0]], plain[view.name.split(".")[0]])
+    # With it, the shard is left out, with a warning, and counted.
+    with pytest.warns(UserWarning, match="shard-000001.tar: sha256 .* records"):
+        verified, skipped = read(verify=True)
+    assert list(verified) == group_ids[:2] + group_ids[4:]
+    assert skipped["checksum"] == 1 and sum(skipped.values()) == 1
+    with pytest.raises(ShardChecksumError, match="shard-000001.tar"):
+        read(verify=True, handler=wds.reraise_exception)
+    with pytest.raises(UserError, match="verify: the shards' sha256 are unknown"):
+        group_loader([str(tar)], views=1, batch_size=1, resolution=8, verify=True, epoch_groups=2)
+
+
+def test_only_finished_shards_are_read_without_a_manifest(tmp_path):
+    directory = tmp_path / "ds"
+    group_ids = write_solid_dataset(directory, shards=2, groups_per_shard=2, views=2,
+                                    manifest=False)
+    (directory / "shard-000099.tar").write_bytes((directory / "shard-000000.tar").read_bytes())
+    with pytest.warns(UserWarning, match="leaves out shard-000099.tar: no stats file"):
+        source = resolve_shards(directory)
+    assert [Path(url).name for url in source.urls] == ["shard-000000.tar", "shard-000001.tar"]
+    assert source.samples == 4
+    with pytest.warns(UserWarning, match="shard-000099.tar"):
+        loader = group_loader(directory, views=1, batch_size=4, resolution=8, augment="none",
+                              mode="eval")
+    assert [g for g, _, _ in groups_seen(loader)] == group_ids

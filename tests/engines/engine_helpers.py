@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from synthgen.engines import run_engine
+from synthgen.generate.identity import weights_digest
 from synthgen.engines.local import GenerateOptions
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
@@ -32,10 +33,16 @@ def dataset_bytes(out_dir: Path, manifest: bool = True) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+def model_info(plan) -> dict:
+    """What a worker of `plan` records about its model: here only the device and the weights
+    digest (which publishing checks against recipe.json)."""
+    return {"device_type": "cpu", "weights": weights_digest(plan.recipe.model)}
+
+
 def shard_samples(plan, shard: int) -> list[dict]:
     """The samples of one shard with stand-in image bytes (no model needed)."""
     return [build_sample(group, [f"{group.group_id}/{v.view}".encode() for v in group.views],
-                         sample_metadata(group, plan.recipe, {"device_type": "cpu"}), "png")
+                         sample_metadata(group, plan.recipe, model_info(plan)), "png")
             for group in plan.shard_groups(shard)]
 
 
@@ -47,7 +54,7 @@ def race_publishers(location, plan, shard: int, racers: int) -> list[PublishResu
 
     def publish():
         start.wait()
-        results.append(publish_shard(location, shard, samples, {"device_type": "cpu"}))
+        results.append(publish_shard(location, shard, samples, model_info(plan)))
 
     threads = [threading.Thread(target=publish) for _ in range(racers)]
     for thread in threads:

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from engine_helpers import race_publishers, run, shard_samples
+from engine_helpers import model_info, race_publishers, run, shard_samples
 from synthgen.engines.local import FAULT_ENV
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
@@ -120,7 +120,7 @@ def test_racing_publishers_in_an_object_store_leave_one_shard(write_recipe, loca
     assert stats == results[0].stats.to_json() == results[-1].stats.to_json()
     assert store.size("shard-000001.tar") == stats["bytes"]
     # A late loser with other bytes neither replaces the shard nor touches its stats.
-    assert not publish_shard(url, 1, shard_samples(plan, 1)[:1], {"device_type": "cpu"}).published
+    assert not publish_shard(url, 1, shard_samples(plan, 1)[:1], model_info(plan)).published
     assert json.loads(store.read("shard-000001.stats.json")) == stats
     assert store.names() == ["recipe.json", "shard-000001.stats.json", "shard-000001.tar"]
 
@@ -137,7 +137,7 @@ def test_cli_generates_and_finalizes_an_s3_dataset(write_recipe, s3):
     assert result.exit_code == 2 and "shards 2" in result.output and "--shards 2" in result.output
     result = CliRunner().invoke(main, ["generate", str(recipe), "--out", url, "--device", "cpu",
                                        "--quiet", "--shards", "2"])
-    assert result.exit_code == 0 and "wrote 1 shards" in result.output
+    assert result.exit_code == 0 and "wrote 1 shard (" in result.output
     s3.invalidate_cache()
     assert s3.exists(f"{BUCKET}/cli/manifest.json")
     result = CliRunner().invoke(main, ["finalize", url])
@@ -164,7 +164,8 @@ def test_ray_actors_write_the_same_shards_to_s3(reference, s3, s3_endpoint, tmp_
     # On a cluster every node has its own AWS settings; here the actors get the test's.
     storage_env = {name: value for name, value in os.environ.items()
                    if name.startswith("AWS_")}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    # 4 logical CPUs: room for two actors of the default 2 CPU threads.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": storage_env})
     try:
         monkeypatch.setenv(FAULT_ENV, f"0:{tmp_path / 'died-once'}")

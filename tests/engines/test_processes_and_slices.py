@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,18 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from engine_helpers import dataset_bytes, race_publishers, run, shard_samples
+from engine_helpers import dataset_bytes, model_info, race_publishers, run, shard_samples
 from synthgen.engines.local import FAULT_ENV, FAULT_EXIT_STATUS
 from synthgen.engines.slices import choose_slice, parse_shard_ranges
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
-from synthgen.store import (
-    DEAD_WRITER_GRACE_SECONDS,
-    STALE_TEMPORARY_SECONDS,
-    host_tag,
-    temporary_path,
-)
+from synthgen.store import STALE_TEMPORARY_SECONDS, host_tag, temporary_path
 from synthgen.write import finalize_dataset, prepare_output_dir, publish_shard
 
 
@@ -91,6 +88,76 @@ def test_a_killed_run_is_finished_by_a_rerun_without_rebuilding_finished_shards(
     assert dataset_bytes(out) == expected
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes `pid` started, and theirs, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The command name (field 2) may hold spaces; the parent pid follows it.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that runs (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                    reason="reads the process tree from /proc")
+def test_workers_die_with_a_killed_coordinator_and_publish_nothing_after(write_recipe, tmp_path):
+    # Two shards of 32 views, one view per call: each worker is still sampling for seconds
+    # after it reports its first batch.
+    recipe = write_recipe({"classes": [{"name": "circle", "templates": ["a {colour} circle"],
+                                        "groups": 16}],
+                           "corner_cases": [], "views": {"count": 4},
+                           "output": {"groups_per_shard": 8}})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cli", "generate", str(recipe), "--out", str(out),
+               "--device", "cpu", "--batch-size", "1", "--workers", "2"]
+    coordinator = subprocess.Popen(command, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL)
+    children: set[int] = set()
+    try:
+        # 1. Wait until the progress bar counts a view: the workers are mid-shard.
+        output = b""
+        while not re.search(rb"\| *[1-9]\d*/\d+ \[", output):
+            chunk = os.read(coordinator.stderr.fileno(), 4096)
+            assert chunk, f"generate ended before sampling: {output.decode()[-2000:]}"
+            output += chunk
+        children = descendants(coordinator.pid)
+        assert len(children) >= 3, "two workers and the progress queue's manager"
+        # 2. Kill the coordinator; once it is gone, its workers must follow within seconds.
+        coordinator.kill()
+        coordinator.wait()
+        published = sorted(path.name for path in out.glob("shard-*"))
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = sorted(pid for pid in children if running(pid))
+        assert not left, f"processes of the killed run still running: {left}"
+        # 3. Nothing was published after the kill (nobody is left who could).
+        assert sorted(path.name for path in out.glob("shard-*")) == published
+        assert not (out / "manifest.json").exists()
+    finally:
+        coordinator.kill()
+        coordinator.stderr.close()
+        for pid in children:  # only on failure: what the killed run left running
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_racing_publishers_of_one_shard_leave_one_correct_shard(write_recipe, tmp_path):
     plan = make_plan(load_recipe(write_recipe()))
     out = tmp_path / "out"
@@ -102,7 +169,7 @@ def test_racing_publishers_of_one_shard_leave_one_correct_shard(write_recipe, tm
     assert (out / "shard-000001.tar").stat().st_size == stats["bytes"]
     assert not list(out.glob(".*.tmp")), "losers discard their temporary files"
     # A late loser with other bytes neither replaces the shard nor touches its stats.
-    other = publish_shard(out, 1, shard_samples(plan, 1)[:1], {"device_type": "cpu"})
+    other = publish_shard(out, 1, shard_samples(plan, 1)[:1], model_info(plan))
     assert not other.published
     assert json.loads((out / "shard-000001.stats.json").read_text()) == stats
 
@@ -120,16 +187,17 @@ def test_workers_starting_at_once_keep_each_others_files(write_recipe, tmp_path)
     fresh_remote = out / ".shard-000002.tar.otherhost-124-0123456789abcdef.tmp"
     fresh_remote.write_bytes(b"another machine writing now")
     here = host_tag()
-    dead_here = out / f".shard-000002.tar.{here}-999999999-0123456789abcdef.tmp"  # no such pid
-    dead_here.write_bytes(b"killed a while ago")
-    a_while_ago = time.time() - DEAD_WRITER_GRACE_SECONDS - 5
-    os.utime(dead_here, (a_while_ago, a_while_ago))
-    just_now = out / f".shard-000002.tar.{here}-999999998-0123456789abcdef.tmp"
-    just_now.write_bytes(b"maybe a container's process")
+    # Killed a moment ago (a rerun right after a kill): this host and PID namespace, no such pid.
+    dead_here = out / f".shard-000002.tar.{here}-999999999-0123456789abcdef.tmp"
+    dead_here.write_bytes(b"killed just now")
+    # The same hostname in another PID namespace (a container): its pids mean nothing here.
+    hostname = here.split("_pidns")[0]
+    container = out / f".shard-000002.tar.{hostname}_pidns1-999999998-0123456789abcdef.tmp"
+    container.write_bytes(b"a container's process writing now")
     unfinished = out / "shard-000002.tar"  # another slice's tar, its stats not yet written
     unfinished.write_bytes(b"published, stats next")
     prepare_output_dir(out, plan, overwrite=False, shards=(0, 1))
-    assert live.exists() and fresh_remote.exists() and unfinished.exists() and just_now.exists()
+    assert live.exists() and fresh_remote.exists() and unfinished.exists() and container.exists()
     assert not dead.exists() and not dead_here.exists()
     # The run that builds shard 2 removes what a killed worker left of it.
     prepare_output_dir(out, plan, overwrite=False, shards=(2,))

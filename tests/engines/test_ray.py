@@ -1,4 +1,4 @@
-"""The Ray engine on a local Ray (2 CPUs, started once for this module)."""
+"""The Ray engine on a local Ray (4 logical CPUs, started once for this module)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs pip install 'synth
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    """One Ray session for the whole module: starting Ray takes seconds."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    """One Ray session for the whole module: starting Ray takes seconds. A CPU actor asks for
+    --cpu-threads CPUs (default 2), so 4 logical CPUs hold the two actors the tests start."""
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield
     ray.shutdown()
