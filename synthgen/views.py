@@ -4,14 +4,18 @@
 - `latent`: a neighbourhood of the group's anchor noise of scale sigma (GenRep's latent views).
 - `prompt`: the prompt varied per view by modifiers (steering by text).
 - `img2img`: views 1.. re-noise view 0 to a strength and denoise again (SDEdit).
+- `slots`: each view re-draws the named slots and holds the template, class and other slots
+  (the plan fills the view's prompt: `plan._view_texts`).
 `seeds` or `latent` decides the starting noise; with neither, every view shares the group's
-seed. Every parameter a view was made with is in its `ViewPlan` and so in the sample's json.
+seed (with `slots`: minimal counterfactuals, one attribute changed on the same noise). Every
+parameter a view was made with is in its `ViewPlan` and so in the sample's json.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from synthgen.recipe import ViewsSpec
 from synthgen.seeding import derive_seed, seed_for
@@ -36,6 +40,10 @@ class ViewPlan:
     modifier: str | None = None
     source_view: int | None = None
     strength: float | None = None
+    # `slots` strategy: the values this view re-drew, recipe slots by slot name and balanced
+    # attributes by attribute (the group's `slots` and `balance` hold the rest).
+    slots: dict[str, str] | None = field(default=None, hash=False)
+    balance: dict[str, str] | None = field(default=None, hash=False)
 
     def to_json(self) -> dict:
         """The view's entry in the sample metadata: strategy fields only where they apply."""
@@ -45,12 +53,29 @@ class ViewPlan:
             value = getattr(self, name)
             if value is not None:
                 entry[name] = value
+        for name in ("slots", "balance"):
+            value = getattr(self, name)
+            if value is not None:
+                entry[name] = dict(value)
         return entry
 
 
+@dataclass(frozen=True)
+class ViewText:
+    """One view's prompt under the `slots` strategy, and the values it re-drew for it."""
+
+    prompt: str
+    slots: dict[str, str] = field(hash=False)
+    balance: dict[str, str] = field(hash=False)
+
+
 def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
-               negative_prompt: str) -> tuple[ViewPlan, ...]:
-    """The views of one group under its strategies."""
+               negative_prompt: str, texts: Sequence[ViewText] = ()) -> tuple[ViewPlan, ...]:
+    """The views of one group under its strategies. `prompt` is the group's; with the
+    `slots` strategy, `texts` (one per view) give each view its own prompt and values."""
+    if "slots" in spec.strategy and len(texts) != spec.count:
+        raise ValueError(f"strategy slots needs one ViewText per view ({spec.count}), "
+                         f"got {len(texts)}")
     views = []
     anchor = derive_seed("anchor", recipe_seed, group_id) if spec.noise == "latent" else None
     for view in range(spec.count):
@@ -62,10 +87,13 @@ def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
             at_anchor = spec.latent.anchor_view and view == 0
             fields.update(anchor_seed=anchor, sigma=0.0 if at_anchor else spec.latent.sigma)
         view_prompt = prompt
+        if texts:
+            view_prompt = texts[view].prompt
+            fields.update(slots=texts[view].slots or None, balance=texts[view].balance or None)
         if "prompt" in spec.strategy:
             modifier = _modifier(spec, recipe_seed, group_id, view)
             fields["modifier"] = modifier
-            view_prompt = spec.prompt.template.format(prompt=prompt, modifier=modifier)
+            view_prompt = spec.prompt.template.format(prompt=view_prompt, modifier=modifier)
         if "img2img" in spec.strategy and view > 0:
             # Re-noising always uses the view's own seed, or every derived view would be alike.
             fields.update(seed=own_seed, source_view=0, strength=spec.img2img.strength)
