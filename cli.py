@@ -8,12 +8,14 @@
     synthgen finalize DIR
     synthgen inspect DIR [--shard N] [--contact-sheet FILE.png]
 
-A user's mistake prints one message and exits with status 2; no traceback.
+A user's mistake prints one message and exits with status 2; no traceback. So does a full
+disk or a place that cannot be written. Ctrl-C exits with status 130.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from pathlib import Path
@@ -23,10 +25,22 @@ import click
 from synthgen.errors import UserError
 
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+# OSErrors that are the machine's state, not a synthgen bug, and how to get past each; any
+# other OSError keeps its traceback.
+_MACHINE_ERRORS = {
+    errno.ENOSPC: "free some space, or choose another place",
+    errno.EDQUOT: "free some space (the disk quota is used up), or choose another place",
+    errno.EROFS: "choose a place you can write to",
+    errno.EACCES: "check its permissions, or choose another place",
+    errno.EPERM: "check its permissions, or choose another place",
+}
 
 
 class SynthgenGroup(click.Group):
-    """Turns `UserError` into one line on stderr and exit status 2."""
+    """Turns `UserError` (and a full disk or unwritable place) into one line on stderr and
+    exit status 2, and Ctrl-C into one line and status 130."""
 
     def invoke(self, ctx):
         try:
@@ -34,6 +48,56 @@ class SynthgenGroup(click.Group):
         except UserError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(USER_ERROR_EXIT)
+        except OSError as error:
+            if error.errno not in _MACHINE_ERRORS:
+                raise
+            where = f" ({error.filename})" if error.filename else ""
+            click.echo(f"error: {error.strerror}{where}; {_MACHINE_ERRORS[error.errno]}"
+                       f"{_rerun_note(ctx)}", err=True)
+            ctx.exit(USER_ERROR_EXIT)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1, which a script cannot tell from a failure.
+            click.echo(f"\ninterrupted{_rerun_note(ctx)}", err=True)
+            ctx.exit(INTERRUPTED_EXIT)
+
+
+@contextlib.contextmanager
+def naming_the_place(place):
+    """An OSError without a file name (a write that found the disk full) names `place`."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(place)
+        raise
+
+
+def _rerun_note(ctx: click.Context) -> str:
+    """What a rerun of a stopped generate does with the work already done."""
+    if ctx.invoked_subcommand == "generate":
+        return ("; finished shards are kept (an unfinished one is never published), and "
+                "rerunning the same command resumes from them")
+    return ""
+
+
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    """'1 shard', '3 shards'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
+def _rejection_lines(suppress: list[dict], rejections: dict, failed: dict, views: int) -> list[str]:
+    """One line per `reject` entry of a recipe's `suppress`: its redraws, and the views stored
+    although their last retry still failed, of `views`."""
+    lines = []
+    for entry in suppress:
+        if entry["method"] != "reject" or not views:
+            continue
+        concept, failing = entry["concept"], failed.get(entry["concept"], 0)
+        lines.append(f"  reject {concept!r}: {_count(rejections.get(concept, 0), 'redraw')}; "
+                     f"{failing} of {_count(views, 'view')} ({failing / views:.1%}) still failed "
+                     f"after {_count(entry['max_retries'], 'retry', 'retries')} and are stored "
+                     "marked suppression_failed")
+    return lines
 
 
 @click.group(cls=SynthgenGroup)
@@ -62,14 +126,17 @@ def naming_the_recipe_file(recipe: Path):
 @recipe_argument
 def validate(recipe: Path) -> None:
     """Check a recipe without planning or loading a model."""
+    from synthgen.plan import recipe_warnings
     from synthgen.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     groups = sum(c.groups for c in loaded.classes) + sum(
         loaded.corner_case_groups(c) for c in loaded.corner_cases)
-    click.echo(f"{recipe}: ok ({loaded.name}: {len(loaded.classes)} classes, "
-               f"{len(loaded.corner_cases)} corner cases, {groups} groups of "
-               f"{loaded.views.count} views, model {loaded.model.id})")
+    click.echo(f"{recipe}: ok ({loaded.name}: {_count(len(loaded.classes), 'class', 'classes')}, "
+               f"{_count(len(loaded.corner_cases), 'corner case')}, {_count(groups, 'group')}, "
+               f"{_count(loaded.image_count, 'image')}, model {loaded.model.id})")
+    for warning in recipe_warnings(loaded):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -79,31 +146,35 @@ def validate(recipe: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def plan(recipe: Path, jsonl: Path | None, as_json: bool) -> None:
     """Show what a recipe will generate, without touching a GPU."""
+    from synthgen.outputs import check_output_file, file_written_whole
     from synthgen.plan import make_plan, summarize
     from synthgen.recipe import load_recipe
 
+    if jsonl is not None:
+        check_output_file(jsonl, "--jsonl")
     the_plan = make_plan(load_recipe(recipe))
     summary = summarize(the_plan)
     if jsonl is not None:
-        check_output_file(jsonl, "--jsonl")
-        with open(jsonl, "w", encoding="utf-8") as stream:
+        with naming_the_place(jsonl), file_written_whole(jsonl) as temporary, \
+                open(temporary, "w", encoding="utf-8") as stream:
             the_plan.write_jsonl(stream)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(format_plan_summary(summary))
     if jsonl is not None:
-        click.echo(f"plan written to {jsonl} ({summary['groups']} lines)")
+        click.echo(f"plan written to {jsonl} ({_count(summary['groups'], 'line')})")
 
 
 def format_plan_summary(summary: dict) -> str:
     width, height = summary["stored_size"]
     lines = [
         f"recipe {summary['recipe']} ({summary['recipe_hash'][:12]}), model {summary['model']}",
-        f"{summary['groups']} groups, {summary['images']} images at {width}x{height}, "
-        f"{summary['shards']} shards of {summary['groups_per_shard']} groups, "
+        f"{_count(summary['groups'], 'group')}, {_count(summary['images'], 'image')} at "
+        f"{width}x{height}, {_count(summary['shards'], 'shard')} of "
+        f"{_count(summary['groups_per_shard'], 'group')}, "
         f"~{_human_bytes(summary['estimated_bytes'])} (estimate), "
-        f"{summary['unique_prompts']} unique prompts",
+        f"{_count(summary['unique_prompts'], 'unique prompt')}",
         "",
         f"{'class / corner case':40} {'groups':>8} {'images':>8}  views",
     ]
@@ -115,7 +186,7 @@ def format_plan_summary(summary: dict) -> str:
         lines.append(f"{('* ' + label)[:40]:40} {counts['groups']:>8} {counts['images']:>8}  "
                      f"{counts['views']}{tags}")
     for attribute, per_target in summary["balance"].items():
-        lines += ["", f"balance of {attribute!r} (groups):"]
+        lines += ["", f"balance of {attribute!r} ({_balance_unit(summary, attribute)}):"]
         values = list(next(iter(per_target.values()), {}))
         lines.append(f"  {'':38} " + " ".join(f"{value[:12]:>12}" for value in values))
         for target, counts in per_target.items():
@@ -131,23 +202,24 @@ def format_plan_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _balance_unit(summary: dict, attribute: str) -> str:
+    """What the balance table counts: groups, or views where the `slots` strategy varies the
+    attribute (its quotas are then over views)."""
+    units = summary["balance_counts"].get(attribute, {})
+    by_views = [target for target, unit in units.items() if unit == "views"]
+    if not by_views:
+        return "groups"
+    if len(by_views) == len(units):
+        return "views: varied per view, quotas over all views"
+    return f"groups; views, varied per view, for {', '.join(by_views)}"
+
+
 def _human_bytes(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1000:
             return f"{count:.0f} {unit}"
         count /= 1000
     return f"{count:.1f} TB"
-
-
-def check_output_file(path: Path, option: str, suffixes: tuple[str, ...] | None = None) -> None:
-    """A file the user asked for can be written there, or one UserError that says why."""
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise UserError(f"{option} {path}: the file name must end in one of {', '.join(suffixes)} "
-                        "(it sets the image format)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{option} {path}: the folder {parent} does not exist; create it first "
-                        "or choose another path")
 
 
 class DatasetLocation(click.ParamType):
@@ -218,8 +290,9 @@ class BatchSize(click.ParamType):
               help="Build slice RANK of --world-size: shards RANK, RANK+W, RANK+2W, ... "
                    "Default: $RANK/$WORLD_SIZE (torchrun) or $SLURM_ARRAY_TASK_ID/_COUNT.")
 @click.option("--world-size", type=click.IntRange(min=1), help="Number of slices (see --rank).")
-@click.option("--cpu-threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="PyTorch threads per CPU worker; part of what fixes the bytes on the CPU.")
+@click.option("--cpu-threads", default=2, show_default=True, type=click.IntRange(min=1),
+              help="PyTorch threads per CPU worker (2: both cores of a small machine); a fixed "
+                   "number, since with --batch-size it fixes the bytes on the CPU.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_model: bool,
              channels_last: bool, device: str, dtype: str | None, overwrite: bool, encode_workers: int, engine: str, workers: int | None,
@@ -229,10 +302,13 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
     from synthgen.engines import engine_name, run_engine
     from synthgen.engines.local import GenerateOptions
     from synthgen.engines.slices import choose_slice
+    from synthgen.outputs import check_output_folder
     from synthgen.plan import make_plan, recipe_warnings
     from synthgen.recipe import load_recipe
     from synthgen.write import format_shard_ranges
 
+    if isinstance(out_dir, Path):
+        check_output_folder(out_dir, "--out")
     the_plan = make_plan(load_recipe(recipe))
     for warning in recipe_warnings(the_plan.recipe):
         click.echo(f"warning: {warning}", err=True)
@@ -243,6 +319,11 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
         from synthgen.engines.processes import resolve_gpus
 
         workers, device = resolve_gpus(gpus, workers, device, engine), "cuda"
+    if engine == "local":  # Ray actors choose their devices on their own machines
+        from synthgen.devices import choose_device
+        from synthgen.generate.load import check_dtype_fits_device
+
+        check_dtype_fits_device(dtype or the_plan.recipe.model.dtype, choose_device(device))
     chosen = choose_slice(the_plan.shard_count, shard_ranges, rank, world_size)
     if chosen.shards is not None:
         listed = format_shard_ranges(chosen.shards) or "none"
@@ -253,35 +334,44 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str, compile_m
                               overwrite=overwrite, encode_workers=encode_workers,
                               progress=not quiet, workers=workers, shards=chosen.shards,
                               address=address, cpu_threads=cpu_threads)
-    with naming_the_recipe_file(recipe):
+    with naming_the_recipe_file(recipe), naming_the_place(out_dir):
         summary = run_engine(engine_name(engine, workers), the_plan, out_dir, options)
     if summary.shards_written == 0 and summary.shards_skipped == summary.shards_selected:
         which = "all" if chosen.shards is None else "this slice's"
-        click.echo(f"{out_dir}: {which} {summary.shards_selected} shards were already done"
+        if summary.shards_selected == 1:
+            which = "its" if chosen.shards is None else "this slice's"
+        click.echo(f"{out_dir}: {which} {_count(summary.shards_selected, 'shard')} "
+                   f"{'was' if summary.shards_selected == 1 else 'were'} already done"
                    + ("; manifest.json is up to date" if summary.manifest_written else ""))
     else:
         workers_text = f" with {summary.workers} workers" if summary.workers > 1 else ""
         click.echo(
-            f"{out_dir}: wrote {summary.shards_written} shards ({summary.images_generated} images) "
+            f"{out_dir}: wrote {_count(summary.shards_written, 'shard')} "
+            f"({_count(summary.images_generated, 'image')}) "
             f"in {summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s on "
             f"{summary.model.get('device_type', '?')} ({summary.model.get('dtype', '?')})"
-            f"{workers_text}; {summary.shards_skipped} shards were already done")
+            f"{workers_text}; {_count(summary.shards_skipped, 'shard')} "
+            f"{'was' if summary.shards_skipped == 1 else 'were'} already done")
     if summary.shards_lost:
-        click.echo(f"note: {summary.shards_lost} shards were published by another worker "
+        click.echo(f"note: {_count(summary.shards_lost, 'shard')} published by another worker "
                    "first; this run's copies were discarded")
     if not summary.manifest_written:
-        click.echo(f"{out_dir}: {len(summary.missing)} of {summary.shards_total} shards are "
-                   f"still to build (shards {format_shard_ranges(summary.missing)}); the run "
-                   "that finishes the last one writes manifest.json, or run synthgen finalize "
-                   f"{out_dir} once they are done")
+        click.echo(f"{out_dir}: {len(summary.missing)} of {_count(summary.shards_total, 'shard')} "
+                   f"{'is' if len(summary.missing) == 1 else 'are'} still to build (shards "
+                   f"{format_shard_ranges(summary.missing)}); the run that finishes the last one "
+                   f"writes manifest.json, or run synthgen finalize {out_dir} once they are done")
     if summary.model_variants > 1:
         click.echo(f"warning: the shards of {out_dir} were made with {summary.model_variants} "
                    "different model settings (device type, dtype or edits: runs resumed or sliced "
                    "with other options); manifest.json lists them under model_variants", err=True)
+    suppress = [entry.model_dump() for entry in the_plan.recipe.suppress]
+    for line in _rejection_lines(suppress, summary.rejections, summary.suppression_failed,
+                                 summary.images_generated):
+        click.echo(line)
     if summary.nonfinite_views:
-        click.echo(f"warning: {summary.nonfinite_views} views had NaN/inf model output and were "
-                   "stored black; see nonfinite_views in the shard stats files (try bfloat16 or "
-                   "float32)", err=True)
+        click.echo(f"warning: {_count(summary.nonfinite_views, 'view')} had NaN/inf model output "
+                   "and were stored black; see nonfinite_views in the shard stats files (try "
+                   "bfloat16 or float32)", err=True)
 
 
 @main.command()
@@ -295,8 +385,8 @@ def finalize(dataset_dir: Path | str) -> None:
 
     manifest = finalize_dataset(dataset_dir)
     totals = manifest["totals"]
-    click.echo(f"{dataset_dir}: manifest.json written ({totals['shards']} shards, "
-               f"{totals['samples']} groups, {totals['images']} images, "
+    click.echo(f"{dataset_dir}: manifest.json written ({_count(totals['shards'], 'shard')}, "
+               f"{_count(totals['samples'], 'group')}, {_count(totals['images'], 'image')}, "
                f"{_human_bytes(totals['bytes'])})")
 
 
@@ -309,10 +399,17 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
     """Erase the recipe's `suppress: method: erase` concepts from its model; save the result."""
     from synthgen.devices import choose_device
     from synthgen.generate.prepare import write_edited_model
+    from synthgen.outputs import check_output_folder, folder_written_whole
     from synthgen.recipe import load_recipe
 
-    with naming_the_recipe_file(recipe):
-        edits = write_edited_model(load_recipe(recipe), out_dir, choose_device(device))
+    check_output_folder(out_dir, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
+    loaded = load_recipe(recipe)
+    # Written beside --out and renamed into place at the end: a folder that is there is whole.
+    with naming_the_recipe_file(recipe), naming_the_place(out_dir), \
+            folder_written_whole(out_dir) as staging:
+        edits = write_edited_model(loaded, staging, choose_device(device))
     for record in edits:
         click.echo(f"erased {record['concept']!r} -> {record['target']!r} in "
                    f"{record['layers']} projections (keeping {record['preserve']}), "
@@ -329,31 +426,55 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
               help="Rows of the contact sheet.")
 def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | None,
                     groups: int) -> None:
-    """Show what a dataset holds."""
+    """Show what a dataset holds; exits 1 when shards or samples are damaged (listed)."""
     from synthgen import inspection
+    from synthgen.outputs import check_output_file, file_written_whole
 
+    if contact_sheet is not None:
+        check_output_file(contact_sheet, "--contact-sheet", suffixes=IMAGE_SUFFIXES)
     manifest = inspection.load_manifest(dataset_dir)
     counts = inspection.count_groups(dataset_dir)
+    damaged = counts["damaged"]
     totals = manifest["totals"]
     click.echo(f"{dataset_dir}: recipe {manifest['recipe']['name']} "
                f"({manifest['recipe_hash'][:12]}), model {manifest['recipe']['model']['id']}")
-    click.echo(f"{totals['shards']} shards, {counts['groups']} groups, {counts['images']} images, "
-               f"{_human_bytes(totals['bytes'])}")
+    click.echo(f"{_count(totals['shards'], 'shard')}, {_count(counts['groups'], 'group')}, "
+               f"{_count(counts['images'], 'image')}, {_human_bytes(totals['bytes'])}")
     for name, count in sorted(counts["classes"].items()):
-        click.echo(f"  class {name}: {count} groups")
+        click.echo(f"  class {name}: {_count(count, 'group')}")
     for name, count in sorted(counts["corner_cases"].items()):
-        click.echo(f"  corner case {name}: {count} groups")
+        click.echo(f"  corner case {name}: {_count(count, 'group')}")
+    for line in _rejection_lines(manifest["recipe"].get("suppress") or [], counts["rejections"],
+                                 counts["suppression_failed"], counts["images"]):
+        click.echo(line)
     if shard is not None:
         click.echo(f"shard {shard}:")
-        for sample in inspection.shard_samples(dataset_dir, shard):
+        for sample in inspection.shard_samples(dataset_dir, shard, damaged):
             label = sample["corner_case"] or sample["class_name"]
             click.echo(f"  {sample['group_id']}  cls={sample['class_index']}  {label}  "
                        f"{sample['views'][0]['prompt']!r}  seeds="
                        + ",".join(str(v["seed"]) for v in sample["views"]))
     if contact_sheet is not None:
-        check_output_file(contact_sheet, "--contact-sheet", suffixes=(".png", ".jpg", ".jpeg", ".webp"))
-        inspection.contact_sheet(dataset_dir, groups).save(contact_sheet)
+        sheet = inspection.contact_sheet(dataset_dir, damaged, groups)
+        with naming_the_place(contact_sheet), file_written_whole(contact_sheet) as temporary:
+            sheet.save(temporary, format=IMAGE_SUFFIXES[contact_sheet.suffix.lower()])
         click.echo(f"contact sheet written to {contact_sheet}")
+    if damaged:
+        lines = list(dict.fromkeys(damaged))  # the shard listing and sheet meet them again
+        for line in lines:
+            click.echo(f"damaged: {line}", err=True)
+        damage = _count(len(lines), "damaged shard or sample", "damaged shards or samples")
+        click.echo(f"error: {dataset_dir}: {damage}, left out above; rerun synthgen generate "
+                   f"with its recipe and --out {dataset_dir} to rebuild the shards", err=True)
+        click.get_current_context().exit(DAMAGED_DATASET_EXIT)
+
+
+# `synthgen inspect` on a dataset with damaged shards or samples (2 stays a user's mistake).
+DAMAGED_DATASET_EXIT = 1
+
+
+# Contact sheet file endings and the Pillow format each one means.
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 def _register_stage_commands() -> None:

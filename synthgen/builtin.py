@@ -1,17 +1,31 @@
-"""`builtin:NAME`: the model folders shipped inside the package, for every stage that loads one.
+"""Model references (`builtin:NAME`, a folder, a hub id), for every stage that loads one.
 
 A builtin name is only a folder under `synthgen/models/`; the caller loads it with the same
 `from_pretrained` call as a hub id or a local folder, so no code path is special for it.
+`check_model_reference` finds, without loading anything, the references that cannot load.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
 from synthgen.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
+# What `synthgen edit` writes into an edited model folder: the base model and its erase edits.
+EDITS_FILE = "synthgen-edits.json"
+
+# The kinds of model synthgen loads, and what a folder of each holds: the file
+# `from_pretrained` reads first, and the (key, value) in it that names the kind (None: any).
+PIPELINE, CLIP, TINY_AUTOENCODER = ("text-to-image pipeline", "CLIP model",
+                                    "tiny autoencoder (AutoencoderTiny)")
+MODEL_KINDS = {
+    PIPELINE: ("model_index.json", None),
+    CLIP: ("config.json", ("model_type", "clip")),
+    TINY_AUTOENCODER: ("config.json", ("_class_name", "AutoencoderTiny")),
+}
 
 
 def builtin_models() -> list[str]:
@@ -38,3 +52,59 @@ def resolve_model_source(model_id: str, field: str = "model.id") -> str:
                         + ", ".join(BUILTIN_PREFIX + n for n in known)
                         + "; or give a hub id or a local model folder")
     return str(Path(str(resources.files("synthgen") / "models" / name)))
+
+
+def check_model_reference(model_id: str, field: str, kind: str) -> None:
+    """Refuse a reference that cannot load as `kind` (a key of `MODEL_KINDS`), as far as can
+    be told without loading it: an unknown builtin name, a folder that is missing or holds
+    another kind of model, or text that is neither a folder nor a hub id. A well-formed hub
+    id passes: only downloading it tells whether it exists."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model_id.startswith(BUILTIN_PREFIX):
+        folder = Path(resolve_model_source(model_id, field))
+    elif Path(model_id).is_dir():  # diffusers and transformers try a folder first, too
+        folder = Path(model_id)
+    else:
+        try:
+            validate_repo_id(model_id)
+        except HFValidationError:
+            raise UserError(
+                f"{field}: cannot load {model_id!r}: no such folder (relative paths start in "
+                "the current directory), and not a hub id (NAME or ORG/NAME either); fix the "
+                "path, or download the model with huggingface-cli download ID --local-dir DIR "
+                "and use DIR") from None
+        return
+    found = folder_kind(folder)
+    if found != kind:
+        marker, named = MODEL_KINDS[kind]
+        missing = f"it has no {marker}" if named is None else f"its {marker} is not a {kind}'s"
+        offered = [BUILTIN_PREFIX + name for name in builtin_models()
+                   if folder_kind(Path(resolve_model_source(BUILTIN_PREFIX + name))) == kind]
+        raise UserError(
+            f"{field}: {model_id!r} is not a {kind} folder ("
+            + (f"it holds a {found}" if found else missing)
+            + f"); give a {kind}: " + "".join(f"{name}, " for name in offered)
+            + "a folder saved with save_pretrained, or a hub id")
+
+
+def folder_kind(folder: Path) -> str | None:
+    """Which of `MODEL_KINDS` a model folder holds, or None."""
+    for kind, (marker, named) in MODEL_KINDS.items():
+        try:
+            config = json.loads((folder / marker).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if named is None or (isinstance(config, dict) and config.get(named[0]) == named[1]):
+            return kind
+    return None
+
+
+def edit_record(model_id: str) -> dict:
+    """What `synthgen edit` recorded in a model folder (base_model, edits), or {}."""
+    if model_id.startswith(BUILTIN_PREFIX):
+        return {}
+    record = Path(model_id) / EDITS_FILE
+    if not record.is_file():
+        return {}
+    return json.loads(record.read_text(encoding="utf-8"))

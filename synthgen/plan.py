@@ -9,23 +9,39 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
+import re
+import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from synthgen.attributes import (
     assign_balanced_values,
+    assign_balanced_view_values,
     balance_applies,
     negative_prompt,
     plan_warnings,
 )
+from synthgen.builtin import edit_record
 from synthgen.recipe import CLASS_SLOT, Recipe, ViewsSpec, slugify, template_slots
 from synthgen.seeding import derive_seed
-from synthgen.views import ViewPlan, plan_views
+from synthgen.views import ViewPlan, ViewText, plan_views
 
-# Rough compressed sizes, bits per pixel, for the size estimate only.
+# For the size estimate only: rough compressed bits per pixel (png 14 fits world-sd's 32 px
+# quickstart: 1,834 bytes an image), and the bytes an image file has whatever its pixels
+# (Pillow, a flat 8x8 image: png 77, jpg 629 at quality 90, webp 44).
 _BITS_PER_PIXEL = {"jpg": 2.0, "webp": 1.5, "png": 14.0}
+_IMAGE_FILE_BYTES = {"jpg": 630, "webp": 45, "png": 80}
+# A tar member is a 512-byte header and its data padded to 512 bytes; a shard ends with two
+# empty blocks and is padded to a 10,240-byte record.
+_TAR_BLOCK, _TAR_RECORD = 512, 10_240
+# A sample's json is its plan entry plus the model, image and recipe fields (about 500 bytes)
+# and each view's file name.
+_METADATA_BYTES, _METADATA_BYTES_PER_VIEW = 500, 20
+_SHARD_STATS_BYTES = 320
 _MAX_SLOT_DEPTH = 8
+WORLD_SD = "builtin:world-sd"
 
 
 @dataclass(frozen=True)
@@ -148,14 +164,27 @@ def make_plan(recipe: Recipe) -> Plan:
     unordered = []
     for target in _targets(recipe):
         group_ids = [f"{target.id_prefix}-{n:06d}" for n in range(target.groups)]
-        # 1. Balanced attributes: exact quotas within this class or corner case.
+        # 1. Balanced attributes: exact quotas within this class or corner case, over its
+        #    groups, or over its views for an attribute the `slots` strategy varies.
         balance = {group_id: {} for group_id in group_ids}
-        for entry in recipe.balance:
-            if balance_applies(entry, target.name):
-                for group_id, value in assign_balanced_values(recipe.seed, entry, group_ids).items():
-                    balance[group_id][entry.attribute] = value
-        # 2. Template and slot values per group, then the views.
-        combinations = _enumerate(target) if target.prompt_mode == "enumerate" else None
+        view_balance = {group_id: [{} for _ in range(target.views.count)]
+                        for group_id in group_ids}
+        for entry in recipe.prompt_balance:  # debias entries put nothing in prompts
+            if not balance_applies(entry, target.name):
+                continue
+            if entry.slot_name in target.views.varied_slots:
+                per_view = assign_balanced_view_values(
+                    recipe.seed, entry, group_ids, target.views.count,
+                    target.views.slots.distinct)
+                for group_id, values in per_view.items():
+                    for view, value in enumerate(values):
+                        view_balance[group_id][view][entry.attribute] = value
+                continue
+            for group_id, value in assign_balanced_values(recipe.seed, entry, group_ids).items():
+                balance[group_id][entry.attribute] = value
+        # 2. Template and held slot values per group, then the views.
+        combinations = (_enumerate(_held(target), target.groups)
+                        if target.prompt_mode == "enumerate" else None)
         for n, group_id in enumerate(group_ids):
             rng = random.Random(derive_seed("prompt", recipe.seed, group_id))
             if combinations is not None:
@@ -167,13 +196,21 @@ def make_plan(recipe: Recipe) -> Plan:
                 chosen = {slot: _expand(_weighted_choice(rng, target.slot_values[slot]),
                                         target.slot_values, rng, 1)
                           for slot in template_slots(template) if slot in target.slot_values}
-            prompt = _fill(recipe, template, chosen, balance[group_id], target.class_name)
+                # Varied slots are drawn and dropped, so the held ones take the values the
+                # same recipe without the `slots` strategy gives.
+                chosen = {slot: value for slot, value in chosen.items()
+                          if slot not in target.views.varied_slots}
+            texts = (_view_texts(recipe, target, group_id, template, chosen, balance[group_id],
+                                 view_balance[group_id])
+                     if target.views.varied_slots else ())
+            prompt = (texts[0].prompt if texts
+                      else _fill(recipe, template, chosen, balance[group_id], target.class_name))
             unordered.append({
                 "group_id": group_id, "class_name": target.class_name,
                 "class_index": target.class_index, "corner_case": target.corner_case,
                 "tags": target.tags, "template": template, "slots": chosen,
                 "balance": balance[group_id], "view_strategy": tuple(target.views.strategy),
-                "views": plan_views(target.views, recipe.seed, group_id, prompt, negative),
+                "views": plan_views(target.views, recipe.seed, group_id, prompt, negative, texts),
             })
     if recipe.output.shuffle:
         # Interleave classes and corner cases so every shard holds a mix; the order depends
@@ -185,6 +222,37 @@ def make_plan(recipe: Recipe) -> Plan:
         for position, group in enumerate(unordered)
     )
     return Plan(recipe=recipe, groups=groups)
+
+
+def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
+                held: dict[str, str], balanced: dict[str, str],
+                view_balance: list[dict[str, str]]) -> tuple[ViewText, ...]:
+    """Each view's prompt under the `slots` strategy: the group's template, class, held slots
+    and balanced values, with the varied slots re-drawn per view (by weight, without
+    replacement while values last where `distinct`; seeded by recipe seed, group id and
+    slot); varied balanced attributes come from their quotas (`view_balance`)."""
+    count = target.views.count
+    drawn = {}
+    for slot in target.views.varied_slots:
+        if slot in target.slot_values:  # else a balanced attribute's slot
+            rng = random.Random(derive_seed("vary", recipe.seed, group_id, slot))
+            drawn[slot] = [_expand(value, target.slot_values, rng, 1)
+                           for value in _draw_for_views(rng, target.slot_values[slot], count,
+                                                        target.views.slots.distinct)]
+    texts = []
+    for view in range(count):
+        slots = {slot: values[view] for slot, values in drawn.items()}
+        prompt = _fill(recipe, template, {**held, **slots}, {**balanced, **view_balance[view]},
+                       target.class_name)
+        texts.append(ViewText(prompt=prompt, slots=slots, balance=view_balance[view]))
+    return tuple(texts)
+
+
+def _held(target: _Target) -> _Target:
+    """`target` without the slots its views vary: what a group draws (or enumerates)."""
+    varied = target.views.varied_slots
+    return replace(target, slot_values={
+        slot: values for slot, values in target.slot_values.items() if slot not in varied})
 
 
 def _fill(recipe: Recipe, template: str, chosen: dict[str, str], balanced: dict[str, str],
@@ -203,13 +271,16 @@ def _fill(recipe: Recipe, template: str, chosen: dict[str, str], balanced: dict[
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
-    """Everything valid that will not do what the recipe seems to want (printed by plan and
-    generate): `attributes.plan_warnings`, and enumerations with more combinations than groups."""
-    warnings = plan_warnings(recipe)
+    """Everything valid that will not do what the recipe seems to want (printed by validate,
+    plan and generate): `attributes.plan_warnings`, enumerations with more combinations than
+    groups, a concept erased twice, and prompts outside what builtin:world-sd learnt."""
+    warnings = plan_warnings(recipe) + _erased_twice_warnings(recipe)
+    if recipe.model.id == WORLD_SD:
+        warnings += _world_sd_warnings(recipe)
     for target in _targets(recipe):
         if target.prompt_mode != "enumerate":
             continue
-        combinations = len(_enumerate(target))
+        combinations = _combination_count(_held(target))
         if combinations > target.groups:
             warnings.append(
                 f"{target.name!r}: prompt_mode enumerate has {combinations} template x slot "
@@ -219,14 +290,108 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     return warnings
 
 
-def _enumerate(target: _Target) -> list[tuple[str, dict[str, str]]]:
-    """Every (template, direct slot values) combination, in recipe order; weights ignored."""
-    combinations = []
-    for template in target.templates:
-        slots = [slot for slot in template_slots(template) if slot in target.slot_values]
-        for values in itertools.product(*(list(target.slot_values[s]) for s in slots)):
-            combinations.append((template, dict(zip(slots, values))))
-    return combinations
+def _enumerate(target: _Target, limit: int) -> list[tuple[str, dict[str, str]]]:
+    """The first `limit` (template, direct slot values) combinations, in recipe order; weights
+    ignored. (All of them could be far more than fit in memory: 5 slots of 1,000 values.)"""
+    def every_combination():
+        for template in target.templates:
+            slots = [slot for slot in template_slots(template) if slot in target.slot_values]
+            for values in itertools.product(*(list(target.slot_values[s]) for s in slots)):
+                yield template, dict(zip(slots, values))
+
+    return list(itertools.islice(every_combination(), limit))
+
+
+def _combination_count(target: _Target) -> int:
+    """How many combinations `_enumerate` has in all."""
+    return sum(math.prod(len(target.slot_values[slot]) for slot in template_slots(template)
+                         if slot in target.slot_values)
+               for template in target.templates)
+
+
+def _world_sd_warnings(recipe: Recipe) -> list[str]:
+    """builtin:world-sd learnt only its world's captions (synthgen/world/scene.py): words
+    outside them are noise to it, and every caption names the background."""
+    from synthgen.world.scene import BACKGROUNDS
+    from synthgen.world.tokenizer import world_words
+
+    known = set(world_words())
+    unknown: dict[str, str] = {}  # word -> where it is first used
+    for where, text in _recipe_texts(recipe):
+        for word in re.findall(r"[a-z]+", text.lower()):
+            if word not in known:
+                unknown.setdefault(word, where)
+    warnings = []
+    if unknown:
+        listed = ", ".join(f"{word!r} ({where})" for word, where in list(unknown.items())[:8])
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        warnings.append(
+            f"{WORLD_SD} knows only the words of its training captions (docs/WORLD.md, "
+            f"vocabulary), and reads others as noise: {listed}{more}; use its shapes, colours, "
+            "sizes and backgrounds")
+    without: dict[str, str] = {}  # template -> the first class or corner case using it
+    for target in _targets(recipe):
+        for template in target.templates:
+            if not _names_background(recipe, target, template):
+                without.setdefault(template, target.name)
+    if without:
+        template, name = next(iter(without.items()))
+        warnings.append(
+            f"{WORLD_SD}: every caption it learnt from names the background, so a prompt "
+            "without one is outside what it learnt: it draws a random background and worse "
+            "shapes (docs/WORLD.md, vocabulary); "
+            f"{len(without)} of the recipe's prompt templates name none, e.g. {template!r} "
+            f"({name}); end them with 'on a {{background}} background' "
+            f"(backgrounds: {', '.join(BACKGROUNDS)})")
+    return warnings
+
+
+def _recipe_texts(recipe: Recipe):
+    """(where, text) for every piece of text that can reach a prompt or negative prompt."""
+    def literal(template: str) -> str:
+        return " ".join(text for text, *_ in string.Formatter().parse(template))
+
+    for target in _targets(recipe):
+        if target.class_name is not None:
+            yield target.name, target.class_name
+        for template in target.templates:
+            yield target.name, literal(template)
+        for slot, values in target.slot_values.items():
+            for value in values:
+                yield f"slot {slot}", literal(value)
+        if "prompt" in target.views.strategy:
+            yield f"{target.name} views", literal(target.views.prompt.template)
+            for modifier in target.views.prompt.modifiers:
+                yield f"{target.name} views", modifier
+    for entry in recipe.balance:
+        yield f"balance {entry.attribute}", literal(entry.inject) + " " + " ".join(entry.values)
+    yield "negative prompt", negative_prompt(recipe)
+
+
+def _names_background(recipe: Recipe, target: _Target, template: str) -> bool:
+    """Whether every prompt from `template` says "background": in its own text, through a
+    balance entry that puts it in, or through a slot whose every value says it."""
+    says = re.compile(r"\bbackground\b", re.IGNORECASE)
+    if says.search(template):
+        return True
+    for entry in recipe.balance:
+        if balance_applies(entry, target.name) and (
+                says.search(entry.inject) or all(says.search(v) for v in entry.values)):
+            return True
+    return any(all(says.search(value) for value in target.slot_values[slot])
+               for slot in template_slots(template) if slot in target.slot_values)
+
+
+def _erased_twice_warnings(recipe: Recipe) -> list[str]:
+    """An `erase` entry whose concept the model folder (made by `synthgen edit`) had erased."""
+    erased = {edit.get("concept", "").lower()
+              for edit in edit_record(recipe.model.id).get("edits", ())}
+    return [f"suppress[{index}]: {recipe.model.id} was made by synthgen edit with "
+            f"{entry.concept!r} already erased, and method erase would edit the weights again; "
+            "drop this entry (the folder has the edit), or set model.id to the base model to "
+            "erase once from there"
+            for index, entry in enumerate(recipe.suppress)
+            if entry.method == "erase" and entry.concept.lower() in erased]
 
 
 def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Random,
@@ -238,6 +403,21 @@ def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Ra
     filled = {slot: _expand(_weighted_choice(rng, slot_values[slot]), slot_values, rng, depth + 1)
               for slot in inner}
     return value.format(**filled)
+
+
+def _draw_for_views(rng: random.Random, weights: dict[str, float], count: int,
+                    distinct: bool) -> list[str]:
+    """`count` weighted draws; with `distinct`, without replacement (every value once before
+    any repeats, when there are fewer values than draws)."""
+    drawn, left = [], {}
+    for _ in range(count):
+        if not distinct:
+            drawn.append(_weighted_choice(rng, weights))
+            continue
+        left = left or dict(weights)
+        drawn.append(_weighted_choice(rng, left))
+        del left[drawn[-1]]
+    return drawn
 
 
 def _weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:
@@ -260,17 +440,23 @@ def summarize(plan: Plan) -> dict:
     for group in plan.groups:
         images_of[group.corner_case or group.class_name] += len(group.views)
     width, height = stored_size(recipe)
-    estimated_bytes = plan.image_count * width * height * _BITS_PER_PIXEL[recipe.output.format] / 8
-    # {attribute: {class or corner case: {value: groups}}}, in recipe order throughout.
+    estimated_bytes = estimate_bytes(plan)
+    # {attribute: {class or corner case: {value: groups}}}, in recipe order throughout; an
+    # attribute the `slots` strategy varies counts views (its quotas are over views), and
+    # `balance_counts` says which.
     balance_table: dict[str, dict[str, dict[str, int]]] = {}
-    for entry in recipe.balance:
+    balance_counts: dict[str, dict[str, str]] = {}
+    for entry in recipe.prompt_balance:
         per_target = balance_table.setdefault(entry.attribute, {})
         for target in targets:
             if balance_applies(entry, target.name) and target.groups:
                 per_target[target.name] = {value: 0 for value in entry.values}
+                balance_counts.setdefault(entry.attribute, {})[target.name] = (
+                    "views" if entry.slot_name in target.views.varied_slots else "groups")
     for group in plan.groups:
-        for attribute, value in group.balance.items():
-            balance_table[attribute][group.corner_case or group.class_name][value] += 1
+        for assigned in [group.balance, *(view.balance or {} for view in group.views)]:
+            for attribute, value in assigned.items():
+                balance_table[attribute][group.corner_case or group.class_name][value] += 1
     return {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
@@ -281,7 +467,7 @@ def summarize(plan: Plan) -> dict:
         "groups_per_shard": recipe.output.groups_per_shard,
         "unique_prompts": len({v.prompt for g in plan.groups for v in g.views}),
         "stored_size": [width, height],
-        "estimated_bytes": int(estimated_bytes),
+        "estimated_bytes": estimated_bytes,
         "classes": {t.name: {"groups": groups_of[t.name], "images": images_of[t.name],
                              "views": _describe_views(t.views)}
                     for t in targets if t.corner_case is None},
@@ -290,10 +476,41 @@ def summarize(plan: Plan) -> dict:
                                   "tags": list(t.tags), "views": _describe_views(t.views)}
                          for t in targets if t.corner_case is not None},
         "balance": balance_table,
+        "balance_counts": balance_counts,
         "suppress": [{"concept": e.concept, "method": e.method} for e in recipe.suppress],
         "negative_prompt": negative_prompt(recipe),
         "warnings": recipe_warnings(recipe),
     }
+
+
+def estimate_bytes(plan: Plan) -> int:
+    """About how many bytes the dataset's shards and stats files take.
+
+    Tar headers, padding and each sample's json are counted exactly as write.py lays them
+    out; only the compressed size of the pixels is a rough guess (`_BITS_PER_PIXEL`).
+    """
+    recipe = plan.recipe
+    if not plan.groups:
+        return 0
+    width, height = stored_size(recipe)
+    fmt = recipe.output.format
+    image = _tar_member(_IMAGE_FILE_BYTES[fmt] + width * height * _BITS_PER_PIXEL[fmt] / 8)
+    # The json of the first groups stands for all (they differ only in prompts and slots).
+    sample = plan.groups[:1000]
+    metadata = sum(_tar_member(len(json.dumps(group.to_json(), separators=(",", ":")))
+                               + _METADATA_BYTES + _METADATA_BYTES_PER_VIEW * len(group.views))
+                   for group in sample) / len(sample)
+    class_member = _tar_member(1)
+    per_group = metadata + class_member
+    shards = sum(math.ceil((per_group * len(plan.shard_groups(shard))
+                            + image * sum(len(g.views) for g in plan.shard_groups(shard))
+                            + 2 * _TAR_BLOCK) / _TAR_RECORD) * _TAR_RECORD
+                 for shard in range(plan.shard_count))
+    return int(shards + plan.shard_count * _SHARD_STATS_BYTES)
+
+
+def _tar_member(data_bytes: float) -> int:
+    return _TAR_BLOCK + math.ceil(data_bytes / _TAR_BLOCK) * _TAR_BLOCK
 
 
 def _describe_views(spec: ViewsSpec) -> str:
@@ -307,6 +524,10 @@ def _describe_views(spec: ViewsSpec) -> str:
             parts.append(f"prompt ({len(spec.prompt.modifiers)} modifiers, {spec.prompt.mode})")
         elif strategy == "img2img":
             parts.append(f"img2img (strength {spec.img2img.strength:g})")
+        elif strategy == "slots":
+            how = "; distinct" if spec.slots.distinct else ""
+            noise = "; one shared seed" if spec.noise == "shared" else ""
+            parts.append(f"slots (vary {', '.join(spec.slots.vary)}{how}{noise})")
         else:
             parts.append(strategy)
     return f"{spec.count} views: " + " + ".join(parts)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import reprlib
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,9 +27,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from synthgen.builtin import CLIP, PIPELINE, TINY_AUTOENCODER, check_model_reference
 from synthgen.errors import UserError
 
 IMAGE_FORMATS = ("jpg", "png", "webp")
+MAX_GUIDANCE_SCALE = 100.0
+MAX_IMAGE_SIDE = 8192
+# A shard's encoded images wait in memory until the shard is written.
+MAX_GROUPS_PER_SHARD = 10_000
+# The plan holds every view in memory, in every worker (about 0.5 KB each: 100,000 groups of
+# 4 views took 200 MB and 17 s to plan on one busy CPU core); past this, split the dataset
+# into several recipes.
+MAX_PLAN_IMAGES = 5_000_000
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -50,7 +61,8 @@ def _parse_slot_values(raw: Any) -> dict[str, float]:
         for value, weight in raw.items():
             if not isinstance(value, str):
                 raise recipe_problem("slot_values", "slot values must be strings")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                    or not math.isfinite(weight) or weight <= 0):
                 raise recipe_problem("slot_values", f"weight of {value!r} must be a positive "
                                      f"number, e.g. {value!r}: 2")
             weights[value] = float(weight)
@@ -82,7 +94,8 @@ def template_slots(template: str) -> list[str]:
 class StrictModel(BaseModel):
     """Frozen, and rejects keys it does not know, naming the keys it does."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: YAML reads `.nan` and `.inf` as floats, and no setting means them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -106,13 +119,15 @@ class ModelSpec(StrictModel):
     variant: str | None = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     steps: int = Field(1, ge=1, le=1000)
-    guidance_scale: float = Field(0.0, ge=0.0)
+    # Useful scales are 0-15; the bound keeps out values no model runs with (.inf made an
+    # all-black dataset).
+    guidance_scale: float = Field(0.0, ge=0.0, le=MAX_GUIDANCE_SCALE)
     # FLUX.1 only: real classifier-free guidance with the negative prompt (twice the compute).
     # Its guidance_scale is a distilled input that never looks at a negative prompt.
-    true_cfg_scale: float | None = Field(None, gt=1.0)
+    true_cfg_scale: float | None = Field(None, gt=1.0, le=MAX_GUIDANCE_SCALE)
     scheduler: str | None = None
-    width: int = Field(512, ge=8, le=8192)
-    height: int = Field(512, ge=8, le=8192)
+    width: int = Field(512, ge=8, le=MAX_IMAGE_SIDE)
+    height: int = Field(512, ge=8, le=MAX_IMAGE_SIDE)
     negative_prompt: str = ""
     trust_remote_code: bool = False
     # An AutoencoderTiny (e.g. madebyollin/taesd for SD 1.x/2.x, taesdxl for SDXL; a hub id,
@@ -140,7 +155,7 @@ CLASS_SLOT = "class"  # filled with the class name (or a corner case's label) in
 
 
 NOISE_STRATEGIES = ("seeds", "latent")
-VIEW_STRATEGIES = ("seeds", "latent", "prompt", "img2img")
+VIEW_STRATEGIES = ("seeds", "latent", "prompt", "img2img", "slots")
 
 
 class LatentViews(StrictModel):
@@ -176,19 +191,42 @@ class Img2ImgViews(StrictModel):
     strength: float = Field(0.5, gt=0.0, le=1.0)
 
 
+class SlotViews(StrictModel):
+    """`slots`: every view re-draws the slots in `vary` (by their weights); the template, the
+    class and every other slot stay the group's. With `distinct`, a group's views take
+    different values while the slot has values left (weighted draws without replacement)."""
+
+    vary: list[str] = Field(min_length=1)
+    distinct: bool = True
+
+    @field_validator("vary")
+    @classmethod
+    def _slot_names_once_each(cls, vary: list[str]) -> list[str]:
+        if CLASS_SLOT in vary:
+            raise recipe_problem("slots", f"{{{CLASS_SLOT}}} is the group's class and every view "
+                                 "keeps it; vary other slots (a view of another class would be "
+                                 "a different group)")
+        repeated = sorted({name for name in vary if vary.count(name) > 1})
+        if repeated:
+            raise recipe_problem("slots", f"{repeated} listed twice; list each slot once")
+        return vary
+
+
 class ViewsSpec(StrictModel):
     """How many views each group has and how they differ; strategies combine.
 
     `seeds` (an independent seed per view) or `latent` (a neighbourhood of one noise) decide
     the starting noise; with neither, all views share the group's seed. `prompt` varies the
-    text per view; `img2img` derives views 1.. from view 0.
+    text per view; `img2img` derives views 1.. from view 0; `slots` re-draws named slots per
+    view and holds the rest (with shared noise: minimal counterfactuals).
     """
 
     count: int = Field(2, ge=1, le=64)
-    strategy: list[Literal["seeds", "latent", "prompt", "img2img"]] = ["seeds"]
+    strategy: list[Literal["seeds", "latent", "prompt", "img2img", "slots"]] = ["seeds"]
     latent: LatentViews = LatentViews()
     prompt: PromptViews | None = None
     img2img: Img2ImgViews = Img2ImgViews()
+    slots: SlotViews | None = None
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -210,7 +248,15 @@ class ViewsSpec(StrictModel):
         if "prompt" in chosen and self.prompt is None:
             raise recipe_problem("views", "strategy prompt needs a prompt block, e.g. "
                                  "prompt: {modifiers: ['from the side', 'at night']}")
+        if "slots" in chosen and self.slots is None:
+            raise recipe_problem("views", "strategy slots needs a slots block naming the slots "
+                                 "each view re-draws, e.g. slots: {vary: [colour]}")
         return self
+
+    @property
+    def varied_slots(self) -> tuple[str, ...]:
+        """The slots each view re-draws (none without the `slots` strategy)."""
+        return tuple(self.slots.vary) if "slots" in self.strategy else ()
 
     @property
     def noise(self) -> str:
@@ -277,6 +323,25 @@ class BalanceSpec(StrictModel):
     slot: str | None = None  # template slot it fills; default: the attribute, slugified
     applies_to: list[str] | None = None  # class / corner-case names; default: all
     inject: str = "{prompt}, {value}"  # how the value enters a template that lacks the slot
+    # prompt: each group's prompt names its value, in exact quotas. debias: prompts name no
+    # value; the model is edited (generate/debias.py, UCE) until `detector`, a CLIP model,
+    # reads the values of `trials` images per class in these proportions (within
+    # `tolerance`, at most `iterations` edits), over `prompts` filled prompts per class.
+    method: Literal["prompt", "debias"] = "prompt"
+    detector: str = "builtin:world-clip"
+    prompts: int = Field(50, ge=1, le=10_000)
+    trials: int = Field(16, ge=2, le=10_000)
+    iterations: int = Field(3, ge=1, le=30)
+    tolerance: float = Field(0.05, gt=0.0, lt=1.0)
+    preserve_weight: float = Field(1.0, ge=0.0)
+    regularizer: float = Field(0.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _debias_fills_no_slot(self) -> BalanceSpec:
+        if self.method == "debias" and self.slot is not None:
+            raise recipe_problem("balance", "method debias keeps the value out of the prompts, "
+                                 "so it fills no slot; drop slot")
+        return self
 
     @field_validator("values")
     @classmethod
@@ -309,9 +374,25 @@ class SuppressSpec(StrictModel):
     contrast: str = "a photo"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     max_retries: int = Field(3, ge=1, le=50)
-    # erase: edit cross-attention so the concept renders as `target`, keeping `preserve`.
+    # erase: edit every linear map that reads the text so the concept renders as `target`,
+    # keeping `preserve` (generate/erase.py). `contexts`: prompt templates using the concept
+    # ({concept}, {class}, recipe slots), of which `context_prompts` are filled and edited too.
+    # Weights default to the reference implementation's (UCE): preserve 1.0, lambda 0.5.
     target: str = ""
     preserve: list[str] = []
+    contexts: list[str] = []
+    context_prompts: int = Field(200, ge=1, le=10_000)
+    preserve_weight: float = Field(1.0, ge=0.0)
+    regularizer: float = Field(0.5, gt=0.0)
+
+    @field_validator("contexts")
+    @classmethod
+    def _contexts_name_the_concept(cls, contexts: list[str]) -> list[str]:
+        for template in contexts:
+            if "concept" not in template_slots(template):
+                raise recipe_problem("suppress", f"context {template!r} does not use {{concept}}; "
+                                     "write where the concept goes, e.g. 'a {concept} {class}'")
+        return contexts
 
 
 class AuditAttribute(StrictModel):
@@ -336,10 +417,10 @@ class AuditSpec(StrictModel):
 class OutputSpec(StrictModel):
     """Shard layout and image encoding."""
 
-    groups_per_shard: int = Field(100, ge=1)
+    groups_per_shard: int = Field(100, ge=1, le=MAX_GROUPS_PER_SHARD)
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(90, ge=1, le=100)
-    resolution: int | None = Field(None, ge=8)
+    resolution: int | None = Field(None, ge=8, le=MAX_IMAGE_SIDE)
     shuffle: bool = True
 
 
@@ -379,6 +460,11 @@ class Recipe(StrictModel):
                 raise recipe_problem("template", f"{where}.{CLASS_SLOT}: the slot name "
                                      f"{{{CLASS_SLOT}}} is reserved for the class name; rename it")
         balance_slots = self._check_balance()
+        for index, entry in enumerate(self.suppress):
+            for c_index, template in enumerate(entry.contexts):
+                _check_template(f"suppress[{index}].contexts[{c_index}]", template,
+                                set(self.slots) | {"concept"} | ({CLASS_SLOT} if self.classes else set()),
+                                "slots")
         for t_index, template in enumerate(self.templates):
             _check_template(f"templates[{t_index}]", template,
                             set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
@@ -412,23 +498,43 @@ class Recipe(StrictModel):
                     "already a class; use label: for an existing class")
             if case.own_label is not None:
                 own_labels.add(case.own_label)
+        self._check_varied_slots()
         total = sum(s.groups for s in self.classes) + sum(
             self.corner_case_groups(c) for c in self.corner_cases)
         if total == 0:
             raise recipe_problem("cross_reference", "the recipe plans no groups; give at least "
                                  "one class or corner case groups: N > 0")
+        if self.image_count > MAX_PLAN_IMAGES:
+            raise recipe_problem(
+                "cross_reference", f"the recipe plans {self.image_count:,} images (groups x "
+                f"views); one dataset holds at most {MAX_PLAN_IMAGES:,}, because its plan is "
+                "held in memory by every worker; lower groups, or split it into several recipes")
         return self
+
+    @property
+    def prompt_balance(self) -> list[BalanceSpec]:
+        """The balance entries whose values the plan writes into prompts (not `debias`)."""
+        return [entry for entry in self.balance if entry.method == "prompt"]
+
+    @property
+    def image_count(self) -> int:
+        """How many images the recipe plans: each class's and corner case's groups x views."""
+        return (sum(spec.groups * self.views_for(spec).count for spec in self.classes)
+                + sum(self.corner_case_groups(case) * self.views_for(case).count
+                      for case in self.corner_cases))
 
     def _check_balance(self) -> set[str]:
         names = {spec.name for spec in self.classes} | {case.name for case in self.corner_cases}
         slots = set()
         for index, entry in enumerate(self.balance):
             slot = entry.slot_name
-            if not slot.isidentifier():
+            if entry.method == "debias":  # fills no slot: the prompts never name its values
+                slot = None
+            elif not slot.isidentifier():
                 raise recipe_problem("balance", f"balance[{index}].slot {slot!r} is not a slot "
                                      "name; use letters, digits and _")
-            if slot in slots or slot in self.slots or slot == CLASS_SLOT or any(
-                    slot in spec.slots for spec in self.classes):
+            if slot is not None and (slot in slots or slot in self.slots or slot == CLASS_SLOT or any(
+                    slot in spec.slots for spec in self.classes)):
                 raise recipe_problem("balance", f"balance[{index}] fills slot {{{slot}}}, which "
                                      "is already defined elsewhere; set balance[].slot to "
                                      "another name")
@@ -437,12 +543,13 @@ class Recipe(StrictModel):
                     raise recipe_problem("balance", f"balance[{index}].applies_to names "
                                          f"{name!r}, which is neither a class nor a corner "
                                          f"case; use one of {sorted(names)}")
-            slots.add(slot)
+            if slot is not None:
+                slots.add(slot)
         return slots
 
     def _balance_slots_for(self, target: str) -> set[str]:
         """The slots that balance entries fill for the class or corner case `target`."""
-        return {entry.slot_name for entry in self.balance
+        return {entry.slot_name for entry in self.prompt_balance
                 if entry.applies_to is None or target in entry.applies_to}
 
     def _check_balance_reaches(self, where: str, template: str, target: str, known: set[str]) -> None:
@@ -452,12 +559,64 @@ class Recipe(StrictModel):
         except ValueError:
             return  # malformed braces: _check_template reports them
         for index, entry in enumerate(self.balance):
+            if entry.method == "debias":
+                continue
             if entry.slot_name in used and entry.slot_name not in known:
                 raise recipe_problem(
                     "balance", f"{where} {template!r} uses slot {{{entry.slot_name}}}, which "
                     f"balance[{index}] fills only for {entry.applies_to}, not for {target!r}; add "
                     f"{target!r} to balance[{index}].applies_to, or give {target!r} templates "
                     "of its own without that slot")
+
+    def _check_varied_slots(self) -> None:
+        """Every slot a `slots` view strategy varies is one each of its classes' and corner
+        cases' prompts fills directly (or a balanced attribute, injected where a template
+        lacks it), with more than one value: otherwise its views could not differ."""
+        targets = []
+        for i, spec in enumerate(self.classes):
+            at = f"classes[{i}].templates" if spec.templates else "templates"
+            templates = [(f"{at}[{t}]", text) for t, text in enumerate(self.templates_for(spec))]
+            targets.append((f"classes[{i}]", spec.name, spec.views, templates,
+                            {**self.slots, **spec.slots}))
+        targets += [(f"corner_cases[{i}]", case.name, case.views,
+                     [(f"corner_cases[{i}].prompt", case.prompt)], self.slots)
+                    for i, case in enumerate(self.corner_cases)]
+        balanced = {entry.slot_name: (index, entry) for index, entry in enumerate(self.balance)
+                    if entry.method == "prompt"}
+        for where, name, own_views, templates, slot_values in targets:
+            views = own_views if own_views is not None else self.views
+            field = f"{where}.views.slots.vary" if own_views is not None else "views.slots.vary"
+            fix = (f"or give {where} ({name!r}) views of its own without slots"
+                   if own_views is None else f"or take it out of {field}")
+            for slot in views.varied_slots:
+                if slot in balanced:
+                    index, entry = balanced[slot]
+                    if entry.applies_to is not None and name not in entry.applies_to:
+                        raise recipe_problem(
+                            "slots", f"{field}: {{{slot}}} is filled by balance[{index}] only "
+                            f"for {entry.applies_to}, not for {name!r}; add {name!r} to "
+                            f"balance[{index}].applies_to, {fix}")
+                    continue
+                if slot not in slot_values:
+                    defined = sorted(set(slot_values) | self._balance_slots_for(name))
+                    hint = next((f"vary {e.slot_name} instead (balance[{i}] fills slot "
+                                 f"{{{e.slot_name}}} with attribute {e.attribute!r})"
+                                 for i, e in balanced.values() if e.attribute == slot),
+                                f"vary a slot its prompts fill, {fix}")
+                    raise recipe_problem(
+                        "slots", f"{field}: {slot!r} is not a slot of {where} ({name!r}) "
+                        f"(defined: {defined or 'none'}); {hint}")
+                for at, template in templates:
+                    if slot not in template_slots(template):
+                        raise recipe_problem(
+                            "slots", f"{field}: {at} {template!r} does not use {{{slot}}} "
+                            f"(views vary only slots a prompt fills directly, not inside "
+                            f"another slot's values), so the views of {name!r} would not differ; "
+                            f"add {{{slot}}} to it, {fix}")
+                if len(slot_values[slot]) < 2:
+                    raise recipe_problem(
+                        "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
+                        f"so its views cannot differ; give it more values, {fix}")
 
     def corner_case_groups(self, case: CornerCaseSpec) -> int:
         """The exact number of groups a corner case gets (weights and oversampling rounded)."""
@@ -542,17 +701,58 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# Shipped recipes are 1-7 KB; PyYAML parses about 0.2 MB a second, and a 58 MB slot list
+# took over 400 s and 4.6 GB.
+MAX_RECIPE_BYTES = 1_000_000
+# Aliases (*name) repeat an anchored block; a chain of them expands a 1 KB file into billions
+# of values ("billion laughs"), so the values aliases add are bounded.
+MAX_ALIAS_VALUES = 100_000
+_MAX_NESTING = 50  # a recipe nests 6 levels deep
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem is raised as one `UserError`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found; check the path "
                         "(recipes/quickstart.yaml is a working example)") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the recipe ({error.strerror}); pass a UTF-8 YAML "
+                        "file") from None
+    _check_recipe_size(len(data), str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise UserError(f"{path}: cannot read the recipe ({error}); pass a UTF-8 YAML file") from None
-    return parse_recipe(text, source=str(path))
+    recipe = parse_recipe(text, source=str(path))
+    try:
+        check_model_references(recipe)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    return recipe
+
+
+def check_model_references(recipe: Recipe) -> None:
+    """Every model the recipe names can load as the kind its field needs, as far as can be
+    told without loading it (see `builtin.check_model_reference`); folder paths are read
+    from the current directory, as `from_pretrained` reads them."""
+    check_model_reference(recipe.model.id, "model.id", PIPELINE)
+    if recipe.model.decoder is not None:
+        check_model_reference(recipe.model.decoder, "model.decoder", TINY_AUTOENCODER)
+    for index, entry in enumerate(recipe.suppress):
+        if entry.method == "reject":
+            check_model_reference(entry.detector, f"suppress[{index}].detector", CLIP)
+    check_model_reference(recipe.audit.clip, "audit.clip", CLIP)
+
+
+def _check_recipe_size(size: int, source: str) -> None:
+    if size > MAX_RECIPE_BYTES:
+        raise UserError(f"{source}: the recipe is larger than {MAX_RECIPE_BYTES:,} bytes, the "
+                        "most synthgen reads; a recipe lists classes, templates and slot values "
+                        "(shipped ones are under 10 KB), so shorten those lists")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -579,10 +779,61 @@ class _DuplicateKey(Exception):
         self.key, self.first, self.again = key, first, again
 
 
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document as Python values, refusing aliases that expand past the bound."""
+    loader = _UniqueKeyLoader(text)  # a SafeLoader: no Python objects
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_alias_expansion(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_alias_expansion(root: yaml.Node, source: str) -> None:
+    """Count the values the document holds with every alias expanded, without expanding it.
+
+    An alias is the anchored node itself in the composed graph, so each distinct node's
+    expanded size is computed once; a node inside its own expansion is a cycle.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            mark = node.start_mark
+            raise UserError(f"{source}:{mark.line + 1}:{mark.column + 1}: an alias refers to "
+                            "the block that contains it, which never ends; write the values out")
+        if depth > _MAX_NESTING:
+            raise RecursionError
+        open_nodes.add(key)
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(expanded(k, depth + 1) + expanded(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(expanded(item, depth + 1) for item in node.value)
+        else:
+            size = 1
+        open_nodes.discard(key)
+        sizes[key] = size
+        return size
+
+    added = expanded(root, 0) - len(sizes)
+    if added > MAX_ALIAS_VALUES:
+        raise UserError(f"{source}: its aliases (*name) expand to {added:,} more values, past "
+                        f"the {MAX_ALIAS_VALUES:,} synthgen allows (aliases that repeat aliases "
+                        "multiply); repeat fewer blocks, or write the values out")
+
+
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate recipe YAML text; `source` names it in error messages."""
+    _check_recipe_size(len(text.encode("utf-8", errors="replace")), source)
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+        raw = _load_yaml(text, source)
     except _DuplicateKey as duplicate:
         raise UserError(f"{source}:{duplicate.again.line + 1}:{duplicate.again.column + 1}: key "
                         f"{duplicate.key!r} is given twice in one mapping (first on line "
@@ -594,6 +845,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                         "(indentation, a missing ':', or a value with ':' that needs quotes)") from None
     except yaml.YAMLError as error:
         raise UserError(f"{source}: not valid YAML ({error})") from None
+    except RecursionError:
+        raise UserError(f"{source}: the YAML is nested more than {_MAX_NESTING} levels deep; a "
+                        "recipe nests about 6") from None
+    if raw is None:
+        raise UserError(f"{source}: the recipe is empty; start from recipes/quickstart.yaml "
+                        "(name, seed, model, templates, classes)")
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with keys such as name, seed, "
                         f"model, classes; got {type(raw).__name__} {_short(raw)}")
@@ -632,6 +889,7 @@ _FIXES = {
     "model_type": "write a mapping of key: value lines",
     "model_attributes_type": "write a mapping of key: value lines",
     "too_short": "give at least one entry",
+    "finite_number": "write a finite number (.nan and .inf mean no setting)",
     "string_too_short": "give a non-empty value",
 }
 
@@ -677,6 +935,12 @@ def field_path(location: list) -> str:
     return path
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 80, 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = 6
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    # reprlib stops after a few items and levels: a huge (or alias-shared) value costs nothing.
+    text = _SHORT_REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -78,3 +81,122 @@ def test_output_path_mistakes_exit_2_without_traceback(write_recipe, tmp_path):
                             "must end in one of .png")
     assert_clean_user_error(invoke("inspect", out, "--contact-sheet", tmp_path / "no" / "s.png"),
                             "does not exist")
+
+
+def test_validate_counts_each_class_with_its_own_views_and_says_1_not_1s(write_recipe):
+    recipe = write_recipe({"classes": [
+        {"name": "circle", "templates": ["a {colour} circle"], "groups": 4, "views": {"count": 3}},
+        {"name": "square", "templates": ["a {colour} square"], "groups": 3}]})
+    result = invoke("validate", recipe)
+    assert result.exit_code == 0, result.output
+    # circle 4 x 3, square 3 x 2, the corner case 2 x 2
+    assert "2 classes, 1 corner case, 9 groups, 22 images" in result.output
+
+
+def test_generate_names_counts_in_the_singular_and_plan_estimates_the_real_size(write_recipe,
+                                                                               tmp_path):
+    recipe = write_recipe({"output": {"groups_per_shard": 9}})
+    estimate = json.loads(invoke("plan", recipe, "--json").output)["estimated_bytes"]
+    out = tmp_path / "out"
+    result = invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 shard (18 images)" in result.output and "0 shards were already done" in result.output
+    written = sum(path.stat().st_size for path in out.glob("shard-*"))
+    # At 32 px tar headers and json are half the bytes, and the estimate counts them exactly;
+    # it guesses the pixels at 14 bits each, and random-weight images take 23.
+    assert 0.8 < written / estimate < 1.4, (written, estimate)
+    again = invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
+    assert f"{out}: its 1 shard was already done" in again.output
+
+
+def test_inspect_checks_the_contact_sheet_name_before_printing_anything(tmp_path):
+    result = invoke("inspect", tmp_path / "no-dataset", "--contact-sheet", tmp_path / "x.txt")
+    assert_clean_user_error(result, "--contact-sheet", "must end in one of .png")
+    assert "not a finished synthgen dataset" not in result.output
+
+
+def test_an_erase_already_in_the_model_folder_is_warned_about(write_recipe, tmp_path):
+    import shutil
+
+    from synthgen.builtin import EDITS_FILE, resolve_model_source
+
+    edited = tmp_path / "edited-model"
+    shutil.copytree(resolve_model_source("builtin:tiny-random"), edited)
+    (edited / EDITS_FILE).write_text(json.dumps({
+        "base_model": "builtin:tiny-random", "edits": [{"concept": "red", "target": "blue"}]}))
+    recipe = write_recipe({"model": {"id": str(edited)},
+                           "suppress": [{"concept": "Red", "method": "erase", "target": "blue"},
+                                        {"concept": "green", "method": "erase"}]})
+    for command in ("validate", "plan"):
+        result = invoke(command, recipe)
+        assert result.exit_code == 0, result.output
+        assert "warning: suppress[0]:" in result.output and "'Red' already erased" in result.output
+        assert "suppress[1]" not in result.output
+
+
+def test_world_sd_prompts_without_a_background_or_outside_its_words_are_warned_about(write_recipe):
+    quiet = write_recipe({"model": {"id": "builtin:world-sd"},
+                          "templates": ["a large {colour} {class} on a gray background"],
+                          "classes": [{"name": "circle", "groups": 2}], "corner_cases": [],
+                          "slots": {"colour": ["red", "blue"]}}, name="ok.yaml")
+    assert "warning" not in invoke("validate", quiet).output
+    noisy = write_recipe({"model": {"id": "builtin:world-sd"},
+                          "templates": ["a photo of a {colour} {class}"],
+                          "classes": [{"name": "circle", "groups": 2},
+                                      {"name": "dog", "groups": 2}], "corner_cases": [],
+                          "slots": {"colour": ["red", "teal"]}}, name="noisy.yaml")
+    for command in ("validate", "plan"):
+        output = invoke(command, noisy).output
+        assert "'photo' (circle)" in output and "'dog' (dog)" in output and "'teal' (slot colour)" in output
+        assert "name no background" not in output
+        assert "1 of the recipe's prompt templates name none, e.g. 'a photo of a {colour} {class}'" in output
+
+
+def test_a_bad_fail_on_rule_is_refused_before_torch_is_imported(tmp_path):
+    """The audit's torch and transformers imports took 6-7 s before a typo was reported."""
+    import subprocess
+    import sys
+
+    check = ("import sys; from click.testing import CliRunner; from cli import main; "
+             f"result = CliRunner().invoke(main, ['audit', {str(tmp_path)!r}, '--fail-on', 'kll>0.1']); "
+             "print(result.exit_code, 'torch' in sys.modules); print(result.output)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.startswith("2 False"), result.stdout + result.stderr
+    assert "unknown metric 'kll'" in result.stdout
+
+
+def test_loading_a_model_prints_no_accelerate_warning(caplog):
+    import torch
+
+    from synthgen.generate.load import load_pipeline
+    from synthgen.recipe import ModelSpec
+
+    library_logger = logging.getLogger("diffusers")  # it does not propagate to the root
+    library_logger.addHandler(caplog.handler)
+    try:
+        load_pipeline(ModelSpec(id="builtin:tiny-random", width=32, height=32),
+                      torch.device("cpu"), torch.float32)
+    finally:
+        library_logger.removeHandler(caplog.handler)
+    assert not [r.getMessage() for r in caplog.records if "accelerate" in r.getMessage()]
+
+
+def test_a_model_folder_that_does_not_load_gets_a_message_about_the_folder(tmp_path):
+    import shutil
+
+    import torch
+
+    from synthgen.builtin import resolve_model_source
+    from synthgen.errors import UserError
+    from synthgen.generate.load import load_pipeline
+    from synthgen.recipe import ModelSpec
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    shutil.copy(Path(resolve_model_source("builtin:tiny-random")) / "model_index.json", broken)
+    with pytest.raises(UserError) as caught:
+        load_pipeline(ModelSpec(id=str(broken)), torch.device("cpu"), torch.float32)
+    message = str(caught.value)
+    assert message.startswith(f"model.id: cannot load '{broken}' (") and "save_pretrained" in message
+    assert "revision" not in message and "network" not in message and ".." not in message

@@ -13,6 +13,7 @@ import webdataset
 from PIL import Image
 
 from sampling_checks import (
+    assert_same_pictures,
     check_padded_batches_do_not_mix_views,
     count_prompt_encodings,
     dataset_bytes,
@@ -60,12 +61,44 @@ def test_shards_read_back_as_the_planned_groups(write_recipe, tmp_path):
     assert manifest["recipe"]["name"] == "small" and manifest["versions"]["diffusers"]
 
 
-def test_batch_size_does_not_change_a_single_byte(write_recipe, tmp_path):
-    recipe = write_recipe()
-    run(recipe, tmp_path / "b1", batch_size=1)
-    run(recipe, tmp_path / "b8", batch_size=8, encode_workers=1)
+def test_bytes_are_fixed_per_batch_size_whichever_shards_a_run_builds(write_recipe, tmp_path):
+    """On the CPU as on a GPU, every call is padded to the batch size: a shard's bytes depend on
+    the recipe and the batch size only. (Before, the CPU made one view per call, so its bytes
+    were the same for every batch size, at 3-4.5x the time of a batched call.)"""
+    recipe = write_recipe()  # shards of 8, 8 and 2 views: batches of 5+3, 5+3 and 2, padded
     run(recipe, tmp_path / "b5", batch_size=5)
-    assert dataset_bytes(tmp_path / "b1") == dataset_bytes(tmp_path / "b8") == dataset_bytes(tmp_path / "b5")
+    run(recipe, tmp_path / "again", batch_size=5, encode_workers=1)
+    run(recipe, tmp_path / "sliced", batch_size=5, shards=(2,))
+    run(recipe, tmp_path / "sliced", batch_size=5, shards=(0, 1))
+    assert dataset_bytes(tmp_path / "b5") == dataset_bytes(tmp_path / "again") \
+        == dataset_bytes(tmp_path / "sliced")
+    # Seeds and noise never depend on the batch: another batch size, the same pictures.
+    run(recipe, tmp_path / "b1", batch_size=1)
+    assert_same_pictures(tmp_path / "b1", tmp_path / "b5")
+
+
+def test_cpu_views_are_made_in_padded_batches_on_every_thread_asked_for(write_recipe, tmp_path,
+                                                                         monkeypatch):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    calls = []
+    original = StableDiffusionPipeline.__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls.append((len(kwargs["latents"]), torch.get_num_threads()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", counting_call)
+    threads_before = torch.get_num_threads()
+    run(write_recipe(), tmp_path / "out", batch_size=5)
+    # Shards of 8, 8 and 2 views: two calls, two calls and one, each padded to 5 views; by
+    # default on two threads (both cores of the quickstart's machine).
+    assert calls == [(5, 2)] * 5
+    assert torch.get_num_threads() == threads_before, "the caller's thread setting is given back"
+    calls.clear()
+    run(write_recipe(), tmp_path / "one-thread", batch_size=8, cpu_threads=1)
+    assert calls == [(8, 1)] * 3
 
 
 def test_two_runs_give_identical_bytes_and_files_are_not_private(write_recipe, tmp_path):
@@ -85,7 +118,7 @@ class Interrupt(KeyboardInterrupt):
 
 def test_interrupted_run_resumes_to_the_same_dataset(write_recipe, tmp_path, monkeypatch):
     recipe = write_recipe()
-    run(recipe, tmp_path / "clean")
+    run(recipe, tmp_path / "clean", batch_size=3)  # bytes are fixed per batch size
     original = Sampler.sample
     calls = []
 
@@ -139,9 +172,16 @@ def test_a_run_that_fails_before_its_first_shard_does_not_lock_the_directory(wri
         return CliRunner().invoke(main, ["generate", str(recipe), "--out", str(tmp_path / "out"),
                                          "--device", "cpu", "--quiet"])
 
-    broken = write_recipe({"model": {"id": "builtin:no-such-model"}}, name="broken.yaml")
+    # A folder that passes validation (it has a model_index.json) but does not load.
+    from synthgen.builtin import resolve_model_source
+
+    unloadable = tmp_path / "unloadable-model"
+    unloadable.mkdir()
+    (unloadable / "model_index.json").write_bytes(
+        (Path(resolve_model_source("builtin:tiny-random")) / "model_index.json").read_bytes())
+    broken = write_recipe({"model": {"id": str(unloadable)}}, name="broken.yaml")
     failed = generate(broken)
-    assert failed.exit_code == 2 and f"{broken}: model.id: unknown builtin model" in failed.output
+    assert failed.exit_code == 2 and f"{broken}: model.id: cannot load" in failed.output
     assert not (tmp_path / "out" / "recipe.json").exists(), "nothing was built: claim released"
     fixed = generate(write_recipe())
     assert fixed.exit_code == 0 and "wrote 3 shards" in fixed.output, fixed.output
@@ -157,7 +197,7 @@ def test_guidance_and_negative_prompt_path(write_recipe, tmp_path):
                                         "groups": 3}], "corner_cases": []})
     run(recipe, tmp_path / "a", batch_size=1)
     run(recipe, tmp_path / "b", batch_size=6)
-    assert dataset_bytes(tmp_path / "a") == dataset_bytes(tmp_path / "b")
+    assert_same_pictures(tmp_path / "a", tmp_path / "b")
     sample = next(iter(webdataset.WebDataset(str(tmp_path / "a" / "shard-000000.tar"),
                                               shardshuffle=False, empty_check=False)))
     metadata = json.loads(sample["json"])
@@ -171,7 +211,7 @@ def test_sdxl_pipeline_and_scheduler_override(write_recipe, tiny_sdxl_dir, tmp_p
                            "corner_cases": []})
     run(recipe, tmp_path / "a", batch_size=1)
     run(recipe, tmp_path / "b", batch_size=4)
-    assert dataset_bytes(tmp_path / "a") == dataset_bytes(tmp_path / "b")
+    assert_same_pictures(tmp_path / "a", tmp_path / "b")
     stats = json.loads((tmp_path / "a" / "shard-000000.stats.json").read_text())
     assert stats["model"]["pipeline"] == "StableDiffusionXLPipeline"
 
@@ -187,7 +227,7 @@ def test_model_errors_are_user_errors(write_recipe, tmp_path):
 
 
 def test_padded_batches_do_not_mix_views():
-    """The GPU path (padded batches of many prompts), run on the CPU."""
+    """Padded batches of many prompts, the path of every device."""
     import torch
 
     from synthgen.generate.load import load_pipeline

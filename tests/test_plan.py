@@ -103,3 +103,68 @@ def test_shared_templates_fill_the_class_slot(write_recipe):
     assert prompts["class-tabby_cat-000000"].startswith("a photo of a tabby cat, ")
     assert prompts["class-goose-000000"] == "a goose on a lake"
     assert prompts["corner-cat_on_a_goose-000000"] == "a tabby cat riding a goose"
+
+
+def test_varied_balanced_attributes_keep_exact_quotas_over_views(write_recipe):
+    from click.testing import CliRunner
+
+    from cli import main
+    from synthgen.attributes import largest_remainder_quotas
+
+    path = write_recipe({
+        "classes": [{"name": "circle", "templates": ["a {age} {colour} circle, {gender}"],
+                     "groups": 7},
+                    {"name": "square", "templates": ["a {colour} square"], "groups": 5}],
+        "corner_cases": [],
+        "balance": [
+            {"attribute": "perceived gender", "slot": "gender",
+             "values": {"woman": 1, "man": 1, "nonbinary": 1}},
+            {"attribute": "age", "values": {"young": 2, "old": 1}}],
+        "views": {"count": 4, "strategy": ["slots", "seeds"], "slots": {"vary": ["gender"]}}})
+    recipe = load_recipe(path)
+    plan = make_plan(recipe)
+    assert plan.groups == make_plan(recipe).groups
+    assert [[v.to_json() for v in g.views] for g in plan.groups] == \
+        [[v.to_json() for v in g.views] for g in make_plan(recipe).groups]
+    summary = summarize(plan)
+    for name, groups in (("circle", 7), ("square", 5)):
+        of_class = [g for g in plan.groups if g.class_name == name]
+        per_view = Counter(v.balance["perceived gender"] for g in of_class for v in g.views)
+        # Quotas count views: 7 groups x 4 views = 28 = 10 + 9 + 9.
+        assert per_view == largest_remainder_quotas(groups * 4, {"woman": 1, "man": 1,
+                                                                 "nonbinary": 1})
+        assert summary["balance"]["perceived gender"][name] == dict(per_view)
+        assert summary["balance_counts"]["perceived gender"][name] == "views"
+        # Not varied: one value per group, quotas over groups.
+        per_group = Counter(g.balance["age"] for g in of_class)
+        assert per_group == largest_remainder_quotas(groups, {"young": 2, "old": 1})
+        assert summary["balance"]["age"][name] == dict(per_group)
+        assert summary["balance_counts"]["age"][name] == "groups"
+        for group in of_class:
+            held = [v.prompt.split(", ")[0] for v in group.views]
+            assert len(set(held)) == 1, "the held slots and age are the group's"
+            drawn = [v.balance["perceived gender"] for v in group.views]
+            # 4 views, 3 values: every value in every group, one twice.
+            assert set(drawn) == {"woman", "man", "nonbinary"}
+            assert all(f", {value}" in v.prompt for v, value in zip(group.views, drawn))
+    printed = CliRunner().invoke(main, ["plan", str(path)]).output
+    assert ("balance of 'perceived gender' (views: varied per view, quotas over all views):"
+            in printed)
+    assert "balance of 'age' (groups):" in printed
+
+
+def test_varied_balance_is_distinct_when_quotas_allow_and_exact_without_distinct():
+    from synthgen.attributes import assign_balanced_view_values
+    from synthgen.recipe import BalanceSpec
+
+    entry = BalanceSpec(attribute="age", values={"young": 1, "middle": 1, "old": 1, "child": 1})
+    group_ids = [f"g{n}" for n in range(9)]
+    distinct = assign_balanced_view_values(5, entry, group_ids, 4, distinct=True)
+    # 36 views, quotas of 9 each, 9 groups: no value exceeds N, so every group shows all four.
+    assert all(sorted(values) == ["child", "middle", "old", "young"]
+               for values in distinct.values())
+    assert distinct == assign_balanced_view_values(5, entry, group_ids, 4, distinct=True)
+    free = assign_balanced_view_values(5, entry, group_ids, 4, distinct=False)
+    assert Counter(v for values in free.values() for v in values) == \
+        {"young": 9, "middle": 9, "old": 9, "child": 9}
+    assert any(len(set(values)) < 4 for values in free.values())

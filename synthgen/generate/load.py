@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from synthgen.builtin import resolve_model_source
+# EDITS_FILE is imported from here by generate/prepare.py.
+from synthgen.builtin import (  # noqa: F401
+    EDITS_FILE,
+    PIPELINE,
+    TINY_AUTOENCODER,
+    check_model_reference,
+    edit_record,
+    resolve_model_source,
+)
 from synthgen.errors import UserError
 from synthgen.generate.identity import weights_digest
 from synthgen.recipe import ModelSpec
@@ -27,6 +36,7 @@ BFLOAT16_PIPELINES = ("FluxPipeline",)
 def choose_dtype(requested: str, device: torch.device, spec: ModelSpec | None = None) -> torch.dtype:
     """`auto` is float32 on the CPU; on a GPU float16, or bfloat16 for `BFLOAT16_PIPELINES`
     (read from the model's model_index.json when `spec` is given)."""
+    check_dtype_fits_device(requested, device)
     if requested != "auto":
         return _DTYPES[requested]
     if device.type != "cuda":
@@ -34,6 +44,15 @@ def choose_dtype(requested: str, device: torch.device, spec: ModelSpec | None = 
     if spec is not None and pipeline_class_name(spec) in BFLOAT16_PIPELINES:
         return torch.bfloat16
     return torch.float16
+
+
+def check_dtype_fits_device(requested: str, device: torch.device) -> None:
+    """float16 on the CPU is refused: PyTorch has few float16 CPU kernels, so the tiny test
+    pipeline ran 2x slower than in float32, and diffusers warns that pipelines may fail."""
+    if requested == "float16" and device.type == "cpu":
+        raise UserError("model.dtype (or --dtype) float16 on the CPU: it is slower than float32 "
+                        "there and may fail; use float32 or bfloat16 on the CPU, or float16 on a "
+                        "GPU (--device cuda)")
 
 
 def pipeline_class_name(spec: ModelSpec) -> str | None:
@@ -78,6 +97,7 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     # synthgen draws its own progress bar; the per-component loading bars only add noise.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    check_model_reference(spec.id, "model.id", PIPELINE)
     source = resolve_model_source(spec.id)
     scheduler = _scheduler(spec.scheduler) if spec.scheduler is not None else None
     try:
@@ -90,12 +110,16 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
             )
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"model.id: cannot load {spec.id!r} (revision {spec.revision or 'default'}): "
-            f"{first_line}. If this machine has no network, download the model elsewhere "
-            "(huggingface-cli download ID --local-dir DIR) and set model.id to that folder; "
-            "weights must be safetensors"
-        ) from None
+        revision = f" at revision {spec.revision}" if spec.revision else ""
+        if Path(source).is_dir():
+            fix = ("the folder must hold a diffusers pipeline saved with save_pretrained, with "
+                   "safetensors weights")
+        else:
+            fix = ("if this machine has no network, download the model elsewhere (huggingface-cli "
+                   "download ID --local-dir DIR) and set model.id to that folder; weights must be "
+                   "safetensors")
+        raise UserError(f"model.id: cannot load {spec.id!r}{revision} ({first_line.rstrip('.')}); "
+                        f"{fix}") from None
     if scheduler is not None:
         pipeline.scheduler = scheduler.from_config(pipeline.scheduler.config)
     if spec.decoder is not None:
@@ -105,18 +129,9 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
                        edits=_recorded_edits(source), weights=weights_digest(spec))
 
 
-EDITS_FILE = "synthgen-edits.json"
-
-
 def _recorded_edits(source: str) -> tuple[dict, ...]:
     """The erase edits a `synthgen edit` folder carries, so datasets made from it record them."""
-    import json
-    from pathlib import Path
-
-    record = Path(source) / EDITS_FILE
-    if not record.is_file():
-        return ()
-    data = json.loads(record.read_text())
+    data = edit_record(source)
     return tuple({**edit, "applied_by": "synthgen edit", "base_model": data.get("base_model")}
                  for edit in data.get("edits", ()))
 
@@ -136,6 +151,7 @@ def _scheduler(name: str):
 def _tiny_decoder(decoder_id: str, dtype: torch.dtype):
     from diffusers import AutoencoderTiny
 
+    check_model_reference(decoder_id, "model.decoder", TINY_AUTOENCODER)
     source = resolve_model_source(decoder_id, "model.decoder")
     try:
         with warnings.catch_warnings():
