@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
+from synthgen.cli import main
 
 
 def invoke(*args):
@@ -157,7 +157,7 @@ def test_a_bad_fail_on_rule_is_refused_before_torch_is_imported(tmp_path):
     import subprocess
     import sys
 
-    check = ("import sys; from click.testing import CliRunner; from cli import main; "
+    check = ("import sys; from click.testing import CliRunner; from synthgen.cli import main; "
              f"result = CliRunner().invoke(main, ['audit', {str(tmp_path)!r}, '--fail-on', 'kll>0.1']); "
              "print(result.exit_code, 'torch' in sys.modules); print(result.output)")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
@@ -200,3 +200,19 @@ def test_a_model_folder_that_does_not_load_gets_a_message_about_the_folder(tmp_p
     message = str(caught.value)
     assert message.startswith(f"model.id: cannot load '{broken}' (") and "save_pretrained" in message
     assert "revision" not in message and "network" not in message and ".." not in message
+
+
+def test_the_command_line_lives_in_the_package_and_the_checkout_entry_runs_it():
+    """A top-level module named `cli` was installed beside synthgen: any project could shadow
+    it. The console script runs synthgen.cli; the repository's cli.py only runs that group."""
+    import subprocess
+    import sys
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"] == {"synthgen": "synthgen.cli:main"}
+    assert "py-modules" not in project["tool"].get("setuptools", {})
+    repository = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repository / "cli.py"), "--version"],
+                            capture_output=True, text=True, timeout=120, cwd=repository.parent)
+    assert result.returncode == 0 and result.stdout == "cli.py, version 0.1.0\n", result.stderr

@@ -97,8 +97,9 @@ def test_cpu_views_are_made_in_padded_batches_on_every_thread_asked_for(write_re
     assert calls == [(5, 2)] * 5
     assert torch.get_num_threads() == threads_before, "the caller's thread setting is given back"
     calls.clear()
-    run(write_recipe(), tmp_path / "one-thread", batch_size=8, cpu_threads=1)
-    assert calls == [(8, 1)] * 3
+    # By default 16 views per call on the CPU: one call per shard here, padded.
+    run(write_recipe(), tmp_path / "defaults", cpu_threads=1)
+    assert calls == [(16, 1)] * 3
 
 
 def test_two_runs_give_identical_bytes_and_files_are_not_private(write_recipe, tmp_path):
@@ -166,7 +167,7 @@ def test_a_run_that_fails_before_its_first_shard_does_not_lock_the_directory(wri
                                                                               tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from synthgen.cli import main
 
     def generate(recipe):
         return CliRunner().invoke(main, ["generate", str(recipe), "--out", str(tmp_path / "out"),

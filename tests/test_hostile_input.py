@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from synthgen.cli import main
 from synthgen.errors import UserError
 from synthgen.recipe import load_recipe
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from synthgen.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = f"{sys.executable} {REPO / 'cli.py'}"
@@ -141,7 +141,7 @@ def test_paths_under_a_regular_file_are_refused_before_work(write_recipe, tmp_pa
 
 def test_an_interrupted_edit_leaves_no_folder_that_looks_finished(write_recipe, tmp_path,
                                                                   monkeypatch):
-    import synthgen.generate.prepare as prepare
+    from synthgen.generate import prepare
 
     def interrupted(recipe, out_dir, device):
         (Path(out_dir) / "model_index.json").write_text("{}")  # half of a model folder

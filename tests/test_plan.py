@@ -108,7 +108,7 @@ def test_shared_templates_fill_the_class_slot(write_recipe):
 def test_varied_balanced_attributes_keep_exact_quotas_over_views(write_recipe):
     from click.testing import CliRunner
 
-    from cli import main
+    from synthgen.cli import main
     from synthgen.attributes import largest_remainder_quotas
 
     path = write_recipe({

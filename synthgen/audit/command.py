@@ -1,4 +1,5 @@
-"""The `synthgen audit DIR` click command (registered in cli.py with `main.add_command(audit)`).
+"""The `synthgen audit DIR` click command (registered in synthgen/cli.py with
+`main.add_command(audit)`); it calls `synthgen.api.audit` and prints the result.
 
 Exit status: 0 when every --fail-on rule holds, 1 when one fails (each failing rule is printed
 as `FAILED RULE: value V`, or `not measured`), 2 for a user mistake (raised as UserError, printed by the CLI).
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from synthgen.errors import UserError
 
 FAIL_EXIT = 1
 
@@ -54,55 +54,24 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
           quiet: bool) -> None:
     """Measure what a dataset holds: attribute balance, suppressed concepts, view diversity,
     prompt fidelity, near-duplicates and integrity; writes report.json and report.html."""
-    from synthgen.audit.thresholds import METRICS, parse_fail_on
-    from synthgen.outputs import check_output_folder
+    from synthgen import api
+    from synthgen.audit.thresholds import METRICS
 
-    # Every option is checked before a model loads, and before the imports of torch and
-    # transformers (seconds): a typo costs nothing.
-    rules = parse_fail_on(fail_on)
-    check_output_folder(report_dir or dataset_dir / "audit", "--report")
-
-    from synthgen.audit import encoder as encoders
-    from synthgen.devices import choose_device
-    from synthgen.audit.cache import CACHE_FILE
-    from synthgen.audit.report import write_report
-    from synthgen.audit.run import AuditSettings, run_audit
-    from synthgen.audit.source import dataset_shards
-    from synthgen.audit.spec import parse_attribute_option, parse_template_option, spec_from_recipe
-    from synthgen.recipe import load_recipe
-
-    manifest, _ = dataset_shards(dataset_dir)
-    audit_block = (load_recipe(recipe_file).audit.model_dump(mode="json")
-                   if recipe_file is not None else None)
-    spec = spec_from_recipe(manifest.get("recipe") or {}, clip=clip, margin=margin,
-                            attributes=[parse_attribute_option(a) for a in attributes],
-                            templates=[parse_template_option(t) for t in templates],
-                            audit_block=audit_block, fidelity_threshold=fidelity_threshold,
-                            duplicate_threshold=duplicate_threshold)
-    chosen_device = choose_device(device)
-    if quiet:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars
-    encoder = encoders.load_encoder(spec.clip, chosen_device, dtype)
-    report_dir = report_dir or dataset_dir / "audit"
-    if report_dir.exists() and not report_dir.is_dir():
-        raise UserError(f"--report {report_dir}: exists and is not a directory")
-    settings = AuditSettings(batch_size=batch_size, device=chosen_device, progress=not quiet,
-                             cache_path=None if no_cache else report_dir / CACHE_FILE)
-    outcome = run_audit(dataset_dir, spec, encoder, settings, rules)
-    page = write_report(outcome, report_dir)
-    click.echo(format_summary(outcome.report))
-    click.echo(f"report: {page} (and report.json)")
-    failed = [c for c in outcome.checks if c["failed"]]
-    for check in failed:
+    result = api.audit(dataset_dir, report=report_dir, clip=clip, attributes=attributes,
+                       templates=templates, recipe=recipe_file, margin=margin,
+                       fidelity_threshold=fidelity_threshold,
+                       duplicate_threshold=duplicate_threshold, fail_on=fail_on, device=device,
+                       dtype=dtype, batch_size=batch_size, cache=not no_cache, progress=not quiet)
+    click.echo(format_summary(result.report))
+    click.echo(f"report: {result.report_page} (and report.json)")
+    for check in result.failed:
         if check["value"] is None:
             click.echo(f"FAILED {check['rule']}: not measured ({check['metric']}: "
                        f"{METRICS[check['metric']]}; nothing in this dataset to measure it on, "
                        "or every unit was unsure)", err=True)
         else:
             click.echo(f"FAILED {check['rule']}: value {check['value']:.6g}", err=True)
-    if failed:
+    if result.failed:
         click.get_current_context().exit(FAIL_EXIT)
 
 

@@ -23,7 +23,7 @@ RECIPE = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 1, "
 
 def _cli():
     """The audit command inside the CLI's group, which turns UserError into exit status 2."""
-    from cli import SynthgenGroup
+    from synthgen.cli import SynthgenGroup
 
     group = SynthgenGroup()
     group.add_command(audit)

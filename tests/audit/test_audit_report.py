@@ -128,7 +128,7 @@ def _render_checks(page, profile) -> dict:
                     "chromium): report.html is not rendered in a browser")
 def test_report_renders_in_chromium_at_1280_px_with_every_image_and_readable_tables(
         tmp_path, fake_encoder):
-    from cli import SynthgenGroup
+    from synthgen.cli import SynthgenGroup
 
     recipe = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 1, "blue": 1},
                            "applies_to": None}],

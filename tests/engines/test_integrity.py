@@ -16,7 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import main
+from synthgen.cli import main
 from engine_helpers import dataset_bytes, model_info, run, shard_samples
 from synthgen.errors import UserError
 from synthgen.plan import make_plan

@@ -12,7 +12,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from synthgen.cli import main
 from engine_helpers import model_info, race_publishers, run, shard_samples
 from synthgen.engines.local import FAULT_ENV
 from synthgen.errors import UserError

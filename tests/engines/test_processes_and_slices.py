@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from synthgen.cli import main
 from engine_helpers import dataset_bytes, model_info, race_publishers, run, shard_samples
 from synthgen.engines.local import FAULT_ENV, FAULT_EXIT_STATUS
 from synthgen.engines.slices import choose_slice, parse_shard_ranges
