@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from synthgen.errors import UserError
+from synthgen.shards import regrouped
 from synthgen.write import MANIFEST
 
 
@@ -39,12 +40,13 @@ def shard_paths(dataset_dir: Path, manifest: dict) -> list[str]:
 
 
 def iter_samples(paths: list[str]):
-    """Yields raw webdataset samples (dicts of bytes keyed by extension), in shard order;
-    raises on unreadable tar data (see `readable_samples` for a reader that goes on)."""
+    """Yields group samples (dicts of bytes keyed by member name, either layout read as the
+    `group` one), in shard order; raises on unreadable tar data (see `readable_samples` for a
+    reader that goes on)."""
     import webdataset
 
     dataset = webdataset.WebDataset(paths, shardshuffle=False, empty_check=False)
-    yield from dataset
+    yield from regrouped(dataset)
 
 
 def readable_samples(paths: list[str], damaged: list[str]) -> Iterator[tuple[dict, dict]]:
@@ -56,7 +58,7 @@ def readable_samples(paths: list[str], damaged: list[str]) -> Iterator[tuple[dic
         damaged.append(str(error))
         return True
 
-    for sample in tar_samples(({"url": path} for path in paths), note):
+    for sample in regrouped(tar_samples(({"url": path} for path in paths), note)):
         try:
             metadata, _, _ = checked_metadata(sample)
         except DamagedSample as error:
@@ -89,8 +91,9 @@ def count_groups(dataset_dir: Path) -> dict:
     damaged: list[str] = []
     verify_shards(dataset_dir, manifest, damaged)
     for sample, metadata in readable_samples(shard_paths(dataset_dir, manifest), damaged):
-        if metadata.get("corner_case") is None:
-            classes[metadata.get("class_name")] += 1
+        # None in datasets written before corner_case became "" for "none".
+        if not metadata.get("corner_case"):
+            classes[metadata.get("class_name") or None] += 1
         else:
             corner_cases[metadata["corner_case"]] += 1
         images += sum(1 for key in sample if key.startswith("view"))

@@ -97,10 +97,6 @@ class Plan:
             stream.write(json.dumps(group.to_json(), sort_keys=True) + "\n")
 
 
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}.tar"
-
-
 def stored_size(recipe: Recipe) -> tuple[int, int]:
     """(width, height) of stored images: generated size, longer side scaled to output.resolution."""
     width, height = recipe.model.width, recipe.model.height
@@ -469,11 +465,11 @@ def summarize(plan: Plan) -> dict:
         "stored_size": [width, height],
         "estimated_bytes": estimated_bytes,
         "classes": {t.name: {"groups": groups_of[t.name], "images": images_of[t.name],
-                             "views": _describe_views(t.views)}
+                             "views": t.views.describe()}
                     for t in targets if t.corner_case is None},
         "corner_cases": {t.name: {"groups": groups_of[t.name], "images": images_of[t.name],
                                   "label": t.class_name, "class_index": t.class_index,
-                                  "tags": list(t.tags), "views": _describe_views(t.views)}
+                                  "tags": list(t.tags), "views": t.views.describe()}
                          for t in targets if t.corner_case is not None},
         "balance": balance_table,
         "balance_counts": balance_counts,
@@ -513,21 +509,3 @@ def _tar_member(data_bytes: float) -> int:
     return _TAR_BLOCK + math.ceil(data_bytes / _TAR_BLOCK) * _TAR_BLOCK
 
 
-def _describe_views(spec: ViewsSpec) -> str:
-    """One line a person can read: '4 views: latent (sigma 0.5, anchor) + prompt (3 modifiers)'."""
-    parts = []
-    for strategy in spec.strategy:
-        if strategy == "latent":
-            anchor = ", view 0 = anchor" if spec.latent.anchor_view else ""
-            parts.append(f"latent (sigma {spec.latent.sigma:g}{anchor})")
-        elif strategy == "prompt":
-            parts.append(f"prompt ({len(spec.prompt.modifiers)} modifiers, {spec.prompt.mode})")
-        elif strategy == "img2img":
-            parts.append(f"img2img (strength {spec.img2img.strength:g})")
-        elif strategy == "slots":
-            how = "; distinct" if spec.slots.distinct else ""
-            noise = "; one shared seed" if spec.noise == "shared" else ""
-            parts.append(f"slots (vary {', '.join(spec.slots.vary)}{how}{noise})")
-        else:
-            parts.append(strategy)
-    return f"{spec.count} views: " + " + ".join(parts)

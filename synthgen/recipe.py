@@ -11,24 +11,22 @@ import json
 import math
 import re
 import reprlib
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from synthgen.builtin import CLIP, PIPELINE, TINY_AUTOENCODER, check_model_reference
 from synthgen.errors import UserError
+from synthgen.recipe_base import CLASS_SLOT, StrictModel, recipe_problem, template_slots
+from synthgen.views import ViewsSpec
 
 IMAGE_FORMATS = ("jpg", "png", "webp")
 MAX_GUIDANCE_SCALE = 100.0
@@ -71,44 +69,7 @@ def _parse_slot_values(raw: Any) -> dict[str, float]:
                          "value to weight {a: 3, b: 1}")
 
 
-def recipe_problem(kind: str, message: str) -> PydanticCustomError:
-    """A validation error whose message is final text (pydantic would read braces as fields)."""
-    return PydanticCustomError(kind, "{message}", {"message": message})
-
-
 SlotValues = Annotated[dict[str, float], BeforeValidator(_parse_slot_values)]
-
-
-def template_slots(template: str) -> list[str]:
-    """The slot names a template uses, in order; raises ValueError for malformed braces."""
-    names = []
-    for _, field_name, format_spec, conversion in string.Formatter().parse(template):
-        if field_name is None:
-            continue
-        if not field_name.isidentifier() or format_spec or conversion:
-            raise ValueError(f"'{{{field_name}}}' is not a slot name")
-        names.append(field_name)
-    return names
-
-
-class StrictModel(BaseModel):
-    """Frozen, and rejects keys it does not know, naming the keys it does."""
-
-    # No NaN or infinity: YAML reads `.nan` and `.inf` as floats, and no setting means them.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls.model_fields:
-                    raise PydanticCustomError(
-                        "unknown_key", "{message}",
-                        {"key": str(key), "message": f"unknown key {str(key)!r}; the keys "
-                         f"allowed here are: {', '.join(cls.model_fields)}"},
-                    )
-        return data
 
 
 class ModelSpec(StrictModel):
@@ -149,122 +110,6 @@ class ModelSpec(StrictModel):
             raise recipe_problem("scheduler_name", "expected a diffusers scheduler class name "
                                  "such as EulerDiscreteScheduler")
         return name
-
-
-CLASS_SLOT = "class"  # filled with the class name (or a corner case's label) in every template
-
-
-NOISE_STRATEGIES = ("seeds", "latent")
-VIEW_STRATEGIES = ("seeds", "latent", "prompt", "img2img", "slots")
-
-
-class LatentViews(StrictModel):
-    """`latent`: views start from the group's anchor noise plus a perturbation of scale sigma.
-
-    Mixing is variance preserving, (anchor + sigma * own) / sqrt(1 + sigma^2), so every view's
-    noise stays a unit Gaussian, as the sampler expects. sigma 0 gives identical views.
-    """
-
-    sigma: float = Field(0.5, ge=0.0, le=100.0)
-    anchor_view: bool = True  # view 0 is the unperturbed anchor
-
-
-class PromptViews(StrictModel):
-    """`prompt`: the group's prompt varied per view by a list of modifiers."""
-
-    modifiers: list[str] = Field(min_length=1)
-    mode: Literal["cycle", "sample"] = "cycle"
-    template: str = "{prompt}, {modifier}"
-
-    @field_validator("template")
-    @classmethod
-    def _template_uses_prompt_and_modifier(cls, template: str) -> str:
-        if sorted(set(template_slots(template))) != ["modifier", "prompt"]:
-            raise recipe_problem("template", "must use exactly the slots {prompt} and {modifier}, "
-                                 "e.g. '{prompt}, {modifier}'")
-        return template
-
-
-class Img2ImgViews(StrictModel):
-    """`img2img`: views after the first re-noise view 0 to `strength` and denoise it (SDEdit)."""
-
-    strength: float = Field(0.5, gt=0.0, le=1.0)
-
-
-class SlotViews(StrictModel):
-    """`slots`: every view re-draws the slots in `vary` (by their weights); the template, the
-    class and every other slot stay the group's. With `distinct`, a group's views take
-    different values while the slot has values left (weighted draws without replacement)."""
-
-    vary: list[str] = Field(min_length=1)
-    distinct: bool = True
-
-    @field_validator("vary")
-    @classmethod
-    def _slot_names_once_each(cls, vary: list[str]) -> list[str]:
-        if CLASS_SLOT in vary:
-            raise recipe_problem("slots", f"{{{CLASS_SLOT}}} is the group's class and every view "
-                                 "keeps it; vary other slots (a view of another class would be "
-                                 "a different group)")
-        repeated = sorted({name for name in vary if vary.count(name) > 1})
-        if repeated:
-            raise recipe_problem("slots", f"{repeated} listed twice; list each slot once")
-        return vary
-
-
-class ViewsSpec(StrictModel):
-    """How many views each group has and how they differ; strategies combine.
-
-    `seeds` (an independent seed per view) or `latent` (a neighbourhood of one noise) decide
-    the starting noise; with neither, all views share the group's seed. `prompt` varies the
-    text per view; `img2img` derives views 1.. from view 0; `slots` re-draws named slots per
-    view and holds the rest (with shared noise: minimal counterfactuals).
-    """
-
-    count: int = Field(2, ge=1, le=64)
-    strategy: list[Literal["seeds", "latent", "prompt", "img2img", "slots"]] = ["seeds"]
-    latent: LatentViews = LatentViews()
-    prompt: PromptViews | None = None
-    img2img: Img2ImgViews = Img2ImgViews()
-    slots: SlotViews | None = None
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _strategies_fit_together(self) -> ViewsSpec:
-        chosen = set(self.strategy)
-        if not chosen:
-            raise recipe_problem("views", "strategy needs at least one of "
-                                 + ", ".join(VIEW_STRATEGIES))
-        if {"seeds", "latent"} <= chosen:
-            raise recipe_problem("views", "strategy: seeds and latent both decide the starting "
-                                 "noise; pick one")
-        if "img2img" in chosen and "latent" in chosen:
-            raise recipe_problem("views", "strategy: img2img derives views from view 0 and "
-                                 "cannot combine with latent; use seeds or prompt with it")
-        if "prompt" in chosen and self.prompt is None:
-            raise recipe_problem("views", "strategy prompt needs a prompt block, e.g. "
-                                 "prompt: {modifiers: ['from the side', 'at night']}")
-        if "slots" in chosen and self.slots is None:
-            raise recipe_problem("views", "strategy slots needs a slots block naming the slots "
-                                 "each view re-draws, e.g. slots: {vary: [colour]}")
-        return self
-
-    @property
-    def varied_slots(self) -> tuple[str, ...]:
-        """The slots each view re-draws (none without the `slots` strategy)."""
-        return tuple(self.slots.vary) if "slots" in self.strategy else ()
-
-    @property
-    def noise(self) -> str:
-        """'seeds', 'latent' or 'shared' (every view starts from the group's one seed)."""
-        for strategy in NOISE_STRATEGIES:
-            if strategy in self.strategy:
-                return strategy
-        return "shared"
 
 
 class ClassSpec(StrictModel):
@@ -415,13 +260,19 @@ class AuditSpec(StrictModel):
 
 
 class OutputSpec(StrictModel):
-    """Shard layout and image encoding."""
+    """Shard layout and image encoding.
+
+    `layout` (synthgen/shards.py): `group`, one tar sample per multi-view group, or `view`, one
+    per view (KEY.jpg + KEY.txt prompt, what CLIP-style loaders read). `format` is the image
+    codec.
+    """
 
     groups_per_shard: int = Field(100, ge=1, le=MAX_GROUPS_PER_SHARD)
     format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(90, ge=1, le=100)
     resolution: int | None = Field(None, ge=8, le=MAX_IMAGE_SIDE)
     shuffle: bool = True
+    layout: Literal["group", "view"] = "group"
 
 
 class Recipe(StrictModel):
@@ -640,8 +491,13 @@ class Recipe(StrictModel):
         """sha256 of the canonical JSON of the resolved recipe: equal recipes, equal hashes.
 
         The `audit` section is left out: it changes how a dataset is measured, not its bytes.
+        So is the default `output.layout` (it came later): recipes that do not set it keep the
+        hash they had before it existed, and their datasets stay resumable.
         """
-        generating = self.model_dump(mode="json", exclude={"audit"})
+        exclude: dict = {"audit": True}
+        if self.output.layout == "group":
+            exclude["output"] = {"layout"}
+        generating = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(canonical_json(generating)).hexdigest()
 
 

@@ -41,25 +41,23 @@ import numpy as np
 from PIL import Image
 
 from synthgen import __version__
+from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_bytes, json_schema,
+                           merge_schemas, wids_index)
 from synthgen.errors import UserError
 from synthgen.generate.identity import weights_digest
-from synthgen.plan import GroupPlan, Plan, shard_name, stored_size, summarize
+from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
+from synthgen.shards import SHARD_FILE, layout_named, shard_name, stats_name, view_file
 from synthgen.store import DatasetStore, Location, open_store
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
 DATASET_FORMAT = "synthgen-dataset/1"
-_SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
-_OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|\..*\.tmp)$")
+_OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|\..*\.tmp)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
 # removes it with the dataset it described.
 AUDIT_FOLDER = "audit"
-
-
-def stats_name(shard: int) -> str:
-    return f"shard-{shard:06d}.stats.json"
 
 
 def encode_image(pixels: np.ndarray, recipe: Recipe) -> bytes:
@@ -87,16 +85,19 @@ def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict,
     """
     extension = recipe.output.format
     records = view_records or [{} for _ in group.views]
-    views = [{**view.to_json(), **record, "file": f"view{view.view}.{extension}"}
+    views = [{**view.to_json(), **record, "file": view_file(view.view, extension)}
              for view, record in zip(group.views, records, strict=True)]
     model = recipe.model.model_dump(mode="json", exclude={"negative_prompt", "trust_remote_code"})
     return {
         "group_id": group.group_id,
         "index": group.index,
         "shard": group.shard,
-        "class_name": group.class_name,
+        # "" rather than null when there is none: readers that infer column types from the
+        # first samples (Hugging Face datasets) fail on a field that is null there and a
+        # string later.
+        "class_name": group.class_name or "",
         "class_index": group.class_index,
-        "corner_case": group.corner_case,
+        "corner_case": group.corner_case or "",
         "tags": list(group.tags),
         "template": group.template,
         "slots": dict(group.slots),
@@ -116,7 +117,7 @@ def build_sample(group: GroupPlan, images: list[bytes], metadata: dict, extensio
     sample = {"__key__": group.group_id, "json": canonical_json(metadata),
               "cls": str(group.class_index).encode()}
     for view, data in zip(group.views, images, strict=True):
-        sample[f"view{view.view}.{extension}"] = data
+        sample[view_file(view.view, extension)] = data
     return sample
 
 
@@ -132,12 +133,15 @@ class ShardStats:
     nonfinite_views: tuple[tuple[str, int], ...]
     model: dict
     rejections: dict[str, int]
+    # The type every tar sample's json fits (`card.json_schema`): the dataset card declares it.
+    json_schema: object = "null"
 
     def to_json(self) -> dict:
         return {"shard": self.shard, "name": shard_name(self.shard), "samples": self.samples,
                 "images": self.images, "bytes": self.bytes, "sha256": self.sha256,
                 "nonfinite_views": [list(item) for item in self.nonfinite_views],
-                "rejections": dict(sorted(self.rejections.items())), "model": self.model}
+                "rejections": dict(sorted(self.rejections.items())), "model": self.model,
+                "json_schema": self.json_schema}
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class PublishResult:
 
 
 def write_shard(location: Location, shard: int, samples: list[dict], model_info: dict,
-                nonfinite_views: tuple[tuple[str, int], ...] = ()) -> ShardStats:
+                nonfinite_views: tuple[tuple[str, int], ...] = (),
+                layout: str = "group") -> ShardStats:
     """Write one shard (tar, then stats last), replacing any earlier one, and return its stats.
 
     For one writer; where several workers may build the same shard, use `publish_shard`.
@@ -157,14 +162,15 @@ def write_shard(location: Location, shard: int, samples: list[dict], model_info:
     black: recorded per item so the run goes on and the audit can find them.
     """
     store = open_store(location)
-    data, stats = shard_tar(shard, samples, model_info, nonfinite_views)
+    data, stats = shard_tar(shard, samples, model_info, nonfinite_views, layout)
     store.write(shard_name(shard), data)
     store.write(stats_name(shard), canonical_json(stats.to_json()) + b"\n")
     return stats
 
 
 def publish_shard(location: Location, shard: int, samples: list[dict], model_info: dict,
-                  nonfinite_views: tuple[tuple[str, int], ...] = ()) -> PublishResult:
+                  nonfinite_views: tuple[tuple[str, int], ...] = (),
+                  layout: str = "group") -> PublishResult:
     """Publish one shard unless another worker has: tar first (`publish_once`), then stats.
 
     Exactly one of several workers racing on a shard publishes it and writes its stats; the
@@ -178,7 +184,7 @@ def publish_shard(location: Location, shard: int, samples: list[dict], model_inf
     leaves nothing published.
     """
     store = open_store(location)
-    data, stats = shard_tar(shard, samples, model_info, nonfinite_views)
+    data, stats = shard_tar(shard, samples, model_info, nonfinite_views, layout)
     recipe_hashes = {json.loads(sample["json"])["recipe"]["hash"] for sample in samples}
     check_claim(store, shard, recipe_hashes, model_info.get("weights"))
     published = store.publish_once(shard_name(shard), data)
@@ -221,17 +227,22 @@ def check_claim(location: Location, shard: int, recipe_hashes: set[str],
 
 
 def shard_tar(shard: int, samples: list[dict], model_info: dict,
-              nonfinite_views: tuple[tuple[str, int], ...] = ()) -> tuple[bytes, ShardStats]:
-    """The shard's tar bytes and its stats."""
+              nonfinite_views: tuple[tuple[str, int], ...] = (),
+              layout: str = "group") -> tuple[bytes, ShardStats]:
+    """The shard's tar bytes and its stats. `samples` are group samples (`build_sample`);
+    `layout` (the recipe's `output.layout`, see `shards.py`) turns them into tar samples."""
     import webdataset
 
     buffer = io.BytesIO()
+    tar_jsons = []
     # mtime 0, fixed owner and mode, members sorted by name inside each sample: equal
     # samples give equal bytes whoever writes them.
     with webdataset.TarWriter(buffer, user="synthgen", group="synthgen", mode=0o444,
                               encoder=False, mtime=0) as writer:
         for sample in samples:
-            writer.write(sample)
+            for tar_sample in layout_named(layout).tar_samples(sample):
+                writer.write(tar_sample)
+                tar_jsons.append(json.loads(tar_sample["json"]))
     data = buffer.getvalue()
     rejections: dict[str, int] = {}
     for sample in samples:
@@ -243,6 +254,7 @@ def shard_tar(shard: int, samples: list[dict], model_info: dict,
         images=sum(1 for s in samples for k in s if k.startswith("view")),
         bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
         nonfinite_views=nonfinite_views, model=model_info, rejections=rejections,
+        json_schema=json_schema(tar_jsons),
     )
     return data, stats
 
@@ -339,6 +351,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
         for name in store.names():
             if _OWNED_FILE.match(name):
                 store.remove(name)
+        _remove_own_card(store)
         store.remove_folder(AUDIT_FOLDER)
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
@@ -373,8 +386,22 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
         store.remove(stats_name(shard))
         store.remove(shard_name(shard))
     if len(stats_by_shard) < plan.shard_count:
+        # What describes a finished dataset goes with it (the manifest first: it says finished).
         store.remove(MANIFEST)
+        store.remove(WIDS_INDEX)
+        _remove_own_card(store)
     return set(stats_by_shard)
+
+
+def _own_card(store: DatasetStore) -> bool:
+    """Whether the location's README.md is a card synthgen wrote (a user's is left alone)."""
+    data = store.read(CARD)
+    return data is not None and CARD_MARKER.encode() in data
+
+
+def _remove_own_card(store: DatasetStore) -> None:
+    if _own_card(store):
+        store.remove(CARD)
 
 
 def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: dict[int, dict],
@@ -413,7 +440,7 @@ def release_unused_claim(location: Location, recipe: Recipe) -> bool:
         record = store.read(RECIPE_FILE)
         if record is None or json.loads(record).get("recipe_hash") != recipe.recipe_hash:
             return False
-        if any(_SHARD_FILE.match(name) for name in store.names()):
+        if any(SHARD_FILE.match(name) for name in store.names()):
             return False
         store.remove(RECIPE_FILE)
     except (OSError, ValueError):
@@ -532,8 +559,22 @@ def write_manifest(location: Location, plan: Plan) -> dict:
         "shards": [{key: s[key] for key in ("name", "samples", "images", "bytes", "sha256")}
                    for s in shards],
     }
+    _write_reader_files(store, manifest, shards)
     store.write(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
     return manifest
+
+
+def _write_reader_files(store: DatasetStore, manifest: dict, shards: list[dict]) -> None:
+    """The dataset card and wids index (`card.py`), before the manifest that vouches for them.
+    A README.md the user put there is kept: the card is then not written."""
+    layout = layout_named(manifest["recipe"]["output"].get("layout", "group"))
+    counts = [layout.tar_sample_count(stats) for stats in shards]
+    store.write(WIDS_INDEX, index_bytes(wids_index(manifest, counts)))
+    if store.size(CARD) is None or _own_card(store):
+        schema = "null"
+        for stats in shards:
+            schema = merge_schemas(schema, stats.get("json_schema", "null"))
+        store.write(CARD, dataset_card(manifest, schema, sum(counts)).encode())
 
 
 def _model_variants(shards: list[dict]) -> list[dict]:

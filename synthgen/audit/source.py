@@ -112,15 +112,16 @@ def _sample_views(sample: dict, shard: str, problems: ShardProblems):
 
 def _view_items(sample: dict, shard: str):
     metadata = json.loads(sample["json"])
-    label = {CLASS_SLOT: metadata["class_name"]} if metadata.get("class_name") is not None else {}
+    # "" (and None, in datasets written before it became "") means none.
+    class_name, corner_case = metadata.get("class_name") or None, metadata.get("corner_case") or None
+    label = {CLASS_SLOT: class_name} if class_name is not None else {}
     group_assigned = {**label, **(metadata.get("slots") or {}), **(metadata.get("balance") or {})}
     for index, view in enumerate(metadata.get("views") or []):
         file = view.get("file") or f"view{index}"
         own = {**(view.get("slots") or {}), **(view.get("balance") or {})}
         yield ViewItem(
             key=sample["__key__"], view=int(view.get("view", index)), file=file, shard=shard,
-            data=sample.get(file), class_name=metadata.get("class_name"),
-            corner_case=metadata.get("corner_case"),
+            data=sample.get(file), class_name=class_name, corner_case=corner_case,
             strategy=_strategy_label(view.get("strategy") or metadata.get("view_strategy")),
             prompt=str(view.get("prompt") or ""),
             assigned={**group_assigned, **own}, assigned_per_view=tuple(own),

@@ -42,7 +42,8 @@ def solid_sample(group: int, class_index: int, views: int, size: int = 16,
     group_id = f"class-{class_names[class_index]}-{group:06d}"
     metadata = {"group_id": group_id, "index": group, "class_index": class_index,
                 "class_name": class_names[class_index], "view_strategy": ["seeds"],
-                "views": [{"view": v, "file": f"view{v}.{extension}", "seed": group * 100 + v}
+                "views": [{"view": v, "file": f"view{v}.{extension}", "seed": group * 100 + v,
+                           "prompt": f"a solid {class_names[class_index]}"}
                           for v in range(views)]}
     sample = {"__key__": group_id, "json": json.dumps(metadata, sort_keys=True).encode(),
               "cls": str(class_index).encode()}
@@ -54,10 +55,10 @@ def solid_sample(group: int, class_index: int, views: int, size: int = 16,
 
 def write_solid_dataset(out_dir: Path, shards: int, groups_per_shard: int, views: int,
                         classes: int = 4, size: int = 16, manifest: bool = True,
-                        extension: str = "png") -> list[str]:
+                        extension: str = "png", layout: str = "group") -> list[str]:
     """Write `shards` shards of solid-colour groups (group g has class g mod `classes`) into
     `out_dir` with `synthgen.write.write_shard`, plus a minimal manifest.json unless told not
-    to; returns the group ids in write order."""
+    to, in `layout` (synthgen/shards.py); returns the group ids in write order."""
     from synthgen.write import write_shard
 
     out_dir = Path(out_dir)
@@ -66,7 +67,7 @@ def write_solid_dataset(out_dir: Path, shards: int, groups_per_shard: int, views
     for shard in range(shards):
         samples = [solid_sample(g, g % classes, views, size, extension=extension)
                    for g in range(shard * groups_per_shard, (shard + 1) * groups_per_shard)]
-        stats = write_shard(out_dir, shard, samples, SOLID_MODEL_INFO)
+        stats = write_shard(out_dir, shard, samples, SOLID_MODEL_INFO, layout=layout)
         group_ids += [sample["__key__"] for sample in samples]
         shard_records.append({"name": f"shard-{shard:06d}.tar", "samples": stats.samples,
                               "images": stats.images, "bytes": stats.bytes, "sha256": stats.sha256})

@@ -5,6 +5,7 @@ Stages are plain generators, chained inside `GroupViewDataset.iterator1` (a webd
 
     shard URLs (resampled, or partitioned across ranks x workers)
       -> webdataset tar reading (samples: dicts of member bytes)
+      -> one sample per group (the `view` layout's per-view samples regrouped, shards.py)
       -> shuffle buffer
       -> pick k of the group's V views, decode, augment each (GroupSample)
       -> collate (GroupBatch)
@@ -59,6 +60,7 @@ from PIL import Image
 from synthgen.data.augment import make_augmentation
 from synthgen.data.sources import ShardSource, resolve_shards, verified_source
 from synthgen.errors import UserError
+from synthgen.shards import regrouped
 
 VIEW_FILE = re.compile(r"^view(\d+)\.(jpg|jpeg|png|webp)$")
 MODES = ("train", "eval")
@@ -355,7 +357,7 @@ class GroupViewDataset(wds.DataPipeline):
             urls = resampled_shard_urls(self.source.urls, self.seed, self.epoch, rank, worker)
         else:
             urls = partitioned_shard_urls(self.source.urls, rank, world_size, worker, num_workers)
-        samples = tar_samples(urls, self.handler)
+        samples = regrouped(tar_samples(urls, self.handler))
         if self.mode == "train":
             rng = random.Random(stable_seed(self.seed, self.epoch, rank, worker, "shuffle"))
             samples = shuffled(samples, self.shuffle_buffer, rng)

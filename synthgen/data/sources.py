@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
+from synthgen.shards import SHARD_GLOB, stats_name_of
 
 MANIFEST = "manifest.json"  # the same name synthgen.write uses; not imported to stay light
-SHARD_GLOB = "shard-*.tar"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _from_directory(directory: Path) -> ShardSource:
             "directory of synthgen generate, a split directory of synthgen world dataset "
             "(e.g. DIR/train), or shard URLs")
     stats = {tar: _read_record(path) for tar in tars
-             if (path := tar.with_name(tar.name[: -len(".tar")] + ".stats.json")).is_file()}
+             if (path := tar.with_name(stats_name_of(tar.name))).is_file()}
     if not stats:
         return ShardSource(tuple(str(t) for t in tars))
     unfinished = [tar.name for tar in tars if tar not in stats]

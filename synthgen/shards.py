@@ -1,0 +1,146 @@
+"""Shard files: their names, and how one group becomes tar samples (the output layout).
+
+Every other module asks this one for a shard's file names (`shard_name`, `stats_name`,
+`SHARD_GLOB`) and for the tar members of a group; nothing else spells them.
+
+A *group sample* is what the engine builds and the readers consume: one dict per multi-view
+group, `{"__key__": group id, "json": metadata, "cls": class index, "view0.jpg": ..., ...}`,
+where the json's `views[i]["file"]` names each view's member. A layout decides how group
+samples become tar samples (`Layout.tar_samples`), chosen by the recipe's `output.layout`:
+- `group` (the default): one tar sample per group, the group sample itself;
+- `view`: one tar sample per view, the CLIP-style convention (open_clip, img2dataset):
+  `KEY.jpg`, `KEY.txt` (the view's prompt), `KEY.json` (the group's metadata with only this
+  view in `views`, and `view`: its index), `KEY.cls`, with KEY `GROUPID-viewN`. A shard
+  holds whole groups, their views consecutive and in order.
+Readers put either layout back into group samples with `regrouped`, so the loader, the audit
+and inspection read both the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+
+SHARD_GLOB = "shard-*.tar"
+SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
+_TAR_SUFFIX, _STATS_SUFFIX = ".tar", ".stats.json"
+# Image members a view-layout sample names by extension alone (`KEY.jpg`).
+_VIEW_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}{_TAR_SUFFIX}"
+
+
+def stats_name(shard: int) -> str:
+    return f"shard-{shard:06d}{_STATS_SUFFIX}"
+
+
+def stats_name_of(tar_name: str) -> str:
+    """The stats file name of a shard file name: shard-000003.tar -> shard-000003.stats.json."""
+    return tar_name[: -len(_TAR_SUFFIX)] + _STATS_SUFFIX
+
+
+def view_file(view: int, extension: str) -> str:
+    """The member name of a view inside a group sample (and its json's `file`)."""
+    return f"view{view}.{extension}"
+
+
+class GroupLayout:
+    """One tar sample per group: the group sample as it is."""
+
+    name = "group"
+
+    def tar_samples(self, group_sample: dict) -> list[dict]:
+        return [group_sample]
+
+    def tar_sample_count(self, stats: dict) -> int:
+        """Tar samples in a shard, from its stats (`samples` counts groups)."""
+        return stats["samples"]
+
+
+class ViewLayout:
+    """One tar sample per view: KEY.EXT image, KEY.txt prompt, KEY.json, KEY.cls."""
+
+    name = "view"
+
+    def tar_samples(self, group_sample: dict) -> list[dict]:
+        metadata = json.loads(group_sample["json"])
+        samples = []
+        for record in metadata["views"]:
+            extension = record["file"].rsplit(".", 1)[1]
+            own = {**metadata, "view": record["view"], "views": [record]}
+            samples.append({
+                "__key__": f"{group_sample['__key__']}-view{record['view']}",
+                extension: group_sample[record["file"]],
+                "txt": record["prompt"].encode(),
+                "json": json.dumps(own, sort_keys=True, separators=(",", ":"),
+                                   ensure_ascii=False).encode(),
+                "cls": group_sample["cls"],
+            })
+        return samples
+
+    def tar_sample_count(self, stats: dict) -> int:
+        return stats["images"]
+
+
+LAYOUTS = {layout.name: layout for layout in (GroupLayout(), ViewLayout())}
+
+
+def layout_named(name: str) -> GroupLayout | ViewLayout:
+    return LAYOUTS[name]
+
+
+def is_view_sample(sample: dict) -> bool:
+    """Whether a tar sample is one view (`view` layout) rather than a whole group."""
+    return any(member in sample for member in _VIEW_IMAGE_MEMBERS)
+
+
+# Stage: yields group samples. Group-layout samples pass unchanged; the consecutive view
+# samples of one group (same json `group_id`) become one group sample with the metadata the
+# group layout would hold. A view sample whose json does not parse passes unchanged, for the
+# reader's own checks to reject.
+def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
+    pending: list[tuple[dict, dict]] = []
+    for sample in samples:
+        metadata = _view_metadata(sample)
+        if metadata is None:
+            if pending:
+                yield _group_of(pending)
+                pending = []
+            yield sample
+            continue
+        if pending and pending[0][1]["group_id"] != metadata["group_id"]:
+            yield _group_of(pending)
+            pending = []
+        pending.append((sample, metadata))
+    if pending:
+        yield _group_of(pending)
+
+
+def _view_metadata(sample: dict) -> dict | None:
+    if not is_view_sample(sample) or "json" not in sample:
+        return None
+    try:
+        metadata = json.loads(sample["json"])
+        if isinstance(metadata.get("group_id"), str) and len(metadata.get("views") or ()) == 1:
+            return metadata
+    except (ValueError, AttributeError):
+        pass
+    return None
+
+
+def _group_of(views: list[tuple[dict, dict]]) -> dict:
+    first_sample, first = views[0]
+    records = [metadata["views"][0] for _, metadata in views]
+    metadata = {key: value for key, value in first.items() if key != "view"}
+    metadata["views"] = records
+    group = {"__key__": first["group_id"], "json": json.dumps(metadata, sort_keys=True).encode()}
+    for key in ("__url__", "cls"):
+        if key in first_sample:
+            group[key] = first_sample[key]
+    for (sample, _), record in zip(views, records, strict=True):
+        image = next((sample[m] for m in _VIEW_IMAGE_MEMBERS if m in sample), None)
+        group[record["file"]] = image
+    return group
