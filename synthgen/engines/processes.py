@@ -36,20 +36,15 @@ from synthgen.engines.local import (
     RunSummary,
     ShardsBuilt,
     ShardWorker,
-    add_built,
     fault_from_environment,
     finish_run,
     shard_images,
     start_run,
 )
+from synthgen.engines.retry import WorkerLost, build_with_retries
 from synthgen.errors import UserError
 from synthgen.plan import Plan
 from synthgen.store import DatasetStore
-from synthgen.write import remove_stale_temporaries, remove_unfinished_shard, shard_name
-
-
-class WorkerDied(RuntimeError):
-    """A shard's worker died `max_attempts` times; the run stops and can be rerun."""
 
 
 def visible_gpus() -> int:
@@ -178,58 +173,61 @@ def generate_with_processes(plan: Plan, out_dir: DatasetStore, options: Generate
         return ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker,
                                    initargs=(plan, out_dir, options, device, progress, fault))
 
-    workers = [start_worker(device) for device in devices]
-    waiting = list(pending)  # shards not yet handed to a worker, in order
-    running: dict[Future, tuple[int, int]] = {}  # future -> (worker index, shard)
-    counted: dict[int, int] = {}  # images reported so far per running shard
-    attempts: dict[int, int] = {}
     bar = tqdm(total=shard_images(plan, pending),
                unit="img", desc=f"generate {plan.recipe.name} ({len(devices)} workers)",
                disable=not options.progress, dynamic_ncols=True)
+    pool = _ProcessPool(devices, start_worker, progress, bar)
     completed = False
     try:
-        while waiting or running:
-            # 3. Give every idle worker the next shard.
-            busy = {index for index, _ in running.values()}
-            for index, worker in enumerate(workers):
-                if index not in busy and waiting:
-                    shard = waiting.pop(0)
-                    attempts[shard] = attempts.get(shard, 0) + 1
-                    running[worker.submit(_build_shard, shard)] = (index, shard)
-            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-            _drain(progress, bar, counted)
-            # 4. Collect finished shards; restart the shard of a worker that died.
-            for future in finished:
-                index, shard = running.pop(future)
-                try:
-                    built = future.result()
-                except BrokenProcessPool:
-                    if attempts[shard] >= options.max_attempts:
-                        raise WorkerDied(
-                            f"{shard_name(shard)}: its worker on {devices[index]} died "
-                            f"{attempts[shard]} times; see the errors above, then rerun to "
-                            "build the shards that are left") from None
-                    # Undo the dead worker's progress so nothing is counted twice.
-                    bar.update(-counted.pop(shard, 0))
-                    workers[index].shutdown(wait=False, cancel_futures=True)
-                    workers[index] = start_worker(devices[index])
-                    # No other worker builds this shard, so its debris can go.
-                    remove_unfinished_shard(out_dir, shard)
-                    remove_stale_temporaries(out_dir)
-                    waiting.insert(0, shard)
-                    summary.shards_retried += 1
-                    continue
-                counted.pop(shard, None)
-                add_built(summary, built)
+        # 3. Hand out the shards one at a time; a dead worker's shard starts again.
+        build_with_retries(pool, pending, out_dir, options.max_attempts, summary,
+                           on_built=lambda shard, built: pool.counted.pop(shard, None),
+                           # Undo the dead worker's progress so nothing is counted twice.
+                           on_lost=lambda shard: bar.update(-pool.counted.pop(shard, 0)))
         completed = True
     finally:
-        for worker in workers:
+        for worker in pool.workers:
             _stop(worker, wait=completed)
         if completed:
-            _drain(progress, bar, counted)
+            _drain(progress, bar, pool.counted)
         bar.close()
         manager.shutdown()
     return finish_run(plan, out_dir, options, summary, started)
+
+
+class _ProcessPool:
+    """One single-process pool per device, for `build_with_retries`; the workers' progress
+    goes into `bar` whenever it waits."""
+
+    def __init__(self, devices: list[str], start_worker, progress, bar: tqdm):
+        self.devices = devices
+        self.start_worker = start_worker
+        self.progress = progress
+        self.bar = bar
+        self.workers = [start_worker(device) for device in devices]
+        self.size = len(devices)
+        self.counted: dict[int, int] = {}  # images reported so far per running shard
+
+    def submit(self, worker: int, shard: int) -> Future:
+        return self.workers[worker].submit(_build_shard, shard)
+
+    def finished(self, running: list[Future]) -> set[Future]:
+        done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+        _drain(self.progress, self.bar, self.counted)
+        return done
+
+    def result(self, handle: Future) -> ShardsBuilt:
+        try:
+            return handle.result()
+        except BrokenProcessPool:
+            raise WorkerLost from None
+
+    def replace(self, worker: int) -> None:
+        self.workers[worker].shutdown(wait=False, cancel_futures=True)
+        self.workers[worker] = self.start_worker(self.devices[worker])
+
+    def describe(self, worker: int) -> str:
+        return f"its worker on {self.devices[worker]}"
 
 
 def _drain(progress, bar: tqdm, counted: dict[int, int]) -> None:

@@ -25,17 +25,15 @@ from synthgen.engines.local import (
     RunSummary,
     ShardsBuilt,
     ShardWorker,
-    add_built,
     fault_from_environment,
     finish_run,
     shard_images,
     start_run,
 )
-from synthgen.engines.processes import WorkerDied
+from synthgen.engines.retry import WorkerLost, build_with_retries
 from synthgen.errors import UserError
 from synthgen.plan import Plan
 from synthgen.store import DatasetStore
-from synthgen.write import remove_stale_temporaries, remove_unfinished_shard, shard_name
 
 
 class RayShardWorker:
@@ -115,50 +113,53 @@ def generate_with_ray(plan: Plan, out_dir: DatasetStore, options: GenerateOption
 
 def _run_pool(ray, actor_class, arguments, count: int, plan: Plan, out_dir: DatasetStore,
               options: GenerateOptions, pending: list[int], summary: RunSummary) -> None:
-    from ray.exceptions import RayActorError, RayTaskError
-
-    actors = [actor_class.remote(*arguments) for _ in range(count)]
-    waiting = list(pending)
-    running: dict = {}  # object ref -> (actor index, shard)
-    attempts: dict[int, int] = {}
+    pool = _ActorPool(ray, actor_class, arguments, count)
     bar = tqdm(total=shard_images(plan, pending),
                unit="img", desc=f"generate {plan.recipe.name} (ray, {count} actors)",
                disable=not options.progress, dynamic_ncols=True)
     try:
-        while waiting or running:
-            # 3. Give every idle actor the next shard.
-            busy = {index for index, _ in running.values()}
-            for index, actor in enumerate(actors):
-                if index not in busy and waiting:
-                    shard = waiting.pop(0)
-                    attempts[shard] = attempts.get(shard, 0) + 1
-                    running[actor.build.remote(shard)] = (index, shard)
-            # 4. Collect one finished shard; restart the shard of an actor that died.
-            [ready], _ = ray.wait(list(running), num_returns=1)
-            index, shard = running.pop(ready)
-            try:
-                built = ray.get(ready)
-            except RayActorError:
-                if attempts[shard] >= options.max_attempts:
-                    raise WorkerDied(f"{shard_name(shard)}: its Ray actor died {attempts[shard]} "
-                                     "times; see the errors above, then rerun to build the "
-                                     "shards that are left") from None
-                ray.kill(actors[index], no_restart=True)
-                actors[index] = actor_class.remote(*arguments)
-                # No other actor builds this shard, so its debris can go.
-                remove_unfinished_shard(out_dir, shard)
-                remove_stale_temporaries(out_dir)
-                waiting.insert(0, shard)
-                summary.shards_retried += 1
-                continue
-            except RayTaskError as error:
-                cause = getattr(error, "cause", None)
-                if isinstance(cause, UserError):
-                    raise cause from None
-                raise
-            bar.update(built.images)
-            add_built(summary, built)
+        # 3. Hand out the shards one at a time; a dead actor's shard starts again.
+        build_with_retries(pool, pending, out_dir, options.max_attempts, summary,
+                           on_built=lambda shard, built: bar.update(built.images))
     finally:
         bar.close()
-        for actor in actors:
+        for actor in pool.actors:
             ray.kill(actor, no_restart=True)
+
+
+class _ActorPool:
+    """`count` actors of `actor_class`, for `build_with_retries`; a handle is an object ref."""
+
+    def __init__(self, ray, actor_class, arguments, count: int):
+        self.ray = ray
+        self.actor_class = actor_class
+        self.arguments = arguments
+        self.actors = [actor_class.remote(*arguments) for _ in range(count)]
+        self.size = count
+
+    def submit(self, worker: int, shard: int):
+        return self.actors[worker].build.remote(shard)
+
+    def finished(self, running: list) -> list:
+        ready, _ = self.ray.wait(running, num_returns=1)
+        return ready
+
+    def result(self, handle) -> ShardsBuilt:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return self.ray.get(handle)
+        except RayActorError:
+            raise WorkerLost from None
+        except RayTaskError as error:
+            cause = getattr(error, "cause", None)
+            if isinstance(cause, UserError):
+                raise cause from None
+            raise
+
+    def replace(self, worker: int) -> None:
+        self.ray.kill(self.actors[worker], no_restart=True)
+        self.actors[worker] = self.actor_class.remote(*self.arguments)
+
+    def describe(self, worker: int) -> str:
+        return "its Ray actor"

@@ -1,7 +1,8 @@
-"""Everything between a recipe and a ready `Sampler`: load, edit (erase), attach rejectors.
+"""Everything between a recipe and a ready `Sampler`: load, edit (erase, debias), attach rejectors.
 
 Engines call `prepare_sampler` once per worker; it is the only place that turns a recipe's
-`suppress` entries of the `erase` and `reject` methods into model edits and detectors.
+`suppress` entries of the `erase` and `reject` methods and `balance` entries of the `debias`
+method into model edits and detectors.
 """
 
 from __future__ import annotations
@@ -12,29 +13,88 @@ import torch
 
 from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
-from synthgen.generate.detector import ClipConceptScorer
-from synthgen.generate.erase import erase_concept
+from synthgen.generate.detector import ClipConceptScorer, stored_pixels
+from synthgen.generate.debias import ClipValueReader, debias, debias_targets
+from synthgen.generate.erase import context_prompts, erase_concept, unsupported_reason
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
+from synthgen.seeding import derive_seed
+from synthgen.views import STRATEGIES
 
 
 def apply_erasures(recipe: Recipe, model: LoadedModel) -> LoadedModel:
     """Edit the model for every `erase` entry; the edits are recorded in `model.describe()`."""
     erasing = [index for index, entry in enumerate(recipe.suppress) if entry.method == "erase"]
-    if erasing and getattr(model.pipeline, "unet", None) is None:
-        # PixArt, SD3 and FLUX denoise with a transformer, not a UNet with cross-attention.
-        raise UserError(
-            f"suppress[{erasing[0]}].method erase: {recipe.model.id} "
-            f"({type(model.pipeline).__name__}) has no UNet, and erase edits a UNet's "
-            "cross-attention; use method: reject or negative for this model")
-    edits = tuple(erase_concept(model.pipeline, entry.concept, entry.target, entry.preserve)
-                  for entry in recipe.suppress if entry.method == "erase")
-    return replace(model, edits=model.edits + edits)
+    reason = unsupported_reason(model.pipeline) if erasing else None
+    if reason is not None:
+        raise UserError(f"suppress[{erasing[0]}].method erase: {recipe.model.id}: {reason}; "
+                        "use method: reject or negative for this model")
+    edits = []
+    for index in erasing:
+        entry = recipe.suppress[index]
+        contexts = context_prompts(entry.contexts, entry.concept, entry.context_prompts,
+                                   derive_seed("erase-contexts", recipe.seed, index),
+                                   recipe.slots, [spec.name for spec in recipe.classes])
+        edits.append(erase_concept(model.pipeline, entry.concept, entry.target, entry.preserve,
+                                   contexts, entry.preserve_weight, entry.regularizer))
+    return replace(model, edits=model.edits + tuple(edits))
+
+
+def apply_debiasing(recipe: Recipe, model: LoadedModel, device: torch.device) -> LoadedModel:
+    """Edit the model for every `balance` entry of method `debias` (generate/debias.py); each
+    edit's record (ratios before, per iteration, weights digest) goes into `model.describe()`."""
+    edits = []
+    for index, entry in enumerate(recipe.balance):
+        if entry.method != "debias":
+            continue
+        reason = unsupported_reason(model.pipeline)
+        if reason is not None:
+            raise UserError(f"balance[{index}].method debias: {recipe.model.id}: {reason}; use "
+                            "method: prompt for this model")
+        reader = ClipValueReader(entry.detector, device, entry.trials,
+                                 derive_seed("debias-trials", recipe.seed, index),
+                                 trial_drawer(recipe, model.pipeline))
+        record = debias(model.pipeline, debias_targets(recipe, index), entry.values, reader,
+                        entry.iterations, entry.tolerance, preserve_weight=entry.preserve_weight,
+                        regularizer=entry.regularizer)
+        edits.append({"attribute": entry.attribute, **record})
+    return replace(model, edits=model.edits + tuple(edits))
+
+
+def trial_drawer(recipe: Recipe, pipeline):
+    """`draw(prompts, seeds)` -> uint8 (N, H, W, 3): the recipe's sampling settings, one CPU
+    generator per image, eight images per call."""
+    import numpy as np
+
+    negative = negative_prompt(recipe) or None
+
+    def draw(prompts: list[str], seeds: list[int]) -> np.ndarray:
+        images = []
+        for start in range(0, len(prompts), 8):
+            chunk = prompts[start:start + 8]
+            output = pipeline(
+                prompt=chunk, negative_prompt=[negative] * len(chunk) if negative else None,
+                num_inference_steps=recipe.model.steps, guidance_scale=recipe.model.guidance_scale,
+                width=recipe.model.width, height=recipe.model.height, output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + 8]])
+            images.append((np.clip(output.images, 0, 1) * 255).round().astype(np.uint8))
+        return np.concatenate(images)
+
+    return draw
+
+
+def apply_edits(recipe: Recipe, model: LoadedModel, device: torch.device) -> LoadedModel:
+    """The recipe's model edits, erase then debias."""
+    return apply_debiasing(recipe, apply_erasures(recipe, model), device)
 
 
 def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...]:
-    """One `Rejector` per `reject` entry; each distinct detector model is loaded once."""
+    """One `Rejector` per `reject` entry; each distinct detector model is loaded once.
+
+    A rejector scores each view as its shard will store it (`stored_pixels`), so a view
+    recorded as passing is a stored file that passes.
+    """
     scorers: dict[str, ClipConceptScorer] = {}
     rejectors = []
     for entry in recipe.suppress:
@@ -45,14 +105,16 @@ def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...
         scorer = scorers[entry.detector]
         rejectors.append(Rejector(
             concept=entry.concept, threshold=entry.threshold, max_retries=entry.max_retries,
-            score=lambda images, s=scorer, c=entry.concept, n=entry.contrast: s.probabilities(images, c, n)))
+            score=lambda images, prompts, s=scorer, c=entry.concept, n=entry.contrast:
+                s.probabilities(stored_pixels(images, recipe), c, n, prompts)))
     return tuple(rejectors)
 
 
 def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
     """Latent and img2img views need a pipeline whose starting latents synthgen draws."""
     specs = [recipe.views_for(spec) for spec in [*recipe.classes, *recipe.corner_cases]]
-    needs_latents = sorted({s for spec in specs for s in spec.strategy if s in ("latent", "img2img")})
+    needs_latents = sorted({s for spec in specs for s in spec.strategy
+                            if STRATEGIES[s].needs_own_latents})
     if needs_latents and not sampler.draws_own_latents:
         raise UserError(f"views.strategy {needs_latents} needs a Stable Diffusion or SDXL "
                         f"pipeline; {type(sampler.pipeline).__name__} takes only seeds and prompt "
@@ -66,7 +128,7 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     `compile_model` and `channels_last` are speed options for GPUs; a compiled graph may
     change the last float bits, so bytes are reproducible per setting, not across settings.
     """
-    model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
+    model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
     sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
                       compile_model=compile_model, channels_last=channels_last)
     check_strategies(recipe, sampler)
@@ -75,7 +137,7 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
 
 
 def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[dict, ...]:
-    """Apply the recipe's `erase` entries to its model and save it as a new model folder.
+    """Apply the recipe's `erase` and `debias` edits to its model and save it as a new model folder.
 
     The folder loads like any diffusers model (safetensors weights) and carries
     `synthgen-edits.json`; a recipe can then use it as `model.id` without erasing again.
@@ -86,12 +148,14 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     from synthgen.generate.load import EDITS_FILE, choose_dtype
 
     out_dir = Path(out_dir)
-    if not any(entry.method == "erase" for entry in recipe.suppress):
-        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase")
+    if not (any(entry.method == "erase" for entry in recipe.suppress)
+            or any(entry.method == "debias" for entry in recipe.balance)):
+        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase "
+                        "and no balance entry with method: debias")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
     dtype = choose_dtype(recipe.model.dtype, device, recipe.model)
-    model = apply_erasures(recipe, load_pipeline(recipe.model, device, dtype))
+    model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
     model.pipeline.save_pretrained(out_dir, safe_serialization=True)
     record = {"base_model": recipe.model.id, "revision": recipe.model.revision,
               "edits": list(model.edits)}

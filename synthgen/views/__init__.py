@@ -1,0 +1,178 @@
+"""View strategies: each turns one group's prompt into per-view requests.
+
+One module per strategy, registered in `STRATEGIES` (in this order they change a view, are
+listed in errors and are keys of the recipe's `views` block):
+
+- `seeds`: the same prompt, an independent seed per view (StableRep).
+- `latent`: a neighbourhood of the group's anchor noise of scale sigma (GenRep's latent views).
+- `prompt`: the prompt varied per view by modifiers (steering by text).
+- `img2img`: views 1.. re-noise view 0 to a strength and denoise again (SDEdit).
+- `slots`: each view re-draws the named slots and holds the template, class and other slots
+  (the plan fills the view's prompt: `plan._view_texts`).
+`seeds` or `latent` decides the starting noise; with neither, every view shares the group's
+seed (with `slots`: minimal counterfactuals, one attribute changed on the same noise). Every
+parameter a view was made with is in its `ViewPlan` and so in the sample's json.
+
+A new strategy is a module here with a `ViewStrategy` (its recipe block, plan line, how it
+changes a view, what it combines with) and one line in `STRATEGIES`; the sampler changes
+only if it needs a new kind of sampling (it reads `ViewPlan`, never a strategy's name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Literal
+
+from pydantic import Field, create_model, field_validator, model_validator
+
+from synthgen.recipe_base import StrictModel, recipe_problem
+from synthgen.seeding import seed_for
+from synthgen.views.base import ViewStrategy
+from synthgen.views.img2img import Img2Img
+from synthgen.views.latent import Latent
+from synthgen.views.prompt import Prompt
+from synthgen.views.seeds import Seeds
+from synthgen.views.slots import Slots
+
+STRATEGIES: dict[str, ViewStrategy] = {strategy.name: strategy for strategy in (
+    Seeds(), Latent(), Prompt(), Img2Img(), Slots())}
+VIEW_STRATEGIES = tuple(STRATEGIES)
+NOISE_STRATEGIES = tuple(name for name, strategy in STRATEGIES.items() if strategy.decides_noise)
+
+
+class _ViewsBase(StrictModel):
+    """How many views each group has and how they differ; strategies combine.
+
+    `seeds` (an independent seed per view) or `latent` (a neighbourhood of one noise) decide
+    the starting noise; with neither, all views share the group's seed. `prompt` varies the
+    text per view; `img2img` derives views 1.. from view 0; `slots` re-draws named slots per
+    view and holds the rest (with shared noise: minimal counterfactuals). Each strategy's
+    block (`latent`, `prompt`, ...) is its module's settings model.
+    """
+
+    count: int = Field(2, ge=1, le=64)
+    strategy: list[Literal[VIEW_STRATEGIES]] = ["seeds"]
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _strategies_fit_together(self) -> ViewsSpec:
+        chosen = set(self.strategy)
+        if not chosen:
+            raise recipe_problem("views", "strategy needs at least one of "
+                                 + ", ".join(VIEW_STRATEGIES))
+        for first, second in combinations(NOISE_STRATEGIES, 2):
+            if {first, second} <= chosen:
+                raise recipe_problem("views", f"strategy: {first} and {second} both decide the "
+                                     "starting noise; pick one")
+        for name, strategy in STRATEGIES.items():
+            for other, why in strategy.excludes.items():
+                if name in chosen and other in chosen:
+                    raise recipe_problem("views", f"strategy: {why}")
+        for name, strategy in STRATEGIES.items():
+            if strategy.missing_block and name in chosen and getattr(self, name) is None:
+                raise recipe_problem("views", strategy.missing_block)
+        return self
+
+    @property
+    def varied_slots(self) -> tuple[str, ...]:
+        """The slots each view re-draws (none without the `slots` strategy)."""
+        return tuple(self.slots.vary) if "slots" in self.strategy else ()
+
+    @property
+    def noise(self) -> str:
+        """'seeds', 'latent' or 'shared' (every view starts from the group's one seed)."""
+        for strategy in NOISE_STRATEGIES:
+            if strategy in self.strategy:
+                return strategy
+        return "shared"
+
+    def describe(self) -> str:
+        """One line a person can read: '4 views: latent (sigma 0.5, anchor) + prompt (3 modifiers)'."""
+        return (f"{self.count} views: "
+                + " + ".join(STRATEGIES[name].describe(self) for name in self.strategy))
+
+
+# The recipe's `views` block: count, strategy, then each registered strategy's own block.
+ViewsSpec = create_model(
+    "ViewsSpec", __base__=_ViewsBase, __module__=__name__,
+    **{name: (strategy.settings | None, None) if strategy.missing_block
+       else (strategy.settings, strategy.settings())
+       for name, strategy in STRATEGIES.items() if strategy.settings is not None})
+ViewsSpec.__doc__ = _ViewsBase.__doc__
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """One image to generate: everything the sampler needs, nothing that depends on batching.
+
+    Starting noise: N(seed) alone, or with `anchor_seed`, (N(anchor) + sigma N(seed)) /
+    sqrt(1 + sigma^2). With `source_view`, the image is view `source_view` of the same group
+    re-noised to `strength` (with N(seed)) and denoised again.
+    """
+
+    group_id: str
+    view: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    anchor_seed: int | None = None
+    sigma: float | None = None
+    modifier: str | None = None
+    source_view: int | None = None
+    strength: float | None = None
+    # `slots` strategy: the values this view re-drew, recipe slots by slot name and balanced
+    # attributes by attribute (the group's `slots` and `balance` hold the rest).
+    slots: dict[str, str] | None = field(default=None, hash=False)
+    balance: dict[str, str] | None = field(default=None, hash=False)
+
+    def to_json(self) -> dict:
+        """The view's entry in the sample metadata: strategy fields only where they apply."""
+        entry = {"view": self.view, "prompt": self.prompt,
+                 "negative_prompt": self.negative_prompt, "seed": self.seed}
+        for name in ("anchor_seed", "sigma", "modifier", "source_view", "strength"):
+            value = getattr(self, name)
+            if value is not None:
+                entry[name] = value
+        for name in ("slots", "balance"):
+            value = getattr(self, name)
+            if value is not None:
+                entry[name] = dict(value)
+        return entry
+
+
+@dataclass(frozen=True)
+class ViewText:
+    """One view's prompt under the `slots` strategy, and the values it re-drew for it."""
+
+    prompt: str
+    slots: dict[str, str] = field(hash=False)
+    balance: dict[str, str] = field(hash=False)
+
+
+def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
+               negative_prompt: str, texts: Sequence[ViewText] = ()) -> tuple[ViewPlan, ...]:
+    """The views of one group under its strategies. `prompt` is the group's; with the
+    `slots` strategy, `texts` (one per view) give each view its own prompt and values."""
+    if "slots" in spec.strategy and len(texts) != spec.count:
+        raise ValueError(f"strategy slots needs one ViewText per view ({spec.count}), "
+                         f"got {len(texts)}")
+    views = []
+    for view in range(spec.count):
+        # Without a strategy that decides the noise, every view starts from view 0's seed.
+        seed_view = view if spec.noise != "shared" else 0
+        request: dict = {"seed": seed_for(recipe_seed, group_id, seed_view),
+                         "prompt": texts[view].prompt if texts else prompt,
+                         "text": texts[view] if texts else None}
+        for name, strategy in STRATEGIES.items():
+            if name in spec.strategy:
+                strategy.change_view(spec, recipe_seed, group_id, view, request)
+        del request["text"]
+        views.append(ViewPlan(group_id=group_id, view=view, negative_prompt=negative_prompt,
+                              **request))
+    return tuple(views)
