@@ -142,10 +142,13 @@ def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
 
 
 def _names_concept(text: str, entry: SuppressSpec) -> bool:
-    words = " ".join(text.lower().split())
-    phrases = [" ".join(part.split()) for part in entry.concept.lower().split(",")]
-    return any(phrase and re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", words)
-               for phrase in phrases)
+    return concept_words(entry.concept).search(" ".join(text.split())) is not None
+
+
+def concept_words(concept: str) -> re.Pattern:
+    """Matches any phrase of `concept` (split at commas) as whole words, ignoring case."""
+    phrases = [re.escape(" ".join(part.split())) for part in concept.split(",") if part.strip()]
+    return re.compile(rf"(?<!\w)(?:{'|'.join(phrases)})(?!\w)", re.IGNORECASE)
 
 
 # In `contrast`, stands for the prompt of the view being scored.
@@ -156,18 +159,18 @@ def detector_texts(concept: str, contrast: str, prompt: str) -> tuple[list[str],
     """(concept texts, contrast text) that one view, drawn from `prompt`, is scored with.
 
     The concept side is the mean of its texts' unit embeddings. Without `{prompt}` in
-    `contrast` these are the fixed texts ([concept], contrast). With it, the contrast is the
-    view's own prompt filled in, and the concept side the same with the concept inserted at
-    every word boundary of the prompt: which position reads naturally depends on the prompt's
-    grammar, and the mean needs none. So the detector asks "does this view show the concept
-    beyond what its prompt asks for?", and a plain view of a colour or shape that a fixed
-    contrast misreads is not flagged again on every retry. Measured on world-sd views against
-    the world oracle (bench/reject_oracle.py): 'striped' vs 'a photo' flags 40% of plain
-    quickstart views, 'striped' vs '{prompt}' none, at 92% recall on striped views.
+    `contrast` these are the fixed texts ([concept], contrast). With it, the view is compared
+    with its own prompt: the contrast is `contrast` filled with the prompt less the concept's
+    words, and the concept side the same with the concept inserted at every word boundary of
+    that prompt (which position reads naturally depends on the prompt's grammar; the mean
+    needs none). So the detector asks "does this view show the concept more than its prompt,
+    without the concept, would?", and a plain view whose colour or shape a fixed contrast
+    misreads is not flagged again on every retry. Measured against the world oracle on
+    world-sd views (bench/reject_oracle.py): see README, Suppression.
     """
     if PROMPT_PLACEHOLDER not in contrast:
         return [concept], contrast
-    words = prompt.split()
+    words = concept_words(concept).sub(" ", prompt).split()
     with_concept = [" ".join([*words[:i], concept, *words[i:]]) for i in range(len(words) + 1)]
     return ([contrast.replace(PROMPT_PLACEHOLDER, text) for text in with_concept],
-            contrast.replace(PROMPT_PLACEHOLDER, prompt))
+            contrast.replace(PROMPT_PLACEHOLDER, " ".join(words)))

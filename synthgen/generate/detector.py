@@ -1,17 +1,44 @@
 """Zero-shot concept scoring with a CLIP model, for `suppress: method: reject`.
 
-A view's score for a concept is CLIP's probability of the concept's text against a neutral
-contrast text ("a photo"): softmax(logit_scale * cos(image, text)) over the two. Any CLIP
-model transformers can load works (hub id, local folder, or `builtin:` name), from safetensors.
+A view's score for a concept is CLIP's probability of the concept side against the contrast
+side: softmax(logit_scale * cos(image, text)) over the two. By default the sides are the
+concept's text and a fixed contrast text ("a photo"); a contrast naming `{prompt}` compares
+each view with its own prompt instead (`attributes.detector_texts`, which the audit can share).
+Any CLIP model transformers can load works (hub id, local folder, or `builtin:` name), from
+safetensors.
+
+What is scored is the view as its shard stores it (`stored_pixels`): encoded in the recipe's
+format, quality and stored size, and decoded again, as the audit and a trainer read it.
 """
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
+from PIL import Image
 
-from synthgen.errors import UserError
+from synthgen.attributes import detector_texts
 from synthgen.builtin import resolve_model_source
+from synthgen.errors import UserError
+from synthgen.recipe import Recipe
+from synthgen.write import encode_image
+
+
+def stored_pixels(images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 (N, H, W, 3) sampled views -> uint8 (N, H', W', 3) as a reader decodes them.
+
+    Each view goes through `write.encode_image` (deterministic, so these are the stored
+    file's bytes) and back through Pillow. A detector must judge these, not the sampler's
+    pixels: at 32 px, JPEG's 8x8 blocks alone move world-clip's 'striped' score of a plain
+    view from 0.06 to 0.91, and `output.resolution` resamples every view.
+    """
+    decoded = []
+    for pixels in images.numpy():
+        with Image.open(io.BytesIO(encode_image(pixels, recipe))) as image:
+            decoded.append(np.asarray(image.convert("RGB")))
+    return torch.from_numpy(np.stack(decoded))
 
 
 class ClipConceptScorer:
@@ -33,29 +60,41 @@ class ClipConceptScorer:
 
     @torch.inference_mode()
     def text_features(self, text: str) -> torch.Tensor:
+        """The unit embedding of one text (embedded on its own, so independent of batching)."""
         if text not in self._text_features:
-            tokens = self.processor.tokenizer([text], padding=True, return_tensors="pt")
+            tokens = self.processor.tokenizer([text], padding=True, truncation=True,
+                                              return_tensors="pt")
             features = self.model.get_text_features(**tokens.to(self.device))
             features = getattr(features, "pooler_output", features)
             self._text_features[text] = torch.nn.functional.normalize(features, dim=-1)[0]
         return self._text_features[text]
 
+    def text_pair(self, concept: str, contrast: str, prompt: str) -> torch.Tensor:
+        """(2, D): the unit embeddings of the concept side and the contrast side for one view."""
+        concept_texts, contrast_text = detector_texts(concept, contrast, prompt)
+        concept_side = torch.stack([self.text_features(text) for text in concept_texts]).mean(dim=0)
+        return torch.stack([torch.nn.functional.normalize(concept_side, dim=-1),
+                            self.text_features(contrast_text)])
+
     @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor, concept: str, contrast: str) -> torch.Tensor:
-        """P(concept) against contrast for each image, float (N,) on the CPU.
+    def probabilities(self, images: torch.Tensor, concept: str, contrast: str,
+                      prompts: list[str]) -> torch.Tensor:
+        """P(concept) against contrast for each image (image i drawn from `prompts[i]`),
+        float (N,) on the CPU.
 
         On the CPU each image is embedded on its own, so a view's score (and so whether it
         is rejected) does not depend on which views share its batch.
         """
-        texts = torch.stack([self.text_features(concept), self.text_features(contrast)])
+        pairs = torch.stack([self.text_pair(concept, contrast, prompt) for prompt in prompts])
         chunks = images.split(1) if self.device.type == "cpu" else [images]
         scores = []
-        for chunk in chunks:
+        for chunk, chunk_pairs in zip(chunks, pairs.split(len(chunks[0]))):
             pixels = self.processor.image_processor(
                 images=[np.asarray(image) for image in chunk], return_tensors="pt")["pixel_values"]
             features = self.model.get_image_features(pixel_values=pixels.to(self.device))
             features = getattr(features, "pooler_output", features)
             features = torch.nn.functional.normalize(features, dim=-1)
-            logits = self.model.logit_scale.exp() * features @ texts.T
+            cosines = torch.einsum("nd,nkd->nk", features, chunk_pairs)
+            logits = self.model.logit_scale.exp() * cosines
             scores.append(logits.softmax(dim=-1)[:, 0].float().cpu())
         return torch.cat(scores)
