@@ -44,7 +44,9 @@ def run(engine: str, workers: int, recipe_path: Path, out_dir: Path) -> dict:
     from synthgen.recipe import load_recipe
 
     plan = make_plan(load_recipe(recipe_path))
-    options = GenerateOptions(device="cpu", batch_size=8, progress=False, workers=workers)
+    # One thread per worker (the default is 2): workers, not threads, are what this compares.
+    options = GenerateOptions(device="cpu", batch_size=8, progress=False, workers=workers,
+                              cpu_threads=1)
     started = time.perf_counter()
     summary = run_engine(engine, plan, out_dir, options)
     wall = time.perf_counter() - started

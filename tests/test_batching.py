@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthgen.generate.batching import auto_batch_size, largest_fitting_batch
+from synthgen.generate.batching import auto_batch_size, default_batch_size, largest_fitting_batch
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 7, 48, 64, 100, 255, 256, 300])
@@ -25,4 +25,8 @@ def test_nothing_fits_gives_one():
 
 
 def test_cpu_uses_the_fixed_size():
-    assert auto_batch_size(lambda n: None, torch.device("cpu")) == 8
+    """The CPU pads every call to the batch size as a GPU does (it made one view per call, and
+    8 only sized the batches): 16 by default, and for auto, which has no memory to probe there."""
+    assert auto_batch_size(lambda n: None, torch.device("cpu")) == 16
+    assert default_batch_size(torch.device("cpu")) == 16
+    assert default_batch_size(torch.device("cuda")) == 8

@@ -54,3 +54,19 @@ def test_quickstart_oracle_figures_small(write_recipe, tmp_path):
     assert 1 <= resampled["prompts"] <= 7, "one prompt per unasked group at most (seed views share it)"
     assert all(0 <= resampled[key] <= resampled["prompts"]
                for key in ("striped_without_negative", "striped_with_negative"))
+
+
+def test_cpu_quickstart_benchmark_small(write_recipe, tmp_path):
+    from sampling_checks import dataset_bytes
+
+    spec = importlib.util.spec_from_file_location("cpu_quickstart", BENCH.parent / "cpu_quickstart.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--recipe", str(write_recipe()), "--batch-size", "4", "--threads", "1",
+                         "--work", str(tmp_path)])
+    assert result["images"] == 18 and result["batch_size"] == 4 and result["threads"] == 1
+    plain, synthgen = result["plain_diffusers"], result["synthgen"]
+    assert plain["generation_s"] > 0 and synthgen["generation_s"] > 0 and synthgen["command_wall_s"] > 0
+    assert result["synthgen_over_plain"] > 0
+    # The timed command made what the timed in-process run made: the same options, the same bytes.
+    assert dataset_bytes(tmp_path / "command") == dataset_bytes(tmp_path / "in-process")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,7 +58,9 @@ class GenerateOptions:
     every shard are the same whichever engine builds it, with however many workers.
     """
 
-    batch_size: int | str = 8  # or "auto": the largest that fits the GPU (see generate/batching.py)
+    # Views per pipeline call; None: the device's default, "auto": the largest that fits the
+    # GPU (see generate/batching.py).
+    batch_size: int | str | None = None
     device: str = "auto"
     dtype: str | None = None  # overrides the recipe's model.dtype
     overwrite: bool = False
@@ -72,9 +74,11 @@ class GenerateOptions:
     shards: tuple[int, ...] | None = None
     # Ray cluster address; None starts a local Ray.
     address: str | None = None
-    # Intra-op threads of a CPU worker. PyTorch's CPU kernels split work by thread count and
-    # the split moves the last float bits, so it is fixed (not "all cores") for every engine.
-    cpu_threads: int = 1
+    # Intra-op threads of a CPU worker. PyTorch's CPU kernels may split work by thread count,
+    # and a split can move the last float bits, so it is a fixed number for every engine, not
+    # "all cores" (which would tie the bytes to the machine). 2 uses both cores of a small
+    # machine such as the quickstart's; --workers N with 2 threads each fills a larger one.
+    cpu_threads: int = 2
     # How often one shard may be started before a run gives up on it (its workers died).
     max_attempts: int = 3
     # GPU speed options (see generate/prepare.py); a compiled graph may move the last float
@@ -103,6 +107,10 @@ class RunSummary:
     missing: list[int] = field(default_factory=list)  # shards of the dataset still not done
     manifest_written: bool = False
     model_variants: int = 1  # distinct model descriptions (device, dtype, ...) across the shards
+    # Per suppressed concept, over the views this run generated: redraws, and views stored
+    # although they still failed after their last retry (`suppression_failed` in their json).
+    rejections: Counter = field(default_factory=Counter)
+    suppression_failed: Counter = field(default_factory=Counter)
 
     @property
     def images_per_second(self) -> float:
@@ -120,6 +128,8 @@ class ShardsBuilt:
     images: int = 0
     nonfinite_views: int = 0
     model: dict = field(default_factory=dict)
+    rejections: Counter = field(default_factory=Counter)
+    suppression_failed: Counter = field(default_factory=Counter)
 
 
 def selected_shards(plan: Plan, options: GenerateOptions) -> tuple[int, ...]:
@@ -161,6 +171,8 @@ def add_built(summary: RunSummary, built: ShardsBuilt) -> None:
     summary.images_generated += built.images
     summary.nonfinite_views += built.nonfinite_views
     summary.model = summary.model or built.model
+    summary.rejections.update(built.rejections)
+    summary.suppression_failed.update(built.suppression_failed)
 
 
 def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summary: RunSummary,
@@ -232,6 +244,7 @@ class ShardWorker:
         import torch
 
         from synthgen.devices import choose_device
+        from synthgen.generate.batching import default_batch_size
         from synthgen.generate.load import choose_dtype
         from synthgen.generate.prepare import prepare_sampler
 
@@ -251,14 +264,16 @@ class ShardWorker:
             torch.cuda.set_device(self.device)
         # 2. Load the pipeline once for all the shards this worker builds.
         #    (prepare_sampler also applies the recipe's erase edits and reject detectors.)
-        auto = options.batch_size == "auto"
-        self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else options.batch_size,
+        requested = (default_batch_size(self.device) if options.batch_size is None
+                     else options.batch_size)
+        auto = requested == "auto"
+        self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else requested,
                                        compile_model=options.compile_model,
                                        channels_last=options.channels_last)
         self.model = self.sampler.model
         self.model_info = self.model.describe()
         # 3. With --batch-size auto, probe the largest batch that fits this device.
-        self.batch_size = self._probe_batch_size() if auto else options.batch_size
+        self.batch_size = self._probe_batch_size() if auto else requested
 
     def _probe_batch_size(self) -> int:
         from synthgen.generate.batching import auto_batch_size
@@ -304,6 +319,7 @@ class ShardWorker:
         built.published = sum(1 for result in assembler.results if result.published)
         built.lost = len(assembler.results) - built.published
         built.nonfinite_views = assembler.nonfinite_count
+        built.rejections, built.suppression_failed = assembler.rejections, assembler.suppression_failed
         return built
 
     def _inject_fault(self, shard: int) -> None:
@@ -354,11 +370,15 @@ class ShardAssembler:
         self.results: list[PublishResult] = []
         self.written = 0
         self.nonfinite_count = 0
+        self.rejections: Counter = Counter()
+        self.suppression_failed: Counter = Counter()
 
     def add_view(self, group: GroupPlan, view: ViewPlan, pixels, nonfinite: bool,
                  record: dict | None = None) -> None:
         views = self.views.setdefault(group.group_id, {})
         views[view.view] = (pixels, record or {})
+        self.rejections.update((record or {}).get("rejections", {}))
+        self.suppression_failed.update((record or {}).get("suppression_failed", ()))
         if nonfinite:
             self.nonfinite.setdefault(group.shard, []).append((group.group_id, view.view))
             self.nonfinite_count += 1
@@ -384,7 +404,8 @@ class ShardAssembler:
         def write() -> PublishResult:
             samples = [f.result() for f in futures]
             claim_for_recipe(self.store, self.plan.recipe)
-            return publish_shard(self.store, shard, samples, self.model_info, nonfinite)
+            return publish_shard(self.store, shard, samples, self.model_info, nonfinite,
+                                 self.plan.recipe.output.layout)
 
         self.pending_writes.append(self.writer.submit(write))
         # Back-pressure: the sampler waits rather than piling up shards in memory.

@@ -48,12 +48,13 @@ FLUX_PIPELINES = ("FluxPipeline",)
 
 @dataclass(frozen=True)
 class Rejector:
-    """One suppressed concept: `score` maps uint8 (N, H, W, 3) images to probabilities (N,)."""
+    """One suppressed concept: `score` maps uint8 (N, H, W, 3) images and the N prompts they
+    were drawn from to probabilities (N,)."""
 
     concept: str
     threshold: float
     max_retries: int
-    score: Callable[[torch.Tensor], torch.Tensor]
+    score: Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
 def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
@@ -72,7 +73,7 @@ class Sampler:
     """Turns lists of `ViewPlan`s into images with one loaded pipeline."""
 
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
-                 one_view_per_call: bool | None = None, rejectors: tuple[Rejector, ...] = (),
+                 rejectors: tuple[Rejector, ...] = (),
                  compile_model: bool = False, channels_last: bool = False):
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -80,9 +81,6 @@ class Sampler:
         self.spec = spec
         self.batch_size = batch_size
         self.rejectors = rejectors
-        # None: one view per call on the CPU, padded batches elsewhere (see `sample`).
-        self.one_view_per_call = (model.device.type == "cpu" if one_view_per_call is None
-                                  else one_view_per_call)
         self.pipeline = model.pipeline
         self._img2img = None
         self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -135,10 +133,11 @@ class Sampler:
         its group, in this batch or the one before.
 
         Kernels pick their algorithms by tensor shape, and the pick changes the last float
-        bits. So every call has a fixed shape: on a GPU the batch is padded to `batch_size`
-        (bytes then depend on the batch size, never on which views share a batch or on
-        resume and worker layout); on the CPU each view is its own call, which makes CPU
-        output independent of the batch size too at little cost (CPU batching gains little).
+        bits. So every call has a fixed shape, on every device: the batch is padded to
+        `batch_size` (bytes then depend on the batch size, never on which views share a batch
+        or on resume and worker layout). Another batch size gives the same pictures up to
+        float rounding. On the CPU too: one view per call made the quickstart 3-4.5x slower
+        than a plain batched pipeline call (bench/cpu_quickstart.py).
         """
         if not 0 < len(views) <= self.batch_size:
             raise ValueError(f"sample() takes 1 to {self.batch_size} views, got {len(views)}")
@@ -181,7 +180,8 @@ class Sampler:
         while pending:
             flagged: dict[int, list[str]] = {}
             for rejector in self.rejectors:
-                scores = rejector.score(images[pending]).tolist()
+                prompts = [current[position].prompt for position in pending]
+                scores = rejector.score(images[pending], prompts).tolist()
                 for position, score in zip(pending, scores):
                     if score > rejector.threshold:
                         flagged.setdefault(position, []).append(rejector.concept)
@@ -215,9 +215,6 @@ class Sampler:
 
     def _generate(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 (N, H, W, 3), bool (N,) all-finite) on the CPU, with fixed-shape calls."""
-        if self.one_view_per_call:
-            rows = [self._denoise([view]) for view in views]
-            return torch.cat([row[0] for row in rows]), torch.cat([row[1] for row in rows])
         images, finite, order = [], [], []
         # One call per batch-sized chunk (and per img2img strength), padded to batch_size.
         chunks: dict[float | None, list[int]] = {}
