@@ -1,53 +1,117 @@
-"""Erase a concept from a text-to-image model by a closed-form edit of cross-attention.
+"""Closed-form edits of every linear map through which the prompt reaches a UNet (UCE).
 
-Unified Concept Editing (Gandikota et al., 2024): every cross-attention layer reads the text
-through its key and value projections W (out x d). The edit solves, per W,
+Unified Concept Editing (Gandikota et al., 2024; reference implementation
+rohitgandikota/unified-concept-editing). A UNet reads the prompt's text embeddings only
+through linear maps W, and which ones depends on the family:
 
-    min_W'  sum_e |W' c_e - W c_t|^2  +  lam sum_p |W' c_p - W c_p|^2  +  gamma |W' - W|^2
+- every family: the key and value projections of cross-attention, reading the token embeddings;
+- `addition_embed_type: "text"` (builtin:world-sd): diffusers' `TextTimeEmbedding`, whose
+  attention pooling reads the layer-normed tokens and a class token (their mean plus a learnt
+  position embedding) through its key and value projections, and the class token alone
+  through its query projection; the pooled result is added to the timestep embedding;
+- `addition_embed_type: "text_time"` (SDXL): the pooled text embedding, through the first
+  columns of `add_embedding.linear_1`.
 
-where c_e are the erased concept's text embeddings, c_t the target concept's at the same token
-positions, and c_p the embeddings of concepts to preserve. The minimiser is
+An edit that misses one of them leaves the concept in the model (world-sd, "striped": editing
+cross-attention alone still drew 35% of asked-for stripes, the pooled path alone 95%;
+docs/WORLD.md). For each W the edit solves
 
-    W' = (W C_t C_e^T + lam W C_p C_p^T + gamma W) (C_e C_e^T + lam C_p C_p^T + gamma I)^-1,
+    min_W'  sum_i |W' c_i - v_i|^2 + ps sum_p |W' c_p - W c_p|^2 + lam |W' - W|^2
 
-so the model reads the erased concept as the target and the preserved ones as before. No
-training, seconds on a CPU.
+with c_i what W reads for the edited text at token i, v_i what it should give instead (the
+original output for the target text at the paired token: W c*_i), c_p what it reads for text
+to preserve. The minimiser is
+
+    W' = (lam W + sum_i v_i c_i^T + ps sum_p W c_p c_p^T) (lam I + sum_i c_i c_i^T + ps sum_p c_p c_p^T)^-1.
+
+No training; seconds on a CPU. Everything is computed in float64 on the CPU and written back
+in the layer's dtype.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
-# Preserved concepts weigh as much as the erased one; gamma keeps W' near W in directions the
-# text never visits (relative to the embeddings' scale, see `_ridge`).
+from synthgen.recipe import CLASS_SLOT, template_slots
+
+# The reference's defaults: lamb 0.5 and erase scale 1 (train-scripts/train_erase.py and
+# trainscripts/uce_sd_erase.py), preserve scale 1.0 (uce_sd_erase.py; train_erase.py used 0.1,
+# which on world-sd let preserved plain captions move further: their cross-attention outputs
+# shifted by 0.48 of the erased gap against 0.33 at 1.0, 40 contexts). lamb is absolute, as
+# there; on world-sd 0.5 and 5 made nearly the same edit (0.47 and 0.44 of the gap left).
 PRESERVE_WEIGHT = 1.0
-RIDGE = 1e-3
+REGULARIZER = 0.5
+CONTEXT_SLOT = "concept"  # where a context template puts the concept (or the target)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One prompt as the UNet reads it: token ids, token embeddings, pooled embedding."""
+
+    ids: tuple[int, ...]          # BOS, the prompt's tokens, EOS; no padding
+    tokens: torch.Tensor          # (length, d) float64, padding included: cross-attention's input
+    pooled: torch.Tensor | None   # (p,) float64 pooled embedding (SDXL), else None
 
 
 @torch.no_grad()
-def _encode(pipeline, text: str) -> torch.Tensor:
-    """(77, d) float64 cross-attention input of `text`, padding included."""
+def encode(pipeline, text: str) -> Encoded:
+    """`text` through the pipeline's own `encode_prompt`, as sampling encodes it."""
     from diffusers import StableDiffusionXLPipeline
 
     device = pipeline.unet.device
+    pooled = None
     if isinstance(pipeline, StableDiffusionXLPipeline):
-        embeds = pipeline.encode_prompt(text, device=device, num_images_per_prompt=1,
-                                        do_classifier_free_guidance=False)[0]
+        embeds, _, pooled, _ = pipeline.encode_prompt(text, device=device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+        pooled = pooled[0].double().cpu()
     else:
         embeds = pipeline.encode_prompt(text, device, 1, False)[0]
-    return embeds[0].double().cpu()
+    tokenizer = pipeline.tokenizer
+    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return Encoded(ids=tuple(ids), tokens=embeds[0].double().cpu(), pooled=pooled)
 
 
-def token_count(pipeline, text: str) -> int:
-    """Tokens of `text` including BOS and EOS."""
-    return len(pipeline.tokenizer(text, truncation=True).input_ids)
+def token_pairs(concept_ids: Sequence[int], target_ids: Sequence[int],
+                length: int) -> list[tuple[int, int]]:
+    """(concept position, target position) of every token the edit maps, as the reference pairs them.
+
+    The reference (train-scripts/train_erase.py) pairs the concept's last word token with the
+    target's last word token and each later token with the target's token at the same offset:
+    end token with end token, padding with padding, up to `length` (the model attends to
+    padding too). An empty target's "last word" is its start token. Where the two texts open
+    with the same tokens (a concept written inside a context prompt), pairing starts at the
+    first token that differs, so every concept token that carries the difference is mapped;
+    the reference's concepts stand alone, where this is the same pairing.
+    """
+    last_concept, last_target = len(concept_ids) - 2, len(target_ids) - 2
+    shared = 0
+    while (shared < min(len(concept_ids), len(target_ids))
+           and concept_ids[shared] == target_ids[shared]):
+        shared += 1
+    first = min(0, max(shared - last_concept, -last_target))
+    stop = length - max(last_concept, last_target)
+    return [(last_concept + offset, last_target + offset) for offset in range(first, stop)]
 
 
-def text_embeddings(pipeline, text: str) -> torch.Tensor:
-    """(tokens, d) float64 cross-attention inputs of `text`: BOS, its tokens and EOS."""
-    return _encode(pipeline, text)[:token_count(pipeline, text)]
+@dataclass(frozen=True)
+class TextReader:
+    """Linear maps that read one view of the prompt, and how to compute that view.
+
+    `rows(encoded, positions)` gives the input rows the maps read for a prompt: at the given
+    token positions (all when None), after any rows that summarise the whole prompt (a class
+    token, a pooled embedding), which every edit pairs whatever the positions.
+    """
+
+    path: str
+    linears: tuple[tuple[str, torch.nn.Linear], ...]
+    rows: Callable[[Encoded, Sequence[int] | None], torch.Tensor]
+    columns: int | None = None  # only the first `columns` inputs read text (SDXL add_embedding)
 
 
 def cross_attention_projections(unet) -> list[tuple[str, torch.nn.Linear]]:
@@ -59,40 +123,222 @@ def cross_attention_projections(unet) -> list[tuple[str, torch.nn.Linear]]:
     return projections
 
 
-def paired_embeddings(pipeline, concept: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The concept's token embeddings and the target's at the same positions (padding beyond
-    the target's end): the edit maps position i of the concept onto position i of the target."""
-    length = token_count(pipeline, concept)
-    return _encode(pipeline, concept)[:length], _encode(pipeline, target)[:length]
+def _token_rows(encoded: Encoded, positions: Sequence[int] | None) -> torch.Tensor:
+    return encoded.tokens if positions is None else encoded.tokens[list(positions)]
 
 
-def _ridge(matrix: torch.Tensor) -> float:
-    return RIDGE * float(torch.diagonal(matrix).mean())
+def _pooling_readers(unet) -> list[TextReader]:
+    """TextTimeEmbedding (addition_embed_type "text"): layer norm, then attention pooling whose
+    query is the tokens' mean plus a position embedding (diffusers' AttentionPooling)."""
+    embedding = unet.add_embedding
+    norm, pool = embedding.norm1, embedding.pool
+
+    def normed_and_class(encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = torch.nn.functional.layer_norm(
+            encoded.tokens, norm.normalized_shape, norm.weight.detach().double().cpu(),
+            norm.bias.detach().double().cpu(), norm.eps)
+        class_token = normed.mean(dim=0, keepdim=True) + pool.positional_embedding.detach().double().cpu()
+        return normed, class_token
+
+    def key_value_rows(encoded: Encoded, positions: Sequence[int] | None) -> torch.Tensor:
+        normed, class_token = normed_and_class(encoded)
+        picked = normed if positions is None else normed[list(positions)]
+        return torch.cat([class_token, picked])
+
+    def query_rows(encoded: Encoded, positions: Sequence[int] | None) -> torch.Tensor:
+        return normed_and_class(encoded)[1]
+
+    return [TextReader("pooled text (keys, values)", (("add_embedding.pool.k_proj", pool.k_proj),
+                                                      ("add_embedding.pool.v_proj", pool.v_proj)),
+                       key_value_rows),
+            TextReader("pooled text (query)", (("add_embedding.pool.q_proj", pool.q_proj),), query_rows)]
+
+
+def _pooled_embedding_rows(encoded: Encoded, positions: Sequence[int] | None) -> torch.Tensor:
+    return encoded.pooled[None]
+
+
+def unsupported_reason(pipeline) -> str | None:
+    """Why the edit cannot reach every path from text to this pipeline's denoiser, or None."""
+    from diffusers import StableDiffusionXLPipeline
+
+    unet = getattr(pipeline, "unet", None)
+    name = type(pipeline).__name__
+    if unet is None:
+        return (f"{name} denoises with a transformer (PixArt, SD3, FLUX), not a UNet, and erase "
+                "edits only a UNet's text paths")
+    if getattr(unet, "encoder_hid_proj", None) is not None:
+        return (f"{name}'s UNet projects the text (encoder_hid_dim_type "
+                f"{unet.config.encoder_hid_dim_type!r}) before cross-attention, a path erase "
+                "does not edit")
+    if any(getattr(module, "add_k_proj", None) is not None for module in unet.modules()):
+        return (f"{name}'s UNet has attention with added key/value projections of the text "
+                "(as UnCLIP and DeepFloyd IF), a path erase does not edit")
+    kind = unet.config.addition_embed_type
+    if kind == "text_time" and not isinstance(pipeline, StableDiffusionXLPipeline):
+        return (f"{name}'s UNet reads a pooled text embedding (addition_embed_type text_time) "
+                "that only an SDXL pipeline supplies")
+    if kind not in (None, "text", "text_time"):
+        return (f"{name}'s UNet adds {kind!r} embeddings (image or hint conditioning) to the "
+                "timestep, a path erase does not edit")
+    return None
+
+
+def text_readers(pipeline) -> list[TextReader]:
+    """Every linear map through which `pipeline`'s prompt reaches its UNet (see the module doc).
+
+    Raises ValueError (with `unsupported_reason`) for a pipeline with a path it cannot edit.
+    """
+    reason = unsupported_reason(pipeline)
+    if reason is not None:
+        raise ValueError(reason)
+    unet = pipeline.unet
+    readers = [TextReader("cross-attention", tuple(cross_attention_projections(unet)), _token_rows)]
+    if unet.config.addition_embed_type == "text":
+        readers += _pooling_readers(unet)
+    elif unet.config.addition_embed_type == "text_time":
+        pooled_size = pipeline.text_encoder_2.config.projection_dim
+        readers.append(TextReader("pooled text embedding",
+                                  (("add_embedding.linear_1", unet.add_embedding.linear_1),),
+                                  _pooled_embedding_rows, columns=pooled_size))
+    return readers
+
+
+def text_weights(pipeline) -> dict[str, torch.Tensor]:
+    """A copy of every weight the edit can change (for `restore_text_weights`)."""
+    return {name: linear.weight.detach().clone()
+            for reader in text_readers(pipeline) for name, linear in reader.linears}
 
 
 @torch.no_grad()
-def erase_concept(pipeline, concept: str, target: str = "", preserve: list[str] = ()) -> dict:
-    """Edit `pipeline.unet` in place so `concept` renders as `target`; returns the edit record.
+def restore_text_weights(pipeline, weights: dict[str, torch.Tensor]) -> None:
+    for reader in text_readers(pipeline):
+        for name, linear in reader.linears:
+            linear.weight.copy_(weights[name])
 
-    The record (concept, target, preserve, layer count, sha256 of the edited weights) goes into
-    the dataset manifest, so a dataset says exactly which model made it.
+
+@dataclass(frozen=True)
+class Mapping:
+    """Edited text: `source` at `positions` should read as the `goals` mix at their positions.
+
+    Each goal is (encoded, positions, weight); the wanted output of a map W is
+    sum(weight * W rows(goal)). Erase has one goal of weight 1 (the target); debias mixes the
+    prompt itself with its attribute-valued versions.
     """
-    erased, targets = paired_embeddings(pipeline, concept, target)
-    kept = [text_embeddings(pipeline, text) for text in preserve]
-    kept = torch.cat(kept) if kept else torch.zeros(0, erased.shape[1], dtype=torch.float64)
-    # Right-hand factor, shared by every layer: C_e C_e^T + lam C_p C_p^T + gamma I.
-    gram = erased.T @ erased + PRESERVE_WEIGHT * kept.T @ kept
-    gamma = _ridge(gram)
-    inverse = torch.linalg.inv(gram + gamma * torch.eye(gram.shape[0], dtype=torch.float64))
+
+    source: Encoded
+    positions: tuple[int, ...]
+    goals: tuple[tuple[Encoded, tuple[int, ...], float], ...]
+
+
+def pair(pipeline, concept: str, target: str) -> Mapping:
+    """`concept` read as `target`, tokens paired as the reference pairs them (`token_pairs`)."""
+    source, goal = encode(pipeline, concept), encode(pipeline, target)
+    pairs = token_pairs(source.ids, goal.ids, len(source.tokens))
+    return Mapping(source, tuple(c for c, _ in pairs), ((goal, tuple(t for _, t in pairs), 1.0),))
+
+
+def closed_form(weight: torch.Tensor, mapped: torch.Tensor, wanted: torch.Tensor,
+                kept: torch.Tensor, preserve_weight: float, regularizer: float) -> torch.Tensor:
+    """The UCE minimiser W' (out x in) for rows `mapped` (n x in) -> `wanted` (n x out), rows
+    `kept` (m x in) held at W's outputs, and `regularizer` * |W' - W|^2; float64."""
+    eye = torch.eye(weight.shape[1], dtype=torch.float64)
+    left = regularizer * weight + wanted.T @ mapped + preserve_weight * (weight @ kept.T) @ kept
+    right = regularizer * eye + mapped.T @ mapped + preserve_weight * kept.T @ kept
+    return torch.linalg.solve(right, left.T).T  # left @ right^-1; right is symmetric
+
+
+@torch.no_grad()
+def edit_text_paths(pipeline, mappings: Sequence[Mapping], preserved: Sequence[Encoded],
+                    preserve_weight: float = PRESERVE_WEIGHT,
+                    regularizer: float = REGULARIZER) -> dict:
+    """Apply the closed-form edit to every text reader of `pipeline` (in place).
+
+    Returns {"layers", "paths" ({path: linear maps edited}), "weights_sha256"}: the digest
+    covers every edited weight, in reader order, so a dataset says exactly which model made it.
+    """
     digest = hashlib.sha256()
-    projections = cross_attention_projections(pipeline.unet)
-    for _, linear in projections:
-        weight = linear.weight.detach().double().cpu()
-        left = (weight @ targets.T @ erased
-                + PRESERVE_WEIGHT * weight @ kept.T @ kept
-                + gamma * weight)
-        edited = left @ inverse
-        linear.weight.copy_(edited.to(linear.weight.dtype))
-        digest.update(linear.weight.detach().cpu().contiguous().float().numpy().tobytes())
+    paths: dict[str, int] = {}
+    for reader in text_readers(pipeline):
+        mapped = torch.cat([reader.rows(m.source, m.positions) for m in mappings])
+        mixes = [[(share, reader.rows(goal, positions)) for goal, positions, share in m.goals]
+                 for m in mappings]
+        kept = (torch.cat([reader.rows(encoded, None) for encoded in preserved]) if preserved
+                else mapped.new_zeros(0, mapped.shape[1]))
+        for _, linear in reader.linears:
+            full = linear.weight.detach().double().cpu()
+            weight = full if reader.columns is None else full[:, :reader.columns]
+            wanted = torch.cat([sum(share * rows @ weight.T for share, rows in mix) for mix in mixes])
+            edited = closed_form(weight, mapped, wanted, kept, preserve_weight, regularizer)
+            if reader.columns is not None:
+                edited = torch.cat([edited, full[:, reader.columns:]], dim=1)
+            linear.weight.copy_(edited.to(linear.weight.dtype))
+            digest.update(linear.weight.detach().cpu().contiguous().float().numpy().tobytes())
+        paths[reader.path] = len(reader.linears)
+    return {"layers": sum(paths.values()), "paths": paths, "weights_sha256": digest.hexdigest()}
+
+
+def replace_concept(prompt: str, concept: str, target: str) -> str:
+    """`prompt` with `concept` (as whole words) replaced by `target`, whitespace collapsed."""
+    return " ".join(re.sub(rf"\b{re.escape(concept)}\b", target, prompt).split())
+
+
+@torch.no_grad()
+def erase_concept(pipeline, concept: str, target: str = "", preserve: Sequence[str] = (),
+                  contexts: Sequence[str] = (), preserve_weight: float = PRESERVE_WEIGHT,
+                  regularizer: float = REGULARIZER) -> dict:
+    """Edit `pipeline.unet` in place so `concept` reads as `target`; returns the edit record.
+
+    The concept is mapped alone (as the reference does) and inside each prompt of `contexts`
+    (prompts that use it), where it becomes the same prompt with `target` instead. Those
+    target prompts are preserved along with `preserve`: a small text encoder spreads the
+    concept over every later token of a prompt (world-clip's tokens after "striped" differ from
+    the plain caption's by cosine 0.54-0.79), so the concept's word alone does not carry it,
+    and an edit learnt from contexts without their plain versions changed plain prompts too.
+    """
+    mappings = [pair(pipeline, concept, target)]
+    mappings += [pair(pipeline, prompt, replace_concept(prompt, concept, target)) for prompt in contexts]
+    kept_texts = list(dict.fromkeys([*preserve, *(replace_concept(p, concept, target) for p in contexts)]))
+    record = edit_text_paths(pipeline, mappings, [encode(pipeline, text) for text in kept_texts],
+                             preserve_weight, regularizer)
     return {"method": "erase", "concept": concept, "target": target, "preserve": list(preserve),
-            "layers": len(projections), "weights_sha256": digest.hexdigest()}
+            "contexts": len(contexts), "preserve_weight": preserve_weight,
+            "regularizer": regularizer, **record}
+
+
+def fill_templates(templates: Sequence[str], count: int, seed: int,
+                   slots: dict[str, Sequence[str]], fixed: dict[str, str]) -> list[str]:
+    """`count` prompts from `templates` (cycled), each slot a uniform draw from its values.
+
+    `fixed` slots (the concept, a class name) take their given value. Values are drawn
+    uniformly rather than by the recipe's weights: an edit must hold for rare values too.
+    Deterministic in `seed`; duplicates are dropped, order kept.
+    """
+    rng = random.Random(seed)
+    prompts = []
+    for index in range(count if templates else 0):
+        text = templates[index % len(templates)]
+        while names := template_slots(text):  # slot values may name slots (the recipe forbids cycles)
+            text = text.format(**{name: fixed[name] if name in fixed else rng.choice(list(slots[name]))
+                                  for name in names})
+        prompts.append(" ".join(text.split()))
+    return list(dict.fromkeys(prompts))
+
+
+def context_prompts(templates: Sequence[str], concept: str, count: int, seed: int,
+                    slots: dict[str, Sequence[str]], class_names: Sequence[str]) -> list[str]:
+    """Prompts using `concept` from context templates: `{concept}` is the concept, `{class}` a
+    class name, other slots the recipe's values (`fill_templates`)."""
+    return fill_templates(templates, count, seed, {**slots, CLASS_SLOT: list(class_names)},
+                          {CONTEXT_SLOT: concept})
+
+
+def describe_edit(record: dict) -> str:
+    """One line for a person: what an erase or debias edit record says was changed."""
+    paths = ", ".join(f"{path} {count}" for path, count in record.get("paths", {}).items())
+    where = f"{record['layers']} linear maps ({paths})" if paths else f"{record['layers']} projections"
+    if record.get("method") == "debias":
+        return (f"debiased {record.get('attribute', 'an attribute')!r} of {record['targets']} in "
+                f"{where}, weights {record['weights_sha256'][:12]}")
+    return (f"erased {record['concept']!r} -> {record['target']!r} in {where} (keeping "
+            f"{record['preserve']}), weights {record['weights_sha256'][:12]}")

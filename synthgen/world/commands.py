@@ -72,3 +72,31 @@ def evaluate(models: Path, device: str, scale: float) -> None:
 
     evaluate_world_models(models, device=device, scale=scale, log=lambda message: click.echo(message))
     write_model_cards(models)
+
+
+@world.command()
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              default=Path(__file__).resolve().parents[2] / "recipes" / "attribute-editing.yaml",
+              show_default=True, help="A builtin:world-sd recipe with an erase of 'striped' and/or a "
+                                      "balance entry of method debias.")
+@click.option("--prompts", "prompt_count", type=click.IntRange(min=10), default=400, show_default=True,
+              help="Held-out prompts for erase (each drawn asking for stripes and not), and images per "
+                   "class for debias.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the figures as JSON here.")
+def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None) -> None:
+    """Judge a recipe's erase and debias edits on world-sd with the oracle (docs/WORLD.md)."""
+    import json
+
+    from synthgen.world.edits import debias_gates, erase_gates, measure_edits
+
+    result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message))
+    gates = {**(erase_gates(result) if "erase" in result else {}),
+             **(debias_gates(result) if "debias" in result else {})}
+    result["gates"] = gates
+    for name, held in gates.items():
+        click.echo(f"{'PASS' if held else 'FAIL'}  {name}")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"figures written to {out}")

@@ -10,7 +10,8 @@ Numbers (all on seeds no training run uses):
   over prompts "a {size} {colour} {shape} on a {background} background";
   the striped rate with and without the negative prompt "striped" (prompts
   never mention stripes) and with "striped" in the prompt; and the spread of
-  object positions across seeds for one fixed prompt.
+  object positions across seeds for one fixed prompt. Model edits (erase,
+  debias) are measured by `synthgen world edits` (world/edits.py).
 
 Each folder gets ``metrics.json``; :func:`write_model_cards` turns
 ``training.json`` + ``metrics.json`` into ``README.md``.
@@ -26,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthgen.generate.erase import erase_concept
 from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 GUIDANCE_SCALE = 4.0
@@ -114,14 +114,10 @@ def evaluate_generator(pipeline, oracle, prompt_count: int = GENERATED_PROMPTS,
     striped_prompts = [p["striped_prompt"] for p in prompts[:suppression_count]]
     asked = oracle.read(generate(pipeline, striped_prompts, suppression_seeds))
     # 3. Suppression against a high base rate (unasked stripes are rare, so the lines above can
-    #    show little): prompts that ask for stripes, with the negative prompt "striped", and
-    #    after erasing "striped" from the UNet's cross-attention (UCE, as `method: erase`).
+    #    show little): prompts that ask for stripes, with the negative prompt "striped". The
+    #    model edits (`erase`, `debias`) are measured by `synthgen world edits` (world/edits.py).
     asked_with_negative = oracle.read(generate(pipeline, striped_prompts, suppression_seeds,
                                                negative_prompt="striped"))
-    original_unet = {key: value.clone() for key, value in pipeline.unet.state_dict().items()}
-    erase_concept(pipeline, "striped", "", preserve=list(SHAPES) + list(COLOURS))
-    asked_after_erase = oracle.read(generate(pipeline, striped_prompts, suppression_seeds))
-    pipeline.unet.load_state_dict(original_unet)
     result["suppression"] = {
         "prompts": suppression_count,
         "striped_rate_no_negative_prompt": _rate(r["striped"] for r in without),
@@ -129,7 +125,6 @@ def evaluate_generator(pipeline, oracle, prompt_count: int = GENERATED_PROMPTS,
         "striped_rate_when_prompted_striped": _rate(r["striped"] for r in asked),
         "striped_rate_prompted_striped_negative_prompt_striped": _rate(
             r["striped"] for r in asked_with_negative),
-        "striped_rate_prompted_striped_after_erase": _rate(r["striped"] for r in asked_after_erase),
     }
     log(f"suppression {result['suppression']}")
     # 3. Diversity: one prompt, many seeds; where the oracle finds the object.
@@ -357,7 +352,6 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
 | striped rate, same prompts, negative prompt "striped" | {_percent(suppression['striped_rate_negative_prompt_striped'])} | lower |
 | striped rate, prompt says "striped" | {_percent(suppression['striped_rate_when_prompted_striped'])} | high |
 | striped rate, prompt says "striped", negative prompt "striped" | {_percent(suppression.get('striped_rate_prompted_striped_negative_prompt_striped', float('nan')))} | lower than the line above |
-| striped rate, prompt says "striped", after `erase` of "striped" (UCE) | {_percent(suppression.get('striped_rate_prompted_striped_after_erase', float('nan')))} | lower than the line above |
 | position spread x / y std, "{diversity['prompt']}", {diversity['seeds']} seeds | {diversity['x_std']:.3f} / {diversity['y_std']:.3f} | real renders {diversity['real_renders_std']:.3f} |
 
 Per-shape prompted accuracy: {per_shape}.

@@ -1,0 +1,77 @@
+"""The attribute-editing recipe's erase works on the shipped world-sd, judged by the oracle,
+and `synthgen world edits` applies the issue's gates to its figures as written."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthgen.world.edits import debias_gates, erase_gates, kl_to_wanted
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "attribute-editing.yaml"
+MODELS = ROOT / "synthgen" / "models"
+shipped = pytest.mark.skipif(not (MODELS / "world-sd" / "model_index.json").is_file(),
+                             reason="world models not trained yet (python -m synthgen.world.train)")
+
+
+@shipped
+def test_the_recipes_erase_removes_asked_for_stripes_and_keeps_the_prompted_shape():
+    from synthgen.generate.load import load_pipeline
+    from synthgen.generate.prepare import apply_erasures
+    from synthgen.recipe import load_recipe
+    from synthgen.world.evaluate import generate
+    from synthgen.world.oracle import load_oracle
+
+    recipe = load_recipe(RECIPE)
+    model = load_pipeline(recipe.model, torch.device("cpu"), torch.float32)
+    oracle = load_oracle(MODELS / "world-oracle")
+    shapes = ["circle", "square", "ring", "heart", "diamond", "crescent"]
+    asked = [f"a large striped red {shape} on a gray background" for shape in shapes]
+
+    def read(prompts):
+        return oracle.read(generate(model.pipeline, prompts, seeds=list(range(len(prompts))), steps=12))
+
+    assert sum(r["striped"] for r in read(asked)) >= 5, "world-sd draws the stripes it is asked for"
+    apply_erasures(recipe, model)
+    after = read(asked)
+    # 0.8% of 400 held-out prompts at 12 steps stayed striped (docs/WORLD.md); shapes that
+    # world-sd draws well keep their shape.
+    assert sum(r["striped"] for r in after) <= 1, after
+    assert sum(r["shape"] == shape for r, shape in zip(after, shapes)) >= 5, after
+
+
+def test_kl_to_wanted_is_zero_at_the_wanted_shares_and_infinite_off_them():
+    wanted = {"red": 1.0, "blue": 1.0}
+    assert kl_to_wanted(Counter(red=5, blue=5), wanted) == 0.0
+    assert kl_to_wanted(Counter(red=10), wanted) == pytest.approx(math.log(2))
+    assert kl_to_wanted(Counter(red=9, green=1), wanted) == math.inf
+
+
+def rates(striped=0.0, shape=0.9, colour=0.99, size=0.99) -> dict:
+    return {"striped": {"rate": striped}, "shape": {"rate": shape}, "colour": {"rate": colour},
+            "size": {"rate": size}}
+
+
+def test_erase_gates_follow_the_issue():
+    before = {"asked": rates(striped=1.0, shape=0.8), "plain": rates()}
+    held = {"erase": {"before": before, "after": {"asked": rates(striped=0.1, shape=0.85),
+                                                  "plain": rates(striped=0.01, shape=0.88)}}}
+    assert all(erase_gates(held).values())
+    missed = {"erase": {"before": before, "after": {"asked": rates(striped=0.11),
+                                                    "plain": rates(striped=0.02, shape=0.87)}}}
+    assert [name for name, ok in erase_gates(missed).items() if not ok] == [
+        "asked striped <= 10%", "unasked striped <= unedited + 1 point",
+        "plain shape >= unedited - 2 points"]
+
+
+def test_debias_gates_halve_kl_and_keep_shape():
+    result = {"debias": {"before": {"star": {"kl_to_wanted": 1.0, "shape_accuracy": 0.5}},
+                         "after": {"star": {"kl_to_wanted": 0.5, "shape_accuracy": 0.48}}}}
+    assert all(debias_gates(result).values())
+    result["debias"]["after"]["star"] = {"kl_to_wanted": 0.51, "shape_accuracy": 0.47}
+    assert not any(debias_gates(result).values())
