@@ -7,17 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from markdown_sections import markdown_section
+
 from synthgen.views import STRATEGIES, ViewsSpec
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-def _section(path: Path, heading: str) -> str:
-    """The text of the `### heading` section of a markdown file, up to the next heading."""
-    text = path.read_text()
-    found = re.search(rf"^### {re.escape(heading)}\n(.*?)(?=^#{{2,3}} |\Z)", text, re.M | re.S)
-    assert found, f"{path.name} has no '### {heading}' section"
-    return found.group(1)
 
 
 def _table_rows(section: str) -> set[str]:
@@ -27,7 +21,8 @@ def _table_rows(section: str) -> set[str]:
 
 
 def test_every_view_strategy_has_a_row_in_the_readme_views_table():
-    rows = _table_rows(_section(REPOSITORY / "README.md", "Views: how a group's images differ"))
+    rows = _table_rows(markdown_section(REPOSITORY / "README.md", "Views: how a group's images differ",
+                                        level=3))
     # A made-up strategy is reported missing: the check reads the right table.
     assert "no_such_strategy" not in rows and "seeds" in rows
     assert [name for name in STRATEGIES if name not in rows] == [], (

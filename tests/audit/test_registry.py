@@ -3,12 +3,12 @@ declares, and can be imported before torch (thresholds.py reads it while checkin
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from audit_fixtures import MeanColourEncoder, build_dataset
+from markdown_sections import markdown_section
 
 from synthgen.audit.measurements import MEASUREMENTS
 from synthgen.audit.run import AuditSettings, run_audit
@@ -18,21 +18,13 @@ from synthgen.audit.thresholds import METRICS
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def _section(path: Path, heading: str) -> str:
-    """The text of the `## heading` section of a markdown file, up to the next `## `."""
-    text = path.read_text()
-    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert found, f"{path.name} has no '## {heading}' section"
-    return found.group(1)
-
-
 def _undocumented(names, text: str, form: str) -> list[str]:
     return [name for name in names if form.format(name=name) not in text]
 
 
 def test_every_measurement_is_named_in_the_readme_and_docs_audit():
-    readme = _section(REPOSITORY / "README.md", "Auditing a dataset")
-    numbers = _section(REPOSITORY / "docs" / "AUDIT.md", "What each number means")
+    readme = markdown_section(REPOSITORY / "README.md", "Auditing a dataset")
+    numbers = markdown_section(REPOSITORY / "docs" / "AUDIT.md", "What each number means")
     # A made-up measurement is reported missing: the check reads the right text.
     assert _undocumented(["no_such_measurement"], readme + numbers, "`{name}`") == ["no_such_measurement"]
     assert _undocumented(MEASUREMENTS, readme, "`{name}`") == [], (
@@ -42,7 +34,7 @@ def test_every_measurement_is_named_in_the_readme_and_docs_audit():
 
 
 def test_every_fail_on_figure_is_in_the_docs_table():
-    table = _section(REPOSITORY / "docs" / "AUDIT.md", "--fail-on")
+    table = markdown_section(REPOSITORY / "docs" / "AUDIT.md", "--fail-on")
     assert _undocumented(METRICS, table, "`{name}`") == [], (
         "docs/AUDIT.md's --fail-on table names every figure a measurement declares")
 
