@@ -32,7 +32,7 @@ def datasets_by_layout(tmp_path_factory) -> dict[str, Path]:
     """The mixed recipe built in each layout (corner cases last: shard 0 holds none)."""
     import yaml
 
-    from conftest import SMALL_RECIPE, merge
+    from small_recipe import SMALL_RECIPE, merge
 
     root = tmp_path_factory.mktemp("readers")
     built = {}
