@@ -124,13 +124,13 @@ def test_a_short_concept_pairs_its_end_token_with_a_long_targets_end_token():
 
 def test_closed_form_is_the_least_squares_solution():
     generator = torch.Generator().manual_seed(0)
-    weight, mapped, wanted, kept = (torch.randn(shape, generator=generator, dtype=torch.float64)
-                                    for shape in ((6, 5), (3, 5), (3, 6), (4, 5)))
+    weight, mapped, goals, kept = (torch.randn(shape, generator=generator, dtype=torch.float64)
+                                   for shape in ((6, 5), (3, 5), (3, 5), (4, 5)))
     lam, ps = 0.3, 2.0
-    solved = closed_form(weight, mapped, wanted, kept, preserve_weight=ps, regularizer=lam)
-    # min |W' M^T - V^T|^2 + ps |W' K^T - W K^T|^2 + lam |W' - W|^2 as one stacked lstsq.
+    solved = weight @ closed_form(mapped, goals, kept, preserve_weight=ps, regularizer=lam)
+    # min |W' M^T - W G^T|^2 + ps |W' K^T - W K^T|^2 + lam |W' - W|^2 as one stacked lstsq.
     design = torch.cat([mapped, ps ** 0.5 * kept, lam ** 0.5 * torch.eye(5, dtype=torch.float64)])
-    goal = torch.cat([wanted, ps ** 0.5 * kept @ weight.T, lam ** 0.5 * weight.T])
+    goal = torch.cat([goals @ weight.T, ps ** 0.5 * kept @ weight.T, lam ** 0.5 * weight.T])
     assert torch.allclose(solved, torch.linalg.lstsq(design, goal).solution.T, atol=1e-10)
 
 
@@ -288,3 +288,13 @@ def test_debias_is_measured_on_drawn_images_and_recorded(write_recipe, tmp_path,
     assert set(edit["before"]["circle"]) == {"red", "blue"} and 1 <= len(edit["iterations"]) <= 2
     assert drawn[0].shape == (4, 32, 32, 3) and drawn[0].dtype == "uint8"
     assert len(drawn) == 1 + len(edit["iterations"]), "the prior, then once per edit"
+
+
+def test_debias_preserves_the_prompts_of_the_classes_it_leaves_alone(write_recipe):
+    from synthgen.generate.debias import debias_targets, untouched_prompts
+
+    recipe = load_recipe(write_recipe({**DEBIAS, "classes": [
+        *DEBIAS["classes"], {"name": "square", "templates": ["a {colour} square"], "groups": 1}]}))
+    assert [target.name for target in debias_targets(recipe, 0)] == ["circle"]
+    kept = untouched_prompts(recipe, 0)
+    assert kept and all(p.endswith(" square") for p in kept) and len(set(kept)) == len(kept)

@@ -14,7 +14,7 @@ import torch
 from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer, stored_pixels
-from synthgen.generate.debias import ClipValueReader, debias, debias_targets
+from synthgen.generate.debias import ClipValueReader, debias, debias_targets, untouched_prompts
 from synthgen.generate.erase import context_prompts, erase_concept, unsupported_reason
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
@@ -56,8 +56,8 @@ def apply_debiasing(recipe: Recipe, model: LoadedModel, device: torch.device) ->
                                  derive_seed("debias-trials", recipe.seed, index),
                                  trial_drawer(recipe, model.pipeline))
         record = debias(model.pipeline, debias_targets(recipe, index), entry.values, reader,
-                        entry.iterations, entry.tolerance, preserve_weight=entry.preserve_weight,
-                        regularizer=entry.regularizer)
+                        entry.iterations, entry.tolerance, preserve=untouched_prompts(recipe, index),
+                        preserve_weight=entry.preserve_weight, regularizer=entry.regularizer)
         edits.append({"attribute": entry.attribute, **record})
     return replace(model, edits=model.edits + tuple(edits))
 
