@@ -6,14 +6,18 @@ Contracts:
   margin, and the probabilities (N, V); `decide` applies the same rule to any probability
   rows (a group's reading is `decide` of its views' mean probabilities). A value's text
   embedding is the normalised mean of its normalised template embeddings (prompt ensembling).
-- `ConceptDetector.probability(E)` is P(concept) in a two-way softmax of concept vs. contrast
-  prompt ensembles; a view is detected when it is above the concept's threshold.
+- `ConceptDetector.probability(E, prompts)` is P(concept) in a two-way softmax of concept vs.
+  contrast text ensembles, built per view from its prompt as generation's `reject` builds them;
+  a view is detected when it is above the concept's threshold.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
+from synthgen.attributes import detector_texts
 from synthgen.audit.spec import AttributeSpec, ConceptSpec
 
 UNSURE = -1
@@ -66,10 +70,28 @@ class ZeroShotAttribute:
 
 
 class ConceptDetector:
+    """P(concept) per view, with the texts `suppress: method: reject` scores that view with
+    (`attributes.detector_texts`): a fixed pair, or, where the contrast names `{prompt}`, a pair
+    built from each view's own prompt, so that the audit's rate and the generation-time
+    rejection count the same views."""
+
     def __init__(self, spec: ConceptSpec, texts: TextEmbeddings, logit_scale: float):
         self.spec = spec
+        self.texts = texts
         self.logit_scale = logit_scale
-        self.pair = np.stack([texts.ensemble(spec.concept_prompts()), texts.ensemble([spec.contrast])])
 
-    def probability(self, image_embeddings: np.ndarray) -> np.ndarray:
-        return softmax(self.logit_scale * image_embeddings @ self.pair.T)[:, 0]
+    def pair(self, prompt: str) -> np.ndarray:
+        """(2, D): the concept side and the contrast side for a view drawn from `prompt`."""
+        concept_texts, contrast = detector_texts(self.spec.concept, self.spec.contrast, prompt)
+        return np.stack([self.texts.ensemble(concept_texts), self.texts.ensemble([contrast])])
+
+    def probability(self, image_embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        """P(concept) for unit image embeddings (N, D) of views drawn from `prompts` (N)."""
+        probability = np.zeros(len(prompts), np.float32)
+        rows_by_prompt: dict[str, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            rows_by_prompt.setdefault(prompt, []).append(row)
+        for prompt, rows in rows_by_prompt.items():
+            logits = self.logit_scale * image_embeddings[rows] @ self.pair(prompt).T
+            probability[rows] = softmax(logits)[:, 0]
+        return probability

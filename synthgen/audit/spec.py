@@ -20,6 +20,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, field
 
+from synthgen.attributes import PROMPT_PLACEHOLDER
 from synthgen.errors import UserError
 
 DEFAULT_CLIP = "builtin:world-clip"
@@ -78,10 +79,10 @@ class ConceptSpec:
     contrast: str = DEFAULT_CONTRAST
     detector: str | None = None  # the CLIP `reject` used at generation time, if any
 
-    def concept_prompts(self) -> list[str]:
-        # The concept text as written, no templates: the same score `suppress: method: reject`
-        # thresholds at generation time (synthgen/generate/detector.py), so rates compare.
-        return [self.concept]
+    @property
+    def per_view(self) -> bool:
+        """Whether each view is scored against its own prompt (a contrast naming `{prompt}`)."""
+        return PROMPT_PLACEHOLDER in self.contrast
 
 
 @dataclass(frozen=True)

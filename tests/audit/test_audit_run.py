@@ -339,3 +339,42 @@ def test_the_class_is_the_recorded_value_of_an_attribute_named_class(tmp_path):
     reading = _audit(build_dataset(tmp_path / "data", groups), recipe).report["attributes"]["class"]
     assert reading["unit"] == "group"
     assert reading["agreement"]["confusion"] == {"red": {"red": 1}, "green": {"green": 1}, "blue": {"red": 1}}
+
+
+def test_a_prompt_contrast_scores_each_view_against_its_own_prompt(tmp_path):
+    """With `contrast: "{prompt}"` the audit scores a view as generation's `reject` does
+    (`attributes.detector_texts` on the view's prompt), not against the literal text."""
+    from synthgen.attributes import detector_texts
+
+    groups = [{"class": "circle", "colours": [colour] * 2, "prompt": f"a {colour} circle"}
+              for colour in ("red", "green", "blue", "red", "blue")]
+    dataset = build_dataset(tmp_path / "data", groups)
+    recipe = {"suppress": [{"concept": "blue", "method": "reject", "threshold": 0.5,
+                            "contrast": "{prompt}"}]}
+    found = _audit(dataset, recipe=recipe).report["suppression"]["blue"]
+
+    encoder = MeanColourEncoder()
+    expected = {}
+    for index, group in enumerate(groups):
+        concept_texts, contrast = detector_texts("blue", "{prompt}", group["prompt"])
+        concept_side = encoder.encode_texts(concept_texts).mean(axis=0)
+        pair = np.stack([concept_side / np.linalg.norm(concept_side), encoder.encode_texts([contrast])[0]])
+        for view in range(2):
+            image = encoder.encode_images([_decoded(noise_image(group["colours"][view], seed=index * 100 + view))])[0]
+            logits = MeanColourEncoder.logit_scale * pair @ image
+            expected[f"class-circle-{index:06d}.view{view}.png"] = float(
+                np.exp(logits[0]) / np.exp(logits).sum())
+    assert found["detected"] == sum(p > 0.5 for p in expected.values()) == 4
+    for strongest in found["strongest"]:
+        assert strongest["probability"] == pytest.approx(expected[strongest["view"]], rel=1e-3, abs=1e-6)
+    assert found["texts_per_view"] is True
+
+
+def _decoded(png: bytes):
+    import io
+
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)

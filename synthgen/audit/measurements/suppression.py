@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 def measure_concept(table: ViewTable, detector: ConceptDetector) -> dict:
     spec = detector.spec
-    probability = (detector.probability(table.embeddings) if len(table.items)
-                   else np.zeros(0, np.float32))
+    probability = (detector.probability(table.embeddings, [item.prompt for item in table.items])
+                   if len(table.items) else np.zeros(0, np.float32))
     detected = probability > spec.threshold
     per_scope = {}
     for scope, rows in view_scopes(table).items():
@@ -33,7 +33,7 @@ def measure_concept(table: ViewTable, detector: ConceptDetector) -> dict:
     strongest = np.argsort(-probability)[:8]
     return {"method": spec.method, "threshold": spec.threshold, "contrast": spec.contrast,
             "generation_detector": spec.detector,
-            "prompts": spec.concept_prompts(), **per_scope[OVERALL], "per_scope": per_scope,
+            "texts_per_view": spec.per_view, **per_scope[OVERALL], "per_scope": per_scope,
             "strongest": [{"view": table.view_ids[i], "probability": float(probability[i])}
                           for i in strongest]}
 
