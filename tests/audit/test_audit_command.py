@@ -186,5 +186,5 @@ def test_the_printed_summary_counts_groups_agreement_and_unreadable_samples(tmp_
     assert "colour (per group): red 1, green 1, blue 1; unsure 0" in result.output
     assert "counted per view: red 2, green 2, blue 2" in result.output
     assert "agrees with the recorded colour in 3 of 3 sure groups" in result.output
-    assert "integrity 1: " in result.output and "1 unreadable samples" in result.output
+    assert "integrity: 1 damaged (" in result.output and "1 unreadable samples" in result.output
     assert "FAILED integrity>0: value 1" in result.output

@@ -41,8 +41,9 @@ def figures(section: dict) -> dict:
 
 
 def printed(section: dict) -> list[str]:
-    return [f"  integrity {damage(section)}: "
-            + ", ".join(f"{len(section[kind])} {kind.replace('_', ' ')}" for kind in DAMAGE_KINDS)]
+    found = damage(section)
+    return [f"  integrity: {'no damage' if not found else f'{found} damaged'} ("
+            + ", ".join(f"{len(section[kind])} {kind.replace('_', ' ')}" for kind in DAMAGE_KINDS) + ")"]
 
 
 def _example(entry) -> str:
