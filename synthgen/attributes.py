@@ -4,15 +4,19 @@ Balance: an attribute's values are split across a class's (or corner case's) gro
 quotas (largest remainder), and which group gets which value is a seeded shuffle of group ids,
 so the split is exact and deterministic. An attribute the `slots` view strategy varies is split
 the same way over all the views of a class (or corner case) instead of its groups.
-Suppression by negative prompt is folded into each view's negative prompt here; `reject` and
-`erase` act at generation time (generate/).
+Suppression: each `suppress` entry's method (synthgen/suppress/) says what it adds to the
+negative prompt and what becomes of views whose prompt asks for its concept; this module
+gathers those for the plan. Methods that act at generation time (`reject`, `erase`, balance
+`debias`) are prepared in generate/prepare.py.
 """
 
 from __future__ import annotations
 
 import re
 
-from synthgen.recipe import CLASS_SLOT, BalanceSpec, Recipe, SuppressSpec, template_slots
+from synthgen.balance import Balance
+from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
+from synthgen.suppress import Suppression
 from synthgen.seeding import derive_seed
 
 
@@ -33,7 +37,7 @@ def largest_remainder_quotas(total: int, proportions: dict[str, float]) -> dict[
     return counts
 
 
-def assign_balanced_values(recipe_seed: int, entry: BalanceSpec,
+def assign_balanced_values(recipe_seed: int, entry: Balance,
                            group_ids: list[str]) -> dict[str, str]:
     """{group id: value} with exact quotas over `group_ids`, spread by a seeded shuffle."""
     counts = largest_remainder_quotas(len(group_ids), entry.values)
@@ -48,7 +52,7 @@ def assign_balanced_values(recipe_seed: int, entry: BalanceSpec,
     return assignment
 
 
-def assign_balanced_view_values(recipe_seed: int, entry: BalanceSpec, group_ids: list[str],
+def assign_balanced_view_values(recipe_seed: int, entry: Balance, group_ids: list[str],
                                 views: int, distinct: bool) -> dict[str, list[str]]:
     """{group id: one value per view} with exact quotas over all `views x len(group_ids)` views.
 
@@ -82,21 +86,27 @@ def assign_balanced_view_values(recipe_seed: int, entry: BalanceSpec, group_ids:
     return assignment
 
 
-def balance_applies(entry: BalanceSpec, target_name: str) -> bool:
+def balance_applies(entry: Balance, target_name: str) -> bool:
     return entry.applies_to is None or target_name in entry.applies_to
 
 
 def negative_prompt(recipe: Recipe) -> str:
-    """The model's negative prompt plus every concept suppressed by the `negative` method."""
+    """The model's negative prompt plus what each suppress entry adds to it (the concepts
+    suppressed by the `negative` method)."""
     parts = [recipe.model.negative_prompt] if recipe.model.negative_prompt else []
-    parts += [entry.concept for entry in recipe.suppress if entry.method == "negative"]
+    parts += suppressed_by_negative_prompt(recipe)
     return ", ".join(parts)
+
+
+def suppressed_by_negative_prompt(recipe: Recipe) -> list[str]:
+    """What the recipe's suppress entries add to the negative prompt, in recipe order."""
+    return [text for entry in recipe.suppress if (text := entry.negative_prompt_text())]
 
 
 def plan_warnings(recipe: Recipe) -> list[str]:
     """Settings that are valid but will not do what the recipe seems to want."""
     warnings = []
-    negatives = [entry.concept for entry in recipe.suppress if entry.method == "negative"]
+    negatives = suppressed_by_negative_prompt(recipe)
     if ((negatives or recipe.model.negative_prompt) and recipe.model.guidance_scale <= 1.0
             and recipe.model.true_cfg_scale is None):
         warnings.append(
@@ -107,18 +117,10 @@ def plan_warnings(recipe: Recipe) -> list[str]:
     return warnings + prompts_naming_suppressed_concepts(recipe)
 
 
-# What a suppression does to views whose prompt asks for the concept it keeps out.
-_ASKED_FOR_SUPPRESSED = {
-    "negative": "its prompts and the negative prompt pull against each other",
-    "reject": "most of its views will be redrawn until their retries run out, and stored "
-              "marked suppression_failed",
-    "erase": "the edited model no longer draws what its prompts ask for",
-}
-
-
 def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
     """A warning for each template, class name or corner-case prompt that names a concept the
-    recipe suppresses (a phrase of it, split at commas, as whole words)."""
+    recipe suppresses (a phrase of it, split at commas, as whole words), saying what the
+    entry's method does to such views (its `asked_for`)."""
     # (where, text) of the fixed words of every prompt.
     sources = [(f"templates entry {t!r}", t) for t in recipe.templates]
     for spec in recipe.classes:
@@ -129,19 +131,16 @@ def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
                 for case in recipe.corner_cases]
     warnings = []
     for index, entry in enumerate(recipe.suppress):
-        consequence = _ASKED_FOR_SUPPRESSED.get(entry.method)
-        if consequence is None:
-            continue  # a method that steers proportions rather than keeping a concept out
         for where, text in sources:
             if _names_concept(text, entry):
                 warnings.append(
                     f"suppress[{index}] ({entry.method} {entry.concept!r}): {where} asks for what "
-                    f"it suppresses: {consequence}; "
+                    f"it suppresses: {entry.asked_for}; "
                     "take the words out of the prompt, or drop the suppress entry")
     return warnings
 
 
-def _names_concept(text: str, entry: SuppressSpec) -> bool:
+def _names_concept(text: str, entry: Suppression) -> bool:
     return concept_words(entry.concept).search(" ".join(text.split())) is not None
 
 

@@ -254,7 +254,8 @@ def _held(target: _Target) -> _Target:
 def _fill(recipe: Recipe, template: str, chosen: dict[str, str], balanced: dict[str, str],
           class_name: str | None) -> str:
     """The group's prompt: slots, {class}, and balanced values (in their slot or injected)."""
-    by_slot = {entry.slot_name: entry for entry in recipe.balance if entry.attribute in balanced}
+    by_slot = {entry.slot_name: entry for entry in recipe.prompt_balance
+               if entry.attribute in balanced}
     used = set(template_slots(template))
     values = {**chosen, CLASS_SLOT: class_name}
     values.update({slot: balanced[entry.attribute] for slot, entry in by_slot.items()})
@@ -379,15 +380,16 @@ def _names_background(recipe: Recipe, target: _Target, template: str) -> bool:
 
 
 def _erased_twice_warnings(recipe: Recipe) -> list[str]:
-    """An `erase` entry whose concept the model folder (made by `synthgen edit`) had erased."""
+    """A suppress entry that edits weights (`erase`) for a concept the model folder (made by
+    `synthgen edit`) had erased already."""
     erased = {edit.get("concept", "").lower()
               for edit in edit_record(recipe.model.id).get("edits", ())}
     return [f"suppress[{index}]: {recipe.model.id} was made by synthgen edit with "
-            f"{entry.concept!r} already erased, and method erase would edit the weights again; "
-            "drop this entry (the folder has the edit), or set model.id to the base model to "
-            "erase once from there"
+            f"{entry.concept!r} already erased, and method {entry.method} would edit the weights "
+            "again; drop this entry (the folder has the edit), or set model.id to the base "
+            "model to erase once from there"
             for index, entry in enumerate(recipe.suppress)
-            if entry.method == "erase" and entry.concept.lower() in erased]
+            if entry.edits_weights and entry.concept.lower() in erased]
 
 
 def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Random,

@@ -23,9 +23,19 @@ from pydantic import (
     model_validator,
 )
 
+from synthgen.balance import Balance, BalanceEntry
 from synthgen.builtin import CLIP, PIPELINE, TINY_AUTOENCODER, check_model_reference
 from synthgen.errors import UserError
-from synthgen.recipe_base import CLASS_SLOT, StrictModel, recipe_problem, template_slots
+from synthgen.recipe_base import (
+    CLASS_SLOT,
+    METHOD_CHOICE,
+    StrictModel,
+    check_template,
+    recipe_problem,
+    slugify,
+    template_slots,
+)
+from synthgen.suppress import SuppressEntry
 from synthgen.views import ViewsSpec
 
 IMAGE_FORMATS = ("jpg", "png", "webp")
@@ -160,86 +170,6 @@ class CornerCaseSpec(StrictModel):
         return self
 
 
-class BalanceSpec(StrictModel):
-    """Split an attribute across values in given proportions, exactly, per class/corner case."""
-
-    attribute: str = Field(min_length=1)
-    values: dict[str, float] = Field(min_length=2)
-    slot: str | None = None  # template slot it fills; default: the attribute, slugified
-    applies_to: list[str] | None = None  # class / corner-case names; default: all
-    inject: str = "{prompt}, {value}"  # how the value enters a template that lacks the slot
-    # prompt: each group's prompt names its value, in exact quotas. debias: prompts name no
-    # value; the model is edited (generate/debias.py, UCE) until `detector`, a CLIP model,
-    # reads the values of `trials` images per class in these proportions (within
-    # `tolerance`, at most `iterations` edits), over `prompts` filled prompts per class.
-    method: Literal["prompt", "debias"] = "prompt"
-    detector: str = "builtin:world-clip"
-    prompts: int = Field(50, ge=1, le=10_000)
-    trials: int = Field(16, ge=2, le=10_000)
-    iterations: int = Field(3, ge=1, le=30)
-    tolerance: float = Field(0.05, gt=0.0, lt=1.0)
-    preserve_weight: float = Field(1.0, ge=0.0)
-    regularizer: float = Field(0.5, gt=0.0)
-
-    @model_validator(mode="after")
-    def _debias_fills_no_slot(self) -> BalanceSpec:
-        if self.method == "debias" and self.slot is not None:
-            raise recipe_problem("balance", "method debias keeps the value out of the prompts, "
-                                 "so it fills no slot; drop slot")
-        return self
-
-    @field_validator("values")
-    @classmethod
-    def _positive_proportions(cls, values: dict[str, float]) -> dict[str, float]:
-        for value, proportion in values.items():
-            if proportion <= 0:
-                raise recipe_problem("balance", f"proportion of {value!r} must be positive")
-        return values
-
-    @field_validator("inject")
-    @classmethod
-    def _inject_uses_prompt_and_value(cls, inject: str) -> str:
-        if sorted(set(template_slots(inject))) != ["prompt", "value"]:
-            raise recipe_problem("balance", "inject must use exactly {prompt} and {value}, e.g. "
-                                 "'{prompt}, {value}'")
-        return inject
-
-    @property
-    def slot_name(self) -> str:
-        return self.slot or slugify(self.attribute)
-
-
-class SuppressSpec(StrictModel):
-    """Keep a concept out of the images: by negative prompt, by rejection, or by model edit."""
-
-    concept: str = Field(min_length=1)
-    method: Literal["negative", "reject", "erase"]
-    # reject: a CLIP detector scores each view against `contrast`; above threshold, regenerate.
-    detector: str = "builtin:world-clip"
-    contrast: str = "a photo"
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    max_retries: int = Field(3, ge=1, le=50)
-    # erase: edit every linear map that reads the text so the concept renders as `target`,
-    # keeping `preserve` (generate/erase.py). `contexts`: prompt templates using the concept
-    # ({concept}, {class}, recipe slots), of which `context_prompts` are filled and edited too.
-    # Weights default to the reference implementation's (UCE): preserve 1.0, lambda 0.5.
-    target: str = ""
-    preserve: list[str] = []
-    contexts: list[str] = []
-    context_prompts: int = Field(200, ge=1, le=10_000)
-    preserve_weight: float = Field(1.0, ge=0.0)
-    regularizer: float = Field(0.5, gt=0.0)
-
-    @field_validator("contexts")
-    @classmethod
-    def _contexts_name_the_concept(cls, contexts: list[str]) -> list[str]:
-        for template in contexts:
-            if "concept" not in template_slots(template):
-                raise recipe_problem("suppress", f"context {template!r} does not use {{concept}}; "
-                                     "write where the concept goes, e.g. 'a {concept} {class}'")
-        return contexts
-
-
 class AuditAttribute(StrictModel):
     """An attribute the audit reads by zero-shot classification."""
 
@@ -287,8 +217,9 @@ class Recipe(StrictModel):
     classes: list[ClassSpec] = []
     corner_cases: list[CornerCaseSpec] = []
     views: ViewsSpec = ViewsSpec()
-    balance: list[BalanceSpec] = []
-    suppress: list[SuppressSpec] = []
+    # One model per method (synthgen/balance/, synthgen/suppress/), picked by `method`.
+    balance: list[BalanceEntry] = []
+    suppress: list[SuppressEntry] = []
     audit: AuditSpec = AuditSpec()
     output: OutputSpec = OutputSpec()
 
@@ -312,13 +243,10 @@ class Recipe(StrictModel):
                                      f"{{{CLASS_SLOT}}} is reserved for the class name; rename it")
         balance_slots = self._check_balance()
         for index, entry in enumerate(self.suppress):
-            for c_index, template in enumerate(entry.contexts):
-                _check_template(f"suppress[{index}].contexts[{c_index}]", template,
-                                set(self.slots) | {"concept"} | ({CLASS_SLOT} if self.classes else set()),
-                                "slots")
+            entry.check_in_recipe(f"suppress[{index}]", self)
         for t_index, template in enumerate(self.templates):
-            _check_template(f"templates[{t_index}]", template,
-                            set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
+            check_template(f"templates[{t_index}]", template,
+                           set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
         _check_nested_slots("slots", self.slots, set(self.slots) | {CLASS_SLOT})
         for index, spec in enumerate(self.classes):
             known = set(self.slots) | set(spec.slots) | self._balance_slots_for(spec.name) | {CLASS_SLOT}
@@ -329,7 +257,7 @@ class Recipe(StrictModel):
             where = f"classes[{index}].templates" if spec.templates else "templates"
             for t_index, template in enumerate(self.templates_for(spec)):
                 self._check_balance_reaches(f"{where}[{t_index}]", template, spec.name, known)
-                _check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
+                check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
             _check_nested_slots(f"classes[{index}].slots", spec.slots, known)
         own_labels = set()
         for index, case in enumerate(self.corner_cases):
@@ -337,7 +265,7 @@ class Recipe(StrictModel):
             known = (set(self.slots) | self._balance_slots_for(case.name)
                      | ({CLASS_SLOT} if labelled else set()))
             self._check_balance_reaches(f"corner_cases[{index}].prompt", case.prompt, case.name, known)
-            _check_template(f"corner_cases[{index}].prompt", case.prompt, known, "slots")
+            check_template(f"corner_cases[{index}].prompt", case.prompt, known, "slots")
             if case.label is not None and case.label not in class_names:
                 raise recipe_problem(
                     "cross_reference",
@@ -363,9 +291,10 @@ class Recipe(StrictModel):
         return self
 
     @property
-    def prompt_balance(self) -> list[BalanceSpec]:
-        """The balance entries whose values the plan writes into prompts (not `debias`)."""
-        return [entry for entry in self.balance if entry.method == "prompt"]
+    def prompt_balance(self) -> list[Balance]:
+        """The balance entries whose values the plan writes into prompts (those with a
+        `slot_name`: not `debias`)."""
+        return [entry for entry in self.balance if entry.slot_name is not None]
 
     @property
     def image_count(self) -> int:
@@ -378,10 +307,8 @@ class Recipe(StrictModel):
         names = {spec.name for spec in self.classes} | {case.name for case in self.corner_cases}
         slots = set()
         for index, entry in enumerate(self.balance):
-            slot = entry.slot_name
-            if entry.method == "debias":  # fills no slot: the prompts never name its values
-                slot = None
-            elif not slot.isidentifier():
+            slot = entry.slot_name  # None: the prompts never name its values
+            if slot is not None and not slot.isidentifier():
                 raise recipe_problem("balance", f"balance[{index}].slot {slot!r} is not a slot "
                                      "name; use letters, digits and _")
             if slot is not None and (slot in slots or slot in self.slots or slot == CLASS_SLOT or any(
@@ -408,10 +335,8 @@ class Recipe(StrictModel):
         try:
             used = template_slots(template)
         except ValueError:
-            return  # malformed braces: _check_template reports them
+            return  # malformed braces: check_template reports them
         for index, entry in enumerate(self.balance):
-            if entry.method == "debias":
-                continue
             if entry.slot_name in used and entry.slot_name not in known:
                 raise recipe_problem(
                     "balance", f"{where} {template!r} uses slot {{{entry.slot_name}}}, which "
@@ -433,7 +358,7 @@ class Recipe(StrictModel):
                      [(f"corner_cases[{i}].prompt", case.prompt)], self.slots)
                     for i, case in enumerate(self.corner_cases)]
         balanced = {entry.slot_name: (index, entry) for index, entry in enumerate(self.balance)
-                    if entry.method == "prompt"}
+                    if entry.slot_name is not None}
         for where, name, own_views, templates, slot_values in targets:
             views = own_views if own_views is not None else self.views
             field = f"{where}.views.slots.vary" if own_views is not None else "views.slots.vary"
@@ -513,27 +438,11 @@ def _check_unique_names(field: str, names: list[str]) -> None:
         seen.add(slug)
 
 
-def _check_template(where: str, template: str, known: set[str], slot_home: str) -> None:
-    try:
-        used = template_slots(template)
-    except ValueError as error:
-        raise recipe_problem(
-            "template", f"{where} {template!r}: {error}; slots look like {{breed}}, literal "
-            "braces are written {{ and }}") from None
-    for name in used:
-        if name not in known:
-            raise recipe_problem(
-                "template",
-                f"{where} {template!r} uses slot {{{name}}}, which is not defined; add {name!r} "
-                f"under {slot_home} or the top-level slots, or fix the spelling (defined: "
-                f"{sorted(known) or 'none'})")
-
-
 def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: set[str]) -> None:
     """Slot values may name other slots ("a {colour} {fabric} hat"); no unknown names, no cycles."""
     for slot, values in slots.items():
         for value in values:
-            _check_template(f"{where}.{slot} value", value, known, where)
+            check_template(f"{where}.{slot} value", value, known, where)
 
     def visit(slot: str, trail: tuple[str, ...]) -> None:
         if slot in trail:
@@ -545,11 +454,6 @@ def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: s
 
     for slot in slots:
         visit(slot, ())
-
-
-def slugify(name: str) -> str:
-    """A name as it appears in group ids and sample keys: lowercase, [a-z0-9_] only, no dots."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "x"
 
 
 def canonical_json(value: Any) -> bytes:
@@ -599,8 +503,7 @@ def check_model_references(recipe: Recipe) -> None:
     if recipe.model.decoder is not None:
         check_model_reference(recipe.model.decoder, "model.decoder", TINY_AUTOENCODER)
     for index, entry in enumerate(recipe.suppress):
-        if entry.method == "reject":
-            check_model_reference(entry.detector, f"suppress[{index}].detector", CLIP)
+        entry.check_models(f"suppress[{index}]")
     check_model_reference(recipe.audit.clip, "audit.clip", CLIP)
 
 
@@ -750,11 +653,21 @@ _FIXES = {
 }
 
 
+# Lists whose entries are one model per method (`recipe_base.method_union`): pydantic puts the
+# method's name after an entry's index in the location of a problem inside the entry
+# (('suppress', 0, 'erase', 'contexts')), a step the path a user reads does not have.
+_METHOD_LISTS = ("balance", "suppress")
+
+
 def describe_problem(source: str, problem: dict) -> str:
     """`file: field path: what is wrong (got value); how to fix`."""
     kind = problem["type"]
     location = list(problem["loc"])
+    if len(location) > 2 and location[0] in _METHOD_LISTS and isinstance(location[1], int):
+        del location[2]
     value = problem.get("input")
+    if kind == METHOD_CHOICE:
+        return _describe_method_choice(source, location, value, problem["ctx"]["choices"])
     if kind == "unknown_key":
         location.append(problem["ctx"]["key"])
         value = None
@@ -778,6 +691,19 @@ def describe_problem(source: str, problem: dict) -> str:
     if fix and fix not in what:
         text += f"; {fix}"
     return text
+
+
+def _describe_method_choice(source: str, location: list, entry: Any, choices: str) -> str:
+    """An entry of a method list whose `method` is missing or not one of `choices`, or that
+    is not a mapping at all."""
+    if not isinstance(entry, dict):
+        return (f"{source}: {field_path(location)}: not a mapping (got {_short(entry)}); write a "
+                f"mapping of key: value lines with a method: {choices}")
+    path = field_path([*location, "method"])
+    if "method" not in entry:
+        return f"{source}: {path}: required field is missing; use {choices}"
+    return (f"{source}: {path}: not one of the allowed values (got {_short(entry['method'])}); "
+            f"use {choices}")
 
 
 def field_path(location: list) -> str:

@@ -278,7 +278,9 @@ def test_debias_is_measured_on_drawn_images_and_recorded(write_recipe, tmp_path,
             red = float((bright > bright.mean()).mean())
             return {"red": red, "blue": 1 - red}
 
-    monkeypatch.setattr(prepare, "ClipValueReader", BrightnessReader)
+    from synthgen.generate import debias as debias_module  # the debias method reads it there
+
+    monkeypatch.setattr(debias_module, "ClipValueReader", BrightnessReader)
     generate_dataset(make_plan(load_recipe(write_recipe(DEBIAS))), tmp_path / "data",
                      GenerateOptions(progress=False, device="cpu"))
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())

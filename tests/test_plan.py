@@ -155,9 +155,9 @@ def test_varied_balanced_attributes_keep_exact_quotas_over_views(write_recipe):
 
 def test_varied_balance_is_distinct_when_quotas_allow_and_exact_without_distinct():
     from synthgen.attributes import assign_balanced_view_values
-    from synthgen.recipe import BalanceSpec
+    from synthgen.balance import PromptBalance
 
-    entry = BalanceSpec(attribute="age", values={"young": 1, "middle": 1, "old": 1, "child": 1})
+    entry = PromptBalance(attribute="age", values={"young": 1, "middle": 1, "old": 1, "child": 1})
     group_ids = [f"g{n}" for n in range(9)]
     distinct = assign_balanced_view_values(5, entry, group_ids, 4, distinct=True)
     # 36 views, quotas of 9 each, 9 groups: no value exceeds N, so every group shows all four.

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from synthgen.errors import UserError
-from synthgen.recipe import load_recipe, template_slots
+from synthgen.recipe import Recipe, load_recipe, template_slots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,3 +157,106 @@ def test_class_slot_in_unlabelled_corner_case(write_recipe):
     message = error_for(write_recipe, {"corner_cases": [
         {"name": "odd", "prompt": "a {class} upside down", "groups": 1}]})
     assert "corner_cases[0].prompt" in message and "{class}" in message
+
+
+# `suppress` and `balance` entries: one model per method (synthgen/suppress/, synthgen/balance/),
+# picked by `method`.
+# Hashes of recipes with entries of every method, at commit 53627ce, when one flat model held
+# every method's fields: the dumped recipe (recipe.json, manifest, hash) must not change, or
+# their datasets stop being resumable.
+RECORDED_HASHES = {
+    "attribute-editing.yaml": "a144a07741fdd32172c4db70d0cf396361ec4303f8702bcc1c1e80a987089a16",
+    "quickstart-reject.yaml": "89c56f18a6c29f9c92d535ab1038eb31d388df0f45345b0ebc054e3b4103b92e",
+    "wildlife-corner-cases-sd21.yaml":
+        "15e1c24a2cb995839ddfeb156dfc3ab077a774d60ef378e461ed8facab7f84c1",
+}
+SHADE = {"attribute": "shade", "values": {"a": 1, "b": 1}}  # a balance entry's own fields
+
+
+def test_an_unknown_method_lists_the_methods(write_recipe):
+    message = error_for(write_recipe, {"suppress": [{"concept": "x", "method": "blur"}]})
+    assert ("suppress[0].method: not one of the allowed values (got 'blur'); use 'negative', "
+            "'reject' or 'erase'") in message
+    message = error_for(write_recipe, {"balance": [{**SHADE, "method": "sample"}]})
+    assert ("balance[0].method: not one of the allowed values (got 'sample'); use 'prompt' or "
+            "'debias'") in message
+
+
+def test_a_missing_suppress_method_lists_the_methods(write_recipe):
+    message = error_for(write_recipe, {"suppress": [{"concept": "x"}]})
+    assert ("suppress[0].method: required field is missing; use 'negative', 'reject' or "
+            "'erase'") in message
+
+
+def test_a_field_of_another_method_names_the_method_that_takes_it(write_recipe):
+    message = error_for(write_recipe, {"suppress": [
+        {"concept": "x", "method": "negative"},
+        {"concept": "x", "method": "erase", "threshold": 0.7}]})
+    assert ("suppress[1].threshold: method erase takes no 'threshold' (method reject does); "
+            "drop it, or use method: reject") in message
+    assert "method erase takes: concept, method, target, preserve" in message
+    message = error_for(write_recipe, {"balance": [{**SHADE, "trials": 4}]})
+    assert "balance[0].trials: method prompt takes no 'trials' (method debias does)" in message
+    message = error_for(write_recipe, {"balance": [{**SHADE, "method": "debias", "slot": "hue"}]})
+    assert ("balance[0].slot: method debias keeps the value out of the prompts, so it fills no "
+            "slot; drop slot") in message
+
+
+def test_a_key_no_method_takes_lists_the_methods_own_keys(write_recipe):
+    message = error_for(write_recipe, {"suppress": [{"concept": "x", "method": "reject",
+                                                     "treshold": 0.7}]})
+    assert ("suppress[0].treshold: unknown key 'treshold'; method reject takes: concept, method, "
+            "detector, contrast, threshold, max_retries") in message
+
+
+def test_problems_inside_an_entry_keep_the_plain_field_path(write_recipe):
+    # pydantic locates them under the method's name (suppress.0.reject.threshold).
+    message = error_for(write_recipe, {"suppress": [{"concept": "x", "method": "reject",
+                                                     "threshold": 2}]})
+    assert "suppress[0].threshold: must be < 1.0 (got 2); use a value below 1.0" in message
+    message = error_for(write_recipe, {"suppress": [{"method": "erase"}]})
+    assert "suppress[0].concept: required field is missing" in message
+    message = error_for(write_recipe, {"suppress": ["striped"]})
+    assert ("suppress[0]: not a mapping (got 'striped'); write a mapping of key: value lines "
+            "with a method: 'negative', 'reject' or 'erase'") in message
+
+
+def test_a_balance_entry_without_method_balances_by_prompt(write_recipe):
+    recipe = load_recipe(write_recipe({"balance": [SHADE]}))
+    assert recipe.balance[0].method == "prompt" and recipe.balance[0].slot_name == "shade"
+
+
+def test_prompt_templates_of_views_and_balance_are_checked_alike(write_recipe):
+    message = error_for(write_recipe, {"balance": [{**SHADE, "inject": "{prompt}"}]})
+    assert ("balance[0].inject: must use exactly the slots {prompt} and {value}, e.g. "
+            "'{prompt}, {value}'") in message
+    message = error_for(write_recipe, {"views": {"strategy": ["seeds", "prompt"], "prompt": {
+        "modifiers": ["at night"], "template": "{prompt"}}})
+    assert ("views.prompt.template: expected '}' before end of string; slots look like "
+            "{prompt}") in message
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_HASHES))
+def test_entries_are_recorded_as_one_flat_model_recorded_them(name):
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert recipe.recipe_hash == RECORDED_HASHES[name]
+    record = recipe.model_dump(mode="json")
+    assert {tuple(entry) for entry in record["suppress"]} == {(
+        "concept", "method", "detector", "contrast", "threshold", "max_retries", "target",
+        "preserve", "contexts", "context_prompts", "preserve_weight", "regularizer")}
+    # Read back (finalize reads recipe.json), the record is the same recipe.
+    assert Recipe.model_validate(record) == recipe
+
+
+def test_a_record_read_back_drops_other_methods_fields():
+    recipe = load_recipe(REPO / "recipes" / "attribute-editing.yaml")
+    record = recipe.model_dump(mode="json")
+    erase = record["suppress"][0]
+    assert erase["method"] == "erase" and erase["threshold"] == 0.5
+    # A recorded value the method would not have recorded (an old recipe's `threshold` on an
+    # erase entry, accepted then) is dropped: the recipe read back records 0.5, so its hash is
+    # not the one recipe.json records, which finalize reports.
+    erase["threshold"] = 0.7
+    read_back = Recipe.model_validate(record)
+    assert not hasattr(read_back.suppress[0], "threshold")
+    assert read_back.model_dump(mode="json")["suppress"][0]["threshold"] == 0.5

@@ -274,3 +274,22 @@ def test_reject_oracle_bench_counts_what_the_shards_record(write_recipe, tmp_pat
         for rates in detector["thresholds"].values():
             assert rates["recall"]["of"] == roc["oracle_striped"]
             assert rates["false_positive"]["of"] == 6 - roc["oracle_striped"]
+
+
+def test_only_reject_entries_give_rejectors_and_each_detector_loads_once(write_recipe, monkeypatch):
+    loaded = []
+
+    class CountingScorer:
+        def __init__(self, model_id, device):
+            loaded.append(model_id)
+
+    monkeypatch.setattr(prepare, "ClipConceptScorer", CountingScorer)
+    recipe = load_recipe(write_recipe({"suppress": [
+        {"concept": "text", "method": "negative"},
+        {"concept": "bright", "method": "reject", "threshold": 0.4},
+        {"concept": "logo", "method": "erase"},
+        {"concept": "dark", "method": "reject", "max_retries": 5}]}))
+    rejectors = prepare.build_rejectors(recipe, torch.device("cpu"))
+    assert [(r.concept, r.threshold, r.max_retries) for r in rejectors] == [
+        ("bright", 0.4, 3), ("dark", 0.5, 5)]
+    assert loaded == ["builtin:world-clip"], "one scorer per distinct detector"

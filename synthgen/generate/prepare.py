@@ -1,87 +1,53 @@
 """Everything between a recipe and a ready `Sampler`: load, edit (erase, debias), attach rejectors.
 
-Engines call `prepare_sampler` once per worker; it is the only place that turns a recipe's
-`suppress` entries of the `erase` and `reject` methods and `balance` entries of the `debias`
-method into model edits and detectors.
+Engines call `prepare_sampler` once per worker. The recipe's `suppress` and `balance` entries
+prepare themselves (their method modules in synthgen/suppress/ and synthgen/balance/): an entry
+that `edits_weights` edits the loaded model (`edit_model`), a `reject` entry gives a
+`rejector`; this module calls them in order and checks the pipeline can take them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 
 from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
-from synthgen.generate.detector import ClipConceptScorer, stored_pixels
-from synthgen.generate.debias import ClipValueReader, debias, debias_targets, untouched_prompts
-from synthgen.generate.erase import context_prompts, erase_concept, unsupported_reason
+from synthgen.generate.detector import ClipConceptScorer
+from synthgen.generate.erase import unsupported_reason
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
-from synthgen.seeding import derive_seed
 from synthgen.views import STRATEGIES
 
 
 def apply_erasures(recipe: Recipe, model: LoadedModel) -> LoadedModel:
-    """Edit the model for every `erase` entry; the edits are recorded in `model.describe()`."""
-    erasing = [index for index, entry in enumerate(recipe.suppress) if entry.method == "erase"]
-    reason = unsupported_reason(model.pipeline) if erasing else None
-    if reason is not None:
-        raise UserError(f"suppress[{erasing[0]}].method erase: {recipe.model.id}: {reason}; "
-                        "use method: reject or negative for this model")
-    edits = []
-    for index in erasing:
-        entry = recipe.suppress[index]
-        contexts = context_prompts(entry.contexts, entry.concept, entry.context_prompts,
-                                   derive_seed("erase-contexts", recipe.seed, index),
-                                   recipe.slots, [spec.name for spec in recipe.classes])
-        edits.append(erase_concept(model.pipeline, entry.concept, entry.target, entry.preserve,
-                                   contexts, entry.preserve_weight, entry.regularizer))
-    return replace(model, edits=model.edits + tuple(edits))
+    """Edit the model for every `suppress` entry that edits weights (`erase`); the edits are
+    recorded in `model.describe()`."""
+    return _apply_weight_edits("suppress", recipe.suppress, recipe, model, device=None)
 
 
 def apply_debiasing(recipe: Recipe, model: LoadedModel, device: torch.device) -> LoadedModel:
-    """Edit the model for every `balance` entry of method `debias` (generate/debias.py); each
-    edit's record (ratios before, per iteration, weights digest) goes into `model.describe()`."""
-    edits = []
-    for index, entry in enumerate(recipe.balance):
-        if entry.method != "debias":
-            continue
-        reason = unsupported_reason(model.pipeline)
-        if reason is not None:
-            raise UserError(f"balance[{index}].method debias: {recipe.model.id}: {reason}; use "
-                            "method: prompt for this model")
-        reader = ClipValueReader(entry.detector, device, entry.trials,
-                                 derive_seed("debias-trials", recipe.seed, index),
-                                 trial_drawer(recipe, model.pipeline))
-        record = debias(model.pipeline, debias_targets(recipe, index), entry.values, reader,
-                        entry.iterations, entry.tolerance, preserve=untouched_prompts(recipe, index),
-                        preserve_weight=entry.preserve_weight, regularizer=entry.regularizer)
-        edits.append({"attribute": entry.attribute, **record})
+    """Edit the model for every `balance` entry that edits weights (`debias`,
+    generate/debias.py); each edit's record (ratios before, per iteration, weights digest)
+    goes into `model.describe()`."""
+    return _apply_weight_edits("balance", recipe.balance, recipe, model, device)
+
+
+def _apply_weight_edits(block: str, entries: Sequence, recipe: Recipe, model: LoadedModel,
+                        device: torch.device | None) -> LoadedModel:
+    """Each entry of `recipe.<block>` that edits weights, in order, once the pipeline is known
+    to allow such edits (before any is made)."""
+    editing = [index for index, entry in enumerate(entries) if entry.edits_weights]
+    reason = unsupported_reason(model.pipeline) if editing else None
+    if reason is not None:
+        entry = entries[editing[0]]
+        raise UserError(f"{block}[{editing[0]}].method {entry.method}: {recipe.model.id}: "
+                        f"{reason}; {entry.unsupported_fix} for this model")
+    edits = [entries[index].edit_model(recipe, index, model.pipeline, device) for index in editing]
     return replace(model, edits=model.edits + tuple(edits))
-
-
-def trial_drawer(recipe: Recipe, pipeline):
-    """`draw(prompts, seeds)` -> uint8 (N, H, W, 3): the recipe's sampling settings, one CPU
-    generator per image, eight images per call."""
-    import numpy as np
-
-    negative = negative_prompt(recipe) or None
-
-    def draw(prompts: list[str], seeds: list[int]) -> np.ndarray:
-        images = []
-        for start in range(0, len(prompts), 8):
-            chunk = prompts[start:start + 8]
-            output = pipeline(
-                prompt=chunk, negative_prompt=[negative] * len(chunk) if negative else None,
-                num_inference_steps=recipe.model.steps, guidance_scale=recipe.model.guidance_scale,
-                width=recipe.model.width, height=recipe.model.height, output_type="np",
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + 8]])
-            images.append((np.clip(output.images, 0, 1) * 255).round().astype(np.uint8))
-        return np.concatenate(images)
-
-    return draw
 
 
 def apply_edits(recipe: Recipe, model: LoadedModel, device: torch.device) -> LoadedModel:
@@ -90,24 +56,17 @@ def apply_edits(recipe: Recipe, model: LoadedModel, device: torch.device) -> Loa
 
 
 def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...]:
-    """One `Rejector` per `reject` entry; each distinct detector model is loaded once.
-
-    A rejector scores each view as its shard will store it (`stored_pixels`), so a view
-    recorded as passing is a stored file that passes.
-    """
+    """One `Rejector` per `suppress` entry that gives one (`reject`); each distinct detector
+    model is loaded once."""
     scorers: dict[str, ClipConceptScorer] = {}
-    rejectors = []
-    for entry in recipe.suppress:
-        if entry.method != "reject":
-            continue
-        if entry.detector not in scorers:
-            scorers[entry.detector] = ClipConceptScorer(entry.detector, device)
-        scorer = scorers[entry.detector]
-        rejectors.append(Rejector(
-            concept=entry.concept, threshold=entry.threshold, max_retries=entry.max_retries,
-            score=lambda images, prompts, s=scorer, c=entry.concept, n=entry.contrast:
-                s.probabilities(stored_pixels(images, recipe), c, n, prompts)))
-    return tuple(rejectors)
+
+    def scorer_for(detector: str) -> ClipConceptScorer:
+        if detector not in scorers:
+            scorers[detector] = ClipConceptScorer(detector, device)
+        return scorers[detector]
+
+    rejectors = [entry.rejector(recipe, scorer_for) for entry in recipe.suppress]
+    return tuple(rejector for rejector in rejectors if rejector is not None)
 
 
 def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
@@ -148,8 +107,7 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     from synthgen.generate.load import EDITS_FILE, choose_dtype
 
     out_dir = Path(out_dir)
-    if not (any(entry.method == "erase" for entry in recipe.suppress)
-            or any(entry.method == "debias" for entry in recipe.balance)):
+    if not any(entry.edits_weights for entry in [*recipe.suppress, *recipe.balance]):
         raise UserError("synthgen edit: the recipe has no suppress entry with method: erase "
                         "and no balance entry with method: debias")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -174,8 +132,8 @@ def check_negative_prompts(recipe: Recipe, sampler: Sampler) -> None:
     if not negative:
         return
     where = ("model.negative_prompt" if recipe.model.negative_prompt else
-             f"suppress[{next(i for i, e in enumerate(recipe.suppress) if e.method == 'negative')}]"
-             ".method negative")
+             next(f"suppress[{index}].method {entry.method}"
+                  for index, entry in enumerate(recipe.suppress) if entry.negative_prompt_text()))
     if not sampler.accepts("negative_prompt"):
         raise UserError(f"{where}: {pipeline_name} takes no negative prompt; "
                         "use suppress method: reject instead")

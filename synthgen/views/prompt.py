@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from synthgen.recipe_base import StrictModel, recipe_problem, template_slots
+from synthgen.recipe_base import StrictModel, check_prompt_template
 from synthgen.seeding import derive_seed
 from synthgen.views.base import ViewStrategy
 
@@ -22,10 +22,7 @@ class PromptViews(StrictModel):
     @field_validator("template")
     @classmethod
     def _template_uses_prompt_and_modifier(cls, template: str) -> str:
-        if sorted(set(template_slots(template))) != ["modifier", "prompt"]:
-            raise recipe_problem("template", "must use exactly the slots {prompt} and {modifier}, "
-                                 "e.g. '{prompt}, {modifier}'")
-        return template
+        return check_prompt_template(template, "modifier")
 
 
 class Prompt(ViewStrategy):

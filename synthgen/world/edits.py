@@ -73,15 +73,17 @@ def kl_to_wanted(counts: Counter, wanted: dict[str, float]) -> float:
 def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "auto",
                   log=print) -> dict:
     """The erase and debias figures of the recipe's edits (see the module docstring)."""
+    from synthgen.balance import DebiasBalance
     from synthgen.devices import choose_device
     from synthgen.generate.debias import debias_targets
-    from synthgen.generate.erase import (context_prompts, fill_templates, replace_concept,
-                                         restore_text_weights, text_weights)
+    from synthgen.generate.erase import (fill_templates, replace_concept, restore_text_weights,
+                                         text_weights)
     from synthgen.generate.load import load_pipeline
     from synthgen.generate.prepare import apply_debiasing, apply_erasures
     from synthgen.plan import WORLD_SD
     from synthgen.recipe import load_recipe
     from synthgen.seeding import derive_seed
+    from synthgen.suppress import EraseSuppression
     from synthgen.world.oracle import load_oracle
 
     recipe = load_recipe(recipe_path)
@@ -100,12 +102,11 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
     result = {"recipe": str(recipe_path), "steps": recipe.model.steps,
               "guidance_scale": recipe.model.guidance_scale, "device": str(torch_device)}
     # 1. erase: the same held-out prompts and seeds before and after.
-    erasing = [(i, e) for i, e in enumerate(recipe.suppress) if e.method == "erase" and e.concept == ERASED]
+    erasing = [(i, e) for i, e in enumerate(recipe.suppress)
+               if isinstance(e, EraseSuppression) and e.concept == ERASED]
     if erasing:
         index, entry = erasing[0]
-        contexts = context_prompts(entry.contexts, entry.concept, entry.context_prompts,
-                                   derive_seed("erase-contexts", recipe.seed, index),
-                                   recipe.slots, [spec.name for spec in recipe.classes])
+        contexts = entry.filled_contexts(recipe, index)
         used = set(contexts) | {replace_concept(c, entry.concept, entry.target) for c in contexts}
         prompts = _erase_prompts(prompt_count, used)
         seeds = [EDITS_SEED_OFFSET + i for i in range(prompt_count)]
@@ -120,7 +121,7 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
         restore_text_weights(pipeline, original)
         result["erase"] = {"prompts": prompt_count, "contexts": len(contexts), **runs}
     # 2. debias: per class, the colours read on its own prompts before and after.
-    debiasing = [(i, e) for i, e in enumerate(recipe.balance) if e.method == "debias"]
+    debiasing = [(i, e) for i, e in enumerate(recipe.balance) if isinstance(e, DebiasBalance)]
     if debiasing:
         index, entry = debiasing[0]
         targets = debias_targets(recipe, index)
