@@ -185,6 +185,13 @@ def format_plan_summary(summary: dict) -> str:
         for target, counts in per_target.items():
             lines.append(f"  {target[:38]:38} "
                          + " ".join(f"{counts.get(value, 0):>12}" for value in values))
+    for edit in summary.get("balance_edits", []):
+        total = sum(edit["values"].values())
+        shares = ", ".join(f"{value} {share / total:.0%}" for value, share in edit["values"].items())
+        lines += ["", f"balance of {edit['attribute']!r} by {edit['method']} "
+                      f"({', '.join(edit['applies_to']) if edit['applies_to'] else 'every class'}): "
+                      f"prompts name no value; the model is edited toward {shares}, "
+                      f"as {edit['detector']} reads {edit['trials']} trial images per class"]
     if summary["suppress"]:
         lines += ["", "suppress: " + "; ".join(f"{e['concept']!r} by {e['method']}"
                                                for e in summary["suppress"])]

@@ -476,6 +476,11 @@ def summarize(plan: Plan) -> dict:
         "balance": balance_table,
         "balance_counts": balance_counts,
         "suppress": [{"concept": e.concept, "method": e.method} for e in recipe.suppress],
+        # Balance entries that edit the model instead of the prompts: no group records a value,
+        # so the balance table above cannot show them.
+        "balance_edits": [{"attribute": e.attribute, "method": e.method, "values": dict(e.values),
+                           "applies_to": e.applies_to, "detector": e.detector, "trials": e.trials}
+                          for e in recipe.balance if e.edits_weights],
         "negative_prompt": negative_prompt(recipe),
         "warnings": recipe_warnings(recipe),
     }

@@ -216,3 +216,16 @@ def test_the_command_line_lives_in_the_package_and_the_checkout_entry_runs_it():
     result = subprocess.run([sys.executable, str(repository / "cli.py"), "--version"],
                             capture_output=True, text=True, timeout=120, cwd=repository.parent)
     assert result.returncode == 0 and result.stdout == "cli.py, version 0.1.0\n", result.stderr
+
+
+def test_plan_lists_a_balance_that_edits_the_model(write_recipe):
+    # A debias entry fills no slot, so the balance table cannot show it; plan says what it does.
+    recipe = write_recipe({"balance": [{"attribute": "colour", "values": {"red": 3, "blue": 1},
+                                        "applies_to": ["circle"], "method": "debias",
+                                        "trials": 4}]})
+    result = invoke("plan", recipe)
+    assert result.exit_code == 0, result.output
+    assert ("balance of 'colour' by debias (circle): prompts name no value; the model is edited "
+            "toward red 75%, blue 25%, as builtin:world-clip reads 4 trial images per class") in result.output
+    summary = json.loads(invoke("plan", recipe, "--json").output)
+    assert summary["balance_edits"][0]["values"] == {"red": 3, "blue": 1}
