@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from synthgen.generate.families import family_of
 from synthgen.recipe import CLASS_SLOT, template_slots
 
 # The reference's defaults: lamb 0.5 and erase scale 1 (train-scripts/train_erase.py and
@@ -61,21 +62,18 @@ class Encoded:
 
 @torch.no_grad()
 def encode_all(pipeline, texts: Sequence[str], batch_size: int = 64) -> list[Encoded]:
-    """`texts` through the pipeline's own `encode_prompt`, as sampling encodes them, in batches
-    (one text at a time cost 46 ms each on world-sd, most of an erase with 1,000 contexts)."""
-    from diffusers import StableDiffusionXLPipeline
-
+    """`texts` through the pipeline's own `encode_prompt`, as sampling encodes them (its model
+    family's `text_embeddings`), in batches (one text at a time cost 46 ms each on world-sd,
+    most of an erase with 1,000 contexts)."""
     device = pipeline.unet.device
+    family = family_of(pipeline, device)
     tokenizer = pipeline.tokenizer
     encoded = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        if isinstance(pipeline, StableDiffusionXLPipeline):
-            embeds, _, pooled, _ = pipeline.encode_prompt(chunk, device=device, num_images_per_prompt=1,
-                                                          do_classifier_free_guidance=False)
+        embeds, pooled = family.text_embeddings(chunk)
+        if pooled is not None:
             pooled = pooled.double().cpu()
-        else:
-            embeds, pooled = pipeline.encode_prompt(chunk, device, 1, False)[0], None
         ids = tokenizer(chunk, truncation=True, max_length=tokenizer.model_max_length).input_ids
         encoded += [Encoded(ids=tuple(ids[i]), tokens=embeds[i].double().cpu(),
                             pooled=None if pooled is None else pooled[i]) for i in range(len(chunk))]
@@ -169,9 +167,19 @@ def _pooled_embedding_rows(encoded: Encoded, positions: Sequence[int] | None) ->
 
 
 def unsupported_reason(pipeline) -> str | None:
-    """Why the edit cannot reach every path from text to this pipeline's denoiser, or None."""
-    from diffusers import StableDiffusionXLPipeline
+    """Why the edit cannot reach every path from text to this pipeline's denoiser, or None.
 
+    The pipeline's model family answers (`ModelFamily.edit_unsupported_reason`, which for a
+    UNet asks `text_paths_unsupported_reason`)."""
+    return family_of(pipeline).edit_unsupported_reason()
+
+
+def text_paths_unsupported_reason(pipeline, supplies_pooled_text: bool) -> str | None:
+    """Why the edit cannot reach every path from text to the pipeline's denoiser, or None.
+
+    It edits a UNet's cross-attention, its `addition_embed_type` "text" pooling and, where the
+    pipeline supplies a pooled text embedding (`supplies_pooled_text`: SDXL's family), the
+    "text_time" one (`text_readers`); a transformer, or any other path, is refused."""
     unet = getattr(pipeline, "unet", None)
     name = type(pipeline).__name__
     if unet is None:
@@ -185,7 +193,7 @@ def unsupported_reason(pipeline) -> str | None:
         return (f"{name}'s UNet has attention with added key/value projections of the text "
                 "(as UnCLIP and DeepFloyd IF), a path erase does not edit")
     kind = unet.config.addition_embed_type
-    if kind == "text_time" and not isinstance(pipeline, StableDiffusionXLPipeline):
+    if kind == "text_time" and not supplies_pooled_text:
         return (f"{name}'s UNet reads a pooled text embedding (addition_embed_type text_time) "
                 "that only an SDXL pipeline supplies")
     if kind not in (None, "text", "text_time"):
@@ -207,7 +215,7 @@ def text_readers(pipeline) -> list[TextReader]:
     if unet.config.addition_embed_type == "text":
         readers += _pooling_readers(unet)
     elif unet.config.addition_embed_type == "text_time":
-        pooled_size = pipeline.text_encoder_2.config.projection_dim
+        pooled_size = family_of(pipeline).pooled_text_size()
         readers.append(TextReader("pooled text embedding",
                                   (("add_embedding.linear_1", unet.add_embedding.linear_1),),
                                   _pooled_embedding_rows, columns=pooled_size))

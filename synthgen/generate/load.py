@@ -23,27 +23,24 @@ from synthgen.builtin import (  # noqa: F401
     resolve_model_source,
 )
 from synthgen.errors import UserError
+from synthgen.generate.families import family_named_in_index
 from synthgen.generate.identity import weights_digest
 from synthgen.recipe import ModelSpec
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-# Pipelines published in bfloat16 whose activations overflow float16 (black, NaN images).
-BFLOAT16_PIPELINES = ("FluxPipeline",)
-
-
 def choose_dtype(requested: str, device: torch.device, spec: ModelSpec | None = None) -> torch.dtype:
-    """`auto` is float32 on the CPU; on a GPU float16, or bfloat16 for `BFLOAT16_PIPELINES`
-    (read from the model's model_index.json when `spec` is given)."""
+    """`auto` is float32 on the CPU; on a GPU the model family's `gpu_dtype` (float16, or
+    bfloat16 for FLUX), the family read from the model's model_index.json when `spec` is given."""
     check_dtype_fits_device(requested, device)
     if requested != "auto":
         return _DTYPES[requested]
     if device.type != "cuda":
         return torch.float32
-    if spec is not None and pipeline_class_name(spec) in BFLOAT16_PIPELINES:
-        return torch.bfloat16
-    return torch.float16
+    if spec is None:
+        return torch.float16
+    return family_named_in_index(pipeline_class_name(spec)).gpu_dtype
 
 
 def check_dtype_fits_device(requested: str, device: torch.device) -> None:

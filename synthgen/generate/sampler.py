@@ -10,13 +10,14 @@ from seeds derived from their own, so rejection is deterministic too.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
+from synthgen.errors import UserError
+from synthgen.generate.families import family_of
 from synthgen.generate.load import LoadedModel
 from synthgen.recipe import ModelSpec
 from synthgen.seeding import derive_seed
@@ -35,15 +36,6 @@ class SampledBatch:
 
     def record(self, position: int) -> dict:
         return self.records[position] if self.records else {}
-
-
-# Pipelines whose prompts synthgen encodes itself through their `encode_prompt` (T5 text,
-# padded to max_sequence_length, with an attention mask).
-PIXART_PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
-# Likewise for FLUX.1 (CLIP pooled + T5 per-token embeddings). Its guidance_scale is a
-# distilled input of the transformer, not classifier-free guidance: a negative prompt acts only
-# through `true_cfg_scale` (a second transformer pass per step).
-FLUX_PIPELINES = ("FluxPipeline",)
 
 
 @dataclass(frozen=True)
@@ -70,36 +62,25 @@ def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
 
 
 class Sampler:
-    """Turns lists of `ViewPlan`s into images with one loaded pipeline."""
+    """Turns lists of `ViewPlan`s into images with one loaded pipeline.
+
+    What depends on the kind of pipeline (prompt encoding and caching, who draws the starting
+    latents) is its model family's (`generate/families/`), held as `family`.
+    """
 
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
                  rejectors: tuple[Rejector, ...] = (),
                  compile_model: bool = False, channels_last: bool = False):
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
         self.rejectors = rejectors
         self.pipeline = model.pipeline
+        self.family = family_of(self.pipeline, model.device)
         self._img2img = None
-        self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         # Finished images later views of the same group start from, keyed (group id, view).
         self._sources: dict[tuple[str, int], torch.Tensor] = {}
-        if isinstance(self.pipeline, StableDiffusionXLPipeline):
-            self.family = "sdxl"
-        elif isinstance(self.pipeline, StableDiffusionPipeline):
-            self.family = "sd"
-        else:
-            # PixArt, FLUX and others: noise goes in as per-view CPU generators, which
-            # diffusers' randn_tensor draws one sample at a time; prompts as text, except for
-            # PixArt and FLUX (below), whose embeddings synthgen caches per unique text.
-            self.family = "generic"
-        self.caches_t5_prompts = type(self.pipeline).__name__ in PIXART_PIPELINES
-        self.caches_flux_prompts = type(self.pipeline).__name__ in FLUX_PIPELINES
-        self._call_parameters = set(inspect.signature(self.pipeline.__call__).parameters)
-        # The denoiser is a UNet (SD, SDXL) or a transformer (PixArt, SD3, FLUX).
-        denoiser_name = "unet" if getattr(self.pipeline, "unet", None) is not None else "transformer"
+        denoiser_name = self.family.denoiser_name
         if channels_last:
             # Convolutions on tensor cores prefer NHWC; the weights follow the layout. A
             # transformer has no convolutions to speak of, so only its VAE changes.
@@ -114,16 +95,13 @@ class Sampler:
 
     def accepts(self, argument: str) -> bool:
         """Whether the pipeline's ``__call__`` takes ``argument``."""
-        return argument in self._call_parameters
-
-    @property
-    def uses_guidance(self) -> bool:
-        return self.spec.guidance_scale > 1.0
+        return self.family.accepts(argument)
 
     @property
     def draws_own_latents(self) -> bool:
-        """Latent and img2img views need a pipeline whose latents synthgen can draw (SD, SDXL)."""
-        return self.family != "generic"
+        """Whether synthgen draws the starting latents, as latent and img2img views need (the
+        family's `draws_own_latents`)."""
+        return self.family.draws_own_latents
 
     @torch.inference_mode()
     def sample(self, views: list[ViewPlan]) -> SampledBatch:
@@ -234,7 +212,8 @@ class Sampler:
     def _denoise(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
         """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite)."""
         # 1. Conditioning and noise, per view, independent of the batch.
-        arguments = self._conditioning(views)
+        self._check_family_draws(views)
+        arguments = self.family.prompt_arguments(views, self.spec)
         # Stochastic schedulers (ancestral, SDE) draw fresh noise at every step. A latent
         # neighbourhood shares its anchor's step noise, so its views differ only by the
         # perturbation of the initial noise (sigma 0: identical views with any scheduler).
@@ -248,13 +227,15 @@ class Sampler:
             steps = max(steps, math.ceil(1 / strength - 1e-9))
             arguments.update(image=self._source_images(views), strength=strength,
                              generator=[torch.Generator("cpu").manual_seed(v.seed) for v in views])
-        elif self.family == "generic":
-            pipeline = self.pipeline
-            arguments["generator"] = [torch.Generator("cpu").manual_seed(v.seed) for v in views]
-        else:
+        elif self.family.draws_own_latents:
             pipeline = self.pipeline
             arguments["latents"] = self._initial_noise(views)
             arguments["generator"] = generators
+        else:
+            # The pipeline draws the noise from per-view CPU generators, which diffusers'
+            # randn_tensor draws one sample at a time.
+            pipeline = self.pipeline
+            arguments["generator"] = [torch.Generator("cpu").manual_seed(v.seed) for v in views]
         # 2. Denoise and decode on the device.
         output = pipeline(
             num_inference_steps=steps, guidance_scale=self.spec.guidance_scale,
@@ -266,10 +247,23 @@ class Sampler:
         pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return pixels.cpu(), finite.cpu()
 
+    def _check_family_draws(self, views: list[ViewPlan]) -> None:
+        """Latent (anchor) and img2img (source) views need latents synthgen draws: refused with
+        the family's reason where the pipeline draws its own (prepare.py checks the recipe
+        before a model loads; this keeps a direct `Sampler` user from a silent seeds view)."""
+        if self.family.draws_own_latents:
+            return
+        from synthgen.views import STRATEGIES
+
+        for view in views:
+            asked = ("latent" if view.anchor_seed is not None else
+                     "img2img" if view.source_view is not None else None)
+            reason = asked and self.family.view_unsupported_reason(STRATEGIES[asked])
+            if reason:
+                raise UserError(f"views.strategy {asked}: {reason}")
+
     def _initial_noise(self, views: list[ViewPlan]) -> torch.Tensor:
-        unet_config = self.pipeline.unet.config
-        factor = self.pipeline.vae_scale_factor
-        shape = (1, unet_config.in_channels, self.spec.height // factor, self.spec.width // factor)
+        shape = self.family.latent_shape(self.spec)
 
         def gaussian(seed: int) -> torch.Tensor:
             return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
@@ -305,95 +299,3 @@ class Sampler:
                                "views must be sampled in plan order") from None
         stacked = torch.stack(sources).permute(0, 3, 1, 2).float() / 255.0
         return stacked.to(self.model.device, self.model.dtype)
-
-    def _conditioning(self, views: list[ViewPlan]) -> dict:
-        if self.family == "generic":
-            if self.caches_t5_prompts:
-                arguments = self._t5_conditioning(views)
-            elif self.caches_flux_prompts:
-                arguments = self._flux_conditioning(views)
-            else:
-                arguments = {"prompt": [v.prompt for v in views]}
-                if (any(v.negative_prompt for v in views)
-                        and self.accepts("negative_prompt")):
-                    arguments["negative_prompt"] = [v.negative_prompt for v in views]
-            # PixArt's defaults would make the recipe say less than what happens: resolution
-            # binning generates at the nearest trained size and resizes to the recipe's (other
-            # compute, other pictures), and caption cleaning rewrites prompts only where bs4
-            # and ftfy happen to be installed (other bytes on another machine).
-            for switch in ("use_resolution_binning", "clean_caption"):
-                if switch in self._call_parameters:
-                    arguments[switch] = False
-            return arguments
-        positive = [self._embed(v.prompt, negative=False) for v in views]
-        arguments = {"prompt_embeds": torch.cat([p[0] for p in positive])}
-        if self.family == "sdxl":
-            arguments["pooled_prompt_embeds"] = torch.cat([p[1] for p in positive])
-        if self.uses_guidance:
-            negative = [self._embed(v.negative_prompt, negative=True) for v in views]
-            arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
-            if self.family == "sdxl":
-                arguments["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])
-        return arguments
-
-    def _t5_conditioning(self, views: list[ViewPlan]) -> dict:
-        """PixArt's prompt embeddings and attention masks, one cached encoding per text."""
-        positive = [self._embed_t5(v.prompt) for v in views]
-        arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),
-                     "prompt_attention_mask": torch.cat([p[1] for p in positive])}
-        if self.uses_guidance:
-            # The pipeline pads a negative prompt to the prompt's length, as here.
-            negative = [self._embed_t5(v.negative_prompt) for v in views]
-            arguments["negative_prompt"] = None  # its default "" may not come with embeddings
-            arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
-            arguments["negative_prompt_attention_mask"] = torch.cat([n[1] for n in negative])
-        return arguments
-
-    def _flux_conditioning(self, views: list[ViewPlan]) -> dict:
-        """FLUX's per-token and pooled prompt embeddings, one cached encoding per text."""
-        positive = [self._embed_flux(v.prompt) for v in views]
-        arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),
-                     "pooled_prompt_embeds": torch.cat([p[1] for p in positive])}
-        if self.spec.true_cfg_scale is not None:
-            negative = [self._embed_flux(v.negative_prompt) for v in views]
-            arguments["true_cfg_scale"] = self.spec.true_cfg_scale
-            arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
-            arguments["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])
-        return arguments
-
-    def _embed_flux(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        key = "flux:" + text
-        if key not in self._embeddings:
-            # The pipeline's own defaults otherwise (prompt_2 = prompt, max_sequence_length).
-            embeds, pooled, _ = self.pipeline.encode_prompt(
-                text, prompt_2=None, device=self.model.device, num_images_per_prompt=1)
-            self._embeddings[key] = (embeds, pooled)
-        return self._embeddings[key]
-
-    def _embed_t5(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        key = "t5:" + text
-        if key not in self._embeddings:
-            embeds, mask, _, _ = self.pipeline.encode_prompt(
-                text, do_classifier_free_guidance=False, num_images_per_prompt=1,
-                device=self.model.device, clean_caption=False)
-            self._embeddings[key] = (embeds, mask)
-        return self._embeddings[key]
-
-    def _embed(self, text: str, negative: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(token embeddings, pooled embedding or None) of one text, cached."""
-        zeros = (negative and text == "" and self.family == "sdxl"
-                 and self.pipeline.config.force_zeros_for_empty_prompt)
-        key = ("zeros:" if zeros else "text:") + text
-        if key not in self._embeddings:
-            device = self.model.device
-            if self.family == "sd":
-                embeds = self.pipeline.encode_prompt(text, device, 1, False)[0]
-                self._embeddings[key] = (embeds, None)
-            else:
-                embeds, _, pooled, _ = self.pipeline.encode_prompt(
-                    text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-                if zeros:
-                    # SDXL-turbo's convention: an empty negative prompt is all zeros.
-                    embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
-                self._embeddings[key] = (embeds, pooled)
-        return self._embeddings[key]

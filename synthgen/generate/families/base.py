@@ -1,0 +1,137 @@
+"""What a model family is: how synthgen drives one kind of diffusers text-to-image pipeline.
+
+A family module implements a `ModelFamily`; `families/__init__.py` registers it and picks it
+from the pipeline's class. The sampler, erase and the loader ask the family and never compare
+pipeline classes or family names themselves.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from synthgen.recipe import ModelSpec
+    from synthgen.views import ViewPlan
+    from synthgen.views.base import ViewStrategy
+
+
+def uses_guidance(spec: ModelSpec) -> bool:
+    """Whether the pipeline runs classifier-free guidance, and so reads a negative prompt:
+    diffusers does only for a guidance scale above 1."""
+    return spec.guidance_scale > 1.0
+
+
+class ModelFamily:
+    """One kind of pipeline, bound to one loaded pipeline (`family_of(pipeline, device)`).
+
+    What the class says, known before a model loads: `name`, `gpu_dtype` (what `model.dtype:
+    auto` means on a GPU) and `draws_own_latents` (whether synthgen draws the starting latents
+    and passes them in, as latent and img2img views need; otherwise the pipeline draws them
+    from one CPU generator per view). What an instance does: turn views' prompts into the
+    pipeline call's keywords (`prompt_arguments`), encoding each unique text once on `device`
+    and caching it for the life of the instance, and say which view strategies and model
+    edits it cannot run, with the reason.
+    """
+
+    name: ClassVar[str]
+    gpu_dtype: ClassVar[torch.dtype] = torch.float16
+    draws_own_latents: ClassVar[bool] = False
+    # Whether the pipeline hands its denoiser a pooled text embedding (SDXL's text_time), a
+    # text path erase then edits too.
+    supplies_pooled_text: ClassVar[bool] = False
+
+    @classmethod
+    def claims(cls, pipeline_class: type) -> bool:
+        """Whether pipelines of `pipeline_class` belong to this family."""
+        raise NotImplementedError
+
+    def __init__(self, pipeline, device: torch.device | None = None):
+        """`device`: where prompt embeddings are computed and kept (needed only to encode)."""
+        self.pipeline = pipeline
+        self.device = device
+        self._embeddings: dict[str, Any] = {}
+
+    @property
+    def pipeline_name(self) -> str:
+        return type(self.pipeline).__name__
+
+    @cached_property
+    def call_parameters(self) -> frozenset[str]:
+        """The names the pipeline's ``__call__`` takes."""
+        return frozenset(inspect.signature(self.pipeline.__call__).parameters)
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the pipeline's ``__call__`` takes ``argument``."""
+        return argument in self.call_parameters
+
+    @property
+    def denoiser_name(self) -> str:
+        """The pipeline attribute holding the denoiser: a UNet (SD, SDXL) or a transformer
+        (PixArt, SD3, FLUX)."""
+        return "unet" if getattr(self.pipeline, "unet", None) is not None else "transformer"
+
+    # Prompts.
+
+    def prompt_arguments(self, views: list[ViewPlan], spec: ModelSpec) -> dict:
+        """The pipeline-call keywords that carry the views' prompts (and negative prompts where
+        the recipe's guidance uses them), one row per view in order. Each row depends only on
+        its own view's texts, never on the batch."""
+        raise NotImplementedError
+
+    def _cached(self, key: str, encode: Callable[[], Any]) -> Any:
+        """The encoding stored under `key`, computed by `encode()` the first time (one text
+        at a time, so an encoding does not depend on which texts share a batch)."""
+        if key not in self._embeddings:
+            self._embeddings[key] = encode()
+        return self._embeddings[key]
+
+    def _rewrites_off(self) -> dict:
+        """Switch off what would make the recipe say less than what happens, where the pipeline
+        has it (PixArt): resolution binning generates at the nearest trained size and resizes
+        to the recipe's (other compute, other pictures), and caption cleaning rewrites prompts
+        only where bs4 and ftfy happen to be installed (other bytes on another machine)."""
+        return {switch: False for switch in ("use_resolution_binning", "clean_caption")
+                if self.accepts(switch)}
+
+    # Starting latents, for a family that `draws_own_latents`.
+
+    def latent_shape(self, spec: ModelSpec) -> tuple[int, ...]:
+        """The shape of one view's starting latents, (1, C, h, w), at the recipe's size."""
+        raise NotImplementedError(f"{self.pipeline_name} draws its own starting latents")
+
+    # What it supports.
+
+    def view_unsupported_reason(self, strategy: ViewStrategy) -> str | None:
+        """Why views of `strategy` cannot be made with this pipeline, or None."""
+        if strategy.needs_own_latents and not self.draws_own_latents:
+            from synthgen.views import STRATEGIES
+
+            runnable = [name for name, other in STRATEGIES.items() if not other.needs_own_latents]
+            return (f"{strategy.name} views need starting latents that synthgen draws, and "
+                    f"{self.pipeline_name} draws its own from each view's seed (synthgen draws "
+                    f"them for Stable Diffusion and SDXL pipelines); it takes {', '.join(runnable)} "
+                    "views")
+        return None
+
+    def edit_unsupported_reason(self) -> str | None:
+        """Why erase and debias (generate/erase.py, generate/debias.py) cannot edit every path
+        from text to this pipeline's denoiser, or None. By default erase inspects the pipeline
+        (a transformer is refused; a UNet's paths are checked)."""
+        from synthgen.generate.erase import text_paths_unsupported_reason
+
+        return text_paths_unsupported_reason(self.pipeline, self.supplies_pooled_text)
+
+    def text_embeddings(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token embeddings (N, L, D), pooled embedding (N, P) or None) of `texts` as the
+        denoiser's text paths read them, computed on `device`, uncached: what erase and debias
+        edit for. Only families whose `edit_unsupported_reason` can be None implement it."""
+        raise NotImplementedError(f"{self.pipeline_name}: synthgen does not edit its text paths")
+
+    def pooled_text_size(self) -> int | None:
+        """How many of the denoiser's added-embedding inputs are the pooled text embedding
+        (the rest are other conditioning), for a family that `supplies_pooled_text`."""
+        return None
