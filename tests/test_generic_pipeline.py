@@ -101,8 +101,9 @@ def test_latent_views_are_refused_for_a_pipeline_synthgen_cannot_draw_latents_fo
         pixart_dir, tmp_path):
     recipe = pixart_recipe(tmp_path, pixart_dir,
                            views={"count": 2, "strategy": "latent", "latent": {"sigma": 0.3}})
-    refused_without_shards(recipe, tmp_path / "out", r"views\.strategy \['latent'\] needs a Stable "
-                           r"Diffusion or SDXL pipeline; PixArtAlphaPipeline takes only seeds and prompt views")
+    refused_without_shards(recipe, tmp_path / "out", r"views\.strategy \['latent'\]: .*latent views "
+                           r"need starting latents that synthgen draws, and PixArtAlphaPipeline draws "
+                           r"its own .*; it takes seeds, prompt, slots views")
 
 
 def test_pixart_padded_batches_do_not_mix_views(pixart_dir):

@@ -16,7 +16,7 @@ import torch
 from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer
-from synthgen.generate.erase import unsupported_reason
+from synthgen.generate.families import family_of
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
@@ -41,7 +41,7 @@ def _apply_weight_edits(block: str, entries: Sequence, recipe: Recipe, model: Lo
     """Each entry of `recipe.<block>` that edits weights, in order, once the pipeline is known
     to allow such edits (before any is made)."""
     editing = [index for index, entry in enumerate(entries) if entry.edits_weights]
-    reason = unsupported_reason(model.pipeline) if editing else None
+    reason = family_of(model.pipeline).edit_unsupported_reason() if editing else None
     if reason is not None:
         entry = entries[editing[0]]
         raise UserError(f"{block}[{editing[0]}].method {entry.method}: {recipe.model.id}: "
@@ -70,14 +70,12 @@ def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...
 
 
 def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
-    """Latent and img2img views need a pipeline whose starting latents synthgen draws."""
+    """Every view strategy the recipe uses must be one the model's family can run."""
     specs = [recipe.views_for(spec) for spec in [*recipe.classes, *recipe.corner_cases]]
-    needs_latents = sorted({s for spec in specs for s in spec.strategy
-                            if STRATEGIES[s].needs_own_latents})
-    if needs_latents and not sampler.draws_own_latents:
-        raise UserError(f"views.strategy {needs_latents} needs a Stable Diffusion or SDXL "
-                        f"pipeline; {type(sampler.pipeline).__name__} takes only seeds and prompt "
-                        "views in synthgen so far")
+    for name in sorted({s for spec in specs for s in spec.strategy}):
+        reason = sampler.family.view_unsupported_reason(STRATEGIES[name])
+        if reason is not None:
+            raise UserError(f"views.strategy ['{name}']: {recipe.model.id}: {reason}")
 
 
 def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, batch_size: int,
