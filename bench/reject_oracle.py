@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synthgen.audit.metrics import wilson_interval  # noqa: E402
 from synthgen.generate.detector import ClipConceptScorer, stored_pixels  # noqa: E402
-from synthgen.inspection import iter_samples, load_manifest, shard_paths  # noqa: E402
+from synthgen.inspection import failed_concepts, iter_samples, load_manifest, shard_paths  # noqa: E402
 from synthgen.recipe import Recipe  # noqa: E402
 from synthgen.world.evaluate import evaluation_prompts, generate  # noqa: E402
 from synthgen.world.oracle import load_oracle  # noqa: E402
@@ -68,13 +68,13 @@ def read_dataset(views, oracle) -> dict:
     striped = [reading["striped"] for reading in readings]
     unasked = [is_striped for (view, _), is_striped in zip(views, striped)
                if not asks_for_stripes(view["prompt"])]
-    failed = [CONCEPT in view.get("suppression_failed", ()) for view, _ in views]
+    failed = [CONCEPT in failed_concepts(view) for view, _ in views]
     return {"views": len(views), "oracle_striped": share(sum(striped), len(views)),
             "oracle_striped_unasked": share(sum(unasked), len(unasked)),
             "retries_exhausted": share(sum(failed), len(views)),
             "oracle_striped_among_exhausted": sum(s for s, f in zip(striped, failed) if f),
             "redraws": sum(view.get("rejections", {}).get(CONCEPT, 0) for view, _ in views),
-            "views_redrawn": sum(CONCEPT in view.get("rejections", {}) for view, _ in views)}
+            "views_redrawn": sum(view.get("rejections", {}).get(CONCEPT, 0) > 0 for view, _ in views)}
 
 
 def roc(recipe: Recipe, oracle, count: int) -> dict:

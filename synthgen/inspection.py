@@ -22,6 +22,14 @@ from synthgen.shards import regrouped
 from synthgen.write import MANIFEST
 
 
+def failed_concepts(view: dict) -> list[str]:
+    """The concepts a view's json records as still detected after its last retry.
+
+    Written as {concept: bool} for every rejecting concept (stable keys for readers that infer
+    column types); datasets written before that list only the failed concepts."""
+    failed = view.get("suppression_failed", ())
+    return [c for c in failed if failed[c]] if isinstance(failed, dict) else list(failed)
+
 def load_manifest(dataset_dir: Path) -> dict:
     """The dataset's manifest; a directory without one is not a finished dataset."""
     path = dataset_dir / MANIFEST
@@ -98,8 +106,8 @@ def count_groups(dataset_dir: Path) -> dict:
             corner_cases[metadata["corner_case"]] += 1
         images += sum(1 for key in sample if key.startswith("view"))
         for view in metadata.get("views") or ():
-            rejections.update(view.get("rejections", {}))
-            suppression_failed.update(view.get("suppression_failed", ()))
+            rejections.update({c: n for c, n in view.get("rejections", {}).items() if n})
+            suppression_failed.update(failed_concepts(view))
     return {"groups": sum(classes.values()) + sum(corner_cases.values()), "images": images,
             "classes": dict(classes), "corner_cases": dict(corner_cases),
             "rejections": dict(rejections), "suppression_failed": dict(suppression_failed),

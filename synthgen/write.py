@@ -49,6 +49,7 @@ from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import SHARD_FILE, layout_named, shard_name, stats_name, view_file
 from synthgen.store import DatasetStore, Location, open_store
+from synthgen.suppress import RejectSuppression
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
@@ -85,7 +86,9 @@ def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict,
     """
     extension = recipe.output.format
     records = view_records or [{} for _ in group.views]
-    views = [{**view.to_json(), **record, "file": view_file(view.view, extension)}
+    rejecting = [entry.concept for entry in recipe.suppress if isinstance(entry, RejectSuppression)]
+    views = [{**view.to_json(), **_stable_record(record, view.seed, view.anchor_seed, rejecting),
+              "file": view_file(view.view, extension)}
              for view, record in zip(group.views, records, strict=True)]
     model = recipe.model.model_dump(mode="json", exclude={"negative_prompt", "trust_remote_code"})
     return {
@@ -98,7 +101,9 @@ def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict,
         "class_name": group.class_name or "",
         "class_index": group.class_index,
         "corner_case": group.corner_case or "",
-        "tags": list(group.tags),
+        # Every tag of the recipe, true where the group has it: a list would be empty in the
+        # first samples (classes) and typed as a list of nulls by such readers.
+        "tags": {tag: tag in group.tags for tag in recipe_tags(recipe)},
         "template": group.template,
         "slots": dict(group.slots),
         "balance": dict(group.balance),
@@ -110,6 +115,29 @@ def sample_metadata(group: GroupPlan, recipe: Recipe, model_info: dict,
         "recipe": {"name": recipe.name, "seed": recipe.seed, "hash": recipe.recipe_hash},
         "synthgen_version": __version__,
     }
+
+
+def recipe_tags(recipe: Recipe) -> list[str]:
+    """Every tag the recipe's corner cases name, in order of first appearance."""
+    return list(dict.fromkeys(tag for case in recipe.corner_cases for tag in case.tags))
+
+
+def _stable_record(record: dict, seed: int, anchor_seed: int | None, rejecting: list[str]) -> dict:
+    """What sampling did to one view, with the same keys for every view of a dataset that
+    rejects: the retries per rejecting concept (0 when none), whether each concept still
+    failed after its retries, and the seeds finally used (the planned ones when no retry).
+    The sampler records only what happened; a reader that infers its column types from the
+    first samples would type keys that are absent there as nulls, or drop them."""
+    if not rejecting:
+        return record
+    failed = set(record.get("suppression_failed", ()))
+    stable = {"rejections": {concept: record.get("rejections", {}).get(concept, 0)
+                             for concept in rejecting},
+              "suppression_failed": {concept: concept in failed for concept in rejecting},
+              "seed_used": record.get("seed_used", seed)}
+    if anchor_seed is not None:
+        stable["anchor_seed_used"] = record.get("anchor_seed_used", anchor_seed)
+    return {**record, **stable}
 
 
 def build_sample(group: GroupPlan, images: list[bytes], metadata: dict, extension: str) -> dict:
