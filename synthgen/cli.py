@@ -420,12 +420,14 @@ DAMAGED_DATASET_EXIT = 1
 
 
 def _register_stage_commands() -> None:
-    """Commands whose stages keep their click definitions beside their code."""
+    """Commands whose stages keep their click definitions beside their code (and `dev`, tools
+    for working on synthgen: synthgen/dev.py)."""
     from synthgen.audit.command import audit
+    from synthgen.dev import dev
     from synthgen.train.commands import experiment, probe, train
     from synthgen.world.commands import world
 
-    for command in (audit, train, probe, experiment, world):
+    for command in (audit, train, probe, experiment, world, dev):
         main.add_command(command)
 
 

@@ -2,15 +2,13 @@
 
 They run the real diffusers code path on a CPU in milliseconds, with nothing downloaded: the
 way diffusers' own tests build `get_dummy_components`. The pictures are noise; the point is the
-plumbing (batching, seeding, shards). `builtin:tiny-random` is one of these, saved with
-`save_pretrained` and loaded through the same `from_pretrained` call as any hub model.
-
-    python -m synthgen.generate.tiny_random OUT_DIR [--family sd|sdxl] [--seed N]
+plumbing (batching, seeding, shards). `builtin:tiny-random` is one of these (`save_tiny_pipeline`
+with the defaults; `synthgen dev tiny-random OUT_DIR [--family sd|sdxl] [--seed N]` writes one),
+saved with `save_pretrained` and loaded through the same `from_pretrained` call as any hub model.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -122,16 +120,3 @@ def save_tiny_pipeline(directory: str | Path, family: str = "sd", seed: int = 0)
     directory = Path(directory)
     build_tiny_pipeline(family, seed).save_pretrained(directory, safe_serialization=True)
     return directory
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--family", default="sd", choices=("sd", "sdxl"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(save_tiny_pipeline(args.out_dir, args.family, args.seed))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,7 @@
 """``synthgen world ...``: train the embedded world models and write real world datasets.
 
-Register with ``main.add_command(world)`` in the top-level CLI.
+These commands are the only command line of world/ (attached to the `synthgen` group in
+synthgen/cli.py); each parses its options and calls one library function.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-_DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+from synthgen.world.model_folders import SHIPPED_MODELS_ROOT
 
 
 @click.group()
@@ -17,34 +18,40 @@ def world() -> None:
     """The procedural world: its embedded models and labelled real datasets."""
 
 
+# The defaults below are `train_world_models`' own (tests/world/test_training.py checks they agree):
+# world/train.py imports torch, which the command line loads only when a command runs.
 @world.command()
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=_DEFAULT_MODELS,
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
               show_default=True, help="Folder that receives world-clip/, world-sd/ and world-oracle/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole run.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
 @click.option("--models", default="clip,sd,oracle", show_default=True,
-              help="Which models to train; world-sd without clip loads OUT/world-clip. Separate "
+              help="Which of clip, sd, oracle, clip-refine, sd-detail to train, comma-separated; "
+                   "world-sd without clip loads OUT/world-clip. Separate "
                    "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
                    "clip-refine continues OUT/world-clip's vision refinement (text tower kept); "
                    "sd-detail runs world-sd's second UNet phase on a world-sd trained without it.")
+@click.option("--reuse-clip", is_flag=True,
+              help="Load OUT/world-clip instead of training it (the same as leaving clip out of --models).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads per run: 1 is robust when other jobs share the cores; on a quiet "
                    "machine 2 is ~1.5x faster (docs/WORLD.md).")
-def train(out: Path, device: str, seed: int, scale: float, models: str, threads: int) -> None:
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="Then measure the models in OUT and rewrite their model cards, as `synthgen world "
+                   "evaluate --models OUT --scale SCALE` does.")
+def train(out: Path, device: str, seed: int, scale: float, models: str, reuse_clip: bool, threads: int,
+          evaluate: bool) -> None:
     """Train the world CLIP, text-to-image model and oracle, then evaluate them and write model cards."""
-    from synthgen.world.train import MODELS, train_world_models
+    from synthgen.world.train import train_world_models
 
-    if scale <= 0:
-        raise click.BadParameter("must be > 0", param_hint="--scale")
     chosen = tuple(name.strip() for name in models.split(",") if name.strip())
-    if not chosen or set(chosen) - set(MODELS):
-        raise click.BadParameter(f"{models!r}: give a comma-separated subset of {', '.join(MODELS)}",
-                                 param_hint="--models")
     summary = train_world_models(out, device=device, seed=seed, scale=scale, models=chosen,
-                                 threads=threads, log=lambda message: click.echo(message))
-    click.echo(f"trained in {summary['training_wall_seconds']:.0f}s; models in {out}")
+                                 reuse_clip=reuse_clip, threads=threads, evaluate=evaluate,
+                                 log=lambda message: click.echo(message))
+    click.echo(f"trained {', '.join(summary['models'])} in {summary['training_wall_seconds']:.0f}s; "
+               f"models in {out}")
 
 
 @world.command()
@@ -62,10 +69,11 @@ def dataset(out: Path, train_count: int, test_count: int, resolution: str, seed:
 
 
 @world.command()
-@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=_DEFAULT_MODELS,
-              show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--scale", type=float, default=1.0, show_default=True)
+@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
+              show_default=True, help="Folder holding world-clip/, world-sd/ and world-oracle/.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiplies the image counts; the model cards' numbers use 1.0, 0.01 is a smoke run.")
 def evaluate(models: Path, device: str, scale: float) -> None:
     """Measure the world models (CLIP zero-shot, oracle-judged generations) and rewrite model cards."""
     from synthgen.world.evaluate import evaluate_world_models, write_model_cards

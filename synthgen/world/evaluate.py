@@ -1,6 +1,6 @@
 """Measure the shipped world models and write their model cards.
 
-    python -m synthgen.world.evaluate [--models synthgen/models] [--device auto] [--scale 1.0]
+    synthgen world evaluate [--models synthgen/models] [--device auto] [--scale 1.0]
 
 Numbers (all on seeds no training run uses):
 
@@ -19,7 +19,6 @@ Each folder gets ``metrics.json``; :func:`write_model_cards` turns
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthgen.errors import UserError
+from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
 from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 GUIDANCE_SCALE = 4.0
@@ -41,6 +42,8 @@ DIVERSITY_SEEDS = 64
 DIVERSITY_PROMPT = "a medium red star on a gray background"
 GENERATION_SEED_OFFSET = 7_000_000
 """Noise seeds for evaluation images; prompt i uses seed GENERATION_SEED_OFFSET + i."""
+EVALUATE_COMMAND = "synthgen world evaluate"
+"""What each metrics.json records as the command that measured it (with ``--scale`` when not 1)."""
 
 
 def evaluation_prompts(count: int, seed: int = 0) -> list[dict]:
@@ -170,7 +173,8 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     """Measure world-clip, world-oracle and world-sd under ``models_root``; writes each ``metrics.json``.
 
     ``scale`` < 1 shrinks the image counts (for smoke tests); reported
-    numbers in the model cards use ``scale=1``.
+    numbers in the model cards use ``scale=1``. A ``models_root`` without the three folders,
+    or a ``scale`` <= 0, raises `UserError` before anything loads.
     """
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPTokenizer
@@ -179,9 +183,14 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     from synthgen.world.clip import zero_shot_attribute_accuracy
     from synthgen.world.corpus import held_out_pool
     from synthgen.world.oracle import load_oracle, oracle_accuracy
-    from synthgen.world.train import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
 
     models_root = Path(models_root)
+    missing = [folder for folder in (CLIP_FOLDER, SD_FOLDER, ORACLE_FOLDER) if not (models_root / folder).is_dir()]
+    if missing:
+        raise UserError(f"models: {models_root} has no {', '.join(missing)}; give the folder that "
+                        "`synthgen world train --out` wrote (it holds world-clip, world-sd and world-oracle)")
+    if not scale > 0:
+        raise UserError(f"scale: {scale} is not > 0; 1.0 gives the model cards' numbers, 0.01 is a smoke run")
     torch_device = choose_device(device)
     if torch_device.type == "cpu":
         torch.set_num_threads(2)
@@ -205,7 +214,7 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
                                            count(DIVERSITY_SEEDS), log=log)
     generator_metrics["vae_round_trip"] = reconstruction_readings(pipeline.vae, oracle, held_out)
     log(f"vae round trip {generator_metrics['vae_round_trip']}")
-    command = {"command": "python -m synthgen.world.evaluate" + (f" --scale {scale}" if scale != 1 else ""),
+    command = {"command": EVALUATE_COMMAND + (f" --scale {scale}" if scale != 1 else ""),
                "device": str(torch_device), "scale": scale}
     metrics = {CLIP_FOLDER: clip_metrics | command, ORACLE_FOLDER: oracle_metrics | command,
                SD_FOLDER: generator_metrics | command}
@@ -285,12 +294,10 @@ def _percent(value: float) -> str:
 
 def write_model_cards(models_root: Path) -> None:
     """Write ``README.md`` in each world model folder from its ``training.json`` and ``metrics.json``."""
-    from synthgen.world.train import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
-
     models_root = Path(models_root)
     load = lambda folder, name: json.loads((models_root / folder / name).read_text())  # noqa: E731
-    reproduce = ("Reproduce: `python -m synthgen.world.train --out synthgen/models` (trains all three and "
-                 "evaluates); numbers only: `python -m synthgen.world.evaluate`.")
+    reproduce = ("Reproduce: `synthgen world train --out synthgen/models` (trains all three and "
+                 f"evaluates); numbers only: `{EVALUATE_COMMAND}`.")
 
     clip_train, clip_metrics = load(CLIP_FOLDER, "training.json"), load(CLIP_FOLDER, "metrics.json")
     refinement = clip_train.get("vision_refinement", {})
@@ -378,19 +385,3 @@ Used to judge `world-sd`'s images; trained only on real renders (with light blur
 
 {reproduce}
 """)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Measure the shipped world models and rewrite their model cards.")
-    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--scale", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    metrics = evaluate_world_models(args.models, args.device, args.scale,
-                                    log=lambda message: print(message, flush=True))
-    write_model_cards(args.models)
-    print(json.dumps(metrics, indent=2))
-
-
-if __name__ == "__main__":
-    main()

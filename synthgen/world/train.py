@@ -1,17 +1,17 @@
 """Train the three world models from seeds, with synthgen's own code, and save them.
 
-    python -m synthgen.world.train --out synthgen/models [--device auto] [--seed 0] [--scale 1.0]
+    synthgen world train --out synthgen/models [--device auto] [--seed 0] [--scale 1.0]
 
 writes ``world-clip/`` (CLIPModel + tokenizer + image processor),
 ``world-sd/`` (a StableDiffusionPipeline folder) and ``world-oracle/``
 (a supervised attribute reader) under ``--out``, each with ``training.json``,
 ``metrics.json`` and a model card ``README.md``. ``--scale`` multiplies every
 step count and pool size (0.02 is a smoke test that runs in a few minutes).
+The command (world/commands.py) parses options and calls `train_world_models`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthgen.errors import UserError
 from synthgen.world.clip import (
     ClipTrainingSettings,
     VisionRefinementSettings,
@@ -43,13 +44,10 @@ from synthgen.world.diffusion import (
     train_world_unet,
     train_world_vae,
 )
+from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
 from synthgen.world.oracle import OracleTrainingSettings, save_oracle, train_world_oracle
 from synthgen.world.scene import caption
 from synthgen.world.tokenizer import build_world_tokenizer
-
-CLIP_FOLDER = "world-clip"
-SD_FOLDER = "world-sd"
-ORACLE_FOLDER = "world-oracle"
 
 TRAIN_SCENES = 60_000
 """Single-object training renders shared by all three models (~1 ms each to render)."""
@@ -137,7 +135,7 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
 
     record = json.loads((sd_dir / "training.json").read_text())
     if "detail_phase" in record:
-        raise ValueError(f"{sd_dir} already had its detail phase; train world-sd again instead (--models sd)")
+        raise UserError(f"{sd_dir} already had its detail phase; train world-sd again instead (--models sd)")
     pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
     latents = encode_latents(pipeline.vae, pool, device)
     data = _diffusion_data(pipeline, pool, latents * pipeline.vae.config.scaling_factor, seed, device)
@@ -146,6 +144,49 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
     record["detail_phase"] = phase | {"continued_separately": True}
     _write_json(sd_dir / "training.json", record)
     say(f"continued {sd_dir} with the detail phase")
+
+
+# What each model that loads an existing one needs under out_root (its folder and the file that
+# marks it), and how to do without it.
+_CONTINUES = {
+    "sd": (CLIP_FOLDER, "config.json", "train one in this run (add clip to the models, without --reuse-clip)"),
+    "clip-refine": (CLIP_FOLDER, "config.json", "train one with clip instead (it ends with the same refinement)"),
+    "sd-detail": (SD_FOLDER, "model_index.json", "train one with sd instead (it runs the detail phase too)"),
+}
+
+
+def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
+                    evaluate: bool) -> tuple[str, ...]:
+    """``models`` less "clip" with ``reuse_clip``, once they are known, can run together, and
+    the folders they continue or load (and, with ``evaluate``, the three that evaluation
+    measures) exist under ``out_root`` or come from this run: checked before anything renders."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise UserError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
+    if "sd" in models and "sd-detail" in models:
+        raise UserError("models: sd already includes the detail phase; leave out sd-detail")
+    if reuse_clip:
+        models = tuple(model for model in models if model != "clip")
+        if not models:
+            raise UserError("models: with reuse_clip (--reuse-clip) clip is not trained, which leaves nothing "
+                            "to train; name sd, oracle, clip-refine or sd-detail too")
+    for model in models:
+        if model in _CONTINUES and not (model == "sd" and "clip" in models):
+            folder, marker, fix = _CONTINUES[model]
+            if not (out_root / folder / marker).is_file():
+                raise UserError(f"models: {model} needs the {folder} in {out_root}, and there is none "
+                                f"({out_root / folder / marker} is missing); {fix}, or choose an out folder "
+                                f"that holds {folder}")
+    if evaluate:
+        trained = {CLIP_FOLDER: "clip", SD_FOLDER: "sd", ORACLE_FOLDER: "oracle"}
+        missing = [folder for folder, model in trained.items()
+                   if model not in models and not (out_root / folder).is_dir()]
+        if missing:
+            them = "it" if len(missing) == 1 else "them"
+            raise UserError(f"evaluation measures all three world models, and {out_root} has no "
+                            f"{' or '.join(missing)}, nor does this run train {them}; train without "
+                            f"evaluating (--no-evaluate, evaluate=False) or train {them} too")
+    return models
 
 
 def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scale: float = 1.0,
@@ -163,19 +204,19 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     in ``models`` (or with ``reuse_clip``, the same as leaving it out) the
     existing ``out_root/world-clip`` is loaded, and world-sd's text encoder is
     its text tower. ``threads`` is the intra-op thread count on a CPU (see `CPU_THREADS`).
+    A mistake in the arguments (an unknown model, a missing folder to continue) raises
+    `UserError` before anything is rendered or trained.
     """
     from transformers import CLIPTextModel
 
     from synthgen.devices import choose_device
 
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown or not models:
-        raise ValueError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
-    if "sd" in models and "sd-detail" in models:
-        raise ValueError("models: sd already includes the detail phase; leave out sd-detail")
-    if reuse_clip:
-        models = tuple(model for model in models if model != "clip")
     out_root = Path(out_root)
+    models = _checked_models(out_root, models, reuse_clip, evaluate)
+    if not scale > 0:
+        raise UserError(f"scale: {scale} is not > 0; 1.0 trains the shipped models, 0.02 is a quick smoke run")
+    if threads < 1:
+        raise UserError(f"threads: {threads} is not >= 1")
     torch_device = choose_device(device)
     on_cpu = torch_device.type == "cpu"
     started = time.time()
@@ -299,29 +340,3 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     summary["total_wall_seconds"] = round(time.time() - started, 1)
     say(f"done: training {training_seconds:.0f}s, total {summary['total_wall_seconds']:.0f}s")
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the world models (CLIP, text-to-image, oracle).")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--no-evaluate", action="store_true")
-    parser.add_argument("--threads", type=int, default=CPU_THREADS,
-                        help="CPU threads (default 1, robust on a shared machine; 2 is faster on a quiet one)")
-    parser.add_argument("--reuse-clip", action="store_true", help="load OUT/world-clip instead of training it")
-    parser.add_argument("--models", default=",".join(FROM_SCRATCH),
-                        help="comma-separated models to train (clip, sd, oracle; or clip-refine / sd-detail "
-                             "to continue an existing CLIP's vision refinement / run an existing world-sd's "
-                             "detail phase); default the three")
-    args = parser.parse_args(argv)
-    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
-    summary = train_world_models(args.out, args.device, args.seed, args.scale,
-                                 log=lambda message: print(message, flush=True), evaluate=not args.no_evaluate,
-                                 reuse_clip=args.reuse_clip, models=models, threads=args.threads)
-    print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "attribute-editing.yaml"
 MODELS = ROOT / "synthgen" / "models"
 shipped = pytest.mark.skipif(not (MODELS / "world-sd" / "model_index.json").is_file(),
-                             reason="world models not trained yet (python -m synthgen.world.train)")
+                             reason="world models not trained yet (synthgen world train)")
 
 
 @shipped

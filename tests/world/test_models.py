@@ -18,7 +18,7 @@ from synthgen.world.corpus import HELD_OUT_SEED_OFFSET, LOGO_PROB, STRIPED_PROB
 
 MODELS = Path(__file__).resolve().parents[2] / "synthgen" / "models"
 pytestmark = pytest.mark.skipif(not (MODELS / "world-sd" / "model_index.json").is_file(),
-                                reason="world models not trained yet (python -m synthgen.world.train)")
+                                reason="world models not trained yet (synthgen world train)")
 
 
 def held_out_renders(count: int, first: int = 500):

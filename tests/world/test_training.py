@@ -1,8 +1,10 @@
 """The world training entry point at a tiny scale: which models a run trains, and that
-continuing the CLIP's vision refinement leaves its text tower (world-sd's text encoder) alone."""
+continuing the CLIP's vision refinement leaves its text tower (world-sd's text encoder) alone;
+`synthgen world train` / `evaluate` hand every option to it and refuse mistakes cleanly."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from importlib import resources
@@ -10,8 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
-from synthgen.world.train import train_world_models
+from synthgen.cli import main
+from synthgen.errors import UserError
+from synthgen.world.train import CPU_THREADS, FROM_SCRATCH, train_world_models
 
 
 def _train_quietly(out: Path, models: tuple[str, ...]) -> dict:
@@ -46,8 +51,59 @@ def test_clip_refine_changes_the_vision_tower_only(tmp_path):
 
 
 def test_unknown_model_names_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="choose from clip, sd, oracle"):
+    with pytest.raises(UserError, match="choose from clip, sd, oracle"):
         train_world_models(tmp_path, device="cpu", models=("unet",), evaluate=False)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--models", "unet"], "models: ['unet']; choose from clip, sd, oracle, clip-refine, sd-detail"),
+    (["--models", ""], "models: none; choose from"),
+    (["--models", "sd,sd-detail"], "sd already includes the detail phase"),
+    (["--models", "clip", "--reuse-clip"], "leaves nothing to train"),
+    (["--models", "sd", "--no-evaluate"], "sd needs the world-clip in"),
+    (["--models", "clip-refine", "--no-evaluate"], "train one with clip instead"),
+    (["--models", "sd-detail", "--no-evaluate"], "train one with sd instead"),
+    (["--models", "oracle"], "evaluation measures all three world models"),
+    (["--scale", "0"], "scale: 0.0 is not > 0"),
+])
+def test_world_train_refuses_mistakes_before_any_work(tmp_path, arguments, message):
+    result = CliRunner().invoke(main, ["world", "train", "--out", str(tmp_path / "models"), *arguments])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and message in result.output
+    assert not (tmp_path / "models").exists()
+
+
+def test_world_train_hands_every_option_to_the_library_with_its_defaults(tmp_path, monkeypatch):
+    import synthgen.world.train
+
+    calls = []
+
+    def record(out_root, **options):
+        calls.append({"out_root": out_root, **options})
+        return {"models": list(options["models"]), "training_wall_seconds": 1.0}
+
+    monkeypatch.setattr(synthgen.world.train, "train_world_models", record)
+    result = CliRunner().invoke(main, ["world", "train", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    defaults = {name: parameter.default for name, parameter
+                in inspect.signature(train_world_models).parameters.items() if name not in ("out_root", "log")}
+    assert {name: value for name, value in calls[0].items() if name not in ("out_root", "log")} == defaults
+    assert defaults["models"] == FROM_SCRATCH and defaults["threads"] == CPU_THREADS
+    result = CliRunner().invoke(main, ["world", "train", "--out", str(tmp_path), "--device", "cpu", "--seed", "3",
+                                       "--scale", "0.5", "--models", "sd, oracle", "--reuse-clip",
+                                       "--threads", "2", "--no-evaluate"])
+    assert result.exit_code == 0, result.output
+    assert {name: value for name, value in calls[1].items() if name != "log"} == {
+        "out_root": tmp_path, "device": "cpu", "seed": 3, "scale": 0.5, "models": ("sd", "oracle"),
+        "reuse_clip": True, "threads": 2, "evaluate": False}
+    assert "trained sd, oracle in 1s" in result.output
+
+
+def test_world_evaluate_refuses_a_folder_without_the_models(tmp_path):
+    (tmp_path / "world-clip").mkdir()
+    result = CliRunner().invoke(main, ["world", "evaluate", "--models", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"models: {tmp_path} has no world-sd, world-oracle" in result.output
 
 
 def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
@@ -67,7 +123,7 @@ def test_evaluation_measures_every_model_and_writes_their_cards(tmp_path):
     assert 0 <= round_trip["shape_accuracy"] <= 1 and round_trip["mean_abs_error_255"] > 0
     for folder, values in metrics.items():
         assert json.loads((tmp_path / folder / "metrics.json").read_text()) == json.loads(json.dumps(values))
-        assert values["command"] == "python -m synthgen.world.evaluate --scale 0.01"
+        assert values["command"] == "synthgen world evaluate --scale 0.01"
     card = (tmp_path / "world-sd" / "README.md").read_text()
     assert "ceiling: shape read on VAE round trips of 10 held-out renders" in card
     low, high = metrics["world-sd"]["prompted_shape_ci95"]
@@ -110,12 +166,12 @@ def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once
     assert "_name_or_path" not in json.loads((sd_dir / "unet" / "config.json").read_text())
     phase = json.loads((sd_dir / "training.json").read_text())["detail_phase"]
     assert phase["continued_separately"] and phase["steps"] == 8 and phase["seed"] == 7
-    with pytest.raises(ValueError, match="already had its detail phase"):
+    with pytest.raises(UserError, match="already had its detail phase"):
         _train_quietly(tmp_path, ("sd-detail",))
 
 
 def test_sd_and_sd_detail_together_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="sd already includes the detail phase"):
+    with pytest.raises(UserError, match="sd already includes the detail phase"):
         train_world_models(tmp_path, device="cpu", models=("sd", "sd-detail"), evaluate=False)
 
 

@@ -1,0 +1,35 @@
+"""``synthgen dev ...``: tools for working on synthgen and trying recipes offline.
+
+Not a stage of the data flow, so not beside one: these write stand-ins that let the real code
+paths run on a CPU with nothing downloaded (the tests build the same ones).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from synthgen.errors import UserError
+
+
+@click.group()
+def dev() -> None:
+    """Tools for working on synthgen: offline stand-ins for real models."""
+
+
+@dev.command("tiny-random")
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--family", type=click.Choice(["sd", "sdxl"]), default="sd", show_default=True,
+              help="StableDiffusionPipeline or StableDiffusionXLPipeline.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The weights depend only on it.")
+def tiny_random(out_dir: Path, family: str, seed: int) -> None:
+    """Write a tiny random-weight pipeline folder (noise pictures, real code path, milliseconds on
+    a CPU); `model.id: OUT_DIR` in a recipe loads it. The defaults write `builtin:tiny-random`'s
+    weights."""
+    from synthgen.generate.tiny_random import save_tiny_pipeline
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty; give a new folder (a model folder is written whole)")
+    save_tiny_pipeline(out_dir, family, seed)
+    click.echo(f"wrote a tiny random {family} pipeline (seed {seed}) to {out_dir}")
