@@ -18,7 +18,7 @@ field or argument, the bad value and the fix.
 import sys
 import types
 
-__version__ = "0.1.0"
+from synthgen.version import __version__
 
 # Loaded on first use, so `import synthgen` (and `synthgen --help`) does not pay for the stages.
 _API_NAMES = frozenset({

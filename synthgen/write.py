@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from synthgen import __version__
+from synthgen.version import __version__
 from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_bytes, json_schema,
                            merge_schemas, wids_index)
 from synthgen.errors import UserError

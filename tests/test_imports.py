@@ -1,5 +1,6 @@
-"""No import inside synthgen/world runs in a circle, read from the source (imports inside
-functions count too: a circle of lazy imports still ties two modules into one).
+"""No import inside a package of synthgen runs in a circle, read from the source (imports
+inside functions count too: a circle of lazy imports still ties two modules into one; imports
+only for type checkers do not, since they never run).
 
 A circle means two modules that cannot be understood, tested or moved apart; what both need
 belongs in a module below both (the model folder names live in world/model_folders.py for this
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import synthgen
 
@@ -25,7 +28,7 @@ def module_imports(folder: Path, package: str) -> dict[str, set[str]]:
     imports = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -33,6 +36,16 @@ def module_imports(folder: Path, package: str) -> dict[str, set[str]]:
                              else node.module for alias in node.names)
         imports[name] = {target for target in found if target in modules and target != name}
     return imports
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:`."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
 
 
 def import_circles(imports: dict[str, set[str]]) -> list[list[str]]:
@@ -56,10 +69,20 @@ def import_circles(imports: dict[str, set[str]]) -> list[list[str]]:
     return circles
 
 
-def test_no_import_in_the_world_package_runs_in_a_circle():
+PACKAGES = sorted({SYNTHGEN, *(init.parent for init in SYNTHGEN.rglob("__init__.py"))})
+
+
+@pytest.mark.parametrize("folder", PACKAGES, ids=lambda folder: folder.relative_to(SYNTHGEN.parent).as_posix())
+def test_no_import_in_a_package_runs_in_a_circle(folder):
+    package = ".".join(folder.relative_to(SYNTHGEN.parent).parts)
+    imports = module_imports(folder, package)
+    assert import_circles(imports) == [], f"import circles in {package}"
+
+
+def test_the_world_package_is_read_whole():
     imports = module_imports(SYNTHGEN / "world", "synthgen.world")
     assert {"synthgen.world.train", "synthgen.world.evaluate", "synthgen.world.commands"} <= set(imports)
-    assert import_circles(imports) == [], "import circles in synthgen/world"
+    assert "synthgen.world.model_folders" in imports["synthgen.world.evaluate"]
 
 
 def test_the_circle_search_finds_lazy_and_indirect_circles(tmp_path):
@@ -78,4 +101,8 @@ def test_the_circle_search_finds_lazy_and_indirect_circles(tmp_path):
                        "pkg.evaluate": {"pkg.settings", "pkg.train"}}
     assert import_circles(imports) == [["pkg.evaluate", "pkg.train", "pkg.evaluate"]]
     assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    # An import only for type checkers never runs, so it ties no circle.
+    (tmp_path / "scene.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                       "    from pkg.train import Model\nelse:\n    import pkg.settings\n")
+    assert module_imports(tmp_path, "pkg")["pkg.scene"] == {"pkg.settings"}
     assert import_circles({"a": {"b"}, "b": set(), "c": {"b"}}) == []
