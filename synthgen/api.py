@@ -359,7 +359,7 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     from synthgen.audit import encoder as encoders
     from synthgen.audit.cache import CACHE_FILE
     from synthgen.audit.report import write_report
-    from synthgen.audit.run import AuditSettings, run_audit
+    from synthgen.audit.run import AuditOptions, run_audit
     from synthgen.audit.source import dataset_shards
     from synthgen.audit.spec import parse_attribute_option, parse_template_option, spec_from_recipe
     from synthgen.devices import choose_device
@@ -381,7 +381,7 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     encoder = encoders.load_encoder(spec.clip, chosen_device, dtype)
     if report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report {report_dir}: exists and is not a directory")
-    settings = AuditSettings(batch_size=batch_size, device=chosen_device, progress=progress,
+    settings = AuditOptions(batch_size=batch_size, device=chosen_device, progress=progress,
                              cache_path=report_dir / CACHE_FILE if cache else None)
     outcome = run_audit(dataset, spec, encoder, settings, rules)
     page = write_report(outcome, report_dir)

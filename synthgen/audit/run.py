@@ -41,7 +41,7 @@ REPORT_FORMAT = "synthgen-audit/2"
 
 
 @dataclass
-class AuditSettings:
+class AuditOptions:
     batch_size: int = 64
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_path: Path | None = None
@@ -214,7 +214,7 @@ def _without_data(item: source.ViewItem) -> source.ViewItem:
     return replace(item, data=None)
 
 
-def run_audit(dataset_dir: Path, spec: ResolvedAuditSpec, encoder, settings: AuditSettings,
+def run_audit(dataset_dir: Path, spec: ResolvedAuditSpec, encoder, settings: AuditOptions,
               rules: list[FailRule] = ()) -> AuditOutcome:
     manifest, shards = source.dataset_shards(dataset_dir)
     problems = source.ShardProblems()

@@ -61,10 +61,10 @@ def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, b
           checkpoint_every: int, device: str, threads: int | None, no_amp: bool) -> None:
     """Pretrain an encoder contrastively on the shards of DATA (a dataset directory)."""
     from synthgen.train.encoders import EncoderSpec
-    from synthgen.train.trainer import TrainConfig
+    from synthgen.train.trainer import TrainOptions
     from synthgen.train.trainer import train as run_training
 
-    config = TrainConfig(
+    config = TrainOptions(
         data=str(data), method=method, views=views, crops_per_view=crops_per_view,
         batch_size=batch_size, steps=steps, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, temperature=temperature, resolution=resolution,

@@ -174,10 +174,10 @@ def prepare_data(budget: Budget, work: Path, device: str, log,
 
 
 def train_config(budget: Budget, condition: Condition, data: Path, seed: int):
-    from synthgen.train.trainer import TrainConfig
+    from synthgen.train.trainer import TrainOptions
 
     crops = condition.views * condition.crops_per_view
-    return TrainConfig(data=str(data), method=condition.method, views=condition.views,
+    return TrainOptions(data=str(data), method=condition.method, views=condition.views,
                        crops_per_view=condition.crops_per_view,
                        batch_size=budget.batch_images // crops, steps=budget.steps, lr=budget.lr,
                        warmup_steps=max(1, budget.steps // 20), temperature=budget.temperature,

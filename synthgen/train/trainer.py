@@ -33,7 +33,7 @@ LOG = "log.jsonl"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainOptions:
     """Everything that decides what a training run computes (stored in every checkpoint)."""
 
     data: str
@@ -60,7 +60,7 @@ class TrainConfig:
         return {**asdict(self), "crop_scale": list(self.crop_scale), "encoder": self.encoder.to_json()}
 
     @classmethod
-    def from_json(cls, record: dict) -> TrainConfig:
+    def from_json(cls, record: dict) -> TrainOptions:
         return cls(**{**record, "crop_scale": tuple(record["crop_scale"]),
                       "encoder": EncoderSpec.from_json(record["encoder"])})
 
@@ -89,7 +89,7 @@ class TrainResult:
     checkpoint: Path
 
 
-def train(config: TrainConfig, out_dir: Path, device: str = "auto", amp: bool = True,
+def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool = True,
           stop_after: int | None = None, quiet: bool = False,
           cpu_threads: int | None = None) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint-last.safetensors`) up to `config.steps`.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from synthgen.world.corpus import ScenePool, images_to_tensor
 from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, caption
-from synthgen.world.settings import TrainingSettings
+from synthgen.world.settings import TrainingOptions
 from synthgen.world.tokenizer import MODEL_MAX_LENGTH
 
 TEXT_HIDDEN_SIZE = 128
@@ -91,7 +91,7 @@ class CaptionTokens:
 
 
 @dataclass(frozen=True)
-class ClipTrainingSettings(TrainingSettings):
+class ClipTrainingOptions(TrainingOptions):
     steps: int = 2500
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -99,7 +99,7 @@ class ClipTrainingSettings(TrainingSettings):
     weight_decay: float = 0.05
 
 
-def train_world_clip(pool: ScenePool, tokenizer, settings: ClipTrainingSettings, device: torch.device,
+def train_world_clip(pool: ScenePool, tokenizer, settings: ClipTrainingOptions, device: torch.device,
                      seed: int, log=print):
     """Train a world CLIP with symmetric InfoNCE and a learned temperature; returns (model, stats).
 
@@ -193,7 +193,7 @@ def hard_negative_batches(pool: ScenePool, batch_size: int, rng: np.random.Gener
 
 
 @dataclass(frozen=True)
-class VisionRefinementSettings(TrainingSettings):
+class VisionRefinementOptions(TrainingOptions):
     steps: int = 6000
     batch_size: int = 128
     learning_rate: float = 5e-4
@@ -213,7 +213,7 @@ def caption_bank() -> tuple[list[str], list[tuple[str, str, str, bool, str, bool
     return captions, attributes
 
 
-def refine_vision_tower(model, tokenizer, pool: ScenePool, settings: VisionRefinementSettings,
+def refine_vision_tower(model, tokenizer, pool: ScenePool, settings: VisionRefinementOptions,
                         device: torch.device, seed: int, log=print) -> dict:
     """Stage 2 of CLIP training: InfoNCE of images against the whole caption bank, text tower frozen.
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from synthgen.world.corpus import ScenePool, images_to_tensor
-from synthgen.world.settings import TrainingSettings
+from synthgen.world.settings import TrainingOptions
 
 LATENT_CHANNELS = 4
 CAPTION_DROPOUT = 0.1
@@ -114,7 +114,7 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 
 @dataclass(frozen=True)
-class VaeTrainingSettings(TrainingSettings):
+class VaeTrainingOptions(TrainingOptions):
     steps: int = 2400
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -122,7 +122,7 @@ class VaeTrainingSettings(TrainingSettings):
     kl_weight: float = 1e-6
 
 
-def train_world_vae(pool: ScenePool, settings: VaeTrainingSettings, device: torch.device, seed: int,
+def train_world_vae(pool: ScenePool, settings: VaeTrainingOptions, device: torch.device, seed: int,
                     log=print):
     """Train the autoencoder on pool renders (MSE reconstruction + ``kl_weight`` * KL); returns (vae, stats)."""
     torch.manual_seed(seed)
@@ -189,7 +189,7 @@ def prompt_embeddings(pipeline, prompts: list[str], device: torch.device) -> tor
 
 
 @dataclass(frozen=True)
-class UnetTrainingSettings(TrainingSettings):
+class UnetTrainingOptions(TrainingOptions):
     steps: int = 10000
     batch_size: int = 64
     learning_rate: float = 5e-4
@@ -204,7 +204,7 @@ class UnetTrainingSettings(TrainingSettings):
     the REPA paper; a matched 3,000-step trial from scratch: prompted shape 38.3% -> 44.7%."""
 
 
-DETAIL_PHASE = UnetTrainingSettings(steps=4000, learning_rate=2e-4, warmup_steps=50, min_snr_gamma=None,
+DETAIL_PHASE = UnetTrainingOptions(steps=4000, learning_rate=2e-4, warmup_steps=50, min_snr_gamma=None,
                                     small_object_weight=2.0, alignment_weight=0.0)
 """The second UNet phase, continued from the first phase's EMA weights. After phase 1, world-sd
 drew small objects as round blobs (prompted shape 74% on small objects against 92% on medium
@@ -215,7 +215,7 @@ phase 1's settings). Drawing stars and crosses, the shapes it still blends, twic
 as well was tried and not kept (docs/WORLD.md)."""
 
 
-def batch_draw_weights(settings: UnetTrainingSettings, small_objects: torch.Tensor | None) -> torch.Tensor | None:
+def batch_draw_weights(settings: UnetTrainingOptions, small_objects: torch.Tensor | None) -> torch.Tensor | None:
     """Relative chance of each render to be drawn into a batch; None when all are alike."""
     if settings.small_object_weight == 1.0:
         return None
@@ -246,7 +246,7 @@ class AlignmentHead(torch.nn.Module):
 
 
 def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption_embeddings: torch.Tensor,
-                     empty_embedding: torch.Tensor, settings: UnetTrainingSettings, device: torch.device,
+                     empty_embedding: torch.Tensor, settings: UnetTrainingOptions, device: torch.device,
                      seed: int, log=print, small_objects: torch.Tensor | None = None, initial_unet=None,
                      alignment_targets: torch.Tensor | None = None):
     """Train the UNet on scaled latents; returns (EMA UNet, stats).

@@ -23,7 +23,7 @@ from torch import nn
 
 from synthgen.world.corpus import ScenePool, images_to_tensor
 from synthgen.world.scene import COLOURS, SHAPES, SIZES
-from synthgen.world.settings import TrainingSettings
+from synthgen.world.settings import TrainingOptions
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
@@ -97,7 +97,7 @@ def scene_targets(pool: ScenePool) -> dict[str, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class OracleTrainingSettings(TrainingSettings):
+class OracleTrainingOptions(TrainingOptions):
     steps: int = 4000
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -113,7 +113,7 @@ def _augment(pixels: torch.Tensor, generator: torch.Generator, noise_std: float)
     return softened + noise_std * torch.randn(pixels.shape, generator=generator)
 
 
-def train_world_oracle(pool: ScenePool, settings: OracleTrainingSettings, device: torch.device, seed: int,
+def train_world_oracle(pool: ScenePool, settings: OracleTrainingOptions, device: torch.device, seed: int,
                        log=print):
     """Train the oracle on a single-object pool; returns (oracle, stats)."""
     torch.manual_seed(seed)

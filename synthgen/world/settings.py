@@ -12,7 +12,7 @@ LEARNING_RATE_FLOOR = 0.05
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingOptions:
     """Steps, batch and the warm-up-then-cosine schedule; each model's settings add their own."""
 
     steps: int

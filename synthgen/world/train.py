@@ -23,8 +23,8 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.world.clip import (
-    ClipTrainingSettings,
-    VisionRefinementSettings,
+    ClipTrainingOptions,
+    VisionRefinementOptions,
     patch_features,
     refine_vision_tower,
     save_world_clip,
@@ -33,8 +33,8 @@ from synthgen.world.clip import (
 from synthgen.world.corpus import images_to_tensor, train_pool
 from synthgen.world.diffusion import (
     DETAIL_PHASE,
-    UnetTrainingSettings,
-    VaeTrainingSettings,
+    UnetTrainingOptions,
+    VaeTrainingOptions,
     assemble_pipeline,
     encode_latents,
     latent_scaling_factor,
@@ -45,7 +45,7 @@ from synthgen.world.diffusion import (
     train_world_vae,
 )
 from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
-from synthgen.world.oracle import OracleTrainingSettings, save_oracle, train_world_oracle
+from synthgen.world.oracle import OracleTrainingOptions, save_oracle, train_world_oracle
 from synthgen.world.scene import caption
 from synthgen.world.tokenizer import build_world_tokenizer
 
@@ -69,7 +69,7 @@ first; "sd" runs both phases."""
 
 FROM_SCRATCH = ("clip", "sd", "oracle")
 
-CONTINUED_REFINEMENT = VisionRefinementSettings(steps=3000, learning_rate=2.5e-4, warmup_steps=50)
+CONTINUED_REFINEMENT = VisionRefinementOptions(steps=3000, learning_rate=2.5e-4, warmup_steps=50)
 
 CANONICAL_CAPTION_SHARE = 0.5
 """Share of diffusion captions in the canonical wording that evaluation prompts use."""
@@ -242,10 +242,10 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     elif "clip" in models:
         # 2. CLIP stage 1: both towers, InfoNCE over hard-negative batches of (render, caption).
         tokenizer = build_world_tokenizer()
-        clip_settings = _scaled(ClipTrainingSettings(), scale)
+        clip_settings = _scaled(ClipTrainingOptions(), scale)
         clip, clip_stats = train_world_clip(pool, tokenizer, clip_settings, torch_device, seed, log=say)
         # 2b. CLIP stage 2: the vision tower against the whole caption bank, text tower frozen.
-        refinement_settings = _scaled(VisionRefinementSettings(), scale)
+        refinement_settings = _scaled(VisionRefinementOptions(), scale)
         refinement_stats = refine_vision_tower(clip, tokenizer, pool, refinement_settings, torch_device,
                                                seed + 5, log=say)
         # 2c. Stage 2 continued, as `clip-refine` does to a CLIP trained before this was part of a run.
@@ -260,7 +260,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
 
     if "sd" in models:
         # 3. VAE for reconstruction; its latent std fixes the scaling factor.
-        vae_settings = _scaled(VaeTrainingSettings(), scale)
+        vae_settings = _scaled(VaeTrainingOptions(), scale)
         vae, vae_stats = train_world_vae(pool, vae_settings, torch_device, seed + 1, log=say)
         latents = encode_latents(vae, pool, torch_device)
         scaling_factor = latent_scaling_factor(latents)
@@ -278,7 +278,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         data = _diffusion_data(assemble_pipeline(vae, None, text_encoder, tokenizer), pool, latents * scaling_factor,
                                seed, torch_device)
         say(f"embedded {len(data['caption_embeddings'])} unique captions")
-        unet_settings = _scaled(UnetTrainingSettings(), scale)
+        unet_settings = _scaled(UnetTrainingOptions(), scale)
         if unet_settings.alignment_weight:
             # 5b. What the world CLIP's vision tower sees in each clean render: phase 1's alignment targets.
             data["alignment_targets"] = patch_features(clip, images_to_tensor(pool.images).to(torch_device)).cpu()
@@ -322,7 +322,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
 
     if "oracle" in models:
         # 7. Oracle: supervised attribute reader trained on the same real renders.
-        oracle_settings = _scaled(OracleTrainingSettings(), scale)
+        oracle_settings = _scaled(OracleTrainingOptions(), scale)
         oracle, oracle_stats = train_world_oracle(pool, oracle_settings, torch_device, seed + 4, log=say)
         oracle_dir = out_root / ORACLE_FOLDER
         save_oracle(oracle.to("cpu"), oracle_dir)

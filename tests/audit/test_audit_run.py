@@ -11,7 +11,7 @@ from audit_fixtures import COLOURS, MeanColourEncoder, build_dataset, expected_l
 
 from synthgen.audit.classify import UNSURE, TextEmbeddings, ZeroShotAttribute
 from synthgen.audit.decode import ImageDecoder
-from synthgen.audit.run import AuditSettings, run_audit
+from synthgen.audit.run import AuditOptions, run_audit
 from synthgen.audit.spec import parse_attribute_option, spec_from_recipe
 from synthgen.audit.similarity import near_duplicates, within_group_means
 
@@ -34,7 +34,7 @@ def _groups():
 
 def _audit(dataset, recipe=RECIPE, **settings):
     spec = spec_from_recipe(recipe)
-    return run_audit(dataset, spec, MeanColourEncoder(), AuditSettings(progress=False, batch_size=7, **settings))
+    return run_audit(dataset, spec, MeanColourEncoder(), AuditOptions(progress=False, batch_size=7, **settings))
 
 
 def test_counts_equal_a_counter_over_the_same_classifications(tmp_path):
@@ -151,7 +151,7 @@ def test_embedding_cache_is_reused_and_invalidated(tmp_path):
     assert cache.is_file() and first.report["totals"]["embeddings_from_cache"] == 0
     encoder = MeanColourEncoder()
     spec = spec_from_recipe(RECIPE, attributes=[parse_attribute_option("hue=red,blue")])
-    second = run_audit(dataset, spec, encoder, AuditSettings(progress=False, cache_path=cache))
+    second = run_audit(dataset, spec, encoder, AuditOptions(progress=False, cache_path=cache))
     assert encoder.image_calls == 0 and second.report["totals"]["embeddings_from_cache"] == 30
     assert second.report["attributes"]["colour"] == first.report["attributes"]["colour"]
 
@@ -159,7 +159,7 @@ def test_embedding_cache_is_reused_and_invalidated(tmp_path):
         identity = "fake-mean-colour/2"
 
     other = OtherModel()
-    run_audit(dataset, spec, other, AuditSettings(progress=False, cache_path=cache))
+    run_audit(dataset, spec, other, AuditOptions(progress=False, cache_path=cache))
     assert other.image_calls == 30
 
 

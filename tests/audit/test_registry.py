@@ -11,7 +11,7 @@ from audit_fixtures import MeanColourEncoder, build_dataset
 from markdown_sections import markdown_section
 
 from synthgen.audit.measurements import MEASUREMENTS
-from synthgen.audit.run import AuditSettings, run_audit
+from synthgen.audit.run import AuditOptions, run_audit
 from synthgen.audit.spec import spec_from_recipe
 from synthgen.audit.thresholds import METRICS
 
@@ -47,7 +47,7 @@ def test_each_measurement_computes_exactly_the_figures_it_declares(tmp_path):
               for c in ("red", "green", "blue")]
     dataset = build_dataset(tmp_path / "data", groups, recipe)
     outcome = run_audit(dataset, spec_from_recipe(recipe), MeanColourEncoder(),
-                        AuditSettings(progress=False))
+                        AuditOptions(progress=False))
     for name, measurement in MEASUREMENTS.items():
         assert name in outcome.report, name
         assert set(measurement.figures(outcome.report[name])) == set(measurement.fail_on), name

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from synthgen.train.schedule import warmup_cosine
-from synthgen.world.settings import LEARNING_RATE_FLOOR, TrainingSettings
+from synthgen.world.settings import LEARNING_RATE_FLOOR, TrainingOptions
 
 
 def test_warmup_rises_linearly_to_the_peak():
@@ -19,7 +19,7 @@ def test_cosine_decays_from_the_peak_to_the_floor_and_stays_there(floor):
 
 
 def test_world_settings_follow_the_schedule_with_the_world_floor():
-    settings = TrainingSettings(steps=50, batch_size=1, learning_rate=1e-3, warmup_steps=5)
+    settings = TrainingOptions(steps=50, batch_size=1, learning_rate=1e-3, warmup_steps=5)
     rates = [settings.learning_rate_at(step) for step in range(50)]
     assert max(rates) == pytest.approx(1e-3)
     assert rates[-1] > LEARNING_RATE_FLOOR * 1e-3

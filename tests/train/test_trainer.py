@@ -12,7 +12,7 @@ from synthgen.data.fixtures import write_solid_dataset
 from synthgen.errors import UserError
 from synthgen.train.checkpoint import LAST, read_checkpoint
 from synthgen.train.encoders import EncoderSpec
-from synthgen.train.trainer import TrainConfig, train
+from synthgen.train.trainer import TrainOptions, train
 
 TINY = EncoderSpec(arch="resnet", width=4, blocks=(1, 1), resolution=8, projection_dim=8)
 
@@ -24,11 +24,11 @@ def data(tmp_path_factory) -> Path:
     return directory
 
 
-def config(data: Path, **overrides) -> TrainConfig:
+def config(data: Path, **overrides) -> TrainOptions:
     settings = dict(data=str(data), method="multipos", views=3, batch_size=4, steps=7, lr=1e-2,
                     resolution=8, encoder=TINY, seed=5, num_workers=0, checkpoint_every=2,
                     log_every=1)
-    return TrainConfig(**{**settings, **overrides})
+    return TrainOptions(**{**settings, **overrides})
 
 
 def logged_losses(out_dir: Path) -> list[float]:

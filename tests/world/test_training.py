@@ -176,10 +176,10 @@ def test_sd_and_sd_detail_together_are_refused(tmp_path):
 
 
 def test_detail_phase_draws_small_objects_twice_as_often():
-    from synthgen.world.diffusion import DETAIL_PHASE, UnetTrainingSettings, batch_draw_weights
+    from synthgen.world.diffusion import DETAIL_PHASE, UnetTrainingOptions, batch_draw_weights
 
     small = torch.tensor([True, False, True, False])
-    assert batch_draw_weights(UnetTrainingSettings(), small) is None
+    assert batch_draw_weights(UnetTrainingOptions(), small) is None
     weights = batch_draw_weights(DETAIL_PHASE, small)
     assert weights.tolist() == [2.0, 1.0, 2.0, 1.0]
     drawn = torch.multinomial(weights, 90_000, replacement=True, generator=torch.Generator().manual_seed(0))
@@ -197,11 +197,11 @@ def _tiny_unet_data(count: int = 16) -> dict:
 
 
 def test_alignment_loss_reaches_the_unet_and_leaves_no_trace_in_it():
-    from synthgen.world.diffusion import UnetTrainingSettings, build_world_unet, train_world_unet
+    from synthgen.world.diffusion import UnetTrainingOptions, build_world_unet, train_world_unet
 
     data, cpu = _tiny_unet_data(), torch.device("cpu")
-    plain = UnetTrainingSettings(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.0)
-    aligned = UnetTrainingSettings(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.5)
+    plain = UnetTrainingOptions(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.0)
+    aligned = UnetTrainingOptions(steps=3, batch_size=4, warmup_steps=1, alignment_weight=0.5)
     unet_plain, stats_plain = train_world_unet(**data, settings=plain, device=cpu, seed=0, log=lambda m: None)
     unet_aligned, stats = train_world_unet(**data, settings=aligned, device=cpu, seed=0, log=lambda m: None)
     assert "final_alignment_cosine" not in stats_plain and -1 <= stats["final_alignment_cosine"] <= 1

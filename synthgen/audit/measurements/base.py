@@ -23,7 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from synthgen.audit.classify import TextEmbeddings
-    from synthgen.audit.run import AuditSettings, ViewTable
+    from synthgen.audit.run import AuditOptions, ViewTable
     from synthgen.audit.source import ShardProblems
     from synthgen.audit.spec import ResolvedAuditSpec
 
@@ -39,7 +39,7 @@ class MeasurementInputs:
     spec: ResolvedAuditSpec
     texts: TextEmbeddings
     logit_scale: float
-    settings: AuditSettings
+    settings: AuditOptions
     shards: list[dict]             # the manifest's shard entries
     problems: ShardProblems        # missing, mismatched and unreadable shards and samples
 
