@@ -93,3 +93,12 @@ def test_the_suppress_and_balance_lists_are_unions_of_the_registered_models():
         assert [get_args(member)[0] for member in get_args(union)] == list(methods.values())
         for name, model in methods.items():
             assert model.model_fields["method"].default == name, "a model's method is its name"
+
+
+def test_every_model_family_has_a_row_in_the_readme_families_table():
+    from synthgen.generate.families import FAMILIES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") == 8}
+    assert {family.name for family in FAMILIES} <= rows
