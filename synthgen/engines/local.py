@@ -19,7 +19,7 @@ import os
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from tqdm import tqdm
@@ -59,7 +59,8 @@ class GenerateOptions:
     """
 
     # Views per pipeline call; None: the device's default, "auto": the largest that fits the
-    # GPU (see generate/batching.py).
+    # GPU (see generate/batching.py). Where views hold their group's layout, rounded down to
+    # whole groups (`whole_groups_batch_size`).
     batch_size: int | str | None = None
     device: str = "auto"
     dtype: str | None = None  # overrides the recipe's model.dtype
@@ -244,7 +245,7 @@ class ShardWorker:
         import torch
 
         from synthgen.devices import choose_device
-        from synthgen.generate.batching import default_batch_size
+        from synthgen.generate.batching import default_batch_size, whole_groups_batch_size
         from synthgen.generate.load import choose_dtype
         from synthgen.generate.prepare import prepare_sampler
 
@@ -274,11 +275,21 @@ class ShardWorker:
         self.model_info = self.model.describe()
         # 3. With --batch-size auto, probe the largest batch that fits this device.
         self.batch_size = self._probe_batch_size() if auto else requested
+        # 4. Views that hold their group's layout are made with the whole group in one call.
+        held = [spec.count for spec in (recipe.views_for(entry) for entry in
+                                        [*recipe.classes, *recipe.corner_cases])
+                if spec.holds_layout]
+        if held:
+            self.batch_size = whole_groups_batch_size(self.batch_size, max(held))
+            self.sampler.batch_size = self.batch_size
 
     def _probe_batch_size(self) -> int:
         from synthgen.generate.batching import auto_batch_size
 
-        views = [view for group in self.plan.groups[:64] for view in group.views
+        # Probed without layout sharing (a call may cut a group here); the batch size is then
+        # rounded down to whole groups, which leaves room for sharing's few extra tensors.
+        views = [replace(view, layout_anchor=None, layout_sharing=None)
+                 for group in self.plan.groups[:64] for view in group.views
                  if view.source_view is None]
 
         def try_batch(size: int) -> None:
@@ -342,9 +353,24 @@ class ShardWorker:
 
 
 def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[GroupPlan, ViewPlan]]]:
-    """The shard's views in plan order, cut into batches of `batch_size` (the last may be short)."""
+    """The shard's views in plan order, cut into batches of `batch_size` (the last may be short).
+
+    A group whose views hold its layout (`ViewPlan.layout_anchor`) is never cut: a batch ends
+    early where it would not fit (`batch_size` is at least its view count, see
+    `whole_groups_batch_size`)."""
     views = [(group, view) for group in plan.shard_groups(shard) for view in group.views]
-    return [views[start:start + batch_size] for start in range(0, len(views), batch_size)]
+    if all(view.layout_anchor is None for _, view in views):
+        return [views[start:start + batch_size] for start in range(0, len(views), batch_size)]
+    batches: list[list[tuple[GroupPlan, ViewPlan]]] = [[]]
+    for group in plan.shard_groups(shard):
+        whole = group.views and group.views[0].layout_anchor is not None
+        if whole and len(batches[-1]) + len(group.views) > batch_size:
+            batches.append([])
+        for view in group.views:
+            if len(batches[-1]) == batch_size:
+                batches.append([])
+            batches[-1].append((group, view))
+    return [batch for batch in batches if batch]
 
 
 class ShardAssembler:

@@ -25,6 +25,17 @@ def default_batch_size(device: torch.device) -> int:
     return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
 
 
+def whole_groups_batch_size(batch_size: int, group_size: int) -> int:
+    """The batch size when groups of up to `group_size` views are made whole in one call (views
+    that hold their group's layout): `batch_size` rounded down to a multiple of `group_size`,
+    and at least one group. Rounded down, so a size probed to fit the device still fits.
+
+    >>> whole_groups_batch_size(16, 3), whole_groups_batch_size(2, 4)
+    (15, 4)
+    """
+    return max(group_size, batch_size // group_size * group_size)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error))

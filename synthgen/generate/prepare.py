@@ -76,6 +76,10 @@ def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
         reason = sampler.family.view_unsupported_reason(STRATEGIES[name])
         if reason is not None:
             raise UserError(f"views.strategy ['{name}']: {recipe.model.id}: {reason}")
+    if any(spec.holds_layout for spec in specs):
+        reason = sampler.family.layout_unsupported_reason()
+        if reason is not None:
+            raise UserError(f"views.slots.hold_layout: {recipe.model.id}: {reason}")
 
 
 def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, batch_size: int,

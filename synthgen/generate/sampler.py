@@ -5,13 +5,17 @@ its group's anchor noise for latent views), so it does not depend on the device,
 lands in or its position there. Prompt embeddings are computed once per unique text (one text
 at a time, so they do not depend on batching either). Views derived from an earlier view of
 their group (img2img) are made after it; views a suppression detector flags are regenerated
-from seeds derived from their own, so rejection is deterministic too.
+from seeds derived from their own, so rejection is deterministic too. Views that hold their
+group's layout (`ViewPlan.layout_anchor`) are made in one pipeline call with their anchor,
+inside `attention_sharing.share_layout`, so a call holds whole groups.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from itertools import groupby
 from typing import Callable
 
 import torch
@@ -47,6 +51,22 @@ class Rejector:
     threshold: float
     max_retries: int
     score: Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+def layout_anchors(views: list[ViewPlan]) -> list[int]:
+    """Per view, the position in `views` of the view whose layout it holds: its group's view
+    `layout_anchor`, or itself (no `layout_anchor`, or its anchor is not among `views`).
+
+    >>> views = [ViewPlan("g", v, "p", "", 1, layout_anchor=0) for v in range(2)]
+    >>> layout_anchors([ViewPlan("h", 0, "p", "", 1), *views])
+    [0, 1, 1]
+    """
+    positions: dict[tuple[str, int], int] = {}
+    for position, view in enumerate(views):
+        positions.setdefault((view.group_id, view.view), position)
+    return [position if view.layout_anchor is None
+            else positions.get((view.group_id, view.layout_anchor), position)
+            for position, view in enumerate(views)]
 
 
 def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
@@ -119,6 +139,12 @@ class Sampler:
         """
         if not 0 < len(views) <= self.batch_size:
             raise ValueError(f"sample() takes 1 to {self.batch_size} views, got {len(views)}")
+        present = {(view.group_id, view.view) for view in views}
+        for view in views:
+            if view.layout_anchor is not None and (view.group_id, view.layout_anchor) not in present:
+                raise ValueError(f"view {view.view} of group {view.group_id} holds the layout of "
+                                 f"view {view.layout_anchor}, which is not in this batch: pass "
+                                 "whole groups (engines/local.py's shard_batches does)")
         pixels = [None] * len(views)
         finite = [None] * len(views)
         records: list[dict] = [{} for _ in views]
@@ -146,6 +172,9 @@ class Sampler:
         A view is flagged when any concept's score exceeds its threshold; it is drawn again
         with `retry_view` until it passes or every concept that flags it has spent its own
         `max_retries` (the last draw is kept, and recorded as a suppression failure).
+        A redrawn view is its own layout anchor (its group's anchor is not drawn again with
+        it), recorded as `layout_anchor_used`; views held to an anchor that is redrawn keep
+        the layout of the anchor's first draw.
         """
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
@@ -182,35 +211,75 @@ class Sampler:
                 for concept in flagged[position]:
                     counts[concept] = counts.get(concept, 0) + 1
                 current[position] = retry_view(current[position], attempt)
-            redrawn, redrawn_finite = self._generate([current[p] for p in pending])
+            redrawn, redrawn_finite = self._generate([current[p] for p in pending],
+                                                     own_anchors=True)
             images[pending], finite[pending] = redrawn, redrawn_finite
         for position, (planned, final) in enumerate(zip(views, current)):
             if final.seed != planned.seed:
                 records[position]["seed_used"] = final.seed
                 if final.anchor_seed is not None:
                     records[position]["anchor_seed_used"] = final.anchor_seed
+                if planned.layout_anchor is not None and planned.layout_anchor != planned.view:
+                    records[position]["layout_anchor_used"] = planned.view
         return images, finite, records
 
-    def _generate(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 (N, H, W, 3), bool (N,) all-finite) on the CPU, with fixed-shape calls."""
+    def _generate(self, views: list[ViewPlan], own_anchors: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 (N, H, W, 3), bool (N,) all-finite) on the CPU, with fixed-shape calls.
+
+        Views that hold a layout share it with their anchor in the same call; with
+        `own_anchors` (rejection redraws) every view is its own anchor, a plain call.
+        """
         images, finite, order = [], [], []
-        # One call per batch-sized chunk (and per img2img strength), padded to batch_size.
-        chunks: dict[float | None, list[int]] = {}
+        # One call per batch-sized chunk (and per img2img strength and layout sharing), padded
+        # to batch_size.
+        chunks: dict[tuple, list[int]] = {}
         for position, view in enumerate(views):
-            chunks.setdefault(view.strength, []).append(position)
-        for positions in chunks.values():
-            for start in range(0, len(positions), self.batch_size):
-                part = [views[p] for p in positions[start:start + self.batch_size]]
+            sharing = None if own_anchors or view.layout_anchor is None else tuple(
+                view.layout_sharing.items())
+            chunks.setdefault((view.strength, sharing), []).append(position)
+        for (_, sharing), positions in chunks.items():
+            for call in self._calls(views, positions, whole_groups=sharing is not None):
+                part = [views[p] for p in call]
                 padded = part + [part[-1]] * (self.batch_size - len(part))
-                pixels, ok = self._denoise(padded)
+                anchors = None
+                if sharing is not None:
+                    # Padding rows share with nothing: each is its own anchor.
+                    anchors = layout_anchors(part) + list(range(len(part), len(padded)))
+                pixels, ok = self._denoise(padded, anchors)
                 images.append(pixels[:len(part)])
                 finite.append(ok[:len(part)])
-                order += positions[start:start + self.batch_size]
+                order += call
         inverse = torch.argsort(torch.tensor(order))
         return torch.cat(images)[inverse], torch.cat(finite)[inverse]
 
-    def _denoise(self, views: list[ViewPlan]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite)."""
+    def _calls(self, views: list[ViewPlan], positions: list[int],
+               whole_groups: bool) -> list[list[int]]:
+        """`positions` cut into pipeline calls of at most `batch_size` views; with
+        `whole_groups`, a call ends early rather than split a group (whose views are
+        consecutive in plan order)."""
+        if not whole_groups:
+            return [positions[start:start + self.batch_size]
+                    for start in range(0, len(positions), self.batch_size)]
+        calls: list[list[int]] = [[]]
+        for group_id, members in groupby(positions, key=lambda p: views[p].group_id):
+            members = list(members)
+            if len(members) > self.batch_size:
+                raise ValueError(f"group {group_id} holds its layout in one pipeline call, and "
+                                 f"its {len(members)} views do not fit the batch size "
+                                 f"{self.batch_size}; use a batch size of at least the view "
+                                 "count (engines/local.py rounds it to whole groups)")
+            if len(calls[-1]) + len(members) > self.batch_size:
+                calls.append([])
+            calls[-1] += members
+        return calls
+
+    def _denoise(self, views: list[ViewPlan], anchors: list[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pipeline call: (uint8 (N, H, W, 3) on the CPU, bool (N,) all-finite).
+
+        With `anchors` (view i's anchor is views[anchors[i]]), views take their anchor's
+        layout for the fractions of the steps in their `layout_sharing`."""
         # 1. Conditioning and noise, per view, independent of the batch.
         self._check_family_draws(views)
         arguments = self.family.prompt_arguments(views, self.spec)
@@ -236,16 +305,32 @@ class Sampler:
             # randn_tensor draws one sample at a time.
             pipeline = self.pipeline
             arguments["generator"] = [torch.Generator("cpu").manual_seed(v.seed) for v in views]
-        # 2. Denoise and decode on the device.
-        output = pipeline(
-            num_inference_steps=steps, guidance_scale=self.spec.guidance_scale,
-            height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
-        ).images
+        # 2. Denoise and decode on the device; views that hold a layout take their anchor's.
+        with self._layout_shared(pipeline, views, anchors, steps):
+            output = pipeline(
+                num_inference_steps=steps, guidance_scale=self.spec.guidance_scale,
+                height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
+            ).images
         # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
         finite = torch.isfinite(output).flatten(1).all(dim=1)
         pixels = (torch.nan_to_num(output, nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
         pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return pixels.cpu(), finite.cpu()
+
+    def _layout_shared(self, pipeline, views: list[ViewPlan], anchors: list[int] | None,
+                       steps: int):
+        """The context the pipeline call runs in: `share_layout` where a view shares its
+        anchor's layout, else nothing (a call whose views are all their own anchors is the
+        plain pipeline)."""
+        if anchors is None or all(anchor == row for row, anchor in enumerate(anchors)):
+            return nullcontext()
+        reason = self.family.layout_unsupported_reason()
+        if reason:
+            raise UserError(f"views.slots.hold_layout: {reason}")
+        from synthgen.generate.attention_sharing import LayoutSharing, share_layout
+
+        sharing = LayoutSharing(**views[0].layout_sharing)
+        return share_layout(pipeline.unet, anchors, steps, sharing)
 
     def _check_family_draws(self, views: list[ViewPlan]) -> None:
         """Latent (anchor) and img2img (source) views need latents synthgen draws: refused with

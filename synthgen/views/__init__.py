@@ -8,7 +8,8 @@ listed in errors and are keys of the recipe's `views` block):
 - `prompt`: the prompt varied per view by modifiers (steering by text).
 - `img2img`: views 1.. re-noise view 0 to a strength and denoise again (SDEdit).
 - `slots`: each view re-draws the named slots and holds the template, class and other slots
-  (the plan fills the view's prompt: `plan._view_texts`).
+  (the plan fills the view's prompt: `plan._view_texts`); with `hold_layout`, views also take
+  view 0's layout (`ViewPlan.layout_anchor`, generate/attention_sharing.py).
 `seeds` or `latent` decides the starting noise; with neither, every view shares the group's
 seed (with `slots`: minimal counterfactuals, one attribute changed on the same noise). Every
 parameter a view was made with is in its `ViewPlan` and so in the sample's json.
@@ -77,12 +78,21 @@ class _ViewsBase(StrictModel):
         for name, strategy in STRATEGIES.items():
             if strategy.missing_block and name in chosen and getattr(self, name) is None:
                 raise recipe_problem("views", strategy.missing_block)
+        problem = "slots" in chosen and STRATEGIES["slots"].held_layout_problem(self)
+        if problem:
+            raise recipe_problem("views", problem)
         return self
 
     @property
     def varied_slots(self) -> tuple[str, ...]:
         """The slots each view re-draws (none without the `slots` strategy)."""
         return tuple(self.slots.vary) if "slots" in self.strategy else ()
+
+    @property
+    def holds_layout(self) -> bool:
+        """Whether views hold view 0's layout (`slots.hold_layout`): their group is then
+        made in one pipeline call."""
+        return "slots" in self.strategy and self.slots.hold_layout is not False
 
     @property
     def noise(self) -> str:
@@ -113,7 +123,11 @@ class ViewPlan:
 
     Starting noise: N(seed) alone, or with `anchor_seed`, (N(anchor) + sigma N(seed)) /
     sqrt(1 + sigma^2). With `source_view`, the image is view `source_view` of the same group
-    re-noised to `strength` (with N(seed)) and denoised again.
+    re-noised to `strength` (with N(seed)) and denoised again. With `layout_anchor`, the view
+    is made in one pipeline call with view `layout_anchor` of its group and takes that view's
+    attention maps and coarse features for the fractions of the steps in `layout_sharing`
+    (generate/attention_sharing.py; the anchor's own picture is its plain one up to float
+    rounding).
     """
 
     group_id: str
@@ -130,6 +144,10 @@ class ViewPlan:
     # attributes by attribute (the group's `slots` and `balance` hold the rest).
     slots: dict[str, str] | None = field(default=None, hash=False)
     balance: dict[str, str] | None = field(default=None, hash=False)
+    # `slots` with `hold_layout`: the view whose layout this one holds, and for what fraction
+    # of the steps it takes each part (the fields of `attention_sharing.LayoutSharing`).
+    layout_anchor: int | None = None
+    layout_sharing: dict[str, float] | None = field(default=None, hash=False)
 
     def to_json(self) -> dict:
         """The view's entry in the sample metadata: strategy fields only where they apply."""
@@ -139,7 +157,9 @@ class ViewPlan:
             value = getattr(self, name)
             if value is not None:
                 entry[name] = value
-        for name in ("slots", "balance"):
+        if self.layout_anchor is not None:
+            entry["layout_anchor"] = self.layout_anchor
+        for name in ("slots", "balance", "layout_sharing"):
             value = getattr(self, name)
             if value is not None:
                 entry[name] = dict(value)

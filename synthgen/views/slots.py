@@ -3,23 +3,71 @@
 The values are drawn where the group's own are, in the plan (`plan._view_texts`, which fills
 templates and balance quotas); `plan_views` gives each view its `ViewText`'s prompt, and this
 strategy records the values the view re-drew.
+
+With `hold_layout`, every view also denoises with parts of view 0's computation for the first
+steps (generate/attention_sharing.py): view 0 is the group's layout anchor, recorded in each
+view's `layout_anchor` and `layout_sharing`, which the sampler reads.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Any
+
+from pydantic import Field, field_validator, model_serializer
 
 from synthgen.recipe_base import CLASS_SLOT, StrictModel, recipe_problem
 from synthgen.views.base import ViewStrategy
 
 
+# `hold_layout: true`: the fraction of the steps measured on builtin:world-sd (docs/WORLD.md);
+# equal to generate.attention_sharing.LAYOUT_SHARING (a test checks; the plan imports no torch).
+HELD_LAYOUT_FRACTION = 0.85
+# Starting noise other than the group's one shared seed: layout sharing was measured only on
+# shared noise, and an img2img view starts from another image.
+_NOT_WITH_HELD_LAYOUT = ("seeds", "latent", "img2img")
+
+
 class SlotViews(StrictModel):
     """`slots`: every view re-draws the slots in `vary` (by their weights); the template, the
     class and every other slot stay the group's. With `distinct`, a group's views take
-    different values while the slot has values left (weighted draws without replacement)."""
+    different values while the slot has values left (weighted draws without replacement).
+    With `hold_layout`, views hold view 0's layout (generate/attention_sharing.py)."""
 
     vary: list[str] = Field(min_length=1)
     distinct: bool = True
+    # Off, `true` (the measured default, HELD_LAYOUT_FRACTION) or the fraction of the steps
+    # for which views take view 0's attention maps and coarse decoder features.
+    hold_layout: bool | float = False
+
+    @field_validator("hold_layout")
+    @classmethod
+    def _fraction_of_steps(cls, hold_layout: bool | float) -> bool | float:
+        if not isinstance(hold_layout, bool) and not 0.0 < hold_layout <= 1.0:
+            raise recipe_problem("slots", f"hold_layout {hold_layout} is the fraction of the "
+                                 "denoising steps that share view 0's layout, above 0 and at "
+                                 f"most 1 (true: {HELD_LAYOUT_FRACTION}, the measured default)")
+        return hold_layout
+
+    @model_serializer(mode="wrap")
+    def _record(self, handler) -> dict[str, Any]:
+        # `hold_layout` came later: left out while off, so recipes that do not set it keep
+        # the recipe hash (and sample bytes) they had before it existed.
+        recorded = handler(self)
+        if self.hold_layout is False:
+            recorded.pop("hold_layout", None)
+        return recorded
+
+    @property
+    def layout_sharing(self) -> dict[str, float] | None:
+        """For what fraction of the steps views take each part from view 0 (the fields of
+        `generate.attention_sharing.LayoutSharing`), or None when the layout is not held."""
+        if self.hold_layout is False:
+            return None
+        fraction = HELD_LAYOUT_FRACTION if self.hold_layout is True else float(self.hold_layout)
+        # The pooled text stays each view's own: sharing it did not help on world-sd
+        # (docs/WORLD.md, "Counterfactual views").
+        return {"self_maps": fraction, "cross_maps": fraction, "pooled_text": 0.0,
+                "coarse_features": fraction}
 
     @field_validator("vary")
     @classmethod
@@ -43,8 +91,23 @@ class Slots(ViewStrategy):
     def describe(self, spec) -> str:
         how = "; distinct" if spec.slots.distinct else ""
         noise = "; one shared seed" if spec.noise == "shared" else ""
-        return f"slots (vary {', '.join(spec.slots.vary)}{how}{noise})"
+        sharing = spec.slots.layout_sharing
+        layout = (f"; layout held to view 0 for {sharing['self_maps']:.0%} of the steps"
+                  if sharing else "")
+        return f"slots (vary {', '.join(spec.slots.vary)}{how}{noise}{layout})"
+
+    def held_layout_problem(self, spec) -> str | None:
+        """Why `hold_layout` cannot run with the other strategies chosen, or None."""
+        clashing = [name for name in _NOT_WITH_HELD_LAYOUT if name in spec.strategy]
+        if spec.slots.hold_layout is False or not clashing:
+            return None
+        return (f"strategy: slots.hold_layout holds every view to view 0's layout on the "
+                f"group's one shared starting noise, and {clashing[0]} gives views other "
+                f"starting noise or images; drop {clashing[0]} from the strategy list, or "
+                "set hold_layout: false")
 
     def change_view(self, spec, recipe_seed, group_id, view, request) -> None:
         text = request["text"]
         request.update(slots=text.slots or None, balance=text.balance or None)
+        if spec.slots.layout_sharing is not None:
+            request.update(layout_anchor=0, layout_sharing=spec.slots.layout_sharing)

@@ -117,6 +117,26 @@ class ModelFamily:
                     "views")
         return None
 
+    def layout_unsupported_reason(self) -> str | None:
+        """Why views cannot hold their anchor's layout (`slots.hold_layout`,
+        generate/attention_sharing.py) on this pipeline, or None: that reaches into a UNet's
+        attention processors and first decoder block once per denoising step."""
+        if self.denoiser_name != "unet":
+            return (f"{self.pipeline_name} denoises with a transformer, and layout sharing "
+                    "works on a UNet's attention layers and decoder blocks (Stable Diffusion, "
+                    "SDXL and other UNet pipelines); drop hold_layout")
+        unet = self.pipeline.unet
+        if not hasattr(unet, "attn_processors") or not getattr(unet, "up_blocks", None):
+            return (f"{self.pipeline_name}'s {type(unet).__name__} has no attention processors "
+                    "and decoder blocks to share; drop hold_layout")
+        scheduler = self.pipeline.scheduler
+        calls_per_step = getattr(scheduler, "order", 1)
+        if calls_per_step != 1:
+            return (f"its scheduler {type(scheduler).__name__} calls the UNet {calls_per_step} "
+                    "times per step, and layout sharing counts one call per step; use a "
+                    "one-call scheduler (DPM-Solver++, DDIM, Euler, UniPC) or drop hold_layout")
+        return None
+
     def edit_unsupported_reason(self) -> str | None:
         """Why erase and debias (generate/erase.py, generate/debias.py) cannot edit every path
         from text to this pipeline's denoiser, or None. By default erase inspects the pipeline
