@@ -11,13 +11,17 @@ Conditions, each pretrained from scratch at an equal number of pretraining image
 | synthetic-single-simclr | `images` generated groups of 1 view | SimCLR, 2 augmentations of one image |
 | synthetic-seeds-multipos | `images / views` groups of `views` views, `seeds` strategy | multi-positive over the views |
 | synthetic-latent-sigma{sigma}-multipos | the same with `latent` views at each sigma | multi-positive over the views |
+| synthetic-slots-seeds-multipos | the same with `slots` + `seeds` views: each re-draws `slots_vary` (distinct), holds the shape | multi-positive over the views |
+| synthetic-slots-latent-sigma{slots_sigma}-multipos | the same views on a `latent` neighbourhood | multi-positive over the views |
+| ...-nocolour | the two slots conditions without colour jitter and grayscale | multi-positive over the views |
 | random-init | none | none |
 
-Every condition uses the SimCLR augmentations. The probe: frozen encoder, logistic regression
-on the features of the `images` real train renders, top-1 on `real_test` held-out real renders
-(the world's evaluation seeds, never trained on by anything here); label = the object's shape
-(11 classes). Each condition is run with every seed in `Budget.seeds` (training seed; the
-random-init floor uses them as init seeds); results are mean and standard deviation over them.
+Every condition uses the SimCLR augmentations (the `-nocolour` ones without their colour
+part). The probe: frozen encoder, logistic regression on the features of the `images` real
+train renders, top-1 on `real_test` held-out real renders (the world's evaluation seeds, never
+trained on by anything here); label = the object's shape (11 classes). Each condition is run
+with every seed in `Budget.seeds` (training seed; the random-init floor uses them as init
+seeds); results are mean and standard deviation over them.
 
 Synthetic data comes from `synthgen generate` (the engine API) with `Budget.model_id`:
 `builtin:world-sd` for the real experiment, `builtin:tiny-random` for the smoke budget (noise
@@ -57,6 +61,10 @@ class Budget:
     # SimCLR's own crop scale; at 32 px its 0.08 lower bound often crops a world object away
     # entirely ("small" objects span 30% of the side), so the budgets below raise it.
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    # The `slots` conditions: the attributes each view re-draws (the shape, the probe's label,
+    # is held) and the sigma of their latent neighbourhood.
+    slots_vary: tuple[str, ...] = ("colour", "background", "size")
+    slots_sigma: float = 0.5
     num_workers: int = 2
     groups_per_shard: int = 64
 
@@ -68,7 +76,7 @@ BUDGETS = {
     "smoke": Budget("smoke", "builtin:tiny-random", 2, 0.0, images=64, views=4, sigmas=(0.5,),
                     real_test=64, steps=4, batch_images=32, encoder=SMALL_RESNET, seeds=(0,),
                     num_workers=0, groups_per_shard=16),
-    # 2 CPU cores, under an hour when the cores are free (see docs/EXPERIMENTS.md).
+    # 2 CPU cores, about an hour when the cores are free (see docs/EXPERIMENTS.md).
     # 400 steps with crops from 0.2 of the image left real-render SimCLR at the random
     # encoder's level (15.7% vs 15.5% top-1); 1,200 steps with crops from 0.5 (which keep the
     # object in view) reached 22.2% in a one-seed check, so the comparison can show something.
@@ -93,11 +101,17 @@ class Condition:
     method: str
     views: int
     crops_per_view: int
+    augment: str = "simclr"
 
 
 def latent_dataset(sigma: float) -> str:
     """The dataset name of latent views at `sigma` (recipe names allow no dots): latent-s0p5."""
     return "latent-s" + f"{sigma:g}".replace(".", "p")
+
+
+def slots_latent_dataset(sigma: float) -> str:
+    """The dataset name of slot-varying views on a latent neighbourhood: slots-latent-s0p5."""
+    return "slots-" + latent_dataset(sigma)
 
 
 def conditions(budget: Budget) -> list[Condition]:
@@ -106,16 +120,30 @@ def conditions(budget: Budget) -> list[Condition]:
              Condition("synthetic-seeds-multipos", "seeds", "multipos", budget.views, 1)]
     found += [Condition(f"synthetic-latent-sigma{sigma:g}-multipos", latent_dataset(sigma),
                         "multipos", budget.views, 1) for sigma in budget.sigmas]
+    slot_conditions = [
+        ("synthetic-slots-seeds-multipos", "slots-seeds"),
+        (f"synthetic-slots-latent-sigma{budget.slots_sigma:g}-multipos",
+         slots_latent_dataset(budget.slots_sigma))]
+    found += [Condition(name, data, "multipos", budget.views, 1) for name, data in slot_conditions]
+    # Views that differ in colour already teach colour invariance; without the colour
+    # augmentation too, is it the views or the jitter that does the work?
+    found += [Condition(f"{name}-nocolour", data, "multipos", budget.views, 1, "simclr-nocolour")
+              for name, data in slot_conditions]
     return found
 
 
-def synthetic_recipe(budget: Budget, name: str, views: int, strategy: str, sigma: float = 0.5):
+def synthetic_recipe(budget: Budget, name: str, views: int, strategy: str | list[str],
+                     sigma: float = 0.5, vary: tuple[str, ...] = ()):
     """A recipe of the world's 11 shapes (class index = the shape's index in the world's SHAPES,
-    as for real renders) in the canonical caption wording; `budget.images // views` groups."""
+    as for real renders) in the canonical caption wording; `budget.images // views` groups.
+    `vary` names the slots each view re-draws (for a strategy that includes `slots`)."""
     from synthgen.recipe import Recipe
     from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
     groups = budget.images // views
+    view_settings = {"count": views, "strategy": strategy, "latent": {"sigma": sigma}}
+    if vary:
+        view_settings["slots"] = {"vary": list(vary), "distinct": True}
     per_class = [groups // len(SHAPES) + (1 if i < groups % len(SHAPES) else 0)
                  for i in range(len(SHAPES))]
     return Recipe.model_validate({
@@ -128,7 +156,7 @@ def synthetic_recipe(budget: Budget, name: str, views: int, strategy: str, sigma
                   # As often as the real renders are striped (30%).
                   "stripes": {"": 7, "striped": 3}},
         "classes": [{"name": shape, "groups": count} for shape, count in zip(SHAPES, per_class)],
-        "views": {"count": views, "strategy": strategy, "latent": {"sigma": sigma}},
+        "views": view_settings,
         "output": {"groups_per_shard": budget.groups_per_shard, "format": "png"},
     })
 
@@ -140,6 +168,12 @@ def synthetic_datasets(budget: Budget) -> dict:
     for sigma in budget.sigmas:
         recipes[latent_dataset(sigma)] = synthetic_recipe(budget, latent_dataset(sigma),
                                                           budget.views, "latent", sigma)
+    recipes["slots-seeds"] = synthetic_recipe(budget, "slots-seeds", budget.views,
+                                              ["slots", "seeds"], vary=budget.slots_vary)
+    slots_latent = slots_latent_dataset(budget.slots_sigma)
+    recipes[slots_latent] = synthetic_recipe(budget, slots_latent, budget.views,
+                                             ["slots", "latent"], budget.slots_sigma,
+                                             vary=budget.slots_vary)
     return recipes
 
 
@@ -178,7 +212,7 @@ def train_config(budget: Budget, condition: Condition, data: Path, seed: int):
 
     crops = condition.views * condition.crops_per_view
     return TrainOptions(data=str(data), method=condition.method, views=condition.views,
-                       crops_per_view=condition.crops_per_view,
+                       crops_per_view=condition.crops_per_view, augment=condition.augment,
                        batch_size=budget.batch_images // crops, steps=budget.steps, lr=budget.lr,
                        warmup_steps=max(1, budget.steps // 20), temperature=budget.temperature,
                        resolution=32, crop_scale=budget.crop_scale, encoder=budget.encoder, seed=seed,
@@ -255,10 +289,11 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
                 f"(trained in {record['train_seconds']}s)")
             accuracies.append(record["test_top1"])
         crops = condition.views * condition.crops_per_view
+        augment = "" if condition.augment == "simclr" else f", {condition.augment}"
         results[condition.name] = {**summarise(accuracies), "images": budget.images,
                                    "views_per_group": 1 if condition.data in ("real", "single")
                                    else budget.views,
-                                   "objective": f"{condition.method} ({crops} crops/group)"}
+                                   "objective": f"{condition.method} ({crops} crops/group{augment})"}
     if only is None or "random-init" in only:
         floor = [probed(random_encoder(budget.encoder, seed)) for seed in budget.seeds]
         for seed, accuracy in zip(budget.seeds, floor):

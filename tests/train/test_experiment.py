@@ -30,6 +30,30 @@ def test_conditions_see_equal_images_and_equal_crops_per_step(name):
     assert crops == {budget.batch_images}
 
 
+def test_slot_conditions_vary_colour_background_and_size_and_hold_the_shape():
+    budget = BUDGETS["cpu"]
+    recipes = synthetic_datasets(budget)
+    for dataset in ("slots-seeds", "slots-latent-s0p5"):
+        for group in make_plan(recipes[dataset]).groups[:50]:
+            shape = group.class_name
+            for slot in budget.slots_vary:
+                drawn = [view.slots[slot] for view in group.views]
+                # distinct: different values while the slot has any left (3 sizes, 4 views)
+                available = len(recipes[dataset].slots[slot])
+                assert len(set(drawn)) == min(len(drawn), available), (dataset, slot)
+            assert all(f" {shape} on a " in view.prompt for view in group.views)
+            # every other slot (stripes) is the group's: the prompts differ only in varied words
+            assert len({"striped" in view.prompt for view in group.views}) == 1
+        sigmas = {view.sigma for group in make_plan(recipes[dataset]).groups
+                  for view in group.views}
+        assert sigmas == ({None} if dataset == "slots-seeds" else {0.0, budget.slots_sigma})
+    by_name = {c.name: c for c in conditions(budget)}
+    for name in ("synthetic-slots-seeds-multipos", "synthetic-slots-latent-sigma0.5-multipos"):
+        with_colour, without = by_name[name], by_name[f"{name}-nocolour"]
+        assert (with_colour.data, with_colour.augment) == (without.data, "simclr")
+        assert train_config(budget, without, Path("unused"), 0).augment == "simclr-nocolour"
+
+
 def test_unknown_condition_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--conditions: unknown nonsense"):
         run_experiment(BUDGETS["smoke"], tmp_path, device="cpu", only=("nonsense",))
