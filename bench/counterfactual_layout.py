@@ -15,7 +15,10 @@
    self-attention maps, cross-attention maps and the pooled text shared for the first
    fraction T of the steps; `--sharing` names each part's fraction (`coarse`: the first
    decoder block's output); `--default` is `LAYOUT_SHARING`. `--tau 0` is the plain pipeline
-   (the shared-noise figures of bench/counterfactual_oracle.py).
+   (the shared-noise figures of bench/counterfactual_oracle.py). `--text changed-tokens`
+   gives every view its anchor's prompt embedding except at the token positions where its
+   prompt's tokens differ (the colour word alone), to see what the words after it carry in a
+   causal text encoder; the default `own` encodes each view's prompt whole, as the sampler does.
 3. The oracle reads every view; edit success and what held, with 95% Wilson intervals, by
    bench/counterfactual_oracle.py's `judge` (position held: every view's centre within
    `--tolerance` px of every other's in x and in y).
@@ -79,22 +82,42 @@ def chosen_groups(groups: tuple[GroupPlan, ...], per_class: int | None) -> list[
 
 
 class Embeddings:
-    """Prompt embeddings, one text at a time (as the sampler encodes them), cached."""
+    """Prompt embeddings, one text at a time (as the sampler encodes them), cached.
+
+    `spliced(text, anchor)`: the anchor's embedding at every token position except those where
+    the two prompts' token ids differ."""
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.cache: dict[str, torch.Tensor] = {}
 
+    def encoded(self, text: str) -> torch.Tensor:
+        if text not in self.cache:
+            self.cache[text] = self.pipeline.encode_prompt(text, "cpu", 1, False)[0]
+        return self.cache[text]
+
+    def token_ids(self, text: str) -> list[int]:
+        tokenizer = self.pipeline.tokenizer
+        return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True).input_ids
+
+    def spliced(self, text: str, anchor: str) -> torch.Tensor:
+        if anchor == text:
+            return self.encoded(text)
+        changed = [i for i, (a, b) in enumerate(zip(self.token_ids(anchor), self.token_ids(text)))
+                   if a != b]
+        spliced = self.encoded(anchor).clone()
+        spliced[:, changed] = self.encoded(text)[:, changed]
+        return spliced
+
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        for text in texts:
-            if text not in self.cache:
-                self.cache[text] = self.pipeline.encode_prompt(text, "cpu", 1, False)[0]
-        return torch.cat([self.cache[text] for text in texts])
+        return torch.cat([self.encoded(text) for text in texts])
 
 
 @torch.inference_mode()
 def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: int,
-             guidance: float, side: int, groups_per_call: int) -> np.ndarray:
+             guidance: float, side: int, groups_per_call: int,
+             text: str = "own") -> np.ndarray:
     """uint8 (views, side, side, 3) of every group's views, in group then view order."""
     embed = Embeddings(pipeline)
     factor = pipeline.vae_scale_factor
@@ -106,7 +129,12 @@ def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: i
         latents = torch.cat([
             torch.randn(shape, generator=torch.Generator("cpu").manual_seed(view.seed))
             for view in views])
-        arguments = {"prompt_embeds": embed([v.prompt for v in views])}
+        if text == "changed-tokens":
+            prompts = torch.cat([embed.spliced(view.prompt, group.views[0].prompt)
+                                 for group in call for view in group.views])
+        else:
+            prompts = embed([v.prompt for v in views])
+        arguments = {"prompt_embeds": prompts}
         if guidance > 1.0:
             arguments["negative_prompt_embeds"] = embed([v.negative_prompt for v in views])
         with share_layout(pipeline.unet, group_anchors([len(g.views) for g in call]), steps,
@@ -129,6 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="e.g. self=0.7,cross=0.7,pooled=0.3,coarse=0.7 (repeatable)")
     parser.add_argument("--default", action="store_true",
                         help="also the module's LAYOUT_SHARING")
+    parser.add_argument("--text", choices=("own", "changed-tokens"), default="own",
+                        help="changed-tokens: views take the anchor's prompt embedding but where "
+                             "their tokens differ")
     parser.add_argument("--groups-per-call", type=int, default=11)
     parser.add_argument("--tolerance", type=float, default=2.0,
                         help="pixels (at 32 px) two views' centres may differ by, in x and in y")
@@ -146,14 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
     groups = chosen_groups(make_plan(recipe).groups, args.per_class)
     pipeline = load_pipeline(spec, torch.device("cpu"), torch.float32).pipeline
     oracle = load_oracle()
-    result = {"recipe": str(args.recipe), "groups": len(groups), "steps": spec.steps,
+    result = {"recipe": str(args.recipe), "text": args.text, "groups": len(groups), "steps": spec.steps,
               "guidance_scale": spec.guidance_scale,
               "scheduler": type(pipeline.scheduler).__name__, "tolerance_px": args.tolerance,
               "settings": []}
     for sharing in settings:
         started = time.perf_counter()
         pixels = generate(pipeline, groups, sharing, spec.steps, spec.guidance_scale, spec.width,
-                          args.groups_per_call)
+                          args.groups_per_call, args.text)
         seconds = time.perf_counter() - started
         if args.save is not None:
             args.save.mkdir(parents=True, exist_ok=True)

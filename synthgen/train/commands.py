@@ -25,6 +25,11 @@ def _blocks(text: str) -> tuple[int, ...]:
     return blocks
 
 
+# synthgen.data.augment.AUGMENTATIONS, spelt out: importing synthgen.data loads torch, and the
+# CLI starts without it (tests/train/test_experiment.py checks the two lists agree).
+AUGMENT_CHOICES = ("simclr", "simclr-nocolour", "none")
+
+
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
@@ -41,7 +46,9 @@ def _blocks(text: str) -> tuple[int, ...]:
 @click.option("--warmup-steps", type=int, default=0, show_default=True)
 @click.option("--temperature", type=float, default=0.1, show_default=True)
 @click.option("--resolution", type=int, default=32, show_default=True)
-@click.option("--augment", type=click.Choice(["simclr", "none"]), default="simclr", show_default=True)
+@click.option("--augment", type=click.Choice(AUGMENT_CHOICES), default="simclr", show_default=True,
+              help="simclr-nocolour: without the colour jitter and grayscale, for views that "
+                   "already differ in colour (slots)")
 @click.option("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), show_default=True)
 @click.option("--arch", type=click.Choice(["resnet", "vit"]), default="resnet", show_default=True)
 @click.option("--width", type=int, default=32, show_default=True)

@@ -13,7 +13,7 @@ Conditions, each pretrained from scratch at an equal number of pretraining image
 | synthetic-latent-sigma{sigma}-multipos | the same with `latent` views at each sigma | multi-positive over the views |
 | synthetic-slots-seeds-multipos | the same with `slots` + `seeds` views: each re-draws `slots_vary` (distinct), holds the shape | multi-positive over the views |
 | synthetic-slots-latent-sigma{slots_sigma}-multipos | the same views on a `latent` neighbourhood | multi-positive over the views |
-| ...-nocolour | the two slots conditions without colour jitter and grayscale | multi-positive over the views |
+| ...-nocolour | real-simclr, single, seeds and the two slots conditions without colour jitter and grayscale | as without |
 | random-init | none | none |
 
 Every condition uses the SimCLR augmentations (the `-nocolour` ones without their colour
@@ -126,9 +126,14 @@ def conditions(budget: Budget) -> list[Condition]:
          slots_latent_dataset(budget.slots_sigma))]
     found += [Condition(name, data, "multipos", budget.views, 1) for name, data in slot_conditions]
     # Views that differ in colour already teach colour invariance; without the colour
-    # augmentation too, is it the views or the jitter that does the work?
-    found += [Condition(f"{name}-nocolour", data, "multipos", budget.views, 1, "simclr-nocolour")
-              for name, data in slot_conditions]
+    # augmentation too, is it the views or the jitter that does the work? The two slots
+    # conditions, whose views differ in colour, run without it, and so do the controls whose
+    # views do not (real renders, single views, seed views).
+    without_colour = {"real-simclr", "synthetic-single-simclr", "synthetic-seeds-multipos",
+                      *(name for name, _ in slot_conditions)}
+    found += [Condition(f"{condition.name}-nocolour", condition.data, condition.method,
+                        condition.views, condition.crops_per_view, "simclr-nocolour")
+              for condition in found if condition.name in without_colour]
     return found
 
 

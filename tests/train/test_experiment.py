@@ -48,9 +48,12 @@ def test_slot_conditions_vary_colour_background_and_size_and_hold_the_shape():
                   for view in group.views}
         assert sigmas == ({None} if dataset == "slots-seeds" else {0.0, budget.slots_sigma})
     by_name = {c.name: c for c in conditions(budget)}
-    for name in ("synthetic-slots-seeds-multipos", "synthetic-slots-latent-sigma0.5-multipos"):
+    # the slots conditions and their controls (views that share the colour) run without the jitter
+    for name in ("synthetic-slots-seeds-multipos", "synthetic-slots-latent-sigma0.5-multipos",
+                 "real-simclr", "synthetic-single-simclr", "synthetic-seeds-multipos"):
         with_colour, without = by_name[name], by_name[f"{name}-nocolour"]
-        assert (with_colour.data, with_colour.augment) == (without.data, "simclr")
+        assert (with_colour.data, with_colour.method, with_colour.augment) == (
+            without.data, without.method, "simclr")
         assert train_config(budget, without, Path("unused"), 0).augment == "simclr-nocolour"
 
 
@@ -80,3 +83,10 @@ def test_smoke_budget_runs_every_condition_end_to_end(tmp_path):
     # A second call reuses every finished run and dataset.
     again = run_experiment(BUDGETS["smoke"], tmp_path, device="cpu", log=lambda line: None)
     assert again["results"] == record["results"]
+
+
+def test_train_command_offers_every_augmentation():
+    from synthgen.data.augment import AUGMENTATIONS
+    from synthgen.train.commands import AUGMENT_CHOICES
+
+    assert tuple(AUGMENT_CHOICES) == tuple(AUGMENTATIONS)
