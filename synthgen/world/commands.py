@@ -93,13 +93,18 @@ def evaluate(models: Path, device: str, scale: float) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the figures as JSON here.")
-def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None) -> None:
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="A world-sd folder trained elsewhere (OUT/world-sd of `synthgen world train`) "
+                   "instead of the shipped one.")
+def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
+          model: Path | None) -> None:
     """Judge a recipe's erase and debias edits on world-sd with the oracle (docs/WORLD.md)."""
     import json
 
     from synthgen.world.edits import debias_gates, erase_gates, measure_edits
 
-    result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message))
+    result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message),
+                           model=model)
     gates = {**(erase_gates(result) if "erase" in result else {}),
              **(debias_gates(result) if "debias" in result else {})}
     result["gates"] = gates

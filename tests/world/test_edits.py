@@ -75,3 +75,37 @@ def test_debias_gates_halve_kl_and_keep_shape():
     assert all(debias_gates(result).values())
     result["debias"]["after"]["star"] = {"kl_to_wanted": 0.51, "shape_accuracy": 0.47}
     assert not any(debias_gates(result).values())
+
+
+class _Loaded(Exception):
+    """Raised in place of loading a pipeline: carries the model id that would have loaded."""
+
+
+def test_edits_model_option_judges_another_world_sd_folder(tmp_path, monkeypatch):
+    import importlib
+
+    from click.testing import CliRunner
+
+    from synthgen.cli import main
+    from synthgen.world.edits import measure_edits
+
+    # a folder that is not a model: one clear line, no traceback
+    result = CliRunner().invoke(main, ["world", "edits", "--model", str(tmp_path)])
+    assert result.exit_code != 0 and "no model_index.json" in result.output, result.output
+    assert "Traceback" not in result.output
+
+    folder = tmp_path / "world-sd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+
+    def fake_load(spec, device, dtype):
+        raise _Loaded(spec.id)
+
+    # (synthgen.generate is also the API function's name: import the module by its full name)
+    monkeypatch.setattr(importlib.import_module("synthgen.generate.load"), "load_pipeline", fake_load)
+    with pytest.raises(_Loaded) as loaded:
+        measure_edits(RECIPE, 10, "cpu", log=lambda message: None, model=folder)
+    assert loaded.value.args[0] == str(folder.resolve())
+    with pytest.raises(_Loaded) as loaded:
+        measure_edits(RECIPE, 10, "cpu", log=lambda message: None)
+    assert loaded.value.args[0] == "builtin:world-sd"
