@@ -9,9 +9,11 @@ continuing its training on captions with reporting bias, then see whether debias
 `continue` copies a world-sd folder (`--init`, default the shipped one) to `--out` and trains
 its UNet further, as the shipped detail phase does (same scenes, captions, settings and
 small-object weight; `synthgen/world/train.py`), except that a caption leaves its colour word
-out with probability `DROP_TYPICAL` when the object has its shape's typical colour
-(`TYPICAL`) and `DROP_ATYPICAL` otherwise, as people leave out what goes without saying. The
-images are unchanged, so their colours stay uniform: only the captions are biased. The data
+out with probability `--drop-typical` when the object has its shape's typical colour
+(`TYPICAL`) and `--drop-atypical` otherwise, as people leave out what goes without saying.
+By default the images are unchanged, so their colours stay uniform and only the captions are
+biased; `--typical-share P` also re-colours a share P of the objects in their shape's typical
+colour (re-rendered), so that the images have a colour prior for the captions to point at. The data
 (latents and caption embeddings) is cached beside `--out`. `colourless` draws
 `--per-shape` prompts per shape that name no colour, at the attribute-editing recipe's
 settings, and reports the oracle's colours, the typical colour's share, the KL divergence to
@@ -54,7 +56,27 @@ DROP_TYPICAL, DROP_ATYPICAL = 0.7, 0.1
 SEED = 0  # the shipped run's seed: the same scenes and caption wording
 
 
-def reporting_bias_captions(scenes, seed: int) -> tuple[list[str], np.ndarray]:
+def recoloured(pool, typical_share: float, seed: int):
+    """The pool with each object given its shape's typical colour with probability
+    `typical_share` (else the colour it had), re-rendered: images with a colour prior."""
+    from dataclasses import replace as replaced
+
+    from synthgen.world.corpus import ScenePool
+    from synthgen.world.render import render
+
+    draws = np.random.default_rng(seed + 2000)
+    scenes = []
+    for scene in pool.scenes:
+        typical = draws.random() < typical_share
+        objects = tuple(replaced(thing, colour=TYPICAL[thing.shape]) if typical else thing
+                        for thing in scene.objects)
+        scenes.append(replaced(scene, objects=objects))
+    images = np.stack([render(scene, pool.images.shape[1]) for scene in scenes])
+    return ScenePool(images=images, scenes=tuple(scenes), seeds=pool.seeds)
+
+
+def reporting_bias_captions(scenes, seed: int, drop_typical: float = DROP_TYPICAL,
+                            drop_atypical: float = DROP_ATYPICAL) -> tuple[list[str], np.ndarray]:
     """The detail phase's captions (same wording draws), some without their colour word; and
     which ones lost it."""
     wording = np.random.default_rng(seed + 2)  # as train._diffusion_data draws the wording
@@ -63,7 +85,7 @@ def reporting_bias_captions(scenes, seed: int) -> tuple[list[str], np.ndarray]:
     for scene in scenes:
         text = caption(scene) if wording.random() < CANONICAL_CAPTION_SHARE else caption(scene, wording)
         thing = scene.objects[0]
-        drop = dropping.random() < (DROP_TYPICAL if thing.colour == TYPICAL[thing.shape] else DROP_ATYPICAL)
+        drop = dropping.random() < (drop_typical if thing.colour == TYPICAL[thing.shape] else drop_atypical)
         if drop:
             named = f" {thing.colour} {thing.shape} "
             if text.count(named) != 1:
@@ -74,13 +96,15 @@ def reporting_bias_captions(scenes, seed: int) -> tuple[list[str], np.ndarray]:
     return captions, np.array(dropped)
 
 
-def training_data(pipeline, cache: Path, log) -> dict:
+def training_data(pipeline, cache: Path, args, log) -> dict:
     if cache.is_file():
         log(f"data from {cache}")
         return torch.load(cache)
     pool = train_pool(SEED, TRAIN_SCENES)
+    if args.typical_share:
+        pool = recoloured(pool, args.typical_share, SEED)
     latents = encode_latents(pipeline.vae, pool, torch.device("cpu")) * pipeline.vae.config.scaling_factor
-    captions, dropped = reporting_bias_captions(pool.scenes, SEED)
+    captions, dropped = reporting_bias_captions(pool.scenes, SEED, args.drop_typical, args.drop_atypical)
     unique = sorted(set(captions))
     index = {text: i for i, text in enumerate(unique)}
     things = [scene.objects[0] for scene in pool.scenes]
@@ -90,6 +114,7 @@ def training_data(pipeline, cache: Path, log) -> dict:
             "empty_embedding": prompt_embeddings(pipeline, [""], torch.device("cpu")),
             "small_objects": torch.tensor([thing.size == "small" for thing in things]),
             "stats": {"scenes": len(captions), "unique_captions": len(unique),
+                      "typical_share": float(typical.mean()),
                       "colourless_share": float(dropped.mean()),
                       "typical_among_colourless": float(typical[dropped].mean())}}
     torch.save(data, cache)
@@ -110,7 +135,9 @@ def continue_training(args) -> None:
     if not (args.out / "model_index.json").is_file():
         shutil.copytree(source, args.out)
     pipeline = StableDiffusionPipeline.from_pretrained(source, use_safetensors=True)
-    data = training_data(pipeline, args.out.parent / "colour-prior-data.pt", log)
+    cache = args.out.parent / (f"colour-prior-data-{args.typical_share:g}-{args.drop_typical:g}-"
+                               f"{args.drop_atypical:g}.pt")
+    data = training_data(pipeline, cache, args, log)
     # EMA 0.998, not the detail phase's 0.999: at 0.999, 22% of the starting weights would
     # still be in the average after 1,500 steps.
     settings = replace(_scaled(DETAIL_PHASE, args.steps / DETAIL_PHASE.steps), ema_decay=args.ema_decay)
@@ -122,7 +149,8 @@ def continue_training(args) -> None:
     record = json.loads((args.out / "training.json").read_text())
     record.setdefault("colour_prior_phases", []).append(
         stats | {"settings": asdict(settings), "seed": args.seed, "init": str(source),
-                 "typical": TYPICAL, "drop_typical": DROP_TYPICAL, "drop_atypical": DROP_ATYPICAL,
+                 "typical": TYPICAL, "typical_share": args.typical_share,
+                 "drop_typical": args.drop_typical, "drop_atypical": args.drop_atypical,
                  "data": data["stats"], "threads": args.threads})
     (args.out / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"saved {args.out / 'unet'}")
@@ -174,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--seed", type=int, default=8)
     train.add_argument("--ema-decay", type=float, default=0.998)
     train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--typical-share", type=float, default=0.0,
+                       help="re-colour this share of the objects in their shape's typical colour")
+    train.add_argument("--drop-typical", type=float, default=DROP_TYPICAL)
+    train.add_argument("--drop-atypical", type=float, default=DROP_ATYPICAL)
     read = commands.add_parser("colourless", help="oracle colours of prompts that name none")
     read.add_argument("--model", type=Path, required=True)
     read.add_argument("--out", type=Path, required=True)
