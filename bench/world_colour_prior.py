@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synthgen.world.corpus import train_pool  # noqa: E402
 from synthgen.world.diffusion import (DETAIL_PHASE, encode_latents, prompt_embeddings,  # noqa: E402
                                       train_world_unet)
+from synthgen.world.edits import kl_to_wanted  # noqa: E402
 from synthgen.world.evaluate import (GENERATION_SEED_OFFSET, evaluate_generator,  # noqa: E402
                                      generate)
 from synthgen.world.model_folders import SD_FOLDER, SHIPPED_MODELS_ROOT  # noqa: E402
@@ -59,8 +59,6 @@ SEED = 0  # the shipped run's seed: the same scenes and caption wording
 def recoloured(pool, typical_share: float, seed: int):
     """The pool with each object given its shape's typical colour with probability
     `typical_share` (else the colour it had), re-rendered: images with a colour prior."""
-    from dataclasses import replace as replaced
-
     from synthgen.world.corpus import ScenePool
     from synthgen.world.render import render
 
@@ -68,9 +66,9 @@ def recoloured(pool, typical_share: float, seed: int):
     scenes = []
     for scene in pool.scenes:
         typical = draws.random() < typical_share
-        objects = tuple(replaced(thing, colour=TYPICAL[thing.shape]) if typical else thing
+        objects = tuple(replace(thing, colour=TYPICAL[thing.shape]) if typical else thing
                         for thing in scene.objects)
-        scenes.append(replaced(scene, objects=objects))
+        scenes.append(replace(scene, objects=objects))
     images = np.stack([render(scene, pool.images.shape[1]) for scene in scenes])
     return ScenePool(images=images, scenes=tuple(scenes), seeds=pool.seeds)
 
@@ -171,11 +169,10 @@ def colourless(args) -> None:
         seeds = [GENERATION_SEED_OFFSET + 500_000 + 1000 * k + i for i in range(args.per_shape)]
         readings = oracle.read(generate(pipeline, prompts, seeds, guidance_scale=4.0, steps=12))
         colours = Counter(reading["colour"] for reading in readings)
-        shares = [count / args.per_shape for count in colours.values()]
         result["per_shape"][shape] = {
             "typical": TYPICAL[shape], "typical_share": colours[TYPICAL[shape]] / args.per_shape,
             "colours": dict(colours.most_common()),
-            "kl_to_uniform": round(sum(p * math.log(p * len(COLOURS)) for p in shares if p), 4),
+            "kl_to_uniform": round(kl_to_wanted(colours, dict.fromkeys(COLOURS, 1.0)), 4),
             "shape_drawn": sum(reading["shape"] == shape for reading in readings) / args.per_shape}
         print(shape, result["per_shape"][shape], flush=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

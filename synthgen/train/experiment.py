@@ -76,7 +76,7 @@ BUDGETS = {
     "smoke": Budget("smoke", "builtin:tiny-random", 2, 0.0, images=64, views=4, sigmas=(0.5,),
                     real_test=64, steps=4, batch_images=32, encoder=SMALL_RESNET, seeds=(0,),
                     num_workers=0, groups_per_shard=16),
-    # 2 CPU cores, about an hour when the cores are free (see docs/EXPERIMENTS.md).
+    # 2 CPU cores, an estimated 1-1.5 h when the cores are free (see docs/EXPERIMENTS.md).
     # 400 steps with crops from 0.2 of the image left real-render SimCLR at the random
     # encoder's level (15.7% vs 15.5% top-1); 1,200 steps with crops from 0.5 (which keep the
     # object in view) reached 22.2% in a one-seed check, so the comparison can show something.

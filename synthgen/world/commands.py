@@ -104,7 +104,7 @@ def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
     from synthgen.world.edits import debias_gates, erase_gates, measure_edits
 
     result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message),
-                           model=model)
+                           model_folder=model)
     gates = {**(erase_gates(result) if "erase" in result else {}),
              **(debias_gates(result) if "debias" in result else {})}
     result["gates"] = gates

@@ -71,8 +71,8 @@ def kl_to_wanted(counts: Counter, wanted: dict[str, float]) -> float:
 
 
 def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "auto",
-                  log=print, model: Path | None = None) -> dict:
-    """The erase and debias figures of the recipe's edits (see the module docstring). `model`:
+                  log=print, model_folder: Path | None = None) -> dict:
+    """The erase and debias figures of the recipe's edits (see the module docstring). `model_folder`:
     a world-sd folder trained elsewhere (`synthgen world train --out OUT` writes OUT/world-sd)
     to edit and judge instead of the shipped one; the recipe still names builtin:world-sd."""
     from synthgen.balance import DebiasBalance
@@ -92,12 +92,12 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
     if recipe.model.id != WORLD_SD:
         raise UserError(f"{recipe_path}: model.id is {recipe.model.id!r}; the oracle judges only "
                         f"{WORLD_SD}")
-    if model is not None:
-        if not (Path(model) / "model_index.json").is_file():
-            raise UserError(f"--model {model}: no model_index.json there; give a world-sd folder, "
+    if model_folder is not None:
+        if not (Path(model_folder) / "model_index.json").is_file():
+            raise UserError(f"--model {model_folder}: no model_index.json there; give a world-sd folder, "
                             "e.g. OUT/world-sd of `synthgen world train --out OUT`")
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(
-            update={"id": str(Path(model).resolve())})})
+            update={"id": str(Path(model_folder).resolve())})})
     torch_device = choose_device(device)
     model = load_pipeline(recipe.model, torch_device, torch.float32)
     pipeline, oracle = model.pipeline, load_oracle(device=torch_device)

@@ -104,7 +104,7 @@ def test_edits_model_option_judges_another_world_sd_folder(tmp_path, monkeypatch
     # (synthgen.generate is also the API function's name: import the module by its full name)
     monkeypatch.setattr(importlib.import_module("synthgen.generate.load"), "load_pipeline", fake_load)
     with pytest.raises(_Loaded) as loaded:
-        measure_edits(RECIPE, 10, "cpu", log=lambda message: None, model=folder)
+        measure_edits(RECIPE, 10, "cpu", log=lambda message: None, model_folder=folder)
     assert loaded.value.args[0] == str(folder.resolve())
     with pytest.raises(_Loaded) as loaded:
         measure_edits(RECIPE, 10, "cpu", log=lambda message: None)
