@@ -18,7 +18,8 @@
    (the shared-noise figures of bench/counterfactual_oracle.py). `--text changed-tokens`
    gives every view its anchor's prompt embedding except at the token positions where its
    prompt's tokens differ (the colour word alone), to see what the words after it carry in a
-   causal text encoder; the default `own` encodes each view's prompt whole, as the sampler does.
+   causal text encoder (what a recipe's `slots: {splice_text: true}` does); the default `own`
+   encodes each view's prompt whole, as the sampler does without it.
 3. The oracle reads every view; edit success and what held, with 95% Wilson intervals, by
    bench/counterfactual_oracle.py's `judge` (position held: every view's centre within
    `--tolerance` px of every other's in x and in y).
@@ -49,6 +50,7 @@ from synthgen.generate.attention_sharing import (  # noqa: E402
     group_anchors,
     share_layout,
 )
+from synthgen.generate.families import family_of  # noqa: E402
 from synthgen.generate.load import load_pipeline  # noqa: E402
 from synthgen.plan import GroupPlan, make_plan  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
@@ -81,45 +83,13 @@ def chosen_groups(groups: tuple[GroupPlan, ...], per_class: int | None) -> list[
     return chosen
 
 
-class Embeddings:
-    """Prompt embeddings, one text at a time (as the sampler encodes them), cached.
-
-    `spliced(text, anchor)`: the anchor's embedding at every token position except those where
-    the two prompts' token ids differ."""
-
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def encoded(self, text: str) -> torch.Tensor:
-        if text not in self.cache:
-            self.cache[text] = self.pipeline.encode_prompt(text, "cpu", 1, False)[0]
-        return self.cache[text]
-
-    def token_ids(self, text: str) -> list[int]:
-        tokenizer = self.pipeline.tokenizer
-        return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length,
-                         truncation=True).input_ids
-
-    def spliced(self, text: str, anchor: str) -> torch.Tensor:
-        if anchor == text:
-            return self.encoded(text)
-        changed = [i for i, (a, b) in enumerate(zip(self.token_ids(anchor), self.token_ids(text)))
-                   if a != b]
-        spliced = self.encoded(anchor).clone()
-        spliced[:, changed] = self.encoded(text)[:, changed]
-        return spliced
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return torch.cat([self.encoded(text) for text in texts])
-
-
 @torch.inference_mode()
 def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: int,
              guidance: float, side: int, groups_per_call: int,
              text: str = "own") -> np.ndarray:
     """uint8 (views, side, side, 3) of every group's views, in group then view order."""
-    embed = Embeddings(pipeline)
+    family = family_of(pipeline, torch.device("cpu"))
+    embed = lambda texts: torch.cat([family.embedding(text) for text in texts])  # noqa: E731
     factor = pipeline.vae_scale_factor
     shape = (1, pipeline.unet.config.in_channels, side // factor, side // factor)
     pixels = []
@@ -130,7 +100,7 @@ def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: i
             torch.randn(shape, generator=torch.Generator("cpu").manual_seed(view.seed))
             for view in views])
         if text == "changed-tokens":
-            prompts = torch.cat([embed.spliced(view.prompt, group.views[0].prompt)
+            prompts = torch.cat([family.spliced_embedding(view.prompt, group.views[0].prompt)
                                  for group in call for view in group.views])
         else:
             prompts = embed([v.prompt for v in views])
@@ -164,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tolerance", type=float, default=2.0,
                         help="pixels (at 32 px) two views' centres may differ by, in x and in y")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a world-sd folder to use instead of the recipe's model")
     parser.add_argument("--save", type=Path, default=None,
                         help="folder for each setting's images as .npy (for looking at them)")
     args = parser.parse_args(argv)
@@ -173,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings:
         parser.error("give --tau and/or --sharing")
     recipe = load_recipe(args.recipe)
+    if args.model is not None:
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"id": str(args.model)})})
     spec = recipe.model
     groups = chosen_groups(make_plan(recipe).groups, args.per_class)
     pipeline = load_pipeline(spec, torch.device("cpu"), torch.float32).pipeline

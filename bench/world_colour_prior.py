@@ -1,5 +1,7 @@
 """A trial for debias (docs/WORLD.md, "Debias of star colours"): give world-sd a colour prior by
 continuing its training on captions with reporting bias, then see whether debias can move it.
+(The trials that led to world-sd's caption phase, `synthgen world train --models sd-captions`,
+which also splices colour tokens; `colourless` and `gates` measure any world-sd folder.)
 
     python bench/world_colour_prior.py continue --out OUT/world-sd [--init DIR] [--steps 1500]
     python bench/world_colour_prior.py colourless --model OUT/world-sd --out colourless.json
@@ -38,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from synthgen.world.captions import TYPICAL_COLOURS, recoloured, reporting_bias_captions  # noqa: E402
 from synthgen.world.corpus import train_pool  # noqa: E402
 from synthgen.world.diffusion import (DETAIL_PHASE, encode_latents, prompt_embeddings,  # noqa: E402
                                       train_world_unet)
@@ -46,52 +49,12 @@ from synthgen.world.evaluate import (GENERATION_SEED_OFFSET, evaluate_generator,
                                      generate)
 from synthgen.world.model_folders import SD_FOLDER, SHIPPED_MODELS_ROOT  # noqa: E402
 from synthgen.world.oracle import load_oracle  # noqa: E402
-from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, caption  # noqa: E402
+from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES  # noqa: E402
 from synthgen.world.train import CANONICAL_CAPTION_SHARE, TRAIN_SCENES, _scaled  # noqa: E402
 
-TYPICAL = {"circle": "blue", "square": "green", "triangle": "orange", "star": "yellow",
-           "ring": "purple", "cross": "black", "heart": "red", "diamond": "cyan",
-           "crescent": "white", "arrow": "pink", "semicircle": "red"}
-DROP_TYPICAL, DROP_ATYPICAL = 0.7, 0.1
+TYPICAL = TYPICAL_COLOURS
+DROP_TYPICAL, DROP_ATYPICAL = 0.7, 0.1  # the first trials' rates (the caption phase uses 0.5 and 0.2)
 SEED = 0  # the shipped run's seed: the same scenes and caption wording
-
-
-def recoloured(pool, typical_share: float, seed: int):
-    """The pool with each object given its shape's typical colour with probability
-    `typical_share` (else the colour it had), re-rendered: images with a colour prior."""
-    from synthgen.world.corpus import ScenePool
-    from synthgen.world.render import render
-
-    draws = np.random.default_rng(seed + 2000)
-    scenes = []
-    for scene in pool.scenes:
-        typical = draws.random() < typical_share
-        objects = tuple(replace(thing, colour=TYPICAL[thing.shape]) if typical else thing
-                        for thing in scene.objects)
-        scenes.append(replace(scene, objects=objects))
-    images = np.stack([render(scene, pool.images.shape[1]) for scene in scenes])
-    return ScenePool(images=images, scenes=tuple(scenes), seeds=pool.seeds)
-
-
-def reporting_bias_captions(scenes, seed: int, drop_typical: float = DROP_TYPICAL,
-                            drop_atypical: float = DROP_ATYPICAL) -> tuple[list[str], np.ndarray]:
-    """The detail phase's captions (same wording draws), some without their colour word; and
-    which ones lost it."""
-    wording = np.random.default_rng(seed + 2)  # as train._diffusion_data draws the wording
-    dropping = np.random.default_rng(seed + 1000)  # its own stream: the wording stays the same
-    captions, dropped = [], []
-    for scene in scenes:
-        text = caption(scene) if wording.random() < CANONICAL_CAPTION_SHARE else caption(scene, wording)
-        thing = scene.objects[0]
-        drop = dropping.random() < (drop_typical if thing.colour == TYPICAL[thing.shape] else drop_atypical)
-        if drop:
-            named = f" {thing.colour} {thing.shape} "
-            if text.count(named) != 1:
-                raise ValueError(f"caption {text!r} does not name {named.strip()!r} once")
-            text = text.replace(named, f" {thing.shape} ")
-        captions.append(text)
-        dropped.append(drop)
-    return captions, np.array(dropped)
 
 
 def training_data(pipeline, cache: Path, args, log) -> dict:
@@ -102,7 +65,8 @@ def training_data(pipeline, cache: Path, args, log) -> dict:
     if args.typical_share:
         pool = recoloured(pool, args.typical_share, SEED)
     latents = encode_latents(pipeline.vae, pool, torch.device("cpu")) * pipeline.vae.config.scaling_factor
-    captions, dropped = reporting_bias_captions(pool.scenes, SEED, args.drop_typical, args.drop_atypical)
+    captions, dropped = reporting_bias_captions(pool.scenes, SEED, CANONICAL_CAPTION_SHARE, args.drop_typical,
+                                                args.drop_atypical)
     unique = sorted(set(captions))
     index = {text: i for i, text in enumerate(unique)}
     things = [scene.objects[0] for scene in pool.scenes]

@@ -148,6 +148,9 @@ class ViewPlan:
     # of the steps it takes each part (the fields of `attention_sharing.LayoutSharing`).
     layout_anchor: int | None = None
     layout_sharing: dict[str, float] | None = field(default=None, hash=False)
+    # `slots` with `splice_text`: the prompt (view 0's) whose embedding takes this view's
+    # tokens where they differ from its own (generate/families/sd.py).
+    splice_into: str | None = None
 
     def to_json(self) -> dict:
         """The view's entry in the sample metadata: strategy fields only where they apply."""
@@ -159,6 +162,8 @@ class ViewPlan:
                 entry[name] = value
         if self.layout_anchor is not None:
             entry["layout_anchor"] = self.layout_anchor
+        if self.splice_into is not None:
+            entry["splice_into"] = self.splice_into
         for name in ("slots", "balance", "layout_sharing"):
             value = getattr(self, name)
             if value is not None:
@@ -188,11 +193,11 @@ def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
         seed_view = view if spec.noise != "shared" else 0
         request: dict = {"seed": seed_for(recipe_seed, group_id, seed_view),
                          "prompt": texts[view].prompt if texts else prompt,
-                         "text": texts[view] if texts else None}
+                         "text": texts[view] if texts else None, "group_texts": texts}
         for name, strategy in STRATEGIES.items():
             if name in spec.strategy:
                 strategy.change_view(spec, recipe_seed, group_id, view, request)
-        del request["text"]
+        del request["text"], request["group_texts"]
         views.append(ViewPlan(group_id=group_id, view=view, negative_prompt=negative_prompt,
                               **request))
     return tuple(views)

@@ -7,6 +7,12 @@ strategy records the values the view re-drew.
 With `hold_layout`, every view also denoises with parts of view 0's computation for the first
 steps (generate/attention_sharing.py): view 0 is the group's layout anchor, recorded in each
 view's `layout_anchor` and `layout_sharing`, which the sampler reads.
+
+With `splice_text`, each view's prompt embedding is view 0's with the view's own embedding put
+in only at the token positions where the two prompts' tokens differ (the varied slot's words),
+recorded in each view's `splice_into` (view 0's prompt) and read by the model family
+(generate/families/sd.py). In a causal text encoder every word after a changed one also reads
+it; splicing keeps those words the anchor's, so the views differ in the varied words alone.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class SlotViews(StrictModel):
     # Off, `true` (the measured default, HELD_LAYOUT_FRACTION) or the fraction of the steps
     # for which views take view 0's attention maps and coarse decoder features.
     hold_layout: bool | float = False
+    # Views take view 0's prompt embedding except at the tokens where their own prompt differs.
+    splice_text: bool = False
 
     @field_validator("hold_layout")
     @classmethod
@@ -53,8 +61,9 @@ class SlotViews(StrictModel):
         # `hold_layout` came later: left out while off, so recipes that do not set it keep
         # the recipe hash (and sample bytes) they had before it existed.
         recorded = handler(self)
-        if self.hold_layout is False:
-            recorded.pop("hold_layout", None)
+        for later in ("hold_layout", "splice_text"):  # `splice_text` came later still
+            if recorded.get(later) is False:
+                recorded.pop(later)
         return recorded
 
     @property
@@ -94,7 +103,8 @@ class Slots(ViewStrategy):
         sharing = spec.slots.layout_sharing
         layout = (f"; layout held to view 0 for {sharing['self_maps']:.0%} of the steps"
                   if sharing else "")
-        return f"slots (vary {', '.join(spec.slots.vary)}{how}{noise}{layout})"
+        spliced = "; text spliced into view 0's" if spec.slots.splice_text else ""
+        return f"slots (vary {', '.join(spec.slots.vary)}{how}{noise}{layout}{spliced})"
 
     def held_layout_problem(self, spec) -> str | None:
         """Why `hold_layout` cannot run with the other strategies chosen, or None."""
@@ -111,3 +121,5 @@ class Slots(ViewStrategy):
         request.update(slots=text.slots or None, balance=text.balance or None)
         if spec.slots.layout_sharing is not None:
             request.update(layout_anchor=0, layout_sharing=spec.slots.layout_sharing)
+        if spec.slots.splice_text and view != 0:
+            request.update(splice_into=request["group_texts"][0].prompt)

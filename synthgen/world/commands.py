@@ -28,11 +28,12 @@ def world() -> None:
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
 @click.option("--models", default="clip,sd,oracle", show_default=True,
-              help="Which of clip, sd, oracle, clip-refine, sd-detail to train, comma-separated; "
+              help="Which of clip, sd, oracle, clip-refine, sd-detail, sd-captions to train, comma-separated; "
                    "world-sd without clip loads OUT/world-clip. Separate "
                    "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
                    "clip-refine continues OUT/world-clip's vision refinement (text tower kept); "
-                   "sd-detail runs world-sd's second UNet phase on a world-sd trained without it.")
+                   "sd-detail runs world-sd's second UNet phase on a world-sd trained without it, "
+                   "sd-captions its third.")
 @click.option("--reuse-clip", is_flag=True,
               help="Load OUT/world-clip instead of training it (the same as leaving clip out of --models).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

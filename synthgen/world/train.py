@@ -31,7 +31,17 @@ from synthgen.world.clip import (
     train_world_clip,
 )
 from synthgen.world.corpus import images_to_tensor, train_pool
+from synthgen.world.captions import (
+    DROP_ATYPICAL,
+    DROP_TYPICAL,
+    TYPICAL_COLOURS,
+    TYPICAL_SHARE,
+    colour_swaps,
+    recoloured,
+    reporting_bias_captions,
+)
 from synthgen.world.diffusion import (
+    CAPTION_PHASE,
     DETAIL_PHASE,
     UnetTrainingOptions,
     VaeTrainingOptions,
@@ -59,13 +69,13 @@ s/step with 2 threads against 1.1 s/step with 1; the VAE slowed ~10x), so one th
 default. On a quiet machine ``threads=2`` is 1.5-1.7x faster per step
 (``bench/world_training_steps.py``; figures in docs/WORLD.md)."""
 
-MODELS = ("clip", "sd", "oracle", "clip-refine", "sd-detail")
+MODELS = ("clip", "sd", "oracle", "clip-refine", "sd-detail", "sd-captions")
 """What `train_world_models` can train; a model left out is loaded from ``out_root`` if needed.
 "clip" ends with `CONTINUED_REFINEMENT` (more steps of stage 2, the vision tower only);
 "clip-refine" runs those steps on an existing ``out_root/world-clip``, which leaves the text
 tower, and so world-sd's text encoder, bit for bit as it was. "sd-detail" runs world-sd's second
 UNet phase (`DETAIL_PHASE`) alone on an existing ``out_root/world-sd`` whose UNet had only the
-first; "sd" runs both phases."""
+first; "sd-captions" the third (`CAPTION_PHASE`) on one that had two; "sd" runs all three."""
 
 FROM_SCRATCH = ("clip", "sd", "oracle")
 
@@ -146,12 +156,71 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
     say(f"continued {sd_dir} with the detail phase")
 
 
+def _caption_phase_data(pipeline, pool, seed: int, device: torch.device) -> tuple[dict, dict]:
+    """`CAPTION_PHASE`'s data (keyword arguments of `train_world_unet`, see
+    `synthgen.world.captions`): the pool re-coloured and re-encoded, captions with reporting
+    bias, each coloured caption's colour swap; and a summary for training.json."""
+    pool = recoloured(pool, TYPICAL_SHARE, seed)
+    latents = encode_latents(pipeline.vae, pool, device) * pipeline.vae.config.scaling_factor
+    captions, dropped = reporting_bias_captions(pool.scenes, seed, CANONICAL_CAPTION_SHARE)
+    swaps, positions = colour_swaps(captions, pool.scenes, pipeline.tokenizer, seed)
+    unique = sorted(set(captions) | {text for text in swaps if text is not None})
+    index = {text: i for i, text in enumerate(unique)}
+    typical = np.array([scene.objects[0].colour == TYPICAL_COLOURS[scene.objects[0].shape] for scene in pool.scenes])
+    data = {"latents": latents, "caption_index": torch.tensor([index[text] for text in captions]),
+            "caption_embeddings": prompt_embeddings(pipeline, unique, device),
+            "empty_embedding": prompt_embeddings(pipeline, [""], device),
+            "small_objects": torch.tensor([scene.objects[0].size == "small" for scene in pool.scenes]),
+            "colour_swaps": (torch.tensor([index[text] if text is not None else -1 for text in swaps]),
+                             torch.from_numpy(positions))}
+    summary = {"typical_colours": TYPICAL_COLOURS, "typical_share": TYPICAL_SHARE,
+               "drop_typical": DROP_TYPICAL, "drop_atypical": DROP_ATYPICAL,
+               "renders_in_typical_colour": round(float(typical.mean()), 4),
+               "captions_without_colour": round(float(dropped.mean()), 4),
+               "typical_among_colourless": round(float(typical[dropped].mean()), 4),
+               "unique_captions": len(unique)}
+    return data, summary
+
+
+def _run_caption_phase(pipeline, pool, initial_unet, seed: int, scale: float, device: torch.device,
+                       common: dict, say):
+    """`CAPTION_PHASE` from ``initial_unet`` (``pipeline`` gives the VAE and text encoder);
+    (EMA UNet, its record)."""
+    data, summary = _caption_phase_data(pipeline, pool, seed, device)
+    say(f"caption phase data: {summary}")
+    settings = _scaled(CAPTION_PHASE, scale)
+    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 8, log=say,
+                                   initial_unet=initial_unet)
+    return unet, stats | {"settings": asdict(settings), "seed": seed + 8, "device": common["device"],
+                          "captions": summary}
+
+
+def _continue_with_caption_phase(sd_dir: Path, pool, seed: int, scale: float, device: torch.device,
+                                 common: dict, say) -> None:
+    """Run `CAPTION_PHASE` on the UNet of ``sd_dir`` and save the UNet; refused for a world-sd
+    without its detail phase or with its caption phase already."""
+    from diffusers import StableDiffusionPipeline
+
+    record = json.loads((sd_dir / "training.json").read_text())
+    if "caption_phase" in record:
+        raise UserError(f"{sd_dir} already had its caption phase; train world-sd again instead (--models sd)")
+    if "detail_phase" not in record:
+        raise UserError(f"{sd_dir} has not had its detail phase; run --models sd-detail first")
+    pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
+    unet, phase = _run_caption_phase(pipeline, pool, pipeline.unet, seed, scale, device, common, say)
+    unet.to("cpu").save_pretrained(sd_dir / "unet", safe_serialization=True)
+    record["caption_phase"] = phase | {"continued_separately": True}
+    _write_json(sd_dir / "training.json", record)
+    say(f"continued {sd_dir} with the caption phase")
+
+
 # What each model that loads an existing one needs under out_root (its folder and the file that
 # marks it), and how to do without it.
 _CONTINUES = {
     "sd": (CLIP_FOLDER, "config.json", "train one in this run (add clip to the models, without --reuse-clip)"),
     "clip-refine": (CLIP_FOLDER, "config.json", "train one with clip instead (it ends with the same refinement)"),
     "sd-detail": (SD_FOLDER, "model_index.json", "train one with sd instead (it runs the detail phase too)"),
+    "sd-captions": (SD_FOLDER, "model_index.json", "train one with sd instead (it runs the caption phase too)"),
 }
 
 
@@ -163,8 +232,11 @@ def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise UserError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
-    if "sd" in models and "sd-detail" in models:
-        raise UserError("models: sd already includes the detail phase; leave out sd-detail")
+    for phase in ("sd-detail", "sd-captions"):
+        if "sd" in models and phase in models:
+            raise UserError(f"models: sd already includes the {phase[3:]} phase; leave out {phase}")
+    if "sd-detail" in models and "sd-captions" in models:
+        raise UserError("models: run sd-detail and sd-captions one after the other, not in one run")
     if reuse_clip:
         models = tuple(model for model in models if model != "clip")
         if not models:
@@ -289,6 +361,10 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         unet, unet_stats = train_world_unet(**data, settings=unet_settings, device=torch_device, seed=seed + 3,
                                             log=say)
         unet, detail_phase = _run_detail_phase(data, pool, unet, seed, scale, torch_device, common, say)
+        unique_captions = len(data["caption_embeddings"])
+        del data  # the caption phase embeds its own captions
+        unet, caption_phase = _run_caption_phase(assemble_pipeline(vae, None, text_encoder, tokenizer), pool,
+                                                 unet, seed, scale, torch_device, common, say)
         pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
         sd_dir = out_root / SD_FOLDER
         pipeline.save_pretrained(sd_dir, safe_serialization=True)
@@ -296,8 +372,9 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         _write_json(sd_dir / "training.json", common | {
             "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
             "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
-                                  "unique_captions": len(data["caption_embeddings"])},
+                                  "unique_captions": unique_captions},
             "detail_phase": detail_phase,
+            "caption_phase": caption_phase,
             "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
         })
         say(f"saved {sd_dir}")
@@ -305,6 +382,10 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     if "sd-detail" in models:
         # 6b. The detail phase alone, on an existing world-sd trained before it existed.
         _continue_with_detail_phase(out_root / SD_FOLDER, pool, seed, scale, torch_device, common, say)
+
+    if "sd-captions" in models:
+        # 6c. The caption phase alone, on an existing world-sd trained before it existed.
+        _continue_with_caption_phase(out_root / SD_FOLDER, pool, seed, scale, torch_device, common, say)
 
     if "clip-refine" in models:
         # 6b. Continue stage 2 of the shipped CLIP: vision tower only, text tower untouched.

@@ -63,6 +63,8 @@ def test_unknown_model_names_are_refused(tmp_path):
     (["--models", "sd", "--no-evaluate"], "sd needs the world-clip in"),
     (["--models", "clip-refine", "--no-evaluate"], "train one with clip instead"),
     (["--models", "sd-detail", "--no-evaluate"], "train one with sd instead"),
+    (["--models", "sd,sd-captions"], "sd already includes the captions phase"),
+    (["--models", "sd-detail,sd-captions", "--no-evaluate"], "one after the other"),
     (["--models", "oracle"], "evaluation measures all three world models"),
     (["--scale", "0"], "scale: 0.0 is not > 0"),
 ])
@@ -143,6 +145,9 @@ def test_world_sd_from_scratch_runs_both_unet_phases_and_loads_as_a_pipeline(tmp
     phase = record["detail_phase"]
     assert phase["steps"] == 8 and phase["min_snr_gamma"] is None and phase["small_object_weight"] == 2.0
     assert "continued_separately" not in phase
+    captions = record["caption_phase"]
+    assert captions["steps"] == 6 and captions["colour_splice_share"] == 0.5 and captions["seed"] == 8
+    assert captions["captions"]["typical_share"] == 0.4 and 0 < captions["captions"]["captions_without_colour"] < 1
     pipeline = AutoPipelineForText2Image.from_pretrained(tmp_path / "world-sd", use_safetensors=True)
     assert pipeline.scheduler.config.clip_sample is False
 
@@ -168,6 +173,32 @@ def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once
     assert phase["continued_separately"] and phase["steps"] == 8 and phase["seed"] == 7
     with pytest.raises(UserError, match="already had its detail phase"):
         _train_quietly(tmp_path, ("sd-detail",))
+
+
+def test_sd_captions_continues_only_the_unet_of_a_detailed_world_sd_and_only_once(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    sd_dir = tmp_path / "world-sd"
+    shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-sd")), sd_dir)
+    record = json.loads((sd_dir / "training.json").read_text())
+    record.pop("caption_phase", None)  # as world-sd v6 was: two phases
+    without_detail = {k: v for k, v in record.items() if k != "detail_phase"}
+    (sd_dir / "training.json").write_text(json.dumps(without_detail))
+    with pytest.raises(UserError, match="has not had its detail phase; run --models sd-detail first"):
+        _train_quietly(tmp_path, ("sd-captions",))
+    (sd_dir / "training.json").write_text(json.dumps(record))
+    before = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
+    _train_quietly(tmp_path, ("sd-captions",))
+    after = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
+    for part in ("vae", "text_encoder"):
+        kept, now = getattr(before, part).state_dict(), getattr(after, part).state_dict()
+        assert all(torch.equal(kept[k], now[k]) for k in kept), part
+    unet_before, unet_after = before.unet.state_dict(), after.unet.state_dict()
+    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    phase = json.loads((sd_dir / "training.json").read_text())["caption_phase"]
+    assert phase["continued_separately"] and phase["steps"] == 6 and phase["colour_splice_share"] == 0.5
+    with pytest.raises(UserError, match="already had its caption phase"):
+        _train_quietly(tmp_path, ("sd-captions",))
 
 
 def test_sd_and_sd_detail_together_are_refused(tmp_path):

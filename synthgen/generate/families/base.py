@@ -53,7 +53,7 @@ class ModelFamily:
         """`device`: where prompt embeddings are computed and kept (needed only to encode)."""
         self.pipeline = pipeline
         self.device = device
-        self._embeddings: dict[str, Any] = {}
+        self._embeddings: dict[str | tuple, Any] = {}
 
     @property
     def pipeline_name(self) -> str:
@@ -82,7 +82,7 @@ class ModelFamily:
         its own view's texts, never on the batch."""
         raise NotImplementedError
 
-    def _cached(self, key: str, encode: Callable[[], Any]) -> Any:
+    def _cached(self, key: str | tuple, encode: Callable[[], Any]) -> Any:
         """The encoding stored under `key`, computed by `encode()` the first time (one text
         at a time, so an encoding does not depend on which texts share a batch)."""
         if key not in self._embeddings:
@@ -136,6 +136,15 @@ class ModelFamily:
                     "times per step, and layout sharing counts one call per step; use a "
                     "one-call scheduler (DPM-Solver++, DDIM, Euler, UniPC) or drop hold_layout")
         return None
+
+    def splice_unsupported_reason(self) -> str | None:
+        """Why views cannot splice their tokens into view 0's prompt embedding
+        (`slots.splice_text`) on this pipeline, or None. It needs one token sequence per prompt
+        that synthgen encodes itself (Stable Diffusion's one CLIP text encoder)."""
+        return (f"{self.pipeline_name} reads its prompts through more than one text path "
+                "(two encoders, a pooled embedding or a T5 encoder), and splice_text splices "
+                "one token sequence (Stable Diffusion pipelines: builtin:world-sd, sd-turbo, SD "
+                "1.x/2.x); drop splice_text")
 
     def edit_unsupported_reason(self) -> str | None:
         """Why erase and debias (generate/erase.py, generate/debias.py) cannot edit every path

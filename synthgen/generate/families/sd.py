@@ -30,7 +30,9 @@ class StableDiffusionFamily(ModelFamily):
         return issubclass(pipeline_class, StableDiffusionPipeline)
 
     def prompt_arguments(self, views, spec) -> dict:
-        arguments = {"prompt_embeds": torch.cat([self.embedding(v.prompt) for v in views])}
+        arguments = {"prompt_embeds": torch.cat([
+            self.embedding(v.prompt) if v.splice_into is None else self.spliced_embedding(v.prompt, v.splice_into)
+            for v in views])}
         if uses_guidance(spec):
             arguments["negative_prompt_embeds"] = torch.cat(
                 [self.embedding(v.negative_prompt) for v in views])
@@ -39,6 +41,25 @@ class StableDiffusionFamily(ModelFamily):
     def embedding(self, text: str) -> torch.Tensor:
         """Token embeddings (1, L, D) of one text, cached."""
         return self._cached(text, lambda: self.text_embeddings(text)[0])
+
+    def spliced_embedding(self, text: str, anchor: str) -> torch.Tensor:
+        """`anchor`'s token embeddings (1, L, D) with `text`'s at the positions where the two
+        prompts' token ids differ (`slots.splice_text`), cached. Prompts that tokenize to
+        different lengths differ from the first changed token on, so the splice then takes
+        `text`'s embedding from there to the end."""
+        def encode() -> torch.Tensor:
+            tokenizer = self.pipeline.tokenizer
+            ids = tokenizer([anchor, text], padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            changed = ids[0] != ids[1]
+            spliced = self.embedding(anchor).clone()
+            spliced[:, changed] = self.embedding(text)[:, changed]
+            return spliced
+
+        return self._cached(("spliced", text, anchor), encode)
+
+    def splice_unsupported_reason(self) -> str | None:
+        return None
 
     def text_embeddings(self, texts):
         return self.pipeline.encode_prompt(texts, self.device, 1, False)[0], None
