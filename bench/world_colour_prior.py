@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.world.captions import TYPICAL_COLOURS, recoloured, reporting_bias_captions  # noqa: E402
+from synthgen.world.captions import TYPICAL_COLOURS, colour_swaps, recoloured, reporting_bias_captions  # noqa: E402
 from synthgen.world.corpus import train_pool  # noqa: E402
 from synthgen.world.diffusion import (DETAIL_PHASE, encode_latents, prompt_embeddings,  # noqa: E402
                                       train_world_unet)
@@ -67,7 +67,8 @@ def training_data(pipeline, cache: Path, args, log) -> dict:
     latents = encode_latents(pipeline.vae, pool, torch.device("cpu")) * pipeline.vae.config.scaling_factor
     captions, dropped = reporting_bias_captions(pool.scenes, SEED, CANONICAL_CAPTION_SHARE, args.drop_typical,
                                                 args.drop_atypical)
-    unique = sorted(set(captions))
+    swaps, positions = colour_swaps(captions, pool.scenes, pipeline.tokenizer, SEED)
+    unique = sorted(set(captions) | ({text for text in swaps if text} if args.splice_share else set()))
     index = {text: i for i, text in enumerate(unique)}
     things = [scene.objects[0] for scene in pool.scenes]
     typical = np.array([thing.colour == TYPICAL[thing.shape] for thing in things])
@@ -75,6 +76,8 @@ def training_data(pipeline, cache: Path, args, log) -> dict:
             "caption_embeddings": prompt_embeddings(pipeline, unique, torch.device("cpu")),
             "empty_embedding": prompt_embeddings(pipeline, [""], torch.device("cpu")),
             "small_objects": torch.tensor([thing.size == "small" for thing in things]),
+            "colour_swaps": (torch.tensor([index.get(text, -1) if text else -1 for text in swaps]),
+                             torch.from_numpy(positions)),
             "stats": {"scenes": len(captions), "unique_captions": len(unique),
                       "typical_share": float(typical.mean()),
                       "colourless_share": float(dropped.mean()),
@@ -98,21 +101,24 @@ def continue_training(args) -> None:
         shutil.copytree(source, args.out)
     pipeline = StableDiffusionPipeline.from_pretrained(source, use_safetensors=True)
     cache = args.out.parent / (f"colour-prior-data-{args.typical_share:g}-{args.drop_typical:g}-"
-                               f"{args.drop_atypical:g}.pt")
+                               f"{args.drop_atypical:g}-{'splices' if args.splice_share else 'plain'}.pt")
     data = training_data(pipeline, cache, args, log)
     # EMA 0.998, not the detail phase's 0.999: at 0.999, 22% of the starting weights would
     # still be in the average after 1,500 steps.
-    settings = replace(_scaled(DETAIL_PHASE, args.steps / DETAIL_PHASE.steps), ema_decay=args.ema_decay)
+    settings = replace(_scaled(DETAIL_PHASE, args.steps / DETAIL_PHASE.steps), ema_decay=args.ema_decay,
+                       colour_splice_share=args.splice_share)
     unet, stats = train_world_unet(
         data["latents"], data["caption_index"], data["caption_embeddings"], data["empty_embedding"],
         settings=settings, device=torch.device("cpu"), seed=args.seed, log=log,
-        small_objects=data["small_objects"], initial_unet=pipeline.unet)
+        small_objects=data["small_objects"], initial_unet=pipeline.unet,
+        colour_swaps=data["colour_swaps"] if args.splice_share else None)
     unet.save_pretrained(args.out / "unet", safe_serialization=True)
     record = json.loads((args.out / "training.json").read_text())
     record.setdefault("colour_prior_phases", []).append(
         stats | {"settings": asdict(settings), "seed": args.seed, "init": str(source),
                  "typical": TYPICAL, "typical_share": args.typical_share,
                  "drop_typical": args.drop_typical, "drop_atypical": args.drop_atypical,
+                 "splice_share": args.splice_share,
                  "data": data["stats"], "threads": args.threads})
     (args.out / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"saved {args.out / 'unet'}")
@@ -167,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
                        help="re-colour this share of the objects in their shape's typical colour")
     train.add_argument("--drop-typical", type=float, default=DROP_TYPICAL)
     train.add_argument("--drop-atypical", type=float, default=DROP_ATYPICAL)
+    train.add_argument("--splice-share", type=float, default=0.0,
+                       help="share of coloured captions shown with their colour token spliced into "
+                            "a colour-swapped caption (synthgen/world/captions.py)")
     read = commands.add_parser("colourless", help="oracle colours of prompts that name none")
     read.add_argument("--model", type=Path, required=True)
     read.add_argument("--out", type=Path, required=True)

@@ -33,7 +33,7 @@ def world() -> None:
                    "runs (e.g. sd and oracle at once, one per core) give what one run gives. "
                    "clip-refine continues OUT/world-clip's vision refinement (text tower kept); "
                    "sd-detail runs world-sd's second UNet phase on a world-sd trained without it, "
-                   "sd-captions its third.")
+                   "sd-captions an optional third (a trial the shipped world-sd did not get; docs/WORLD.md).")
 @click.option("--reuse-clip", is_flag=True,
               help="Load OUT/world-clip instead of training it (the same as leaving clip out of --models).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

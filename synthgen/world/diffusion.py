@@ -218,7 +218,8 @@ phase 1's settings). Drawing stars and crosses, the shapes it still blends, twic
 as well was tried and not kept (docs/WORLD.md)."""
 
 CAPTION_PHASE = replace(DETAIL_PHASE, steps=3000, ema_decay=0.998, colour_splice_share=0.5)
-"""The third UNet phase, continued from the detail phase's EMA weights on the captions of
+"""An optional third UNet phase (`synthgen world train --models sd-captions`; a trial the shipped
+world-sd did not get, figures in docs/WORLD.md), continued from the detail phase's weights on the captions of
 `synthgen.world.captions`: colours left out when typical (an image prior for unnamed colours)
 and colour tokens spliced into swapped captions half the time (the colour read from its own
 token). EMA 0.998: at 0.999, 5% of the starting weights would still be in the average."""

@@ -75,7 +75,8 @@ MODELS = ("clip", "sd", "oracle", "clip-refine", "sd-detail", "sd-captions")
 "clip-refine" runs those steps on an existing ``out_root/world-clip``, which leaves the text
 tower, and so world-sd's text encoder, bit for bit as it was. "sd-detail" runs world-sd's second
 UNet phase (`DETAIL_PHASE`) alone on an existing ``out_root/world-sd`` whose UNet had only the
-first; "sd-captions" the third (`CAPTION_PHASE`) on one that had two; "sd" runs all three."""
+first; "sd" runs both. "sd-captions" continues an existing world-sd with the optional third
+phase (`CAPTION_PHASE`, a trial that the shipped world-sd did not get: docs/WORLD.md)."""
 
 FROM_SCRATCH = ("clip", "sd", "oracle")
 
@@ -220,7 +221,7 @@ _CONTINUES = {
     "sd": (CLIP_FOLDER, "config.json", "train one in this run (add clip to the models, without --reuse-clip)"),
     "clip-refine": (CLIP_FOLDER, "config.json", "train one with clip instead (it ends with the same refinement)"),
     "sd-detail": (SD_FOLDER, "model_index.json", "train one with sd instead (it runs the detail phase too)"),
-    "sd-captions": (SD_FOLDER, "model_index.json", "train one with sd instead (it runs the caption phase too)"),
+    "sd-captions": (SD_FOLDER, "model_index.json", "train one with sd first"),
 }
 
 
@@ -232,11 +233,11 @@ def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise UserError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
-    for phase in ("sd-detail", "sd-captions"):
-        if "sd" in models and phase in models:
-            raise UserError(f"models: sd already includes the {phase[3:]} phase; leave out {phase}")
-    if "sd-detail" in models and "sd-captions" in models:
-        raise UserError("models: run sd-detail and sd-captions one after the other, not in one run")
+    if "sd" in models and "sd-detail" in models:
+        raise UserError("models: sd already includes the detail phase; leave out sd-detail")
+    if "sd-captions" in models and ({"sd", "sd-detail"} & set(models)):
+        raise UserError("models: sd-captions continues a finished world-sd; run it after sd or sd-detail, "
+                        "in a run of its own")
     if reuse_clip:
         models = tuple(model for model in models if model != "clip")
         if not models:
@@ -361,10 +362,6 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         unet, unet_stats = train_world_unet(**data, settings=unet_settings, device=torch_device, seed=seed + 3,
                                             log=say)
         unet, detail_phase = _run_detail_phase(data, pool, unet, seed, scale, torch_device, common, say)
-        unique_captions = len(data["caption_embeddings"])
-        del data  # the caption phase embeds its own captions
-        unet, caption_phase = _run_caption_phase(assemble_pipeline(vae, None, text_encoder, tokenizer), pool,
-                                                 unet, seed, scale, torch_device, common, say)
         pipeline = assemble_pipeline(vae.to("cpu"), unet.to("cpu"), text_encoder.to("cpu"), tokenizer)
         sd_dir = out_root / SD_FOLDER
         pipeline.save_pretrained(sd_dir, safe_serialization=True)
@@ -372,9 +369,8 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
         _write_json(sd_dir / "training.json", common | {
             "vae": vae_stats | {"reconstruction_mae_255": round(held_out_mae, 3)},
             "unet": unet_stats | {"settings": asdict(unet_settings), "parameters": parameter_count(unet),
-                                  "unique_captions": unique_captions},
+                                  "unique_captions": len(data["caption_embeddings"])},
             "detail_phase": detail_phase,
-            "caption_phase": caption_phase,
             "text_encoder": {"source": CLIP_FOLDER, "frozen": True, "parameters": parameter_count(text_encoder)},
         })
         say(f"saved {sd_dir}")
