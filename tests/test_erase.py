@@ -15,7 +15,7 @@ from synthgen.cli import main
 from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.generate import prepare
-from synthgen.generate.debias import DebiasTarget, debias, kl_divergence, value_prompt
+from synthgen.generate.debias import DebiasTarget, debias, kl_divergence, on_simplex, value_prompt
 from synthgen.generate.erase import (closed_form, context_prompts, cross_attention_projections,
                                      encode, erase_concept, pair, text_readers, token_pairs,
                                      unsupported_reason)
@@ -234,6 +234,30 @@ def test_debias_moves_a_biased_toy_prior_to_the_wanted_proportions():
     kept = record["iterations"][record["kept_iteration"] - 1]
     assert kept["max_error"] == min(it["max_error"] for it in record["iterations"])
     assert max(abs(after[v] - shares[v]) for v in values) == pytest.approx(kept["max_error"], abs=1e-3)
+
+
+def test_on_simplex_is_the_nearest_nonnegative_mix():
+    assert on_simplex({"a": 0.25, "b": -1.3, "c": 2.05}) == pytest.approx({"a": 0.0, "b": 0.0, "c": 1.0})
+    assert on_simplex({"a": 0.5, "b": 0.3, "c": 0.2}) == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})
+    projected = on_simplex({"a": 0.6, "b": 0.6, "c": -0.2})
+    assert projected == pytest.approx({"a": 0.5, "b": 0.5, "c": 0.0})
+
+
+@torch.no_grad()
+def test_nonnegative_debias_keeps_every_steered_weight_on_the_simplex():
+    pipeline = build_tiny_pipeline("sd")
+    target = DebiasTarget(name="circle", prompts=("a circle",),
+                          value_prompts={v: (f"a {v} circle",) for v in ("red", "blue")})
+    # A prior the edit cannot move: steering alone would push blue's weight below zero.
+    stubborn = lambda debias_target: {"red": 0.0, "blue": 1.0}  # noqa: E731
+    free = debias(pipeline, [target], {"red": 1, "blue": 1}, stubborn, iterations=3, tolerance=0.01)
+    assert min(it["weights"]["circle"]["blue"] for it in free["iterations"]) < 0
+    kept = debias(pipeline, [target], {"red": 1, "blue": 1}, stubborn, iterations=3, tolerance=0.01,
+                  nonnegative=True)
+    for iteration in kept["iterations"]:
+        shares = iteration["weights"]["circle"]
+        assert min(shares.values()) >= 0 and sum(shares.values()) == pytest.approx(1.0)
+    assert kept["iterations"][-1]["weights"]["circle"] == pytest.approx({"red": 1.0, "blue": 0.0})
 
 
 DEBIAS = {"balance": [{"attribute": "colour", "values": {"red": 1, "blue": 1}, "method": "debias",

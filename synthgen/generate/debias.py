@@ -105,12 +105,15 @@ def _debias_mappings(prompt: Encoded, versions: dict[str, Encoded],
 def debias(pipeline, targets: Sequence[DebiasTarget], wanted: dict[str, float],
            measure: Callable[[DebiasTarget], dict[str, float]], iterations: int, tolerance: float,
            step: float = 1.0, preserve: Sequence[str] = (), preserve_weight: float = PRESERVE_WEIGHT,
-           regularizer: float = REGULARIZER, log: Callable[[str], None] = lambda message: None) -> dict:
+           regularizer: float = REGULARIZER, log: Callable[[str], None] = lambda message: None,
+           nonnegative: bool = False) -> dict:
     """Edit `pipeline.unet` in place so each target's unnamed attribute follows `wanted`.
 
     `measure(target)` returns the share of each value among images the pipeline (as edited
     now) draws for the target's prompts. Returns the edit record: the ratios before, the
-    weights and ratios of every iteration, and the kept (best) iterate's edit.
+    weights and ratios of every iteration, and the kept (best) iterate's edit. `nonnegative`
+    keeps the steered weights on the simplex (`on_simplex`) instead of letting them go negative
+    as the reference does (a trial: docs/WORLD.md, "Debias").
     """
     total = sum(wanted.values())
     wanted = {value: share / total for value, share in wanted.items()}
@@ -145,12 +148,27 @@ def debias(pipeline, targets: Sequence[DebiasTarget], wanted: dict[str, float],
             break
         weights = {name: {v: w + step * (wanted[v] - ratios[name].get(v, 0.0)) for v, w in shares.items()}
                    for name, shares in weights.items()}
+        if nonnegative:
+            weights = {name: on_simplex(shares) for name, shares in weights.items()}
     _, kept_iteration, record, state = best
     restore_text_weights(pipeline, state)
     return {"method": "debias", "targets": [target.name for target in targets], "wanted": wanted,
             "before": before, "iterations": history, "kept_iteration": kept_iteration,
             "preserved_prompts": len(preserve), "preserve_weight": preserve_weight,
             "regularizer": regularizer, **record}
+
+
+def on_simplex(weights: dict[str, float]) -> dict[str, float]:
+    """The nearest weights (Euclidean) that are >= 0 and sum to 1 (the sort-based projection of
+    Duchi et al. 2008): the prompt then reads as a mix of real value-named prompts, never as a
+    point past them."""
+    values = sorted(weights.values(), reverse=True)
+    total, shift = 0.0, 0.0
+    for k, value in enumerate(values, start=1):
+        total += value
+        if value - (total - 1.0) / k > 0:
+            shift = (total - 1.0) / k
+    return {name: max(weight - shift, 0.0) for name, weight in weights.items()}
 
 
 def _describe(ratios: dict[str, dict[str, float]]) -> str:

@@ -45,8 +45,9 @@ class StableDiffusionFamily(ModelFamily):
     def spliced_embedding(self, text: str, anchor: str) -> torch.Tensor:
         """`anchor`'s token embeddings (1, L, D) with `text`'s at the positions where the two
         prompts' token ids differ (`slots.splice_text`), cached. Prompts that tokenize to
-        different lengths differ from the first changed token on, so the splice then takes
-        `text`'s embedding from there to the end."""
+        different lengths have every later word shifted, so the splice then takes `text`'s
+        embedding at (nearly) every position from the first changed token to the end token,
+        and `anchor`'s padding."""
         def encode() -> torch.Tensor:
             tokenizer = self.pipeline.tokenizer
             ids = tokenizer([anchor, text], padding="max_length", max_length=tokenizer.model_max_length,
