@@ -150,22 +150,27 @@ def test_world_sd_from_scratch_runs_both_unet_phases_and_loads_as_a_pipeline(tmp
     assert pipeline.scheduler.config.clip_sample is False
 
 
-def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once(tmp_path):
+def _assert_continues_the_unet_only(out: Path, model: str) -> None:
+    """Training `model` on out/world-sd changes its UNet and leaves its VAE and text encoder."""
     from diffusers import StableDiffusionPipeline
 
-    sd_dir = tmp_path / "world-sd"
-    shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-sd")), sd_dir)
-    record = json.loads((sd_dir / "training.json").read_text())
-    record.pop("detail_phase", None)  # as world-sd v3 was: phase 1 only
-    (sd_dir / "training.json").write_text(json.dumps(record))
-    before = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
-    _train_quietly(tmp_path, ("sd-detail",))
-    after = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
+    before = StableDiffusionPipeline.from_pretrained(out / "world-sd", use_safetensors=True)
+    _train_quietly(out, (model,))
+    after = StableDiffusionPipeline.from_pretrained(out / "world-sd", use_safetensors=True)
     for part in ("vae", "text_encoder"):
         kept, now = getattr(before, part).state_dict(), getattr(after, part).state_dict()
         assert all(torch.equal(kept[k], now[k]) for k in kept), part
     unet_before, unet_after = before.unet.state_dict(), after.unet.state_dict()
     assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+
+
+def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once(tmp_path):
+    sd_dir = tmp_path / "world-sd"
+    shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-sd")), sd_dir)
+    record = json.loads((sd_dir / "training.json").read_text())
+    record.pop("detail_phase", None)  # as world-sd v3 was: phase 1 only
+    (sd_dir / "training.json").write_text(json.dumps(record))
+    _assert_continues_the_unet_only(tmp_path, "sd-detail")
     assert "_name_or_path" not in json.loads((sd_dir / "unet" / "config.json").read_text())
     phase = json.loads((sd_dir / "training.json").read_text())["detail_phase"]
     assert phase["continued_separately"] and phase["steps"] == 8 and phase["seed"] == 7
@@ -174,8 +179,6 @@ def test_sd_detail_continues_only_the_unet_of_a_phase_one_world_sd_and_only_once
 
 
 def test_sd_captions_continues_only_the_unet_of_a_detailed_world_sd_and_only_once(tmp_path):
-    from diffusers import StableDiffusionPipeline
-
     sd_dir = tmp_path / "world-sd"
     shutil.copytree(Path(str(resources.files("synthgen") / "models" / "world-sd")), sd_dir)
     record = json.loads((sd_dir / "training.json").read_text())
@@ -185,14 +188,7 @@ def test_sd_captions_continues_only_the_unet_of_a_detailed_world_sd_and_only_onc
     with pytest.raises(UserError, match="has not had its detail phase; run --models sd-detail first"):
         _train_quietly(tmp_path, ("sd-captions",))
     (sd_dir / "training.json").write_text(json.dumps(record))
-    before = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
-    _train_quietly(tmp_path, ("sd-captions",))
-    after = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True)
-    for part in ("vae", "text_encoder"):
-        kept, now = getattr(before, part).state_dict(), getattr(after, part).state_dict()
-        assert all(torch.equal(kept[k], now[k]) for k in kept), part
-    unet_before, unet_after = before.unet.state_dict(), after.unet.state_dict()
-    assert any(not torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
+    _assert_continues_the_unet_only(tmp_path, "sd-captions")
     phase = json.loads((sd_dir / "training.json").read_text())["caption_phase"]
     assert phase["continued_separately"] and phase["steps"] == 6 and phase["colour_splice_share"] == 0.5
     assert phase["captions"]["typical_share"] == 0.4 and 0 < phase["captions"]["captions_without_colour"] < 1
