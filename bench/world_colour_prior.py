@@ -40,10 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthgen.world.captions import TYPICAL_COLOURS, colour_swaps, recoloured, reporting_bias_captions  # noqa: E402
+from synthgen.world.captions import TYPICAL_COLOURS, caption_phase_data  # noqa: E402
 from synthgen.world.corpus import train_pool  # noqa: E402
-from synthgen.world.diffusion import (DETAIL_PHASE, encode_latents, prompt_embeddings,  # noqa: E402
-                                      train_world_unet)
+from synthgen.world.diffusion import DETAIL_PHASE, train_world_unet  # noqa: E402
 from synthgen.world.edits import kl_to_wanted  # noqa: E402
 from synthgen.world.evaluate import (GENERATION_SEED_OFFSET, evaluate_generator,  # noqa: E402
                                      generate)
@@ -61,29 +60,12 @@ def training_data(pipeline, cache: Path, args, log) -> dict:
     if cache.is_file():
         log(f"data from {cache}")
         return torch.load(cache)
-    pool = train_pool(SEED, TRAIN_SCENES)
-    if args.typical_share:
-        pool = recoloured(pool, args.typical_share, SEED)
-    latents = encode_latents(pipeline.vae, pool, torch.device("cpu")) * pipeline.vae.config.scaling_factor
-    captions, dropped = reporting_bias_captions(pool.scenes, SEED, CANONICAL_CAPTION_SHARE, args.drop_typical,
-                                                args.drop_atypical)
-    swaps, positions = colour_swaps(captions, pool.scenes, pipeline.tokenizer, SEED)
-    unique = sorted(set(captions) | ({text for text in swaps if text} if args.splice_share else set()))
-    index = {text: i for i, text in enumerate(unique)}
-    things = [scene.objects[0] for scene in pool.scenes]
-    typical = np.array([thing.colour == TYPICAL[thing.shape] for thing in things])
-    data = {"latents": latents, "caption_index": torch.tensor([index[text] for text in captions]),
-            "caption_embeddings": prompt_embeddings(pipeline, unique, torch.device("cpu")),
-            "empty_embedding": prompt_embeddings(pipeline, [""], torch.device("cpu")),
-            "small_objects": torch.tensor([thing.size == "small" for thing in things]),
-            "colour_swaps": (torch.tensor([index.get(text, -1) if text else -1 for text in swaps]),
-                             torch.from_numpy(positions)),
-            "stats": {"scenes": len(captions), "unique_captions": len(unique),
-                      "typical_share": float(typical.mean()),
-                      "colourless_share": float(dropped.mean()),
-                      "typical_among_colourless": float(typical[dropped].mean())}}
+    data, summary = caption_phase_data(pipeline, train_pool(SEED, TRAIN_SCENES), SEED, torch.device("cpu"),
+                                       CANONICAL_CAPTION_SHARE, args.typical_share, args.drop_typical,
+                                       args.drop_atypical, swaps=bool(args.splice_share))
+    data["stats"] = summary
     torch.save(data, cache)
-    log(f"data: {data['stats']}")
+    log(f"data: {summary}")
     return data
 
 
@@ -111,7 +93,7 @@ def continue_training(args) -> None:
         data["latents"], data["caption_index"], data["caption_embeddings"], data["empty_embedding"],
         settings=settings, device=torch.device("cpu"), seed=args.seed, log=log,
         small_objects=data["small_objects"], initial_unet=pipeline.unet,
-        colour_swaps=data["colour_swaps"] if args.splice_share else None)
+        colour_swaps=data.get("colour_swaps"))
     unet.save_pretrained(args.out / "unet", safe_serialization=True)
     record = json.loads((args.out / "training.json").read_text())
     record.setdefault("colour_prior_phases", []).append(

@@ -110,3 +110,39 @@ def colour_swaps(captions: list[str], scenes, tokenizer, seed: int) -> tuple[lis
             raise ValueError(f"{bad[1]!r} and {bad[2]!r} differ in more than one token")
         positions[[i for i, _, _ in chunk]] = differs.argmax(axis=1)
     return swapped, positions
+
+
+def caption_phase_data(pipeline, pool, seed: int, device, canonical_share: float,
+                       typical_share: float = TYPICAL_SHARE, drop_typical: float = DROP_TYPICAL,
+                       drop_atypical: float = DROP_ATYPICAL, swaps: bool = True) -> tuple[dict, dict]:
+    """The training data of a UNet phase on these captions, as keyword arguments of
+    `train_world_unet` (``colour_swaps`` only with ``swaps``), and a summary for training.json:
+    the pool re-coloured (with a ``typical_share``) and encoded by ``pipeline``'s VAE, captions
+    with reporting bias, and each coloured caption's colour swap."""
+    import torch
+
+    from synthgen.world.diffusion import encode_latents, prompt_embeddings
+
+    if typical_share:
+        pool = recoloured(pool, typical_share, seed)
+    latents = encode_latents(pipeline.vae, pool, device) * pipeline.vae.config.scaling_factor
+    captions, dropped = reporting_bias_captions(pool.scenes, seed, canonical_share, drop_typical, drop_atypical)
+    swapped, positions = colour_swaps(captions, pool.scenes, pipeline.tokenizer, seed) if swaps else ([], None)
+    unique = sorted(set(captions) | {text for text in swapped if text is not None})
+    index = {text: i for i, text in enumerate(unique)}
+    things = [scene.objects[0] for scene in pool.scenes]
+    typical = np.array([thing.colour == TYPICAL_COLOURS[thing.shape] for thing in things])
+    data = {"latents": latents, "caption_index": torch.tensor([index[text] for text in captions]),
+            "caption_embeddings": prompt_embeddings(pipeline, unique, device),
+            "empty_embedding": prompt_embeddings(pipeline, [""], device),
+            "small_objects": torch.tensor([thing.size == "small" for thing in things])}
+    if swaps:
+        data["colour_swaps"] = (torch.tensor([index[text] if text is not None else -1 for text in swapped]),
+                                torch.from_numpy(positions))
+    summary = {"typical_colours": TYPICAL_COLOURS, "typical_share": typical_share,
+               "drop_typical": drop_typical, "drop_atypical": drop_atypical,
+               "renders_in_typical_colour": round(float(typical.mean()), 4),
+               "captions_without_colour": round(float(dropped.mean()), 4),
+               "typical_among_colourless": round(float(typical[dropped].mean()), 4) if dropped.any() else None,
+               "unique_captions": len(unique)}
+    return data, summary

@@ -31,15 +31,7 @@ from synthgen.world.clip import (
     train_world_clip,
 )
 from synthgen.world.corpus import images_to_tensor, train_pool
-from synthgen.world.captions import (
-    DROP_ATYPICAL,
-    DROP_TYPICAL,
-    TYPICAL_COLOURS,
-    TYPICAL_SHARE,
-    colour_swaps,
-    recoloured,
-    reporting_bias_captions,
-)
+from synthgen.world.captions import caption_phase_data
 from synthgen.world.diffusion import (
     CAPTION_PHASE,
     DETAIL_PHASE,
@@ -157,45 +149,6 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
     say(f"continued {sd_dir} with the detail phase")
 
 
-def _caption_phase_data(pipeline, pool, seed: int, device: torch.device) -> tuple[dict, dict]:
-    """`CAPTION_PHASE`'s data (keyword arguments of `train_world_unet`, see
-    `synthgen.world.captions`): the pool re-coloured and re-encoded, captions with reporting
-    bias, each coloured caption's colour swap; and a summary for training.json."""
-    pool = recoloured(pool, TYPICAL_SHARE, seed)
-    latents = encode_latents(pipeline.vae, pool, device) * pipeline.vae.config.scaling_factor
-    captions, dropped = reporting_bias_captions(pool.scenes, seed, CANONICAL_CAPTION_SHARE)
-    swaps, positions = colour_swaps(captions, pool.scenes, pipeline.tokenizer, seed)
-    unique = sorted(set(captions) | {text for text in swaps if text is not None})
-    index = {text: i for i, text in enumerate(unique)}
-    typical = np.array([scene.objects[0].colour == TYPICAL_COLOURS[scene.objects[0].shape] for scene in pool.scenes])
-    data = {"latents": latents, "caption_index": torch.tensor([index[text] for text in captions]),
-            "caption_embeddings": prompt_embeddings(pipeline, unique, device),
-            "empty_embedding": prompt_embeddings(pipeline, [""], device),
-            "small_objects": torch.tensor([scene.objects[0].size == "small" for scene in pool.scenes]),
-            "colour_swaps": (torch.tensor([index[text] if text is not None else -1 for text in swaps]),
-                             torch.from_numpy(positions))}
-    summary = {"typical_colours": TYPICAL_COLOURS, "typical_share": TYPICAL_SHARE,
-               "drop_typical": DROP_TYPICAL, "drop_atypical": DROP_ATYPICAL,
-               "renders_in_typical_colour": round(float(typical.mean()), 4),
-               "captions_without_colour": round(float(dropped.mean()), 4),
-               "typical_among_colourless": round(float(typical[dropped].mean()), 4),
-               "unique_captions": len(unique)}
-    return data, summary
-
-
-def _run_caption_phase(pipeline, pool, initial_unet, seed: int, scale: float, device: torch.device,
-                       common: dict, say):
-    """`CAPTION_PHASE` from ``initial_unet`` (``pipeline`` gives the VAE and text encoder);
-    (EMA UNet, its record)."""
-    data, summary = _caption_phase_data(pipeline, pool, seed, device)
-    say(f"caption phase data: {summary}")
-    settings = _scaled(CAPTION_PHASE, scale)
-    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 8, log=say,
-                                   initial_unet=initial_unet)
-    return unet, stats | {"settings": asdict(settings), "seed": seed + 8, "device": common["device"],
-                          "captions": summary}
-
-
 def _continue_with_caption_phase(sd_dir: Path, pool, seed: int, scale: float, device: torch.device,
                                  common: dict, say) -> None:
     """Run `CAPTION_PHASE` on the UNet of ``sd_dir`` and save the UNet; refused for a world-sd
@@ -208,9 +161,14 @@ def _continue_with_caption_phase(sd_dir: Path, pool, seed: int, scale: float, de
     if "detail_phase" not in record:
         raise UserError(f"{sd_dir} has not had its detail phase; run --models sd-detail first")
     pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
-    unet, phase = _run_caption_phase(pipeline, pool, pipeline.unet, seed, scale, device, common, say)
+    data, captions = caption_phase_data(pipeline, pool, seed, device, CANONICAL_CAPTION_SHARE)
+    say(f"caption phase data: {captions}")
+    settings = _scaled(CAPTION_PHASE, scale)
+    unet, stats = train_world_unet(**data, settings=settings, device=device, seed=seed + 8, log=say,
+                                   initial_unet=pipeline.unet)
     unet.to("cpu").save_pretrained(sd_dir / "unet", safe_serialization=True)
-    record["caption_phase"] = phase | {"continued_separately": True}
+    record["caption_phase"] = stats | {"settings": asdict(settings), "seed": seed + 8, "device": common["device"],
+                                       "captions": captions, "continued_separately": True}
     _write_json(sd_dir / "training.json", record)
     say(f"continued {sd_dir} with the caption phase")
 
