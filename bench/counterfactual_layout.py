@@ -19,7 +19,9 @@
    gives every view its anchor's prompt embedding except at the token positions where its
    prompt's tokens differ (the colour word alone), to see what the words after it carry in a
    causal text encoder (what a recipe's `slots: {splice_text: true}` does); the default `own`
-   encodes each view's prompt whole, as the sampler does without it.
+   encodes each view's prompt whole, as the sampler does without it. `--align-noise` turns
+   each view's noise from view 0's colour towards its own (`slots: {align_noise: true}`,
+   generate/noise_turn.py, the same code).
 3. The oracle reads every view; edit success and what held, with 95% Wilson intervals, by
    bench/counterfactual_oracle.py's `judge` (position held: every view's centre within
    `--tolerance` px of every other's in x and in y).
@@ -52,6 +54,7 @@ from synthgen.generate.attention_sharing import (  # noqa: E402
 )
 from synthgen.generate.families import family_of  # noqa: E402
 from synthgen.generate.load import load_pipeline  # noqa: E402
+from synthgen.generate.noise_turn import ColourLatents, turn_noise  # noqa: E402
 from synthgen.plan import GroupPlan, make_plan  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
 from synthgen.world.oracle import load_oracle  # noqa: E402
@@ -86,7 +89,7 @@ def chosen_groups(groups: tuple[GroupPlan, ...], per_class: int | None) -> list[
 @torch.inference_mode()
 def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: int,
              guidance: float, side: int, groups_per_call: int,
-             text: str = "own") -> np.ndarray:
+             text: str = "own", colours: ColourLatents | None = None) -> np.ndarray:
     """uint8 (views, side, side, 3) of every group's views, in group then view order."""
     family = family_of(pipeline, torch.device("cpu"))
     embed = lambda texts: torch.cat([family.embedding(text) for text in texts])  # noqa: E731
@@ -96,9 +99,7 @@ def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: i
     for start in range(0, len(groups), groups_per_call):
         call = groups[start:start + groups_per_call]
         views = [view for group in call for view in group.views]
-        latents = torch.cat([
-            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(view.seed))
-            for view in views])
+        latents = torch.cat([noise(view, shape, colours) for view in views])
         if text == "changed-tokens":
             prompts = torch.cat([family.spliced_embedding(view.prompt, group.views[0].prompt)
                                  for group in call for view in group.views])
@@ -116,6 +117,15 @@ def generate(pipeline, groups: list[GroupPlan], sharing: LayoutSharing, steps: i
     return np.concatenate(pixels)
 
 
+def noise(view, shape, colours: ColourLatents | None) -> torch.Tensor:
+    """The view's starting noise as the sampler draws it: from its seed on a CPU generator,
+    turned towards its colour where `colours` is given and the plan turns it."""
+    drawn = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(view.seed))
+    if colours is None or view.noise_turn is None:
+        return drawn
+    return turn_noise(drawn, colours.rotation(*view.noise_turn))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text", choices=("own", "changed-tokens"), default="own",
                         help="changed-tokens: views take the anchor's prompt embedding but where "
                              "their tokens differ")
+    parser.add_argument("--align-noise", action="store_true",
+                        help="turn each view's noise towards its colour (slots.align_noise)")
     parser.add_argument("--groups-per-call", type=int, default=11)
     parser.add_argument("--tolerance", type=float, default=2.0,
                         help="pixels (at 32 px) two views' centres may differ by, in x and in y")
@@ -145,20 +157,25 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings:
         parser.error("give --tau and/or --sharing")
     recipe = load_recipe(args.recipe)
+    if args.align_noise:
+        views = recipe.views.model_copy(update={"slots": recipe.views.slots.model_copy(
+            update={"align_noise": True})})
+        recipe = recipe.model_copy(update={"views": views})
     if args.model is not None:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"id": str(args.model)})})
     spec = recipe.model
     groups = chosen_groups(make_plan(recipe).groups, args.per_class)
     pipeline = load_pipeline(spec, torch.device("cpu"), torch.float32).pipeline
     oracle = load_oracle()
-    result = {"recipe": str(args.recipe), "text": args.text, "groups": len(groups), "steps": spec.steps,
+    colours = ColourLatents(pipeline, spec.width) if args.align_noise else None
+    result = {"recipe": str(args.recipe), "text": args.text, "align_noise": args.align_noise, "groups": len(groups), "steps": spec.steps,
               "guidance_scale": spec.guidance_scale,
               "scheduler": type(pipeline.scheduler).__name__, "tolerance_px": args.tolerance,
               "settings": []}
     for sharing in settings:
         started = time.perf_counter()
         pixels = generate(pipeline, groups, sharing, spec.steps, spec.guidance_scale, spec.width,
-                          args.groups_per_call, args.text)
+                          args.groups_per_call, args.text, colours)
         seconds = time.perf_counter() - started
         if args.save is not None:
             args.save.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from synthgen.recipe_base import (
 )
 from synthgen.suppress import SuppressEntry
 from synthgen.views import ViewsSpec
+from synthgen.views.slots import colour_rgb
 
 IMAGE_FORMATS = ("jpg", "png", "webp")
 MAX_GUIDANCE_SCALE = 100.0
@@ -393,6 +394,22 @@ class Recipe(StrictModel):
                     raise recipe_problem(
                         "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
                         f"so its views cannot differ; give it more values, {fix}")
+            if views.varied_slots and views.slots.align_noise:
+                self._check_colour_values(views.varied_slots[0], slot_values, balanced, field)
+
+    @staticmethod
+    def _check_colour_values(slot: str, slot_values: dict, balanced: dict, field: str) -> None:
+        """`slots.align_noise` turns the noise by the latents of the slot's colours, so every
+        value must be a colour name (`views.slots.colour_rgb`)."""
+        values = balanced[slot][1].values if slot in balanced else slot_values[slot]
+        unknown = sorted(value for value in values if colour_rgb(value) is None)
+        if unknown:
+            field = field.removesuffix(".vary") + ".align_noise"
+            raise recipe_problem(
+                "slots", f"{field}: slot {slot!r} has values that are not colour names: "
+                f"{unknown[:5]}; align_noise turns each view's noise towards its colour's "
+                "latent, so it needs CSS colour names (red, light blue, #ff8800); vary a "
+                "colour slot or set align_noise: false")
 
     def corner_case_groups(self, case: CornerCaseSpec) -> int:
         """The exact number of groups a corner case gets (weights and oversampling rounded)."""

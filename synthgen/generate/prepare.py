@@ -80,6 +80,10 @@ def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
         reason = sampler.family.layout_unsupported_reason()
         if reason is not None:
             raise UserError(f"views.slots.hold_layout: {recipe.model.id}: {reason}")
+    if any("slots" in spec.strategy and spec.slots.align_noise for spec in specs):
+        reason = sampler.family.aligned_noise_unsupported_reason()
+        if reason is not None:
+            raise UserError(f"views.slots.align_noise: {recipe.model.id}: {reason}")
     if any("slots" in spec.strategy and spec.slots.splice_text for spec in specs):
         reason = sampler.family.splice_unsupported_reason()
         if reason is not None:

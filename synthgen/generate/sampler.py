@@ -23,6 +23,7 @@ import torch
 from synthgen.errors import UserError
 from synthgen.generate.families import family_of
 from synthgen.generate.load import LoadedModel
+from synthgen.generate.noise_turn import ColourLatents, turn_noise
 from synthgen.recipe import ModelSpec
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan
@@ -98,6 +99,7 @@ class Sampler:
         self.pipeline = model.pipeline
         self.family = family_of(self.pipeline, model.device)
         self._img2img = None
+        self._colours: ColourLatents | None = None  # align_noise views: colour latents
         # Finished images later views of the same group start from, keyed (group id, view).
         self._sources: dict[tuple[str, int], torch.Tensor] = {}
         denoiser_name = self.family.denoiser_name
@@ -338,6 +340,9 @@ class Sampler:
         before a model loads; this keeps a direct `Sampler` user from a silent seeds view)."""
         if self.family.draws_own_latents:
             return
+        if any(view.noise_turn is not None for view in views):
+            raise UserError("views.slots.align_noise: "
+                            f"{self.family.aligned_noise_unsupported_reason()}")
         from synthgen.views import STRATEGIES
 
         for view in views:
@@ -355,7 +360,9 @@ class Sampler:
 
         noise = []
         for view in views:
-            if view.anchor_seed is None:
+            if view.noise_turn is not None:
+                noise.append(turn_noise(gaussian(view.seed), self._colour_latents().rotation(*view.noise_turn)))
+            elif view.anchor_seed is None:
                 noise.append(gaussian(view.seed))
             elif view.sigma == 0:
                 noise.append(gaussian(view.anchor_seed))
@@ -365,6 +372,11 @@ class Sampler:
                 noise.append(mixed / math.sqrt(1.0 + view.sigma ** 2))
         # One host-to-device copy for the whole batch.
         return torch.cat(noise).to(self.model.device, self.model.dtype)
+
+    def _colour_latents(self) -> ColourLatents:
+        if self._colours is None:
+            self._colours = ColourLatents(self.pipeline, min(self.spec.width, self.spec.height))
+        return self._colours
 
     def _image_to_image(self):
         if self._img2img is None:

@@ -78,7 +78,8 @@ class _ViewsBase(StrictModel):
         for name, strategy in STRATEGIES.items():
             if strategy.missing_block and name in chosen and getattr(self, name) is None:
                 raise recipe_problem("views", strategy.missing_block)
-        problem = "slots" in chosen and STRATEGIES["slots"].held_layout_problem(self)
+        problem = "slots" in chosen and (STRATEGIES["slots"].held_layout_problem(self)
+                                         or STRATEGIES["slots"].aligned_noise_problem(self))
         if problem:
             raise recipe_problem("views", problem)
         return self
@@ -122,7 +123,8 @@ class ViewPlan:
     """One image to generate: everything the sampler needs, nothing that depends on batching.
 
     Starting noise: N(seed) alone, or with `anchor_seed`, (N(anchor) + sigma N(seed)) /
-    sqrt(1 + sigma^2). With `source_view`, the image is view `source_view` of the same group
+    sqrt(1 + sigma^2); with `noise_turn`, N(seed) turned in channel space from the latent of
+    its first colour to that of its second (generate/noise_turn.py). With `source_view`, the image is view `source_view` of the same group
     re-noised to `strength` (with N(seed)) and denoised again. With `layout_anchor`, the view
     is made in one pipeline call with view `layout_anchor` of its group and takes that view's
     attention maps and coarse features for the fractions of the steps in `layout_sharing`
@@ -151,6 +153,9 @@ class ViewPlan:
     # `slots` with `splice_text`: the prompt (view 0's) whose embedding takes this view's
     # tokens where they differ from its own (generate/families/sd.py).
     splice_into: str | None = None
+    # `slots` with `align_noise`: (view 0's colour, this view's): the starting noise is view
+    # 0's turned from the one to the other (generate/noise_turn.py).
+    noise_turn: tuple[str, str] | None = None
 
     def to_json(self) -> dict:
         """The view's entry in the sample metadata: strategy fields only where they apply."""
@@ -164,6 +169,8 @@ class ViewPlan:
             entry["layout_anchor"] = self.layout_anchor
         if self.splice_into is not None:
             entry["splice_into"] = self.splice_into
+        if self.noise_turn is not None:
+            entry["noise_turn"] = list(self.noise_turn)
         for name in ("slots", "balance", "layout_sharing"):
             value = getattr(self, name)
             if value is not None:

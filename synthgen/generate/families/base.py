@@ -137,6 +137,16 @@ class ModelFamily:
                     "one-call scheduler (DPM-Solver++, DDIM, Euler, UniPC) or drop hold_layout")
         return None
 
+    def aligned_noise_unsupported_reason(self) -> str | None:
+        """Why views cannot start from view 0's noise turned towards their colour
+        (`slots.align_noise`, generate/noise_turn.py), or None: synthgen must draw the starting
+        latents, and a VAE must encode the colours."""
+        if not self.draws_own_latents or getattr(self.pipeline, "vae", None) is None:
+            return (f"{self.pipeline_name} draws its own starting latents from each view's seed, "
+                    "and align_noise turns the latents synthgen draws (Stable Diffusion and SDXL "
+                    "pipelines); drop align_noise")
+        return None
+
     def splice_unsupported_reason(self) -> str | None:
         """Why views cannot splice their tokens into view 0's prompt embedding
         (`slots.splice_text`) on this pipeline, or None. It needs one token sequence per prompt
