@@ -157,17 +157,17 @@ def main(argv: list[str] | None = None) -> dict:
     if not settings:
         parser.error("give --tau and/or --sharing")
     recipe = load_recipe(args.recipe)
-    if args.align_noise:
-        views = recipe.views.model_copy(update={"slots": recipe.views.slots.model_copy(
-            update={"align_noise": True})})
-        recipe = recipe.model_copy(update={"views": views})
+    if args.align_noise:  # validated again: align_noise needs a slot of colour names
+        recorded = recipe.model_dump(mode="json")
+        recorded["views"]["slots"]["align_noise"] = True
+        recipe = type(recipe).model_validate(recorded)
     if args.model is not None:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"id": str(args.model)})})
     spec = recipe.model
     groups = chosen_groups(make_plan(recipe).groups, args.per_class)
     pipeline = load_pipeline(spec, torch.device("cpu"), torch.float32).pipeline
     oracle = load_oracle()
-    colours = ColourLatents(pipeline, spec.width) if args.align_noise else None
+    colours = ColourLatents(pipeline, min(spec.width, spec.height)) if args.align_noise else None
     result = {"recipe": str(args.recipe), "text": args.text, "align_noise": args.align_noise, "groups": len(groups), "steps": spec.steps,
               "guidance_scale": spec.guidance_scale,
               "scheduler": type(pipeline.scheduler).__name__, "tolerance_px": args.tolerance,

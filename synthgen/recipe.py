@@ -395,21 +395,32 @@ class Recipe(StrictModel):
                         "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
                         f"so its views cannot differ; give it more values, {fix}")
             if views.varied_slots and views.slots.align_noise:
-                self._check_colour_values(views.varied_slots[0], slot_values, balanced, field)
+                self._check_aligned_noise(views.varied_slots[0], where, name, slot_values,
+                                          balanced, field.removesuffix(".vary") + ".align_noise")
 
-    @staticmethod
-    def _check_colour_values(slot: str, slot_values: dict, balanced: dict, field: str) -> None:
-        """`slots.align_noise` turns the noise by the latents of the slot's colours, so every
-        value must be a colour name (`views.slots.colour_rgb`)."""
-        values = balanced[slot][1].values if slot in balanced else slot_values[slot]
+    def _check_aligned_noise(self, slot: str, where: str, name: str, slot_values: dict,
+                             balanced: dict, field: str) -> None:
+        """`slots.align_noise` turns the noise by the model's own VAE latents of the slot's
+        colours: every value a colour name (`views.slots.colour_rgb`), no `model.decoder`."""
+        if self.model.decoder is not None:
+            raise recipe_problem(
+                "slots", f"{field}: model.decoder swaps the model's VAE for a tiny autoencoder, "
+                "and align_noise encodes the colours with the model's own VAE, in whose latents "
+                "the noise is drawn; drop model.decoder or set align_noise: false")
+        if slot in balanced:
+            index, entry = balanced[slot]
+            values, source = entry.values, f"balance[{index}].values"
+        else:
+            values = slot_values[slot]
+            own = where.startswith("classes[") and slot in self.classes[int(where[8:-1])].slots
+            source = f"{where}.slots.{slot}" if own else f"slots.{slot}"
         unknown = sorted(value for value in values if colour_rgb(value) is None)
         if unknown:
-            field = field.removesuffix(".vary") + ".align_noise"
             raise recipe_problem(
-                "slots", f"{field}: slot {slot!r} has values that are not colour names: "
-                f"{unknown[:5]}; align_noise turns each view's noise towards its colour's "
-                "latent, so it needs CSS colour names (red, light blue, #ff8800); vary a "
-                "colour slot or set align_noise: false")
+                "slots", f"{field}: {where} ({name!r}) varies {{{slot}}}, whose values in "
+                f"{source} are not all colour names: {unknown[:5]}; align_noise turns each "
+                "view's noise towards its colour's latent, so it needs CSS colour names (red, "
+                "light blue, '#ff8800'); vary a colour slot or set align_noise: false")
 
     def corner_case_groups(self, case: CornerCaseSpec) -> int:
         """The exact number of groups a corner case gets (weights and oversampling rounded)."""

@@ -5,6 +5,8 @@ and the refusal on a family that draws its own latents."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_held_layout import written_views
@@ -14,8 +16,9 @@ from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.generate import prepare
 from synthgen.generate.load import LoadedModel, load_pipeline
-from synthgen.generate.noise_turn import plane_rotation, turn_noise
-from synthgen.generate.sampler import Sampler
+from synthgen.generate.noise_turn import ColourLatents, plane_rotation, turn_noise
+from synthgen.generate.sampler import Rejector, Sampler
+from synthgen.generate.tiny_random import build_tiny_decoder, build_tiny_pipeline
 from synthgen.plan import make_plan, summarize
 from synthgen.recipe import load_recipe
 from synthgen.seeding import derive_seed
@@ -66,7 +69,8 @@ def test_a_varied_balanced_colour_turns_the_noise_by_its_quota_values(write_reci
 
 @pytest.mark.parametrize(("views", "message"), [
     ({**ALIGNED, "slots": {"vary": ["size"], "align_noise": True}},
-     "views.slots.align_noise: slot 'size' has values that are not colour names: ['large', 'small']"),
+     "views.slots.align_noise: classes[0] ('circle') varies {size}, whose values in slots.size "
+     "are not all colour names: ['large', 'small']"),
     ({**ALIGNED, "slots": {"vary": ["colour", "size"], "align_noise": True}},
      "slots.align_noise turns the noise by one slot's colours, and vary lists ['colour', 'size']"),
     ({**ALIGNED, "strategy": ["slots", "seeds"]},
@@ -77,6 +81,28 @@ def test_recipes_it_cannot_turn_are_refused_with_the_field_and_fix(write_recipe,
         load_recipe(write_recipe({**RECIPE, "views": views}))
     assert message in str(refused.value)
     assert "align_noise: false" in str(refused.value)
+
+
+def test_the_message_names_where_the_values_that_are_not_colours_come_from(write_recipe):
+    own_slot = {**RECIPE, "classes": [*RECIPE["classes"], {
+        "name": "square", "groups": 1, "templates": ["a {colour} square"], "slots": {"colour": ["bright", "dull"]}}]}
+    with pytest.raises(UserError) as refused:
+        load_recipe(write_recipe(own_slot))
+    assert ("views.slots.align_noise: classes[1] ('square') varies {colour}, whose values in "
+            "classes[1].slots.colour are not all colour names: ['bright', 'dull']") in str(refused.value)
+    balanced = {**RECIPE, "templates": ["a {size} {mood} circle"], "classes": [{"name": "circle", "groups": 2}],
+                "balance": [{"attribute": "mood", "values": {"calm": 1, "blue": 1}}],
+                "views": {**ALIGNED, "slots": {"vary": ["mood"], "align_noise": True}}}
+    with pytest.raises(UserError) as refused:
+        load_recipe(write_recipe(balanced, name="balanced.yaml"))
+    assert "whose values in balance[0].values are not all colour names: ['calm']" in str(refused.value)
+
+
+def test_a_tiny_decoder_is_refused_because_the_colours_need_the_models_own_vae(write_recipe):
+    with pytest.raises(UserError) as refused:
+        load_recipe(write_recipe({**RECIPE, "model": {**RECIPE["model"], "decoder": "madebyollin/taesd"}}))
+    assert "views.slots.align_noise: model.decoder swaps the model's VAE" in str(refused.value)
+    assert "drop model.decoder or set align_noise: false" in str(refused.value)
 
 
 def test_colour_names_are_css_names_in_any_spacing():
@@ -100,6 +126,11 @@ def test_the_rotation_turns_one_colour_onto_the_other_and_keeps_the_noise_gaussi
     for k in (2, 3):
         assert torch.allclose(rotation @ basis[:, k], basis[:, k], atol=1e-5)
     assert torch.equal(plane_rotation(source, 2 * source), torch.eye(4))
+    half_turn = plane_rotation(source, -source)
+    assert torch.allclose(half_turn @ source, -source, atol=1e-5)
+    assert torch.allclose(half_turn @ half_turn.T, torch.eye(4), atol=1e-6)
+    with pytest.raises(ValueError, match="finite non-zero"):
+        plane_rotation(source, torch.full((4,), float("nan")))
     # Rotated noise is a unit Gaussian still: same norm at every pixel, moments kept.
     noise = torch.randn(1, 4, 64, 64, generator=generator)
     rotated = turn_noise(noise, rotation)
@@ -170,3 +201,44 @@ def test_families_that_draw_their_own_latents_refuse_align_noise(write_recipe):
     assert str(refused.value) == f"views.slots.align_noise: builtin:tiny-random: {reason}"
     with pytest.raises(UserError, match="views.slots.align_noise"):
         sampler.sample([make_plan(recipe).groups[0].views[1]])
+
+
+def test_a_redrawn_view_starts_from_its_new_seed_unturned(write_recipe):
+    recipe = load_recipe(write_recipe(RECIPE))
+    model = load_pipeline(recipe.model, torch.device("cpu"), torch.float32)
+    views = list(make_plan(recipe).groups[0].views)
+    flagged_once = {views[1].prompt}
+
+    def score(images, prompts):
+        hits = [prompt in flagged_once for prompt in prompts]
+        flagged_once.clear()
+        return torch.tensor(hits, dtype=torch.float32)
+
+    rejecting = Sampler(model, recipe.model, batch_size=3, rejectors=(Rejector("thing", 0.5, 2, score),))
+    result = rejecting.sample(views)
+    record = result.record(1)
+    assert record["noise_turn_used"] is None and record["rejections"] == {"thing": 1}
+    assert result.record(0) == {} and result.record(2) == {}
+    # The redraw is the pipeline's plain view on the retry seed: no turn.
+    unturned = replace(views[1], seed=record["seed_used"], noise_turn=None)
+    alone = Sampler(model, recipe.model, batch_size=3).sample([unturned])
+    assert torch.equal(result.images[1], alone.images[0])
+
+
+def test_colour_latents_come_from_a_float32_copy_whatever_the_models_dtype():
+    pipeline = build_tiny_pipeline("sd")
+    exact = ColourLatents(pipeline, 32)("red")
+    pipeline.vae.to(torch.bfloat16)
+    rounded = ColourLatents(pipeline, 32)("red")
+    assert next(pipeline.vae.parameters()).dtype == torch.bfloat16, "the model's VAE is left alone"
+    assert rounded.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(exact, rounded, dim=0) > 0.999
+
+
+def test_a_swapped_in_tiny_decoder_is_refused_at_sampling_too(write_recipe):
+    recipe = load_recipe(write_recipe(RECIPE))
+    pipeline = build_tiny_pipeline("sd")
+    pipeline.vae = build_tiny_decoder()
+    model = LoadedModel(pipeline=pipeline, device=torch.device("cpu"), dtype=torch.float32, source="tiny")
+    reason = Sampler(model, recipe.model, batch_size=3).family.aligned_noise_unsupported_reason()
+    assert "AutoencoderTiny" in reason and "drop model.decoder or align_noise" in reason

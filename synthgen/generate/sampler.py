@@ -74,12 +74,14 @@ def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
     """The view drawn again after a rejection: new seeds derived from the old, same prompt.
 
     A latent view also gets a new anchor: with a small sigma the anchor decides the picture,
-    so keeping it would mostly redraw the rejected image.
+    so keeping it would mostly redraw the rejected image. An `align_noise` view starts from
+    its new seed unturned: the turn is defined on its group's shared noise, which it leaves.
     """
     anchor = view.anchor_seed
     if anchor is not None:
         anchor = derive_seed("retry-anchor", anchor, view.group_id, view.view, attempt)
-    return replace(view, seed=derive_seed("retry", view.seed, attempt), anchor_seed=anchor)
+    return replace(view, seed=derive_seed("retry", view.seed, attempt), anchor_seed=anchor,
+                   noise_turn=None)
 
 
 class Sampler:
@@ -176,7 +178,8 @@ class Sampler:
         `max_retries` (the last draw is kept, and recorded as a suppression failure).
         A redrawn view is its own layout anchor (its group's anchor is not drawn again with
         it), recorded as `layout_anchor_used`; views held to an anchor that is redrawn keep
-        the layout of the anchor's first draw.
+        the layout of the anchor's first draw. A redrawn `align_noise` view is not turned
+        (`noise_turn_used: null`).
         """
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
@@ -223,6 +226,8 @@ class Sampler:
                     records[position]["anchor_seed_used"] = final.anchor_seed
                 if planned.layout_anchor is not None and planned.layout_anchor != planned.view:
                     records[position]["layout_anchor_used"] = planned.view
+                if planned.noise_turn is not None:
+                    records[position]["noise_turn_used"] = None
         return images, finite, records
 
     def _generate(self, views: list[ViewPlan], own_anchors: bool = False

@@ -145,6 +145,12 @@ class ModelFamily:
             return (f"{self.pipeline_name} draws its own starting latents from each view's seed, "
                     "and align_noise turns the latents synthgen draws (Stable Diffusion and SDXL "
                     "pipelines); drop align_noise")
+        vae = self.pipeline.vae
+        if type(vae).__name__ != "AutoencoderKL":
+            return (f"its autoencoder is a {type(vae).__name__} (model.decoder swaps in a tiny "
+                    "one), and align_noise encodes the colours with the model's own "
+                    "AutoencoderKL, whose latents the denoiser works in; drop model.decoder or "
+                    "align_noise")
         return None
 
     def splice_unsupported_reason(self) -> str | None:
