@@ -125,3 +125,44 @@ def read_planned_samples(out_dir: Path, plan) -> list[tuple[dict, object, dict]]
         assert [v["prompt"] for v in metadata["views"]] == [v.prompt for v in group.views]
         read.append((sample, group, metadata))
     return read
+
+
+def written_views(folder: Path) -> dict[tuple[str, int], tuple[dict, np.ndarray]]:
+    """(group id, view) -> (the view's json entry, its pixels) of every sample in `folder`."""
+    urls = sorted(str(path) for path in folder.glob("shard-*.tar"))
+    views = {}
+    for sample in webdataset.WebDataset(urls, shardshuffle=False, empty_check=False):
+        meta = json.loads(sample["json"])
+        for view in meta["views"]:
+            pixels = np.asarray(Image.open(io.BytesIO(sample[view["file"]])).convert("RGB"))
+            views[(meta["group_id"], view["view"])] = (view, pixels)
+    return views
+
+
+def generated_and_by_hand(plan, out_dir: Path, by_hand) -> list[tuple[ViewPlan, dict, np.ndarray, np.ndarray]]:
+    """Generate `plan` into `out_dir` on the CPU (batches of 6), then make the same views by
+    hand: `by_hand(pipeline, views, noise)` calls the recipe's pipeline (loaded afresh) and
+    returns its float images; `noise` is each view's seed drawn as the sampler draws it, and
+    `derive_seed("steps", seed)` generators are the caller's to pass. Runs on the generator's
+    CPU threads, so float rounding matches. Per view: (view, its json entry, written pixels,
+    pixels made by hand)."""
+    from synthgen.generate.load import load_pipeline
+
+    options = GenerateOptions(progress=False, device="cpu", batch_size=6)
+    generate_dataset(plan, out_dir, options)
+    written = written_views(out_dir)
+    pipeline = load_pipeline(plan.recipe.model, torch.device("cpu"), torch.float32).pipeline
+    pipeline.set_progress_bar_config(disable=True)
+    views = [view for group in plan.groups for view in group.views]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(options.cpu_threads)
+    try:
+        shape = (1, pipeline.unet.config.in_channels, plan.recipe.model.height // pipeline.vae_scale_factor,
+                 plan.recipe.model.width // pipeline.vae_scale_factor)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(v.seed)) for v in views]
+        images = by_hand(pipeline, views, noise)
+    finally:
+        torch.set_num_threads(threads)
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [(view, *written[(view.group_id, view.view)], expected)
+            for view, expected in zip(views, pixels)]

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_held_layout import written_views
+from sampling_checks import generated_and_by_hand, written_views
 
 from pixart_fixture import build_tiny_pixart
 from synthgen.engines.local import GenerateOptions, generate_dataset
@@ -141,41 +141,28 @@ def test_the_rotation_turns_one_colour_onto_the_other_and_keeps_the_noise_gaussi
 
 def test_an_aligned_dataset_is_the_pipeline_called_with_turned_noise(write_recipe, tmp_path):
     plan = make_plan(load_recipe(write_recipe(RECIPE)))
-    options = GenerateOptions(progress=False, device="cpu", batch_size=6)
-    generate_dataset(plan, tmp_path / "out", options)
-    written = written_views(tmp_path / "out")
 
-    pipeline = load_pipeline(plan.recipe.model, torch.device("cpu"), torch.float32).pipeline
-    pipeline.set_progress_bar_config(disable=True)
+    def by_hand(pipeline, views, noise):
+        def colour_latent(name: str) -> torch.Tensor:
+            flat = torch.tensor(colour_rgb(name), dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+            with torch.no_grad():
+                latent = pipeline.vae.encode(flat.expand(1, 3, 32, 32)).latent_dist.mean
+            return (latent * pipeline.vae.config.scaling_factor).mean(dim=(0, 2, 3))
 
-    def colour_latent(name: str) -> torch.Tensor:
-        flat = torch.tensor(colour_rgb(name), dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
-        with torch.no_grad():
-            latent = pipeline.vae.encode(flat.expand(1, 3, 32, 32)).latent_dist.mean
-        return (latent * pipeline.vae.config.scaling_factor).mean(dim=(0, 2, 3))
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(options.cpu_threads)
-    try:
-        views = [view for group in plan.groups for view in group.views]
-        noise = []
-        for view in views:
-            drawn = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(view.seed))
-            if view.noise_turn is not None:
-                rotation = plane_rotation(*(colour_latent(c) for c in view.noise_turn))
-                drawn = torch.einsum("ij,njhw->nihw", rotation, drawn)
-            noise.append(drawn)
-        images = pipeline(
+        turned = [drawn if v.noise_turn is None else torch.einsum(
+                      "ij,njhw->nihw", plane_rotation(*(colour_latent(c) for c in v.noise_turn)), drawn)
+                  for v, drawn in zip(views, noise)]
+        return pipeline(
             prompt=[v.prompt for v in views], negative_prompt=[v.negative_prompt for v in views],
-            latents=torch.cat(noise), num_inference_steps=2, guidance_scale=3.0,
+            latents=torch.cat(turned), num_inference_steps=2, guidance_scale=3.0,
             generator=[torch.Generator().manual_seed(derive_seed("steps", v.seed)) for v in views],
             height=32, width=32, output_type="pt").images
-    finally:
-        torch.set_num_threads(threads)
-    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    checked = generated_and_by_hand(plan, tmp_path / "out", by_hand)
     turned = 0
-    for view, expected in zip(views, pixels):
-        entry, written_pixels = written[(view.group_id, view.view)]
+    written = {}
+    for view, entry, written_pixels, expected in checked:
+        written[(view.group_id, view.view)] = (entry, written_pixels)
         assert entry.get("noise_turn") == (list(view.noise_turn) if view.noise_turn else None)
         assert (written_pixels == expected).all(), (view.group_id, view.view)
         turned += view.noise_turn is not None
@@ -183,7 +170,7 @@ def test_an_aligned_dataset_is_the_pipeline_called_with_turned_noise(write_recip
     # Without the turn the views differ: the option is not a no-op on this pipeline.
     plain = make_plan(load_recipe(write_recipe({**RECIPE, "views": {**ALIGNED, "slots": {
         "vary": ["colour"]}}}, name="plain.yaml")))
-    generate_dataset(plain, tmp_path / "plain", options)
+    generate_dataset(plain, tmp_path / "plain", GenerateOptions(progress=False, device="cpu", batch_size=6))
     unturned = written_views(tmp_path / "plain")
     assert any((unturned[key][1] != written[key][1]).any() for key in written if key[1] != 0)
     assert all((unturned[key][1] == written[key][1]).all() for key in written if key[1] == 0)

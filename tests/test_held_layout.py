@@ -4,17 +4,14 @@ pipeline called by hand inside `attention_sharing.share_layout`."""
 
 from __future__ import annotations
 
-import io
-import json
 
 import numpy as np
 import pytest
 import torch
-import webdataset
-from PIL import Image
 
 from flux_fixture import build_tiny_flux
 from pixart_fixture import build_tiny_pixart
+from sampling_checks import written_views
 from synthgen.engines.local import GenerateOptions, generate_dataset, shard_batches
 from synthgen.errors import UserError
 from synthgen.generate import prepare
@@ -45,18 +42,6 @@ RECIPE = {
 
 def shard_bytes(folder) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.glob("shard-*.tar"))}
-
-
-def written_views(folder) -> dict[tuple[str, int], tuple[dict, np.ndarray]]:
-    """(group id, view) -> (the view's json entry, its pixels) of every sample in `folder`."""
-    urls = sorted(str(path) for path in folder.glob("shard-*.tar"))
-    views = {}
-    for sample in webdataset.WebDataset(urls, shardshuffle=False, empty_check=False):
-        meta = json.loads(sample["json"])
-        for view in meta["views"]:
-            pixels = np.asarray(Image.open(io.BytesIO(sample[view["file"]])).convert("RGB"))
-            views[(meta["group_id"], view["view"])] = (view, pixels)
-    return views
 
 
 def test_true_is_the_measured_sharing_and_a_fraction_sets_the_steps():

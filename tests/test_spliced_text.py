@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_held_layout import written_views
+from sampling_checks import generated_and_by_hand
 
 from pixart_fixture import build_tiny_pixart
-from synthgen.engines.local import GenerateOptions, generate_dataset
 from synthgen.errors import UserError
 from synthgen.generate import prepare
 from synthgen.generate.families import family_of
-from synthgen.generate.load import LoadedModel, load_pipeline
+from synthgen.generate.load import LoadedModel
 from synthgen.generate.sampler import Sampler
 from synthgen.generate.tiny_random import build_tiny_pipeline
 from synthgen.plan import make_plan, summarize
@@ -101,38 +100,25 @@ def test_families_without_one_token_sequence_refuse_splice_text(write_recipe):
 
 def test_a_spliced_dataset_is_the_pipeline_called_with_spliced_embeddings(write_recipe, tmp_path):
     plan = make_plan(load_recipe(write_recipe(RECIPE)))
-    options = GenerateOptions(progress=False, device="cpu", batch_size=6)
-    generate_dataset(plan, tmp_path / "out", options)
-    written = written_views(tmp_path / "out")
 
-    pipeline = load_pipeline(plan.recipe.model, torch.device("cpu"), torch.float32).pipeline
-    pipeline.set_progress_bar_config(disable=True)
+    def by_hand(pipeline, views, noise):
+        def embedding(text: str) -> torch.Tensor:
+            return pipeline.encode_prompt(text, torch.device("cpu"), 1, False)[0]
 
-    def embedding(text: str) -> torch.Tensor:
-        return pipeline.encode_prompt(text, torch.device("cpu"), 1, False)[0]
+        def spliced(text: str, anchor: str) -> torch.Tensor:
+            changed = token_ids(pipeline, anchor) != token_ids(pipeline, text)
+            result = embedding(anchor).clone()
+            result[:, changed] = embedding(text)[:, changed]
+            return result
 
-    def spliced(text: str, anchor: str) -> torch.Tensor:
-        changed = token_ids(pipeline, anchor) != token_ids(pipeline, text)
-        result = embedding(anchor).clone()
-        result[:, changed] = embedding(text)[:, changed]
-        return result
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(options.cpu_threads)
-    try:
-        views = [view for group in plan.groups for view in group.views]
-        noise = [torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(v.seed)) for v in views]
-        images = pipeline(
+        return pipeline(
             prompt_embeds=torch.cat([embedding(v.prompt) if v.splice_into is None
                                      else spliced(v.prompt, v.splice_into) for v in views]),
             negative_prompt_embeds=torch.cat([embedding(v.negative_prompt) for v in views]),
             latents=torch.cat(noise), num_inference_steps=2, guidance_scale=3.0,
             generator=[torch.Generator().manual_seed(derive_seed("steps", v.seed)) for v in views],
             height=32, width=32, output_type="pt").images
-    finally:
-        torch.set_num_threads(threads)
-    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for view, expected in zip(views, pixels):
-        entry, written_pixels = written[(view.group_id, view.view)]
+
+    for view, entry, written_pixels, expected in generated_and_by_hand(plan, tmp_path / "out", by_hand):
         assert entry.get("splice_into") == view.splice_into
         assert (written_pixels == expected).all(), (view.group_id, view.view)
