@@ -88,7 +88,8 @@ def continue_training(args) -> None:
     # EMA 0.998, not the detail phase's 0.999: at 0.999, 22% of the starting weights would
     # still be in the average after 1,500 steps.
     settings = replace(_scaled(DETAIL_PHASE, args.steps / DETAIL_PHASE.steps), ema_decay=args.ema_decay,
-                       colour_splice_share=args.splice_share)
+                       colour_splice_share=args.splice_share,
+                       small_object_weight=args.small_object_weight)
     unet, stats = train_world_unet(
         data["latents"], data["caption_index"], data["caption_embeddings"], data["empty_embedding"],
         settings=settings, device=torch.device("cpu"), seed=args.seed, log=log,
@@ -100,7 +101,7 @@ def continue_training(args) -> None:
         stats | {"settings": asdict(settings), "seed": args.seed, "init": str(source),
                  "typical": TYPICAL, "typical_share": args.typical_share,
                  "drop_typical": args.drop_typical, "drop_atypical": args.drop_atypical,
-                 "splice_share": args.splice_share,
+                 "splice_share": args.splice_share, "small_object_weight": args.small_object_weight,
                  "data": data["stats"], "threads": args.threads})
     (args.out / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"saved {args.out / 'unet'}")
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="re-colour this share of the objects in their shape's typical colour")
     train.add_argument("--drop-typical", type=float, default=DROP_TYPICAL)
     train.add_argument("--drop-atypical", type=float, default=DROP_ATYPICAL)
+    train.add_argument("--small-object-weight", type=float, default=DETAIL_PHASE.small_object_weight,
+                       help="how much more often renders of small objects are drawn")
     train.add_argument("--splice-share", type=float, default=0.0,
                        help="share of coloured captions shown with their colour token spliced into "
                             "a colour-swapped caption (synthgen/world/captions.py)")
