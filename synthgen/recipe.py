@@ -353,14 +353,14 @@ class Recipe(StrictModel):
         for i, spec in enumerate(self.classes):
             at = f"classes[{i}].templates" if spec.templates else "templates"
             templates = [(f"{at}[{t}]", text) for t, text in enumerate(self.templates_for(spec))]
-            targets.append((f"classes[{i}]", spec.name, spec.views, templates,
-                            {**self.slots, **spec.slots}))
+            targets.append((f"classes[{i}]", spec.name, spec.views, templates, spec.slots))
         targets += [(f"corner_cases[{i}]", case.name, case.views,
-                     [(f"corner_cases[{i}].prompt", case.prompt)], self.slots)
+                     [(f"corner_cases[{i}].prompt", case.prompt)], {})
                     for i, case in enumerate(self.corner_cases)]
         balanced = {entry.slot_name: (index, entry) for index, entry in enumerate(self.balance)
                     if entry.slot_name is not None}
-        for where, name, own_views, templates, slot_values in targets:
+        for where, name, own_views, templates, own_slots in targets:
+            slot_values = {**self.slots, **own_slots}
             views = own_views if own_views is not None else self.views
             field = f"{where}.views.slots.vary" if own_views is not None else "views.slots.vary"
             fix = (f"or give {where} ({name!r}) views of its own without slots"
@@ -395,11 +395,11 @@ class Recipe(StrictModel):
                         "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
                         f"so its views cannot differ; give it more values, {fix}")
             if views.varied_slots and views.slots.align_noise:
-                self._check_aligned_noise(views.varied_slots[0], where, name, slot_values,
+                self._check_aligned_noise(views.varied_slots[0], where, name, slot_values, own_slots,
                                           balanced, field.removesuffix(".vary") + ".align_noise")
 
     def _check_aligned_noise(self, slot: str, where: str, name: str, slot_values: dict,
-                             balanced: dict, field: str) -> None:
+                             own_slots: dict, balanced: dict, field: str) -> None:
         """`slots.align_noise` turns the noise by the model's own VAE latents of the slot's
         colours: every value a colour name (`views.slots.colour_rgb`), no `model.decoder`."""
         if self.model.decoder is not None:
@@ -412,8 +412,7 @@ class Recipe(StrictModel):
             values, source = entry.values, f"balance[{index}].values"
         else:
             values = slot_values[slot]
-            own = where.startswith("classes[") and slot in self.classes[int(where[8:-1])].slots
-            source = f"{where}.slots.{slot}" if own else f"slots.{slot}"
+            source = f"{where}.slots.{slot}" if slot in own_slots else f"slots.{slot}"
         unknown = sorted(value for value in values if colour_rgb(value) is None)
         if unknown:
             raise recipe_problem(

@@ -366,7 +366,8 @@ class Sampler:
         noise = []
         for view in views:
             if view.noise_turn is not None:
-                noise.append(turn_noise(gaussian(view.seed), self._colour_latents().rotation(*view.noise_turn)))
+                rotation = self._colour_latents().rotation(*view.noise_turn)
+                noise.append(turn_noise(gaussian(view.seed), rotation))
             elif view.anchor_seed is None:
                 noise.append(gaussian(view.seed))
             elif view.sigma == 0:

@@ -124,10 +124,10 @@ class ViewPlan:
 
     Starting noise: N(seed) alone, or with `anchor_seed`, (N(anchor) + sigma N(seed)) /
     sqrt(1 + sigma^2); with `noise_turn`, N(seed) turned in channel space from the latent of
-    its first colour to that of its second (generate/noise_turn.py). With `source_view`, the image is view `source_view` of the same group
-    re-noised to `strength` (with N(seed)) and denoised again. With `layout_anchor`, the view
-    is made in one pipeline call with view `layout_anchor` of its group and takes that view's
-    attention maps and coarse features for the fractions of the steps in `layout_sharing`
+    its first colour to that of its second (generate/noise_turn.py). With `source_view`, the
+    image is view `source_view` of the same group re-noised to `strength` (with N(seed)) and
+    denoised again. With `layout_anchor`, the view is made in one pipeline call with view
+    `layout_anchor` of its group and takes that view's attention maps and coarse features for the fractions of the steps in `layout_sharing`
     (generate/attention_sharing.py; the anchor's own picture is its plain one up to float
     rounding).
     """

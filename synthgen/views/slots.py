@@ -37,9 +37,15 @@ from synthgen.views.base import ViewStrategy
 # `hold_layout: true`: the fraction of the steps measured on builtin:world-sd (docs/WORLD.md);
 # equal to generate.attention_sharing.LAYOUT_SHARING (a test checks; the plan imports no torch).
 HELD_LAYOUT_FRACTION = 0.85
-# Starting noise other than the group's one shared seed: layout sharing was measured only on
-# shared noise, and an img2img view starts from another image.
-_NOT_WITH_HELD_LAYOUT = ("seeds", "latent", "img2img")
+# Strategies that give views starting noise other than the group's one shared seed (an img2img
+# view starts from another image): layout sharing was measured only on shared noise, and
+# align_noise turns that one noise.
+_OWN_STARTING_NOISE = ("seeds", "latent", "img2img")
+
+
+def _own_noise_strategy(spec) -> str | None:
+    """The first strategy of `spec` that gives views their own starting noise, or None."""
+    return next((name for name in _OWN_STARTING_NOISE if name in spec.strategy), None)
 
 
 class SlotViews(StrictModel):
@@ -135,11 +141,11 @@ class Slots(ViewStrategy):
         group's one shared noise, and is defined for one varied slot (its colour)."""
         if not spec.slots.align_noise:
             return None
-        own = [name for name in _NOT_WITH_HELD_LAYOUT if name in spec.strategy]
+        own = _own_noise_strategy(spec)
         if own:
             return (f"strategy: slots.align_noise turns the group's one shared starting noise "
-                    f"towards each view's colour, and {own[0]} gives views other starting noise "
-                    f"or images; drop {own[0]} from the strategy list, or set align_noise: false")
+                    f"towards each view's colour, and {own} gives views other starting noise "
+                    f"or images; drop {own} from the strategy list, or set align_noise: false")
         if len(spec.slots.vary) != 1:
             return (f"slots.align_noise turns the noise by one slot's colours, and vary lists "
                     f"{spec.slots.vary}; vary one slot of colour names, or set align_noise: false")
@@ -147,12 +153,12 @@ class Slots(ViewStrategy):
 
     def held_layout_problem(self, spec) -> str | None:
         """Why `hold_layout` cannot run with the other strategies chosen, or None."""
-        clashing = [name for name in _NOT_WITH_HELD_LAYOUT if name in spec.strategy]
-        if spec.slots.hold_layout is False or not clashing:
+        own = _own_noise_strategy(spec)
+        if spec.slots.hold_layout is False or not own:
             return None
         return (f"strategy: slots.hold_layout holds every view to view 0's layout on the "
-                f"group's one shared starting noise, and {clashing[0]} gives views other "
-                f"starting noise or images; drop {clashing[0]} from the strategy list, or "
+                f"group's one shared starting noise, and {own} gives views other "
+                f"starting noise or images; drop {own} from the strategy list, or "
                 "set hold_layout: false")
 
     def change_view(self, spec, recipe_seed, group_id, view, request) -> None:
