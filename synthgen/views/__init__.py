@@ -127,9 +127,9 @@ class ViewPlan:
     its first colour to that of its second (generate/noise_turn.py). With `source_view`, the
     image is view `source_view` of the same group re-noised to `strength` (with N(seed)) and
     denoised again. With `layout_anchor`, the view is made in one pipeline call with view
-    `layout_anchor` of its group and takes that view's attention maps and coarse features for the fractions of the steps in `layout_sharing`
-    (generate/attention_sharing.py; the anchor's own picture is its plain one up to float
-    rounding).
+    `layout_anchor` of its group and takes that view's attention maps and coarse features for
+    the fractions of the steps in `layout_sharing` (generate/attention_sharing.py; the
+    anchor's own picture is its plain one up to float rounding).
     """
 
     group_id: str
