@@ -142,10 +142,19 @@ def host_tag() -> str:
         return host
 
 
+# The part of the target's name a temporary name keeps: the writer's tag adds ~50 characters
+# and the host name, and a file name may have 255 bytes in all (NAME_MAX on Linux and macOS).
+_TEMPORARY_NAME_KEPT = 64
+
+
 def temporary_path(path: Path) -> Path:
     """A fresh temporary name beside `path` that says which host and process writes it."""
+    name = path.name
+    if len(name.encode()) > _TEMPORARY_NAME_KEPT:  # a short digest keeps long names apart
+        name = (name.encode()[:_TEMPORARY_NAME_KEPT - 17].decode(errors="ignore")
+                + "-" + hashlib.sha256(path.name.encode()).hexdigest()[:16])
     # Not mkstemp, whose 0600 mode would survive the rename.
-    return path.with_name(f".{path.name}.{host_tag()}-{os.getpid()}-{secrets.token_hex(8)}.tmp")
+    return path.with_name(f".{name}.{host_tag()}-{os.getpid()}-{secrets.token_hex(8)}.tmp")
 
 
 def _write_temporary(path: Path, data: bytes) -> Path:
@@ -226,8 +235,11 @@ class LocalStore:
             return None
 
     def remove_folder(self, name: str) -> None:
-        if (self.root / name).is_dir():
-            shutil.rmtree(self.root / name)
+        folder = self.root / name
+        if folder.is_symlink():  # e.g. reports kept on another disk: the link goes, not its files
+            folder.unlink()
+        elif folder.is_dir():
+            shutil.rmtree(folder)
 
     def remove_stale_temporaries(self, now: float | None = None) -> list[str]:
         """Stale: the name carries no writer (older synthgen versions), the file is older
@@ -378,7 +390,14 @@ class FsspecStore:
         path = self._path(name)
         self.fs.invalidate_cache(path)
         if self.fs.isdir(path):
-            self.fs.rm(path, recursive=True)
+            # File by file: `rm` expands glob characters, and `--out s3://b/ds[1]` would
+            # remove s3://b/ds1/audit instead of its own.
+            for file in self.fs.find(path):
+                self.fs.rm_file(file)
+            try:
+                self.fs.rmdir(path)  # a store with real folders (memory://, local) keeps it otherwise
+            except (OSError, NotImplementedError):
+                pass
         self.fs.invalidate_cache(path)
 
 

@@ -287,9 +287,44 @@ def shard_tar(shard: int, samples: list[dict], model_info: dict,
     return data, stats
 
 
+# What a stats file must hold, and of which type, for its shard to count as done (`ShardStats.to_json`).
+_STATS_FIELDS = {"name": str, "samples": int, "images": int, "bytes": int, "sha256": str,
+                 "nonfinite_views": list, "model": dict}
+
+
 def read_stats(location: Location, shard: int) -> dict | None:
+    """The stats of `shard`, or None when it has none or they are damaged: not JSON, or
+    without a field the resume and the manifest read (one flipped bit in a key still parses).
+    A shard with damaged stats is rebuilt like an unfinished one."""
     data = open_store(location).read(stats_name(shard))
-    return None if data is None else json.loads(data)
+    if data is None:
+        return None
+    try:
+        stats = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(stats, dict) or any(
+            not isinstance(stats.get(field), kind) or isinstance(stats.get(field), bool)
+            for field, kind in _STATS_FIELDS.items()):
+        return None
+    return stats
+
+
+def read_recipe_record(store: DatasetStore, fix: str) -> dict | None:
+    """`recipe.json` at `store` as a dict (None when there is none); a damaged one (not JSON,
+    not an object) is a `UserError` that names it and says `fix`."""
+    data = store.read(RECIPE_FILE)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError as error:  # also bytes that are not UTF-8
+        record, reason = None, f"not JSON ({error})"
+    else:
+        reason = "not a JSON object"
+    if not isinstance(record, dict):
+        raise UserError(f"{store.location}/{RECIPE_FILE} is damaged: {reason}; {fix}")
+    return record
 
 
 def done_shard_stats(location: Location, shard: int, verify: bool = False) -> dict | None:
@@ -300,10 +335,7 @@ def done_shard_stats(location: Location, shard: int, verify: bool = False) -> di
     inside an image or the json keep the size, so only `verify` catches them.
     """
     store = open_store(location)
-    try:
-        stats = read_stats(store, shard)
-    except ValueError:  # a damaged stats file: the shard is rebuilt like an unfinished one
-        return None
+    stats = read_stats(store, shard)
     if not stats or store.size(shard_name(shard)) != stats["bytes"]:
         return None
     if verify and store.sha256(shard_name(shard)) != stats["sha256"]:
@@ -385,7 +417,8 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}
     if not store.publish_once(RECIPE_FILE, _recipe_record(recipe, None)):
-        record = json.loads(store.read(RECIPE_FILE) or b"{}")
+        record = read_recipe_record(store, "pass --overwrite to delete that dataset and start "
+                                           "over, or choose another --out") or {}
         if record.get("recipe_hash") != recipe.recipe_hash:
             raise UserError(
                 f"--out {store.location}: holds a dataset made from a different recipe (hash "
@@ -496,13 +529,18 @@ def finalize_dataset(location: Location) -> dict:
     from synthgen.plan import make_plan
 
     store = open_store(location)
-    recipe_data = store.read(RECIPE_FILE)
-    if recipe_data is None:
+    regenerate = ("regenerate the dataset with synthgen generate RECIPE --out "
+                  f"{store.location} --overwrite")
+    record = read_recipe_record(store, regenerate)
+    if record is None:
         raise UserError(f"{store.location}: has no {RECIPE_FILE}, so it is not a synthgen "
                         "dataset; pass the --out of a synthgen generate run")
     recipe_path = f"{store.location}/{RECIPE_FILE}"
-    record = json.loads(recipe_data)
-    recipe = Recipe.model_validate(record["recipe"])
+    try:
+        recipe = Recipe.model_validate(record.get("recipe"))
+    except ValueError as error:  # pydantic's ValidationError
+        raise UserError(f"{recipe_path} is damaged: its recipe does not validate "
+                        f"({str(error).splitlines()[0]}); {regenerate}") from None
     if recipe.recipe_hash != record.get("recipe_hash"):
         raise UserError(f"{recipe_path}: the recorded recipe hashes to {recipe.recipe_hash[:12]}, "
                         f"not the recorded {str(record.get('recipe_hash'))[:12]} (written by "

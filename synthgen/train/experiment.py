@@ -192,24 +192,42 @@ def prepare_data(budget: Budget, work: Path, device: str, log,
 
     paths = {}
     real = work / "data" / "real"
-    if not (real / "done.json").is_file():
+    # Finished data is reused only if this budget made it: a work folder run before under
+    # another budget holds datasets of other sizes, recipes or models.
+    wanted = {"train": budget.images, "test": budget.real_test, "resolution": 32}
+    if _json_or_none(real / "done.json") != wanted:
         started = time.perf_counter()
+        (real / "done.json").unlink(missing_ok=True)
         counts = write_real_dataset(real, train=budget.images, test=budget.real_test, resolution=32)
-        (real / "done.json").write_text(json.dumps(counts))
+        (real / "done.json").write_text(json.dumps({**counts, "resolution": 32}))
         log(f"real renders {counts} in {time.perf_counter() - started:.0f}s")
     paths["real"], paths["real-test"] = real / "train", real / "test"
     for name, recipe in synthetic_datasets(budget).items():
         if needed is not None and name not in needed:
             continue
         out = work / "data" / name
-        if not (out / "manifest.json").is_file():
+        manifest = _json_or_none(out / "manifest.json") or {}
+        if manifest.get("recipe_hash") != recipe.recipe_hash:
             started = time.perf_counter()
+            # A dataset of another recipe (another budget's) is replaced; a half-built one of
+            # this recipe is resumed.
+            recorded = _json_or_none(out / "recipe.json") or {}
+            replace = recorded.get("recipe_hash") not in (None, recipe.recipe_hash)
             summary = generate_dataset(make_plan(recipe), out,
-                                       GenerateOptions(device=device, progress=False))
+                                       GenerateOptions(device=device, progress=False,
+                                                       overwrite=replace))
             log(f"generated {name}: {summary.images_generated} images in "
                 f"{time.perf_counter() - started:.0f}s")
         paths[name] = out
     return paths
+
+
+def _json_or_none(path: Path):
+    """The JSON in `path`, or None when it is missing or damaged (the data is then made again)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def train_config(budget: Budget, condition: Condition, data: Path, seed: int):

@@ -51,8 +51,10 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
 
     Train scenes use run ``run_seed``'s training seeds, test scenes the
     held-out seeds, so the two splits never share a scene. Deterministic:
-    the same arguments give byte-identical shards.
+    the same arguments give byte-identical shards. Shards already in a split's
+    folder are removed first.
     """
+    from synthgen.shards import SHARD_FILE
     from synthgen.write import write_shard
 
     if resolution not in (32, 64):
@@ -63,6 +65,11 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
     for split, count in (("train", train), ("test", test)):
         split_dir = out_dir / split
         split_dir.mkdir(parents=True, exist_ok=True)
+        # A rerun into the same folder replaces the split: shards an earlier, larger run (or
+        # another seed or resolution) left would otherwise be read as part of it.
+        for stale in split_dir.iterdir():
+            if SHARD_FILE.match(stale.name):
+                stale.unlink()
         for shard, start in enumerate(range(0, count, SAMPLES_PER_SHARD)):
             samples = [real_sample(split, index, first_seeds[split] + index, resolution)
                        for index in range(start, min(count, start + SAMPLES_PER_SHARD))]
