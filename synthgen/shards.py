@@ -120,11 +120,15 @@ def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
 
 
 def _view_metadata(sample: dict) -> dict | None:
-    if not is_view_sample(sample) or "json" not in sample:
+    """A view sample's metadata, or None for anything else. Known by its json (a group id, one
+    view record and the top-level `view`), not by its image: a view sample whose image is lost
+    is still its group's view, which the reader then lists as missing."""
+    if "json" not in sample:
         return None
     try:
         metadata = json.loads(sample["json"])
-        if isinstance(metadata.get("group_id"), str) and len(metadata.get("views") or ()) == 1:
+        if (isinstance(metadata.get("group_id"), str) and len(metadata.get("views") or ()) == 1
+                and "view" in metadata):
             return metadata
     except (ValueError, AttributeError):
         pass

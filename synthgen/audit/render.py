@@ -6,6 +6,7 @@ cut. Every file is written atomically (whole or absent).
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import math
@@ -38,8 +39,13 @@ def html_table(header: list[str], rows: list[list]) -> str:
 
 
 def slug(text: str) -> str:
-    """`text` as a file name: runs of anything but letters, digits, _ and - become _."""
-    return re.sub(r"[^a-zA-Z0-9_-]+", "_", text).strip("_") or "_"
+    """`text` as a file name: runs of anything but letters, digits, _ and - become _, and where
+    anything was replaced a digest of `text` is appended, so that two names never share a file
+    ("颜色" and "色" would both be "_")."""
+    readable = re.sub(r"[^a-zA-Z0-9_-]+", "_", text).strip("_") or "_"
+    if readable == text:
+        return readable
+    return f"{readable}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def write_png(report_dir: Path, relative: str, figure_or_image) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -44,7 +45,7 @@ def write_report(outcome: AuditOutcome, report_dir: Path) -> Path:
     write_atomically(report_dir / "views.jsonl", "".join(json.dumps(line) + "\n" for line in view_lines).encode())
     write_atomically(report_dir / "report.json", json.dumps(report, indent=2, sort_keys=True).encode() + b"\n")
     read = {line["view"]: line for line in view_lines}
-    sheets = {scope: write_png(report_dir, f"sheets/{slug(scope)}.png",
+    sheets = {scope: write_png(report_dir, f"sheets/{slug(scope.replace(':', '-', 1))}.png",
                                _contact_sheet(_sheet_rows(report, outcome.pictures, read, keys)))
               for scope, keys in sorted(report["sheets"].items())}
     sections = [part for name, measurement in MEASUREMENTS.items()
@@ -73,7 +74,8 @@ def _sheet_rows(report: dict, pictures: dict[str, bytes], read: dict[str, dict],
     recorded = report["recorded"]
     rows = []
     for key in keys:
-        views = [view_id for view_id in sorted(pictures) if view_id.split(".", 1)[0] == key]
+        views = sorted((view_id for view_id in pictures if view_id.split(".", 1)[0] == key),
+                       key=_in_view_order)
         first = recorded.get(views[0], {}) if views else {}
         label = [key] + [f"{name}: {first[name]}" for name in names if name in first]
         cells = []
@@ -86,6 +88,11 @@ def _sheet_rows(report: dict, pictures: dict[str, bytes], read: dict[str, dict],
             cells.append((pictures[view_id], readings))
         rows.append((label, cells))
     return rows
+
+
+def _in_view_order(view_id: str) -> list:
+    """Sort key: numbers compared as numbers, so view10 comes after view9, not after view1."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", view_id)]
 
 
 def _contact_sheet(rows: list[SheetRow]) -> Image.Image:

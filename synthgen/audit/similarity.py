@@ -126,11 +126,15 @@ def _rows_by_class(rows: np.ndarray, classes: list[str]) -> dict[str, np.ndarray
 def _between_within_classes(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
                             classes: list[str], pairs: int,
                             rng: np.random.Generator) -> tuple[float | None, int]:
-    """Mean cosine of random different-group pairs that share a class, the `pairs` shared out
-    over the classes by their number of rows."""
+    """Mean cosine of different-group pairs that share a class: every such pair when there are
+    at most `pairs`, else the `pairs` shared out over the classes by their possible pairs."""
+    by_class = _rows_by_class(rows, classes)
+    possible = {name: different_group_pair_count(groups, members) for name, members in by_class.items()}
+    everything = sum(possible.values())
     total, sampled = 0.0, 0
-    for members in _rows_by_class(rows, classes).values():
-        share = max(1, round(pairs * len(members) / len(rows)))
+    for name, members in by_class.items():
+        share = (possible[name] if everything <= pairs
+                 else max(1, round(pairs * possible[name] / everything)))
         mean, count = sampled_between_group_mean(embeddings, groups, members, share, rng)
         if count:
             total, sampled = total + mean * count, sampled + count

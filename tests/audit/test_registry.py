@@ -45,6 +45,11 @@ def test_each_measurement_computes_exactly_the_figures_it_declares(tmp_path):
               "suppress": [{"concept": "blue", "method": "reject", "threshold": 0.5}]}
     groups = [{"class": "circle", "colours": [c] * 2, "balance": {"colour": c}}
               for c in ("red", "green", "blue")]
+    # Counterfactual groups (views record their own slots): one varies the colour, one holds it.
+    groups += [{"class": "circle", "colours": ["red", "green"],
+                "view_fields": [{"slots": {"colour": c}} for c in ("red", "green")]},
+               {"class": "circle", "colours": ["blue", "blue"], "balance": {"colour": "blue"},
+                "view_fields": [{"slots": {"size": s}} for s in ("small", "large")]}]
     dataset = build_dataset(tmp_path / "data", groups, recipe)
     outcome = run_audit(dataset, spec_from_recipe(recipe), MeanColourEncoder(),
                         AuditOptions(progress=False))

@@ -8,11 +8,13 @@ loop over `MEASUREMENTS`. README.md's audit section and docs/AUDIT.md name every
 
 from __future__ import annotations
 
-from synthgen.audit.measurements import attributes, duplicates, fidelity, integrity, similarity, suppression
+from synthgen.audit.measurements import (attributes, counterfactuals, duplicates, fidelity, integrity,
+                                         similarity, suppression)
 from synthgen.audit.measurements.base import Measurement
 
 MEASUREMENTS: dict[str, Measurement] = {measurement.name: measurement for measurement in (
     attributes.MEASUREMENT,
+    counterfactuals.MEASUREMENT,
     suppression.MEASUREMENT,
     similarity.MEASUREMENT,
     fidelity.MEASUREMENT,

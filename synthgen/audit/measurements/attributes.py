@@ -118,12 +118,12 @@ def _attribute_scopes(attribute, readings: AttributeReadings) -> dict[str, dict]
     has_targets = any(t is not None for t in targets)
     scopes = {}
     for scope, rows in rows_by_scope([item.scope for item in readings.items]).items():
-        if scope == OVERALL and has_targets:
-            # The recipe sets targets only where applies_to says; the overall test is over those.
-            rows = np.array([r for r in rows if targets[r] is not None], dtype=np.int64)
-        scope_targets = [targets[r] for r in rows if targets[r] is not None]
-        if scope_targets:
-            target = {v: float(np.mean([t[v] for t in scope_targets])) for v in values}
+        targeted = np.array([r for r in rows if targets[r] is not None], dtype=np.int64)
+        if len(targeted):
+            # The recipe sets targets only where applies_to says, and a slot's weights only for
+            # the groups whose template drew it: a scope is tested over those units.
+            rows = targeted
+            target = {v: float(np.mean([targets[r][v] for r in rows])) for v in values}
             target_source = f"recipe {attribute.target_from}"
         else:
             target = {v: 1.0 / len(values) for v in values}
@@ -131,9 +131,12 @@ def _attribute_scopes(attribute, readings: AttributeReadings) -> dict[str, dict]
         counts = Counter(values[c] for c in readings.choice[rows] if c != UNSURE)
         metrics = distribution_metrics({v: counts.get(v, 0) for v in values}, target)
         unsure = int(np.sum(readings.choice[rows] == UNSURE))
+        # Where the recipe sets targets, a scope it sets none for is described, not judged
+        # (`kl_any` leaves it out): the uniform target there is the audit's, not the recipe's.
         metrics.update(units=int(len(rows)), views=int(readings.views[rows].sum()), unsure=unsure,
                        unsure_rate=unsure / len(rows) if len(rows) else None,
-                       target_source=target_source)
+                       target_source=target_source,
+                       judged=bool(len(targeted)) or not has_targets)
         scopes[scope] = metrics
     return scopes
 
@@ -160,7 +163,8 @@ def figures(section: dict) -> dict:
     agreements = [a["agreement"] for a in (m["agreement"] for m in section.values()) if a]
     return {
         "kl": worst(kl_of(m["scopes"][OVERALL]) for m in section.values()),
-        "kl_any": worst(kl_of(s) for m in section.values() for s in m["scopes"].values()),
+        "kl_any": worst(kl_of(s) for m in section.values() for s in m["scopes"].values()
+                        if s.get("judged", True)),
         "chi2_p": worst((m["scopes"][OVERALL]["chi2_p"] for m in section.values()), min),
         "unsure": worst(m["scopes"][OVERALL]["unsure_rate"] for m in section.values()),
         "disagreement": worst(1 - a for a in agreements if a is not None),
@@ -309,7 +313,7 @@ MEASUREMENT = Measurement(
     per_view=per_view,
     fail_on={
         "kl": "largest KL(measured || target) over attributes, whole dataset",
-        "kl_any": "largest KL over attributes and every class / corner case",
+        "kl_any": "largest KL over attributes and every class / corner case with a recipe target",
         "chi2_p": "smallest chi-square p-value over attributes, whole dataset, counted in each "
                   "attribute's unit (groups, or views where a group's views differ)",
         "unsure": "largest unsure rate over attributes, in each attribute's unit",

@@ -1,0 +1,187 @@
+"""Counterfactual groups (`counterfactuals.NAME`): in groups whose views vary chosen slots (the
+`slots` view strategy), did each varied attribute change as recorded, and did the held ones hold?
+
+A group is counterfactual when the recorded value of some slot differs between its views
+(values a view records itself: `ViewItem.assigned_per_view`). For each audited attribute:
+
+- **edit success**, where the group varies the attribute: of the views whose recorded value
+  differs from their group's first view's, the share read as their own recorded value. Counted
+  per view (each changed view is one edit); a group's views share a layout and a reader's
+  habits, so the interval is narrower than independent draws would earn.
+- **leak**, where the group holds the attribute: the share of groups whose views are not all
+  read as the same value (over groups with at least two sure readings). Counted per group.
+
+Readings are the attribute's zero-shot readings of single views (`ZeroShotAttribute`), the
+same the attributes section counts; unsure views enter neither figure.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from synthgen.audit.classify import UNSURE, ZeroShotAttribute
+from synthgen.audit.measurements.base import OVERALL, Measurement, MeasurementInputs, worst
+from synthgen.audit.metrics import wilson_interval
+from synthgen.audit.render import html_table
+
+if TYPE_CHECKING:
+    from synthgen.audit.run import ViewTable
+    from synthgen.audit.source import ViewItem
+
+
+def varied_slots(items: list[ViewItem]) -> set[str]:
+    """The recorded names whose values differ between these views of one group."""
+    names = {name for item in items for name in item.assigned_per_view}
+    return {name for name in names if len({str(item.assigned.get(name)) for item in items}) > 1}
+
+
+def counterfactual_groups(table: ViewTable) -> dict[int, tuple[list[int], set[str]]]:
+    """Group -> (its rows in view order, the slots its views vary), for groups that vary one."""
+    rows_of: dict[int, list[int]] = defaultdict(list)
+    for row, group in enumerate(table.group_array.tolist()):
+        rows_of[group].append(row)
+    groups = {}
+    for group, rows in rows_of.items():
+        rows = sorted(rows, key=lambda row: table.items[row].view)
+        varied = varied_slots([table.items[row] for row in rows])
+        if varied:
+            groups[group] = (rows, varied)
+    return groups
+
+
+def _rate(hits: int, total: int) -> dict:
+    low, high = wilson_interval(hits, total)
+    return {"count": hits, "of": total, "rate": hits / total if total else None,
+            "ci95": [low, high]}
+
+
+def measure_attribute(table: ViewTable, groups: dict, attribute, texts, logit_scale: float,
+                      margin: float) -> dict:
+    """Edit success and leak of one attribute, overall and per class / corner case."""
+    choice, _ = ZeroShotAttribute(attribute, texts, logit_scale, margin).classify(table.embeddings)
+    values = attribute.values
+    name = attribute.name
+    # Per scope: [edited views read as recorded, sure edited views, unsure edited views,
+    #             groups that leaked, groups judged, edited groups, held groups].
+    tallies: dict[str, list[int]] = defaultdict(lambda: [0] * 7)
+    for rows, varied in groups.values():
+        scope = table.items[rows[0]].scope
+        counts = [tallies[OVERALL], tallies[scope]]
+        if name in varied:
+            first = str(table.items[rows[0]].assigned.get(name))
+            for row in rows[1:]:
+                recorded = str(table.items[row].assigned.get(name))
+                if recorded == first or recorded not in values:
+                    continue  # not an edit, or a value the audit does not read
+                for tally in counts:
+                    if choice[row] == UNSURE:
+                        tally[2] += 1
+                    else:
+                        tally[0] += values[choice[row]] == recorded
+                        tally[1] += 1
+            for tally in counts:
+                tally[5] += 1
+        else:
+            sure = {values[choice[row]] for row in rows if choice[row] != UNSURE}
+            judged = sum(choice[row] != UNSURE for row in rows) >= 2
+            for tally in counts:
+                tally[6] += 1
+                if judged:
+                    tally[3] += len(sure) > 1
+                    tally[4] += 1
+    scopes = {}
+    for scope in [OVERALL] + sorted(s for s in tallies if s != OVERALL):
+        success, sure, unsure, leaked, judged, edited, held = tallies[scope]
+        scopes[scope] = {"varied_in_groups": edited, "held_in_groups": held,
+                         "edit_success": _rate(success, sure) | {"unsure_views": unsure},
+                         "leak": _rate(leaked, judged)}
+    return {"values": list(values), "scopes": scopes}
+
+
+def measure(inputs: MeasurementInputs) -> dict:
+    groups = counterfactual_groups(inputs.table)
+    section = {"groups": len(groups),
+               "varied": sorted({slot for _, varied in groups.values() for slot in varied}),
+               "attributes": {}}
+    if groups:
+        section["attributes"] = {
+            attribute.name: measure_attribute(inputs.table, groups, attribute, inputs.texts,
+                                              inputs.logit_scale, inputs.spec.margin)
+            for attribute in inputs.spec.attributes}
+    return section
+
+
+def _overall(section: dict, figure: str) -> list[dict]:
+    return [metrics["scopes"][OVERALL][figure] for metrics in section["attributes"].values()
+            if OVERALL in metrics["scopes"]]
+
+
+def figures(section: dict) -> dict:
+    return {"edit_failure": worst(1 - f["rate"] for f in _overall(section, "edit_success")
+                                  if f["rate"] is not None),
+            "leak": worst(f["rate"] for f in _overall(section, "leak"))}
+
+
+def _figure_text(figure: dict, unit: str) -> str:
+    if not figure["of"]:
+        return f"no sure {unit}s"
+    low, high = figure["ci95"]
+    return (f"{figure['count']} of {figure['of']} {unit}s ({figure['rate']:.3f}, "
+            f"95% CI {low:.3f}-{high:.3f})")
+
+
+def printed(section: dict) -> list[str]:
+    if not section["groups"]:
+        return []
+    lines = [f"  counterfactual groups: {section['groups']} (views vary "
+             f"{', '.join(section['varied'])})"]
+    for name, metrics in section["attributes"].items():
+        overall = metrics["scopes"][OVERALL]
+        if overall["varied_in_groups"]:
+            lines.append(f"    {name} varied: read as recorded in "
+                         f"{_figure_text(overall['edit_success'], 'changed view')}")
+        if overall["held_in_groups"]:
+            lines.append(f"    {name} held: views disagree in "
+                         f"{_figure_text(overall['leak'], 'group')}")
+    return lines
+
+
+def report_html(section: dict, report_dir: Path, pictures: dict[str, bytes]) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Counterfactual groups</h2>"]
+    if not section["groups"]:
+        return parts + ["<p>No group's views vary a recorded slot (the <code>slots</code> view "
+                        "strategy makes such groups).</p>"]
+    parts.append(f"<p>{section['groups']} groups whose views vary "
+                 f"{e(', '.join(section['varied']))}. Edit success: of the views whose recorded "
+                 "value differs from their group's first view's, the share read as recorded "
+                 "(per view). Leak: of the groups holding the attribute, the share whose views "
+                 "are read as different values (per group, two sure readings or more).</p>")
+    rows = []
+    for name, metrics in section["attributes"].items():
+        for scope, data in metrics["scopes"].items():
+            edit, leak = data["edit_success"], data["leak"]
+            rows.append([name, scope, data["varied_in_groups"],
+                         f"{edit['count']}/{edit['of']}", edit["rate"],
+                         f"{edit['ci95'][0]:.3f}-{edit['ci95'][1]:.3f}", edit["unsure_views"],
+                         data["held_in_groups"], f"{leak['count']}/{leak['of']}", leak["rate"],
+                         f"{leak['ci95'][0]:.3f}-{leak['ci95'][1]:.3f}"])
+    parts.append(html_table(["attribute", "scope", "groups varying it", "edits read as recorded",
+                             "edit success", "95% CI", "unsure edited views", "groups holding it",
+                             "groups that leaked", "leak", "95% CI"], rows))
+    return parts
+
+
+MEASUREMENT = Measurement(
+    name="counterfactuals", measure=measure, html=report_html, figures=figures, printed=printed,
+    fail_on={
+        "edit_failure": "largest share, over attributes varied within groups, of changed views "
+                        "not read as their recorded value",
+        "leak": "largest share, over attributes held within counterfactual groups, of groups "
+                "whose views are read as different values",
+    })
