@@ -9,7 +9,8 @@ which also splices colour tokens; `colourless` and `gates` measure any world-sd 
     synthgen world edits --model OUT/world-sd --out edits.json
 
 `continue` copies a world-sd folder (`--init`, default the shipped one) to `--out` and trains
-its UNet further, as the shipped detail phase does (same scenes, captions, settings and
+its UNet further (with `--cross-attention-16`, first grown by cross-attention at the 16x16
+level, `with_cross_attention_16`), as the shipped detail phase does (same scenes, captions, settings and
 small-object weight; `synthgen/world/train.py`), except that a caption leaves its colour word
 out with probability `--drop-typical` when the object has its shape's typical colour
 (`TYPICAL`) and `--drop-atypical` otherwise, as people leave out what goes without saying.
@@ -69,6 +70,28 @@ def training_data(pipeline, cache: Path, args, log) -> dict:
     return data
 
 
+def with_cross_attention_16(unet):
+    """`unet` with cross-attention transformers added at the 16x16 level (the first down block
+    and the last up block, which have none), their output projections zeroed: the grown UNet
+    computes exactly what `unet` does until training moves them (a trial, docs/WORLD.md)."""
+    from diffusers import UNet2DConditionModel
+
+    config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
+    config["down_block_types"] = ["CrossAttnDownBlock2D", *config["down_block_types"][1:]]
+    config["up_block_types"] = [*config["up_block_types"][:-1], "CrossAttnUpBlock2D"]
+    grown = UNet2DConditionModel.from_config(config)
+    missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
+    added = ("down_blocks.0.attentions.", f"up_blocks.{len(config['up_block_types']) - 1}.attentions.")
+    if unexpected or not all(name.startswith(added) for name in missing):
+        raise ValueError(f"not world-sd's UNet layout: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for block in (grown.down_blocks[0], grown.up_blocks[-1]):
+            for attention in block.attentions:
+                attention.proj_out.weight.zero_()
+                attention.proj_out.bias.zero_()
+    return grown
+
+
 def continue_training(args) -> None:
     from diffusers import StableDiffusionPipeline
 
@@ -90,10 +113,11 @@ def continue_training(args) -> None:
     settings = replace(_scaled(DETAIL_PHASE, args.steps / DETAIL_PHASE.steps), ema_decay=args.ema_decay,
                        colour_splice_share=args.splice_share,
                        small_object_weight=args.small_object_weight)
+    initial = with_cross_attention_16(pipeline.unet) if args.cross_attention_16 else pipeline.unet
     unet, stats = train_world_unet(
         data["latents"], data["caption_index"], data["caption_embeddings"], data["empty_embedding"],
         settings=settings, device=torch.device("cpu"), seed=args.seed, log=log,
-        small_objects=data["small_objects"], initial_unet=pipeline.unet,
+        small_objects=data["small_objects"], initial_unet=initial,
         colour_swaps=data.get("colour_swaps"))
     unet.save_pretrained(args.out / "unet", safe_serialization=True)
     record = json.loads((args.out / "training.json").read_text())
@@ -102,6 +126,7 @@ def continue_training(args) -> None:
                  "typical": TYPICAL, "typical_share": args.typical_share,
                  "drop_typical": args.drop_typical, "drop_atypical": args.drop_atypical,
                  "splice_share": args.splice_share, "small_object_weight": args.small_object_weight,
+                 "cross_attention_16": args.cross_attention_16,
                  "data": data["stats"], "threads": args.threads})
     (args.out / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"saved {args.out / 'unet'}")
@@ -161,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--splice-share", type=float, default=0.0,
                        help="share of coloured captions shown with their colour token spliced into "
                             "a colour-swapped caption (synthgen/world/captions.py)")
+    train.add_argument("--cross-attention-16", action="store_true",
+                       help="first add cross-attention at the 16x16 level (zero-initialised)")
     read = commands.add_parser("colourless", help="oracle colours of prompts that name none")
     read.add_argument("--model", type=Path, required=True)
     read.add_argument("--out", type=Path, required=True)

@@ -337,8 +337,8 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
           fidelity_threshold: float | None = None, duplicate_threshold: float | None = None,
           fail_on: Sequence[str] = (), device: str = "auto", dtype: str = "auto",
           batch_size: int = 64, cache: bool = True, progress: bool = True) -> AuditResult:
-    """Measure what a dataset holds (attribute balance, suppressed concepts, view diversity,
-    prompt fidelity, near-duplicates, integrity); writes report.json and report.html into
+    """Measure what a dataset holds (attribute balance, edits in counterfactual groups,
+    suppressed concepts, view diversity, prompt fidelity, near-duplicates, integrity); writes report.json and report.html into
     `report` (default: DATASET/audit).
 
     `attributes` ("colour=red,green,blue"), `templates` ("shape=a {value} on a gray

@@ -70,3 +70,35 @@ def test_cpu_quickstart_benchmark_small(write_recipe, tmp_path):
     assert result["synthgen_over_plain"] > 0
     # The timed command made what the timed in-process run made: the same options, the same bytes.
     assert dataset_bytes(tmp_path / "command") == dataset_bytes(tmp_path / "in-process")
+
+
+def test_grown_world_unet_computes_what_it_grew_from_and_trains():
+    """bench/world_colour_prior.py --cross-attention-16: the grown UNet starts as the shipped
+    one (zeroed output projections), and `train_world_unet` continues it in its own layout."""
+    import torch
+
+    from synthgen.world.diffusion import DETAIL_PHASE, build_world_unet, train_world_unet
+
+    spec = importlib.util.spec_from_file_location("world_colour_prior", BENCH.parent / "world_colour_prior.py")
+    prior = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prior)
+    torch.manual_seed(0)
+    unet = build_world_unet(16).eval()
+    grown = prior.with_cross_attention_16(unet).eval()
+    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    assert grown.config.up_block_types[-1] == "CrossAttnUpBlock2D"
+    sample, context = torch.randn(2, 4, 16, 16), torch.randn(2, 8, 16)
+    with torch.no_grad():
+        before = unet(sample, torch.tensor([10, 900]), encoder_hidden_states=context).sample
+        after = grown(sample, torch.tensor([10, 900]), encoder_hidden_states=context).sample
+    assert torch.equal(before, after)
+    settings = prior._scaled(DETAIL_PHASE, 2 / DETAIL_PHASE.steps)
+    trained, stats = train_world_unet(torch.randn(8, 4, 16, 16), torch.zeros(8, dtype=torch.long),
+                                      torch.randn(1, 8, 16), torch.randn(1, 8, 16), settings,
+                                      torch.device("cpu"), seed=0, log=lambda message: None,
+                                      small_objects=torch.zeros(8, dtype=torch.bool),
+                                      initial_unet=grown)
+    assert trained.config.down_block_types[0] == "CrossAttnDownBlock2D" and stats["steps"] == 2
+    assert not any(key.startswith("_") for key in trained.config if key != "_use_default_values")
+    moved = trained.down_blocks[0].attentions[0].proj_out.weight
+    assert moved.abs().sum() > 0, "the added attention trains"

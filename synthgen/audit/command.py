@@ -52,8 +52,9 @@ def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attribut
           fidelity_threshold: float | None, duplicate_threshold: float | None,
           fail_on: tuple[str, ...], device: str, dtype: str, batch_size: int, no_cache: bool,
           quiet: bool) -> None:
-    """Measure what a dataset holds: attribute balance, suppressed concepts, view diversity,
-    prompt fidelity, near-duplicates and integrity; writes report.json and report.html."""
+    """Measure what a dataset holds: attribute balance, edits in counterfactual groups,
+    suppressed concepts, view diversity, prompt fidelity, near-duplicates and integrity; writes
+    report.json and report.html."""
     from synthgen import api
     from synthgen.audit.thresholds import METRICS
 

@@ -297,9 +297,13 @@ def train_world_unet(latents: torch.Tensor, caption_index: torch.Tensor, caption
 
     torch.manual_seed(seed)
     noise_schedule = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, **BETA_SCHEDULE)
-    unet = build_world_unet(caption_embeddings.shape[-1])
-    if initial_unet is not None:
-        # Weights only: a loaded UNet's config also carries where it was loaded from.
+    if initial_unet is None:
+        unet = build_world_unet(caption_embeddings.shape[-1])
+    else:
+        # Built from its config, weights copied: a loaded UNet's config also carries where it
+        # was loaded from (the `_` keys), which the trained copy must not.
+        config = {key: value for key, value in initial_unet.config.items() if not key.startswith("_")}
+        unet = type(initial_unet).from_config(config)
         unet.load_state_dict(initial_unet.state_dict())
     unet.to(device)
     unet.train()
