@@ -22,7 +22,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from synthgen.audit.classify import UNSURE, ZeroShotAttribute
 from synthgen.audit.measurements.base import OVERALL, Measurement, MeasurementInputs, worst
 from synthgen.audit.metrics import wilson_interval
