@@ -111,7 +111,10 @@ def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
                 pending = []
             yield sample
             continue
-        if pending and pending[0][1]["group_id"] != metadata["group_id"]:
+        # Another group id, or the same group read again (a resampler can draw a one-group
+        # shard twice in a row: its view numbers then start over), starts a new group.
+        if pending and (pending[0][1]["group_id"] != metadata["group_id"]
+                        or 0 <= _view_number(metadata) <= _view_number(pending[-1][1])):
             yield _group_of(pending)
             pending = []
         pending.append((sample, metadata))
@@ -133,6 +136,13 @@ def _view_metadata(sample: dict) -> dict | None:
     except (ValueError, AttributeError):
         pass
     return None
+
+
+def _view_number(metadata: dict) -> int:
+    try:
+        return int(metadata["view"])
+    except (TypeError, ValueError):
+        return -1  # unreadable: never taken for a repeat (the reader's checks reject it)
 
 
 def _group_of(views: list[tuple[dict, dict]]) -> dict:

@@ -10,7 +10,7 @@ Depends on torch, torchvision and webdataset only (never on synthgen.generate or
 """
 
 from synthgen.data.augment import make_augmentation, resize_only, simclr_augmentation
-from synthgen.data.labelled import labelled_batches, load_labelled
+from synthgen.data.labelled import image_folder_classes, labelled_batches, load_labelled
 from synthgen.data.pipeline import (SKIP_REASONS, DamagedSample, GroupBatch, GroupLoader,
                                     GroupSample, GroupViewDataset, UnreadableShard, group_loader,
                                     split_info, stable_seed)
@@ -18,6 +18,6 @@ from synthgen.data.sources import ShardChecksumError, ShardSource, resolve_shard
 
 __all__ = ["SKIP_REASONS", "DamagedSample", "GroupBatch", "GroupLoader", "GroupSample",
            "GroupViewDataset", "ShardChecksumError", "ShardSource", "group_loader",
-           "labelled_batches", "load_labelled", "make_augmentation", "resize_only",
+           "image_folder_classes", "labelled_batches", "load_labelled", "make_augmentation", "resize_only",
            "resolve_shards", "simclr_augmentation", "split_info", "stable_seed",
            "UnreadableShard"]

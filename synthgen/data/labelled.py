@@ -26,13 +26,24 @@ def is_shard_dataset(data) -> bool:
     return (path / MANIFEST).is_file() or any(path.glob(SHARD_GLOB))
 
 
+def image_folder_classes(data) -> list[str] | None:
+    """The class names of an ImageFolder tree in index order (sorted), None for shards."""
+    if isinstance(data, (list, tuple)) or is_shard_dataset(data):
+        return None
+    return sorted(entry.name for entry in Path(data).iterdir() if entry.is_dir())
+
+
 def labelled_batches(data, resolution: int, batch_size: int = 256, num_workers: int = 0,
                      handler: Callable[[Exception], bool] = wds.warn_and_continue,
-                     verify: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     verify: bool = False,
+                     classes: list[str] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yields (images float (B, 3, res, res) in [0, 1], labels long (B,)) over `data` once.
 
     Shards give one view per group (k=1: the loader's seeded choice, the same every call) and
-    its `cls` label; a directory without shards is read as a torchvision ImageFolder.
+    its `cls` label; a directory without shards is read as a torchvision ImageFolder, its
+    classes indexed by their place in `classes` when given (another split's
+    `image_folder_classes`: a test tree without one of train's classes numbers the others
+    alike), else in its own sorted order.
     Deterministic: the same images in the same order every call. `handler` and `verify`: as
     for `group_loader` (damaged samples are skipped with a warning by default).
     """
@@ -50,16 +61,24 @@ def labelled_batches(data, resolution: int, batch_size: int = 256, num_workers: 
     except (FileNotFoundError, RuntimeError) as error:
         raise UserError(f"data {data}: neither synthgen shards nor an ImageFolder tree "
                         f"({error}); pass a dataset directory or root/CLASS/image files") from None
+    if classes is not None:
+        unknown = sorted(set(folder.classes) - set(classes))
+        if unknown:
+            raise UserError(f"data {data}: classes {unknown} are not among the train split's "
+                            f"{classes}; give both splits the same class folders")
+        position = [classes.index(name) for name in folder.classes]
+        folder.target_transform = position.__getitem__
     loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
     yield from loader
 
 
-def load_labelled(data, resolution: int, batch_size: int = 256,
-                  num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_labelled(data, resolution: int, batch_size: int = 256, num_workers: int = 0,
+                  classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All of `labelled_batches` at once: (images (N, 3, res, res), labels (N,))."""
     images, labels = [], []
-    for batch_images, batch_labels in labelled_batches(data, resolution, batch_size, num_workers):
+    for batch_images, batch_labels in labelled_batches(data, resolution, batch_size, num_workers,
+                                                       classes=classes):
         images.append(batch_images)
         labels.append(batch_labels)
     if not images:

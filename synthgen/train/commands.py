@@ -120,9 +120,13 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
                            device=torch_device, weight_decay=weight_decay)
         results[name] = {"test_top1": result.test_top1, "train_top1": result.train_top1,
                          "train_samples": result.train_samples, "test_samples": result.test_samples,
-                         "classes": result.classes}
+                         "classes": result.classes,
+                         "unlabelled_left_out": result.unlabelled_left_out}
+        left_out = (f"; {result.unlabelled_left_out} samples without a class left out"
+                    if result.unlabelled_left_out else "")
         click.echo(f"{name}: top-1 {100 * result.test_top1:.2f}% on {result.test_samples} test "
-                   f"images ({result.classes} classes; train {100 * result.train_top1:.2f}%)")
+                   f"images ({result.classes} classes; train {100 * result.train_top1:.2f}%"
+                   f"{left_out})")
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 

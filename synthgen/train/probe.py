@@ -9,14 +9,14 @@ The random-init floor is the same procedure on a freshly initialised encoder of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthgen.data import load_labelled
+from synthgen.data import image_folder_classes, load_labelled
 from synthgen.errors import UserError
 from synthgen.train.checkpoint import LAST, model_state, read_checkpoint
 from synthgen.train.encoders import EncoderSpec, build_encoder
@@ -31,6 +31,7 @@ class ProbeResult:
     train_samples: int
     test_samples: int
     classes: int
+    unlabelled_left_out: int = 0   # samples without a class (corner cases, class -1), both splits
 
 
 def load_encoder(checkpoint: Path) -> tuple[nn.Module, EncoderSpec]:
@@ -95,8 +96,21 @@ def probe(encoder: nn.Module, train_data, test_data, resolution: int, device: st
           weight_decay: float = 1e-4, num_workers: int = 0) -> ProbeResult:
     """Linear-probe `encoder` on labelled `train_data`, report on `test_data` (shards, split
     directories or ImageFolder trees; one image per sample, resized to `resolution`)."""
-    train_images, train_labels = load_labelled(train_data, resolution, num_workers=num_workers)
-    test_images, test_labels = load_labelled(test_data, resolution, num_workers=num_workers)
-    train_x = extract_features(encoder, train_images, device=device)
-    test_x = extract_features(encoder, test_images, device=device)
-    return fit_linear_probe(train_x, train_labels, test_x, test_labels, weight_decay)
+    classes = image_folder_classes(train_data)
+    train_images, train_labels = load_labelled(train_data, resolution, num_workers=num_workers,
+                                               classes=classes)
+    test_images, test_labels = load_labelled(test_data, resolution, num_workers=num_workers,
+                                             classes=classes)
+    # Groups without a class (corner cases written with class -1) are no class to score.
+    labelled = {"train": train_labels >= 0, "test": test_labels >= 0}
+    left_out = int(sum((~kept).sum() for kept in labelled.values()))
+    for split, kept in labelled.items():
+        if not kept.any():
+            raise UserError(f"{split} data {train_data if split == 'train' else test_data}: no "
+                            "sample has a class (all are corner cases without one); probe on "
+                            "labelled data")
+    train_x = extract_features(encoder, train_images[labelled["train"]], device=device)
+    test_x = extract_features(encoder, test_images[labelled["test"]], device=device)
+    result = fit_linear_probe(train_x, train_labels[labelled["train"]], test_x,
+                              test_labels[labelled["test"]], weight_decay)
+    return replace(result, unlabelled_left_out=left_out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from synthgen.data import group_loader
+from synthgen.data import group_loader, resolve_shards
 from synthgen.devices import choose_device
 from synthgen.errors import UserError
 from synthgen.train.checkpoint import LAST, read_record, restore, save_checkpoint
@@ -89,6 +89,35 @@ class TrainResult:
     checkpoint: Path
 
 
+def data_fingerprint(data, batches_per_epoch: int) -> dict:
+    """What a resumed run must find again: the shards by name, with their group counts and
+    sha256 where the dataset records them, and the epoch length they give. A generation still
+    running adds shards between a run and its resume; a regenerated dataset changes bytes."""
+    source = resolve_shards(data)
+    return {"shards": [url.rsplit("/", 1)[-1] for url in source.urls],
+            "shard_samples": list(source.shard_samples) if source.shard_samples else None,
+            "sha256": list(source.sha256) if source.sha256 else None,
+            "batches_per_epoch": batches_per_epoch}
+
+
+def _data_difference(recorded: dict, now: dict) -> str:
+    if recorded.get("shards") != now["shards"]:
+        return f"{len(recorded.get('shards') or [])} shards then, {len(now['shards'])} now"
+    differing = [key for key in now if recorded.get(key) != now[key]]
+    return "their " + ", ".join(differing).replace("_", " ") + " differ"
+
+
+def first_of_each_group(group_ids: list[str]) -> torch.Tensor:
+    """Batch rows of each group's first copy, in batch order."""
+    seen: set[str] = set()
+    rows = []
+    for row, group_id in enumerate(group_ids):
+        if group_id not in seen:
+            seen.add(group_id)
+            rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
+
+
 def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool = True,
           stop_after: int | None = None, quiet: bool = False,
           cpu_threads: int | None = None) -> TrainResult:
@@ -121,6 +150,7 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                           num_workers=config.num_workers, seed=config.seed,
                           epoch_groups=config.epoch_groups, pin_memory=torch_device.type == "cuda")
     batches_per_epoch = loader.batches_per_epoch
+    data = data_fingerprint(config.data, batches_per_epoch)
 
     # 3. Model and optimiser, from the last checkpoint when there is one.
     model = ContrastiveModel(config.encoder).to(torch_device)
@@ -130,6 +160,12 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
         if read_record(checkpoint_path)["config"] != config.to_json():
             raise UserError(f"--out {out_dir}: holds a checkpoint of a different training config; "
                             "choose another --out, or delete it to start over")
+        recorded = read_record(checkpoint_path).get("data")
+        if recorded is not None and recorded != data:
+            raise UserError(
+                f"--out {out_dir}: its checkpoint was trained on other data than {config.data} "
+                f"holds now ({_data_difference(recorded, data)}); a resumed run would not be "
+                "the run it continues: train on the same shards, or choose another --out")
         record = restore(checkpoint_path, model, optimizer)
         step = record["step"]
         if record.get("scaler"):
@@ -140,7 +176,7 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model, optimizer,
                         {"step": step, "config": config.to_json(), "scaler": scaler.state_dict(),
-                         "batches_per_epoch": batches_per_epoch})
+                         "batches_per_epoch": batches_per_epoch, "data": data})
 
     # 4. The loop.
     model.train()
@@ -158,12 +194,16 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine(step, config.steps, config.lr, config.warmup_steps)
                 # 4b. Forward every crop of every group, loss over the groups' embeddings.
-                images = batch.views.to(torch_device, non_blocking=True)
+                #     Shards are drawn with replacement, so a batch can hold one group twice,
+                #     with the same crops (seeded by group): one copy is kept, else the loss
+                #     would push a group's crops away from themselves as negatives.
+                distinct = first_of_each_group(batch.group_id)
+                images = batch.views[distinct].to(torch_device, non_blocking=True)
                 groups, crops = images.shape[:2]
                 with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=use_amp):
                     embeddings = model(images.flatten(0, 1)).reshape(groups, crops, -1)
                 loss = group_embedding_loss(config.method, embeddings.float(),
-                                            batch.class_index, config.temperature)
+                                            batch.class_index[distinct], config.temperature)
                 # 4c. Backward and update.
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
