@@ -193,6 +193,9 @@ def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
     jsonl = Path(jsonl) if jsonl is not None else None
     if jsonl is not None:
         check_output_file(jsonl, "--jsonl")
+        if isinstance(recipe, (str, Path)) and jsonl.exists() and jsonl.samefile(recipe):
+            raise UserError(f"--jsonl {jsonl}: is the recipe itself, which the plan would "
+                            "replace; give another file, e.g. plan.jsonl")
     the_plan = make_plan(_loaded(recipe))
     summary = summarize(the_plan)
     if jsonl is not None:

@@ -54,6 +54,13 @@ def resolve_model_source(model_id: str, field: str = "model.id") -> str:
     return str(Path(str(resources.files("synthgen") / "models" / name)))
 
 
+def _is_folder(text: str) -> bool:
+    try:
+        return Path(text).is_dir()
+    except (OSError, ValueError):  # a name longer than the file system allows, a NUL byte
+        return False
+
+
 def check_model_reference(model_id: str, field: str, kind: str) -> None:
     """Refuse a reference that cannot load as `kind` (a key of `MODEL_KINDS`), as far as can
     be told without loading it: an unknown builtin name, a folder that is missing or holds
@@ -63,7 +70,7 @@ def check_model_reference(model_id: str, field: str, kind: str) -> None:
 
     if model_id.startswith(BUILTIN_PREFIX):
         folder = Path(resolve_model_source(model_id, field))
-    elif Path(model_id).is_dir():  # diffusers and transformers try a folder first, too
+    elif _is_folder(model_id):  # diffusers and transformers try a folder first, too
         folder = Path(model_id)
     else:
         try:

@@ -37,10 +37,16 @@ def load_manifest(dataset_dir: Path) -> dict:
         raise UserError(f"{dataset_dir}: no {MANIFEST}, so this is not a finished synthgen dataset; "
                         "run (or rerun) synthgen generate RECIPE --out DIR first")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as error:
         raise UserError(f"{path}: is not valid JSON ({error}); rewrite it with synthgen "
                         f"finalize {dataset_dir}") from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("shards"), list)
+            and all(isinstance(shard, dict) and isinstance(shard.get("name"), str)
+                    for shard in manifest["shards"])):
+        raise UserError(f"{path}: is not a synthgen manifest (no list of shards with names); "
+                        f"pass a synthgen dataset, or rewrite it with synthgen finalize {dataset_dir}")
+    return manifest
 
 
 def shard_paths(dataset_dir: Path, manifest: dict) -> list[str]:

@@ -24,7 +24,7 @@ from synthgen.attributes import (
     plan_warnings,
 )
 from synthgen.builtin import edit_record
-from synthgen.recipe import CLASS_SLOT, Recipe, ViewsSpec, slugify, template_slots
+from synthgen.recipe import CLASS_SLOT, MAX_SLOT_NESTING, Recipe, ViewsSpec, slugify, template_slots
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan, ViewText, plan_views
 
@@ -40,7 +40,6 @@ _TAR_BLOCK, _TAR_RECORD = 512, 10_240
 # and each view's file name.
 _METADATA_BYTES, _METADATA_BYTES_PER_VIEW = 500, 20
 _SHARD_STATS_BYTES = 320
-_MAX_SLOT_DEPTH = 8
 WORLD_SD = "builtin:world-sd"
 
 
@@ -396,7 +395,7 @@ def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Ra
             depth: int) -> str:
     """Fill slots nested inside a slot value (sampled, seeded); the recipe rules out cycles."""
     inner = [slot for slot in template_slots(value) if slot in slot_values]
-    if not inner or depth > _MAX_SLOT_DEPTH:
+    if not inner or depth > MAX_SLOT_NESTING:
         return value
     filled = {slot: _expand(_weighted_choice(rng, slot_values[slot]), slot_values, rng, depth + 1)
               for slot in inner}

@@ -49,7 +49,7 @@ MAX_GROUPS_PER_SHARD = 10_000
 # into several recipes.
 MAX_PLAN_IMAGES = 5_000_000
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def _parse_slot_values(raw: Any) -> dict[str, float]:
@@ -151,8 +151,10 @@ class CornerCaseSpec(StrictModel):
     label: str | None = None
     own_label: str | None = None
     groups: int | None = Field(None, ge=0)
-    weight: float | None = Field(None, ge=0.0)
-    oversample: float | None = Field(None, ge=0.0)
+    # Bounded so that the group count (weight x all class groups, oversample x the label's)
+    # stays a number: 1,000 is already far past any sensible corner case.
+    weight: float | None = Field(None, ge=0.0, le=1000.0)
+    oversample: float | None = Field(None, ge=0.0, le=1000.0)
     tags: list[str] = []
     views: ViewsSpec | None = None
 
@@ -178,6 +180,16 @@ class AuditAttribute(StrictModel):
     values: list[str] = Field(min_length=2)
     # None: the audit's four default templates (prompt ensembling, see docs/AUDIT.md).
     templates: list[str] | None = None
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_read_a_value(cls, templates: list[str] | None) -> list[str] | None:
+        for template in templates or ():
+            check_template("audit template", template, {"value", "attribute"}, "{value}")
+            if "value" not in template_slots(template):
+                raise recipe_problem("template", f"audit template {template!r} must use {{value}}, "
+                                     "where the value goes")
+        return templates
 
 
 class AuditSpec(StrictModel):
@@ -227,7 +239,7 @@ class Recipe(StrictModel):
     @field_validator("name")
     @classmethod
     def _name_is_a_file_name(cls, name: str) -> str:
-        if not _NAME_PATTERN.match(name):
+        if not _NAME_PATTERN.fullmatch(name):
             raise recipe_problem("recipe_name", "use letters, digits, '-' and '_' only (it names "
                                  "files), e.g. my-dataset")
         return name
@@ -248,7 +260,7 @@ class Recipe(StrictModel):
         for t_index, template in enumerate(self.templates):
             check_template(f"templates[{t_index}]", template,
                            set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
-        _check_nested_slots("slots", self.slots, set(self.slots) | {CLASS_SLOT})
+        _check_nested_slots("slots", self.slots, set(self.slots), balance_slots)
         for index, spec in enumerate(self.classes):
             known = set(self.slots) | set(spec.slots) | self._balance_slots_for(spec.name) | {CLASS_SLOT}
             if spec.templates is None and not self.templates:
@@ -259,7 +271,8 @@ class Recipe(StrictModel):
             for t_index, template in enumerate(self.templates_for(spec)):
                 self._check_balance_reaches(f"{where}[{t_index}]", template, spec.name, known)
                 check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
-            _check_nested_slots(f"classes[{index}].slots", spec.slots, known)
+            _check_nested_slots(f"classes[{index}].slots", spec.slots,
+                                set(self.slots) | set(spec.slots), balance_slots)
         own_labels = set()
         for index, case in enumerate(self.corner_cases):
             labelled = case.label is not None or case.own_label is not None
@@ -307,7 +320,13 @@ class Recipe(StrictModel):
     def _check_balance(self) -> set[str]:
         names = {spec.name for spec in self.classes} | {case.name for case in self.corner_cases}
         slots = set()
+        attributes: dict[str, int] = {}
         for index, entry in enumerate(self.balance):
+            if entry.attribute in attributes:
+                raise recipe_problem("balance", f"balance[{index}] balances attribute "
+                                     f"{entry.attribute!r} again (balance[{attributes[entry.attribute]}] "
+                                     "does); give each attribute one entry")
+            attributes[entry.attribute] = index
             slot = entry.slot_name  # None: the prompts never name its values
             if slot is not None and not slot.isidentifier():
                 raise recipe_problem("balance", f"balance[{index}].slot {slot!r} is not a slot "
@@ -465,19 +484,42 @@ def _check_unique_names(field: str, names: list[str]) -> None:
         seen.add(slug)
 
 
-def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: set[str]) -> None:
-    """Slot values may name other slots ("a {colour} {fabric} hat"); no unknown names, no cycles."""
+# How deep slot values may name slots that name slots ("a {colour} {fabric} hat" is 1).
+MAX_SLOT_NESTING = 8
+
+
+def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: set[str],
+                        template_only: set[str]) -> None:
+    """Slot values may name other slots in `known` ("a {colour} {fabric} hat"); no unknown
+    names, no cycles, at most `MAX_SLOT_NESTING` deep. {class} and balance slots
+    (`template_only`) are filled in templates, not inside slot values."""
     for slot, values in slots.items():
         for value in values:
+            try:
+                used = set(template_slots(value))
+            except ValueError:
+                used = set()  # check_template below says what is malformed
+            misplaced = sorted(used & (template_only | {CLASS_SLOT}))
+            if misplaced:
+                raise recipe_problem(
+                    "template", f"{where}.{slot} value {value!r} names {{{misplaced[0]}}}, which "
+                    "is filled in templates only, not inside a slot's values; move it into the "
+                    "template")
             check_template(f"{where}.{slot} value", value, known, where)
 
     def visit(slot: str, trail: tuple[str, ...]) -> None:
         if slot in trail:
             raise recipe_problem("template", f"{where}: slots refer to each other in a cycle: "
                                  + " -> ".join(trail + (slot,)) + "; break the cycle")
+        if len(trail) > MAX_SLOT_NESTING:
+            raise recipe_problem("template", f"{where}: slots name slots more than "
+                                 f"{MAX_SLOT_NESTING} deep ("
+                                 + " -> ".join(f"{{{name}}}" for name in trail + (slot,))
+                                 + "); write some values out")
         for value in slots.get(slot, {}):
             for inner in template_slots(value):
-                visit(inner, trail + (slot,))
+                if inner in slots:
+                    visit(inner, trail + (slot,))
 
     for slot in slots:
         visit(slot, ())
@@ -494,6 +536,8 @@ MAX_RECIPE_BYTES = 1_000_000
 # Aliases (*name) repeat an anchored block; a chain of them expands a 1 KB file into billions
 # of values ("billion laughs"), so the values aliases add are bounded.
 MAX_ALIAS_VALUES = 100_000
+# ... and the text they repeat: 99,000 aliases of one 400 KB string are 40 GB.
+MAX_EXPANDED_CHARACTERS = 10_000_000
 _MAX_NESTING = 50  # a recipe nests 6 levels deep
 
 
@@ -549,6 +593,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key is a list or mapping; a recipe's keys are names",
+                    key_node.start_mark)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise _DuplicateKey(key, seen[key], key_node.start_mark)
             seen[key] = key_node.start_mark
@@ -584,10 +632,10 @@ def _check_alias_expansion(root: yaml.Node, source: str) -> None:
     An alias is the anchored node itself in the composed graph, so each distinct node's
     expanded size is computed once; a node inside its own expansion is a cycle.
     """
-    sizes: dict[int, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}  # node -> (values, characters) when expanded
     open_nodes: set[int] = set()
 
-    def expanded(node: yaml.Node, depth: int) -> int:
+    def expanded(node: yaml.Node, depth: int) -> tuple[int, int]:
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -599,20 +647,43 @@ def _check_alias_expansion(root: yaml.Node, source: str) -> None:
             raise RecursionError
         open_nodes.add(key)
         if isinstance(node, yaml.MappingNode):
-            size = 1 + sum(expanded(k, depth + 1) + expanded(v, depth + 1) for k, v in node.value)
+            children = [expanded(part, depth + 1) for pair in node.value for part in pair]
         elif isinstance(node, yaml.SequenceNode):
-            size = 1 + sum(expanded(item, depth + 1) for item in node.value)
+            children = [expanded(item, depth + 1) for item in node.value]
         else:
-            size = 1
+            children = [(0, len(str(node.value)))]
+        size = (1 + sum(values for values, _ in children), sum(chars for _, chars in children))
         open_nodes.discard(key)
         sizes[key] = size
         return size
 
-    added = expanded(root, 0) - len(sizes)
+    values, characters = expanded(root, 0)
+    added = values - len(sizes)
     if added > MAX_ALIAS_VALUES:
         raise UserError(f"{source}: its aliases (*name) expand to {added:,} more values, past "
                         f"the {MAX_ALIAS_VALUES:,} synthgen allows (aliases that repeat aliases "
                         "multiply); repeat fewer blocks, or write the values out")
+    if characters > MAX_EXPANDED_CHARACTERS:
+        raise UserError(f"{source}: with its aliases (*name) expanded it holds {characters:,} "
+                        f"characters of text, past the {MAX_EXPANDED_CHARACTERS:,} synthgen "
+                        "allows; repeat fewer or shorter blocks, or write the values out")
+
+
+def _refuse_lone_surrogates(value: Any, source: str) -> None:
+    """YAML's "\\udc80" escape makes a string no file, hash or prompt can encode as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{source}: the text {value[:40]!r} holds a lone surrogate escape "
+                            "(\\udXXX), which is no character; write the character itself") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key, source)
+            _refuse_lone_surrogates(item, source)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_lone_surrogates(item, source)
 
 
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
@@ -634,6 +705,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     except RecursionError:
         raise UserError(f"{source}: the YAML is nested more than {_MAX_NESTING} levels deep; a "
                         "recipe nests about 6") from None
+    _refuse_lone_surrogates(raw, source)
     if raw is None:
         raise UserError(f"{source}: the recipe is empty; start from recipes/quickstart.yaml "
                         "(name, seed, model, templates, classes)")

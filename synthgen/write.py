@@ -407,7 +407,18 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     recipe = plan.recipe
     store = open_store(location)
     store.prepare()
-    if overwrite:
+    # Only a dataset (one that recipe.json claims) is ever deleted or written over: a folder
+    # without one holds the user's own files, whatever their names.
+    if store.size(RECIPE_FILE) is None:
+        foreign = [name for name in store.names()
+                   if _OWNED_FILE.match(name) and not name.endswith(".tmp")]
+        if foreign:
+            raise UserError(
+                f"--out {store.location}: holds {', '.join(foreign[:4])}"
+                f"{' and more' if len(foreign) > 4 else ''} but no {RECIPE_FILE}, so they are "
+                "not a synthgen dataset's, and this run would write over them; choose an empty "
+                "or new --out")
+    if overwrite and store.size(RECIPE_FILE) is not None:
         for name in store.names():
             if _OWNED_FILE.match(name):
                 store.remove(name)

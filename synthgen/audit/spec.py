@@ -236,7 +236,13 @@ def _attribute(name: str, values: list[str], templates, targets: list, target_fr
                         f"with --attribute '{name}=a,b'")
     templates = tuple(templates)
     for template in templates:
-        slots = {field_name for _, field_name, _, _ in string.Formatter().parse(template) if field_name}
+        try:
+            slots = {field_name for _, field_name, _, _ in string.Formatter().parse(template)
+                     if field_name}
+        except ValueError as error:  # an unmatched { or }
+            raise UserError(f"attribute {name!r} ({source}): template {template!r} is "
+                            f"malformed ({error}); write {{value}} where the value goes, {{{{ "
+                            "and }} for braces") from None
         if "value" not in slots or slots - {"value", "attribute"}:
             raise UserError(f"attribute {name!r}: template {template!r} must use {{value}} (and "
                             "may use {attribute}), nothing else")

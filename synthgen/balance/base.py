@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from synthgen.recipe import Recipe
 
 
+# Proportions are relative weights; past this, sums and products of them overflow a float.
+MAX_PROPORTION = 1e12
+
 class Balance(StrictModel):
     """One `balance` entry: split `attribute` across `values` in these proportions, for the
     classes and corner cases in `applies_to` (None: all), the way its method does.
@@ -39,8 +42,10 @@ class Balance(StrictModel):
     @classmethod
     def _positive_proportions(cls, values: dict[str, float]) -> dict[str, float]:
         for value, proportion in values.items():
-            if proportion <= 0:
-                raise recipe_problem("balance", f"proportion of {value!r} must be positive")
+            if not 0 < proportion <= MAX_PROPORTION:  # also NaN
+                raise recipe_problem("balance", f"proportion of {value!r} must be positive and "
+                                     f"at most {MAX_PROPORTION:g} (proportions are relative: "
+                                     f"1 and 3 mean 25% and 75%); got {proportion}")
         return values
 
     @field_validator("inject")

@@ -105,7 +105,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
                 source, revision=spec.revision, variant=spec.variant, torch_dtype=dtype,
                 use_safetensors=True, trust_remote_code=spec.trust_remote_code,
             )
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError, EnvironmentError, KeyError) as error:
+        # KeyError: a model_index.json without the keys diffusers reads (another tool's file).
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         revision = f" at revision {spec.revision}" if spec.revision else ""
         if Path(source).is_dir():

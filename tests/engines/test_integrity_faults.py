@@ -60,6 +60,7 @@ def test_overwrite_in_an_object_store_removes_only_its_own_audit_folder(plan):
     base = f"/review-glob-{os.getpid()}"
     fs.pipe_file(f"{base}/ds1/audit/report.json", b"another dataset's report")
     fs.pipe_file(f"{base}/ds[1]/audit/report.json", b"this dataset's report")
+    fs.pipe_file(f"{base}/ds[1]/recipe.json", b'{"recipe_hash": "an older recipe"}')
     try:
         prepare_output_dir(f"memory://{base}/ds[1]", plan, overwrite=True)
         assert fs.exists(f"{base}/ds1/audit/report.json"), "deleted outside --out"
