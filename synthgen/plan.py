@@ -291,7 +291,9 @@ def _enumerate(target: _Target, limit: int) -> list[tuple[str, dict[str, str]]]:
     ignored. (All of them could be far more than fit in memory: 5 slots of 1,000 values.)"""
     def every_combination():
         for template in target.templates:
-            slots = [slot for slot in template_slots(template) if slot in target.slot_values]
+            # A slot a template uses twice is one value (format fills both places).
+            slots = list(dict.fromkeys(slot for slot in template_slots(template)
+                                       if slot in target.slot_values))
             for values in itertools.product(*(list(target.slot_values[s]) for s in slots)):
                 yield template, dict(zip(slots, values))
 
@@ -300,7 +302,7 @@ def _enumerate(target: _Target, limit: int) -> list[tuple[str, dict[str, str]]]:
 
 def _combination_count(target: _Target) -> int:
     """How many combinations `_enumerate` has in all."""
-    return sum(math.prod(len(target.slot_values[slot]) for slot in template_slots(template)
+    return sum(math.prod(len(target.slot_values[slot]) for slot in set(template_slots(template))
                          if slot in target.slot_values)
                for template in target.templates)
 
@@ -394,11 +396,12 @@ def _erased_twice_warnings(recipe: Recipe) -> list[str]:
 def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Random,
             depth: int) -> str:
     """Fill slots nested inside a slot value (sampled, seeded); the recipe rules out cycles."""
-    inner = [slot for slot in template_slots(value) if slot in slot_values]
-    if not inner or depth > MAX_SLOT_NESTING:
+    inner = list(dict.fromkeys(slot for slot in template_slots(value) if slot in slot_values))
+    if depth > MAX_SLOT_NESTING:  # the recipe refuses deeper nesting
         return value
     filled = {slot: _expand(_weighted_choice(rng, slot_values[slot]), slot_values, rng, depth + 1)
               for slot in inner}
+    # Formatted even with nothing to fill, so {{ and }} read as braces in every value alike.
     return value.format(**filled)
 
 

@@ -255,8 +255,17 @@ class Recipe(StrictModel):
                 raise recipe_problem("template", f"{where}.{CLASS_SLOT}: the slot name "
                                      f"{{{CLASS_SLOT}}} is reserved for the class name; rename it")
         balance_slots = self._check_balance()
+        rejected: dict[str, int] = {}
         for index, entry in enumerate(self.suppress):
             entry.check_in_recipe(f"suppress[{index}]", self)
+            if entry.method == "reject":
+                # Retries and rejections are counted per concept: one entry per concept.
+                if entry.concept in rejected:
+                    raise recipe_problem(
+                        "suppress", f"suppress[{index}] rejects {entry.concept!r} again "
+                        f"(suppress[{rejected[entry.concept]}] does); keep one reject entry per "
+                        "concept")
+                rejected[entry.concept] = index
         for t_index, template in enumerate(self.templates):
             check_template(f"templates[{t_index}]", template,
                            set(self.slots) | balance_slots | {CLASS_SLOT}, "slots")
@@ -271,7 +280,8 @@ class Recipe(StrictModel):
             for t_index, template in enumerate(self.templates_for(spec)):
                 self._check_balance_reaches(f"{where}[{t_index}]", template, spec.name, known)
                 check_template(f"{where}[{t_index}]", template, known, f"classes[{index}].slots")
-            _check_nested_slots(f"classes[{index}].slots", spec.slots,
+            # Over the class's slots and the shared ones together: a cycle can run through both.
+            _check_nested_slots(f"classes[{index}].slots", {**self.slots, **spec.slots},
                                 set(self.slots) | set(spec.slots), balance_slots)
         own_labels = set()
         for index, case in enumerate(self.corner_cases):
@@ -291,6 +301,11 @@ class Recipe(StrictModel):
                     "already a class; use label: for an existing class")
             if case.own_label is not None:
                 own_labels.add(case.own_label)
+            if case.name in class_names:
+                raise recipe_problem(
+                    "cross_reference", f"corner_cases[{index}].name {case.name!r} is also a "
+                    "class name; the plan's counts and applies_to name both, so give the corner "
+                    "case another name")
         self._check_varied_slots()
         total = sum(s.groups for s in self.classes) + sum(
             self.corner_case_groups(c) for c in self.corner_cases)

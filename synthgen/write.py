@@ -435,6 +435,11 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"--out {store.location}: holds a dataset made from a different recipe (hash "
                 f"{str(record.get('recipe_hash'))[:12]}, this recipe {recipe.recipe_hash[:12]}); "
                 "choose another --out, or pass --overwrite to delete that dataset and start over")
+        if _written_order_differs(record, recipe):
+            raise UserError(
+                f"--out {store.location}: holds a dataset made from this recipe with its slot or "
+                "balance values in another order, which plans other groups; restore the order "
+                f"recorded in {RECIPE_FILE}, or pass --overwrite to start over")
     # None: a hub model not downloaded yet; publishers and `write_manifest` check the shards.
     weights = weights_digest(recipe.model)
     # 2. Debris of killed writers: only temporaries no live process will rename.
@@ -580,12 +585,26 @@ def finalize_dataset(location: Location) -> dict:
     return write_manifest(store, plan)
 
 
+# `recipe.json` holds the recipe's mappings in their written order (marked so): the recipe hash
+# ignores that order, but the plan does not (the first of equal weights wins a quota's tie, a
+# draw walks values in order), so `finalize` must rebuild the plan from the order that made it.
+RECIPE_ORDER = "as written"
+
+
 def _recipe_record(recipe: Recipe, weights: str | None) -> bytes:
-    """`recipe.json`: the recipe, its hash, and the digest of its model's weights (None for a
-    hub model not downloaded yet)."""
+    """`recipe.json`: the recipe (mappings in written order), its hash, and the digest of its
+    model's weights (None for a hub model not downloaded yet)."""
     return json.dumps({"recipe_hash": recipe.recipe_hash, "weights": weights,
-                       "recipe": recipe.model_dump(mode="json")},
-                      indent=2, sort_keys=True).encode() + b"\n"
+                       "order": RECIPE_ORDER, "recipe": recipe.model_dump(mode="json")},
+                      indent=2).encode() + b"\n"
+
+
+def _written_order_differs(record: dict, recipe: Recipe) -> bool:
+    """Whether `recipe` lists some values in another order than the recorded one (a dataset
+    recorded before the order was kept cannot tell: False)."""
+    if record.get("order") != RECIPE_ORDER:
+        return False
+    return json.dumps(record.get("recipe")) != json.dumps(recipe.model_dump(mode="json"))
 
 
 def library_versions() -> dict:

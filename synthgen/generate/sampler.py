@@ -70,7 +70,7 @@ def layout_anchors(views: list[ViewPlan]) -> list[int]:
             for position, view in enumerate(views)]
 
 
-def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
+def retry_view(view: ViewPlan, attempt: int, shares_seed: bool = False) -> ViewPlan:
     """The view drawn again after a rejection: new seeds derived from the old, same prompt.
 
     A latent view also gets a new anchor: with a small sigma the anchor decides the picture,
@@ -80,8 +80,11 @@ def retry_view(view: ViewPlan, attempt: int) -> ViewPlan:
     anchor = view.anchor_seed
     if anchor is not None:
         anchor = derive_seed("retry-anchor", anchor, view.group_id, view.view, attempt)
-    return replace(view, seed=derive_seed("retry", view.seed, attempt), anchor_seed=anchor,
-                   noise_turn=None)
+    # A view sharing its group's seed (`shares_seed`: shared-noise strategies) mixes in its
+    # group and place, or every redrawn view of the group would share one new noise again.
+    seed = (derive_seed("retry", view.seed, view.group_id, view.view, attempt) if shares_seed
+            else derive_seed("retry", view.seed, attempt))
+    return replace(view, seed=seed, anchor_seed=anchor, noise_turn=None)
 
 
 class Sampler:
@@ -104,6 +107,9 @@ class Sampler:
         self._colours: ColourLatents | None = None  # align_noise views: colour latents
         # Finished images later views of the same group start from, keyed (group id, view).
         self._sources: dict[tuple[str, int], torch.Tensor] = {}
+        # The planned seed of each group's view 0 (the last group's only, as `_sources`): a
+        # view with the same seed shares its group's noise, and is redrawn off it.
+        self._first_seeds: dict[str, int] = {}
         denoiser_name = self.family.denoiser_name
         if channels_last:
             # Convolutions on tensor cores prefer NHWC; the weights follow the layout. A
@@ -152,6 +158,9 @@ class Sampler:
         pixels = [None] * len(views)
         finite = [None] * len(views)
         records: list[dict] = [{} for _ in views]
+        for view in views:
+            if view.view == 0:
+                self._first_seeds[view.group_id] = view.seed
         # 1. Text-to-image views first, then views derived from an earlier view of their group.
         for derived in (False, True):
             positions = [i for i, v in enumerate(views) if (v.source_view is not None) == derived]
@@ -166,6 +175,8 @@ class Sampler:
         # 2. Only the batch's last group can continue into the next batch; forget the rest.
         last_group = views[-1].group_id
         self._sources = {key: image for key, image in self._sources.items() if key[0] == last_group}
+        self._first_seeds = {group: seed for group, seed in self._first_seeds.items()
+                             if group == last_group}
         finite_all = torch.stack(finite)
         nonfinite = tuple(int(i) for i in torch.nonzero(~finite_all).flatten().tolist())
         return SampledBatch(images=torch.stack(pixels), nonfinite=nonfinite, records=tuple(records))
@@ -186,6 +197,8 @@ class Sampler:
         if not self.rejectors:
             return images, finite, records
         current = list(views)
+        shares_seed = [view.view != 0 and view.seed == self._first_seeds.get(view.group_id)
+                       for view in views]
         pending = list(range(len(views)))
         retries_allowed = {rejector.concept: rejector.max_retries for rejector in self.rejectors}
         attempt = 0
@@ -195,8 +208,9 @@ class Sampler:
                 prompts = [current[position].prompt for position in pending]
                 scores = rejector.score(images[pending], prompts).tolist()
                 for position, score in zip(pending, scores):
-                    if score > rejector.threshold:
-                        flagged.setdefault(position, []).append(rejector.concept)
+                    concepts = flagged.setdefault(position, []) if score > rejector.threshold else None
+                    if concepts is not None and rejector.concept not in concepts:
+                        concepts.append(rejector.concept)  # one count per concept and draw
             # A flagged view is drawn again while one of the concepts that flagged it has
             # retries left; otherwise its last draw is kept and recorded as a failure.
             pending = []
@@ -215,7 +229,7 @@ class Sampler:
                 counts = records[position].setdefault("rejections", {})
                 for concept in flagged[position]:
                     counts[concept] = counts.get(concept, 0) + 1
-                current[position] = retry_view(current[position], attempt)
+                current[position] = retry_view(current[position], attempt, shares_seed[position])
             redrawn, redrawn_finite = self._generate([current[p] for p in pending],
                                                      own_anchors=True)
             images[pending], finite[pending] = redrawn, redrawn_finite
@@ -321,6 +335,7 @@ class Sampler:
         # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
         finite = torch.isfinite(output).flatten(1).all(dim=1)
         pixels = (torch.nan_to_num(output, nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
+        pixels[~finite] = 0  # a view with any non-finite value is stored black, not patched
         pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return pixels.cpu(), finite.cpu()
 

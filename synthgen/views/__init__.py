@@ -22,7 +22,7 @@ only if it needs a new kind of sampling (it reads `ViewPlan`, never a strategy's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any, Literal
 
@@ -207,4 +207,7 @@ def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
         del request["text"], request["group_texts"]
         views.append(ViewPlan(group_id=group_id, view=view, negative_prompt=negative_prompt,
                               **request))
-    return tuple(views)
+    # A spliced view reads view 0's prompt as view 0 is drawn: with every strategy's change
+    # (the `prompt` strategy's modifier, say), known only now.
+    return tuple(replace(plan, splice_into=views[0].prompt) if plan.splice_into is not None
+                 else plan for plan in views)
