@@ -184,6 +184,24 @@ def validate(recipe: RecipeSource) -> ValidateResult:
     return ValidateResult(loaded, groups, loaded.image_count, tuple(recipe_warnings(loaded)))
 
 
+def _local_rank_device(device: str, workers: int | None) -> str:
+    """torchrun --nproc-per-node N starts N ranks on one machine, each with its LOCAL_RANK:
+    with device auto, one GPU each (cuda:LOCAL_RANK), not all on cuda:0."""
+    import os
+
+    if device != "auto" or workers not in (None, 1) or "LOCAL_RANK" not in os.environ:
+        return device
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return device
+    try:
+        local = int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        return device
+    return f"cuda:{local % torch.cuda.device_count()}"
+
+
 def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
     """Plan a recipe without touching a GPU; with `jsonl`, also write the plan there, one
     group per line (whole or not at all)."""
@@ -247,6 +265,7 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
         from synthgen.generate.load import check_dtype_fits_device
 
         check_dtype_fits_device(dtype or the_plan.recipe.model.dtype, choose_device(device))
+    device = _local_rank_device(device, workers)
     chosen = choose_slice(the_plan.shard_count, shards, rank, world_size)
     if chosen.shards is not None:
         listed = format_shard_ranges(chosen.shards) or "none"

@@ -209,7 +209,13 @@ class _ProcessPool:
         self.counted: dict[int, int] = {}  # images reported so far per running shard
 
     def submit(self, worker: int, shard: int) -> Future:
-        return self.workers[worker].submit(_build_shard, shard)
+        try:
+            return self.workers[worker].submit(_build_shard, shard)
+        except BrokenProcessPool:
+            # Its process died while idle (the OOM killer, a driver fault): a fresh one takes
+            # the shard, as one that dies mid-shard is replaced (`WorkerLost`).
+            self.replace(worker)
+            return self.workers[worker].submit(_build_shard, shard)
 
     def finished(self, running: list[Future]) -> set[Future]:
         done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)

@@ -58,8 +58,14 @@ def rank_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int
         return _int(environ, "RANK"), _int(environ, "WORLD_SIZE"), "RANK/WORLD_SIZE"
     if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
         first = _int(environ, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in environ else 0
-        return (_int(environ, "SLURM_ARRAY_TASK_ID") - first,
-                _int(environ, "SLURM_ARRAY_TASK_COUNT"), "SLURM_ARRAY_TASK_ID/COUNT")
+        # --array=0-6:2 runs tasks 0, 2, 4, 6: ranks 0 to 3.
+        step = _int(environ, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in environ else 1
+        offset = _int(environ, "SLURM_ARRAY_TASK_ID") - first
+        if step < 1 or offset % step:
+            raise UserError(f"SLURM_ARRAY_TASK_ID {environ['SLURM_ARRAY_TASK_ID']} is not on the "
+                            f"array's steps (from {first} by {step}); number the tasks "
+                            "0-N or 0-N:STEP, or pass --rank and --world-size")
+        return (offset // step, _int(environ, "SLURM_ARRAY_TASK_COUNT"), "SLURM_ARRAY_TASK_ID/COUNT")
     return None
 
 

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from synthgen.errors import UserError
 from synthgen.generate.families import family_of
 from synthgen.recipe import CLASS_SLOT, template_slots
 
@@ -58,6 +59,8 @@ class Encoded:
     ids: tuple[int, ...]          # BOS, the prompt's tokens, EOS; no padding
     tokens: torch.Tensor          # (length, d) float64, padding included: cross-attention's input
     pooled: torch.Tensor | None   # (p,) float64 pooled embedding (SDXL), else None
+    text: str = ""                # the prompt, for messages
+    truncated: bool = False       # longer than the tokenizer's max length: its end was cut
 
 
 @torch.no_grad()
@@ -75,8 +78,10 @@ def encode_all(pipeline, texts: Sequence[str], batch_size: int = 64) -> list[Enc
         if pooled is not None:
             pooled = pooled.double().cpu()
         ids = tokenizer(chunk, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        cut = [len(full) > tokenizer.model_max_length for full in tokenizer(chunk).input_ids]
         encoded += [Encoded(ids=tuple(ids[i]), tokens=embeds[i].double().cpu(),
-                            pooled=None if pooled is None else pooled[i]) for i in range(len(chunk))]
+                            pooled=None if pooled is None else pooled[i], text=chunk[i],
+                            truncated=cut[i]) for i in range(len(chunk))]
     return encoded
 
 
@@ -251,6 +256,12 @@ class Mapping:
 
 def pair_encoded(source: Encoded, goal: Encoded) -> Mapping:
     """`source` read as `goal`, tokens paired as the reference pairs them (`token_pairs`)."""
+    for encoded in (source, goal):
+        if encoded.truncated:
+            # Pairing lines the two up from their ends, which a cut end no longer marks.
+            raise UserError(f"{encoded.text[:80]!r} is longer than the text encoder reads "
+                            f"({len(encoded.ids)} tokens), so the edit cannot pair its words; "
+                            "shorten the template, context or prompt")
     pairs = token_pairs(source.ids, goal.ids, len(source.tokens))
     return Mapping(source, tuple(c for c, _ in pairs), ((goal, tuple(t for _, t in pairs), 1.0),))
 

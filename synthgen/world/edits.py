@@ -121,7 +121,9 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
         runs = {}
         for stage in ("before", "after"):
             if stage == "after":
-                edited = apply_erasures(recipe.model_copy(update={"suppress": [entry], "balance": []}), model)
+                # The recipe's own entries at their own places: an entry's contexts are seeded
+                # by its index, so a recipe cut to this entry alone would edit otherwise.
+                edited = apply_erasures(recipe.model_copy(update={"balance": []}), model)
                 result["erase_edit"] = edited.edits[-1]
             runs[stage] = {kind: _attribute_rates(read([p[key] for p in prompts], seeds), prompts)
                            for kind, key in (("asked", "striped_prompt"), ("plain", "prompt"))}
@@ -145,8 +147,7 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
         runs = {}
         for stage in ("before", "after"):
             if stage == "after":
-                edited = apply_debiasing(recipe.model_copy(update={"suppress": [], "balance": [entry]}),
-                                         model, torch_device)
+                edited = apply_debiasing(recipe.model_copy(update={"suppress": []}), model, torch_device)
                 result["debias_edit"] = edited.edits[-1]
             runs[stage] = {}
             for name, prompts in per_class.items():
