@@ -45,3 +45,29 @@ def test_a_preserve_list_naming_the_concept_itself_is_refused():
     with pytest.raises((ValueError, UserError)):  # pydantic's ValidationError is a ValueError
         entry = EraseSuppression(concept="dog", target="cat", preserve=["dog"])
         erase_concept(pipeline, entry.concept, entry.target, entry.preserve)
+
+
+@torch.no_grad()
+def test_debias_pooled_summary_reads_as_the_weighted_mix():
+    """Every mapping used to carry the prompt's pooled-text class token, and debias splits a
+    prompt into its words' mapping (the weighted mix) and one padding mapping per value (weight
+    1 towards that value): the class token was fitted to the average of those goals,
+    (0.9 red + 0.1 blue + red + blue) / 3, not to the mix the steering asked for."""
+    from synthgen.generate.debias import _debias_mappings
+    from synthgen.generate.erase import edit_text_paths, encode_all, text_readers
+
+    pipeline = pooled_text_pipeline()
+    prompt, red, blue = encode_all(pipeline, ["a dog", "a red dog",
+                                              "a blue dog"])
+    weights = {"red": 0.9, "blue": 0.1}
+    mappings = _debias_mappings(prompt, {"red": red, "blue": blue}, weights)
+    assert len(mappings) > 1, "the padding takes turns: more than one mapping"
+    query = next(r for r in text_readers(pipeline) if r.path == "pooled text (query)")
+    (_, q_proj), = query.linears
+    rows = {name: query.rows(encoded, None)[0] for name, encoded in
+            (("prompt", prompt), ("red", red), ("blue", blue))}
+    wanted = q_proj.weight.double() @ (rows["prompt"] + 0.9 * (rows["red"] - rows["prompt"])
+                                       + 0.1 * (rows["blue"] - rows["prompt"]))
+    edit_text_paths(pipeline, mappings, [], preserve_weight=0.0, regularizer=1e-6)
+    got = q_proj.weight.double() @ rows["prompt"]
+    assert torch.allclose(got, wanted, atol=1e-3 * float(wanted.abs().max())), (got, wanted)

@@ -97,7 +97,8 @@ def _debias_mappings(prompt: Encoded, versions: dict[str, Encoded],
     for value in versions:
         mine = tuple(p for p, (_, _, taker) in zip(padding, order) if taker == value)
         if mine:
-            mappings.append(Mapping(prompt, mine, ((versions[value], tuple(pairings[value][p] for p in mine), 1.0),)))
+            mappings.append(Mapping(prompt, mine, ((versions[value], tuple(pairings[value][p] for p in mine), 1.0),),
+                                    summary=False))  # the words' mapping sets the summary rows
     return mappings
 
 

@@ -125,6 +125,13 @@ class TextReader:
     linears: tuple[tuple[str, torch.nn.Linear], ...]
     rows: Callable[[Encoded, Sequence[int] | None], torch.Tensor]
     columns: int | None = None  # only the first `columns` inputs read text (SDXL add_embedding)
+    summary_rows: int = 0       # how many of `rows`' first rows summarise the whole prompt
+
+    def mapping_rows(self, encoded: Encoded, positions: Sequence[int] | None,
+                     summary: bool) -> torch.Tensor:
+        """`rows`, without the summary rows where a mapping leaves them to another (`summary`)."""
+        found = self.rows(encoded, positions)
+        return found if summary else found[self.summary_rows:]
 
 
 def cross_attention_projections(unet) -> list[tuple[str, torch.nn.Linear]]:
@@ -163,8 +170,9 @@ def _pooling_readers(unet) -> list[TextReader]:
 
     return [TextReader("pooled text (keys, values)", (("add_embedding.pool.k_proj", pool.k_proj),
                                                       ("add_embedding.pool.v_proj", pool.v_proj)),
-                       key_value_rows),
-            TextReader("pooled text (query)", (("add_embedding.pool.q_proj", pool.q_proj),), query_rows)]
+                       key_value_rows, summary_rows=1),
+            TextReader("pooled text (query)", (("add_embedding.pool.q_proj", pool.q_proj),), query_rows,
+                       summary_rows=1)]
 
 
 def _pooled_embedding_rows(encoded: Encoded, positions: Sequence[int] | None) -> torch.Tensor:
@@ -223,7 +231,7 @@ def text_readers(pipeline) -> list[TextReader]:
         pooled_size = family_of(pipeline).pooled_text_size()
         readers.append(TextReader("pooled text embedding",
                                   (("add_embedding.linear_1", unet.add_embedding.linear_1),),
-                                  _pooled_embedding_rows, columns=pooled_size))
+                                  _pooled_embedding_rows, columns=pooled_size, summary_rows=1))
     return readers
 
 
@@ -252,6 +260,11 @@ class Mapping:
     source: Encoded
     positions: tuple[int, ...]
     goals: tuple[tuple[Encoded, tuple[int, ...], float], ...]
+    # Whether this mapping also sets the rows that summarise the prompt (the pooled text's class
+    # token, SDXL's pooled embedding). A prompt split over several mappings (debias's padding
+    # turns) sets them in one only; fitted to every mapping's goal they read as the goals'
+    # average, not the wanted mix.
+    summary: bool = True
 
 
 def pair_encoded(source: Encoded, goal: Encoded) -> Mapping:
@@ -298,9 +311,10 @@ def edit_text_paths(pipeline, mappings: Sequence[Mapping], preserved: Sequence[E
     digest = hashlib.sha256()
     paths: dict[str, int] = {}
     for reader in text_readers(pipeline):
-        mapped = torch.cat([reader.rows(m.source, m.positions) for m in mappings])
+        mapped = torch.cat([reader.mapping_rows(m.source, m.positions, m.summary) for m in mappings])
         # W applied to a mix of goal rows is the mix of W's outputs: the goals mix as inputs.
-        goals = torch.cat([sum(share * reader.rows(goal, positions) for goal, positions, share in m.goals)
+        goals = torch.cat([sum(share * reader.mapping_rows(goal, positions, m.summary)
+                               for goal, positions, share in m.goals)
                            for m in mappings])
         kept = (torch.cat([reader.rows(encoded, None) for encoded in preserved]) if preserved
                 else mapped.new_zeros(0, mapped.shape[1]))
