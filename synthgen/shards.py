@@ -103,14 +103,24 @@ def is_view_sample(sample: dict) -> bool:
 # reader's own checks to reject.
 def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
     pending: list[tuple[dict, dict]] = []
+    dropped: str | None = None  # a group one of whose views is damaged: its other views go too
     for sample in samples:
         metadata = _view_metadata(sample)
         if metadata is None:
-            if pending:
+            key = sample.get("__key__")
+            if pending and isinstance(key, str) and key.startswith(f"{pending[0][1]['group_id']}-view"):
+                # A damaged view of the group being collected: the group is damaged, as a
+                # group-layout sample with damaged json is, and is left out whole (else its
+                # later views would make a second group of the same id).
+                dropped, pending = pending[0][1]["group_id"], []
+            elif pending:
                 yield _group_of(pending)
                 pending = []
             yield sample
             continue
+        if metadata["group_id"] == dropped:
+            continue
+        dropped = None
         # Another group id, or the same group read again (a resampler can draw a one-group
         # shard twice in a row: its view numbers then start over), starts a new group.
         if pending and (pending[0][1]["group_id"] != metadata["group_id"]
@@ -156,5 +166,6 @@ def _group_of(views: list[tuple[dict, dict]]) -> dict:
             group[key] = first_sample[key]
     for (sample, _), record in zip(views, records, strict=True):
         image = next((sample[m] for m in _VIEW_IMAGE_MEMBERS if m in sample), None)
-        group[record["file"]] = image
+        if image is not None:  # a lost image stays missing, for the reader to report
+            group[record["file"]] = image
     return group
