@@ -270,7 +270,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     """Everything valid that will not do what the recipe seems to want (printed by validate,
     plan and generate): `attributes.plan_warnings`, enumerations with more combinations than
     groups, a concept erased twice, and prompts outside what builtin:world-sd learnt."""
-    warnings = plan_warnings(recipe) + _erased_twice_warnings(recipe)
+    warnings = plan_warnings(recipe) + _erased_twice_warnings(recipe) + _img2img_warnings(recipe)
     if recipe.model.id == WORLD_SD:
         warnings += _world_sd_warnings(recipe)
     for target in _targets(recipe):
@@ -305,6 +305,25 @@ def _combination_count(target: _Target) -> int:
     return sum(math.prod(len(target.slot_values[slot]) for slot in set(template_slots(template))
                          if slot in target.slot_values)
                for template in target.templates)
+
+
+def _img2img_warnings(recipe: Recipe) -> list[str]:
+    """img2img runs int(steps x strength) of the steps (diffusers), so the strength used is
+    that count / steps: a strength between two counts is rounded down (0.9 at 2 steps is 0.5)."""
+    warnings = []
+    specs = [recipe.views] + [spec.views for spec in [*recipe.classes, *recipe.corner_cases]
+                              if spec.views is not None]
+    for views in specs:
+        if "img2img" not in views.strategy:
+            continue
+        strength, steps = views.img2img.strength, recipe.model.steps
+        steps = max(steps, math.ceil(1 / strength))  # as the sampler asks
+        used = int(steps * strength) / steps
+        if abs(used - strength) > 1e-9:
+            warnings.append(f"views.img2img.strength {strength:g} at {steps} steps re-noises by "
+                            f"{used:g} (img2img runs int(steps x strength) steps); choose a "
+                            f"strength that is a multiple of 1/{steps}, or more steps")
+    return list(dict.fromkeys(warnings))
 
 
 def _world_sd_warnings(recipe: Recipe) -> list[str]:

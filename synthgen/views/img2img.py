@@ -12,7 +12,9 @@ from synthgen.views.base import ViewStrategy
 class Img2ImgViews(StrictModel):
     """`img2img`: views after the first re-noise view 0 to `strength` and denoise it (SDEdit)."""
 
-    strength: float = Field(0.5, gt=0.0, le=1.0)
+    # At least 0.01: below it the view is its source, and the 1/strength steps the sampler
+    # would ask for pass what schedulers allow (1,000 training steps).
+    strength: float = Field(0.5, ge=0.01, le=1.0)
 
 
 class Img2Img(ViewStrategy):
