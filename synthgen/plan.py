@@ -27,6 +27,7 @@ from synthgen.builtin import edit_record
 from synthgen.recipe import CLASS_SLOT, MAX_SLOT_NESTING, Recipe, ViewsSpec, slugify, template_slots
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan, ViewText, plan_views
+from synthgen.views.img2img import img2img_steps
 
 # For the size estimate only: rough compressed bits per pixel (png 14 fits world-sd's 32 px
 # quickstart: 1,834 bytes an image), and the bytes an image file has whatever its pixels
@@ -316,9 +317,8 @@ def _img2img_warnings(recipe: Recipe) -> list[str]:
     for views in specs:
         if "img2img" not in views.strategy:
             continue
-        strength, steps = views.img2img.strength, recipe.model.steps
-        steps = max(steps, math.ceil(1 / strength))  # as the sampler asks
-        used = int(steps * strength) / steps
+        strength = views.img2img.strength
+        steps, used = img2img_steps(recipe.model.steps, strength)  # as the sampler asks
         if abs(used - strength) > 1e-9:
             warnings.append(f"views.img2img.strength {strength:g} at {steps} steps re-noises by "
                             f"{used:g} (img2img runs int(steps x strength) steps); choose a "

@@ -409,7 +409,8 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     store.prepare()
     # Only a dataset (one that recipe.json claims) is ever deleted or written over: a folder
     # without one holds the user's own files, whatever their names.
-    if store.size(RECIPE_FILE) is None:
+    claimed = store.size(RECIPE_FILE) is not None
+    if not claimed:
         foreign = [name for name in store.names()
                    if _OWNED_FILE.match(name) and not name.endswith(".tmp")]
         if foreign:
@@ -418,7 +419,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"{' and more' if len(foreign) > 4 else ''} but no {RECIPE_FILE}, so they are "
                 "not a synthgen dataset's, and this run would write over them; choose an empty "
                 "or new --out")
-    if overwrite and store.size(RECIPE_FILE) is not None:
+    if overwrite and claimed:
         for name in store.names():
             if _OWNED_FILE.match(name):
                 store.remove(name)

@@ -27,10 +27,16 @@ def is_shard_dataset(data) -> bool:
 
 
 def image_folder_classes(data) -> list[str] | None:
-    """The class names of an ImageFolder tree in index order (sorted), None for shards."""
+    """The class names of an ImageFolder tree in index order (torchvision's own rule), None
+    for shards or a tree without class folders (`labelled_batches` then says what is wrong)."""
     if isinstance(data, (list, tuple)) or is_shard_dataset(data):
         return None
-    return sorted(entry.name for entry in Path(data).iterdir() if entry.is_dir())
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        return find_classes(str(data))[0]
+    except FileNotFoundError:
+        return None
 
 
 def labelled_batches(data, resolution: int, batch_size: int = 256, num_workers: int = 0,

@@ -27,6 +27,7 @@ from synthgen.generate.noise_turn import ColourLatents, turn_noise
 from synthgen.recipe import ModelSpec
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan
+from synthgen.views.img2img import img2img_steps
 
 
 @dataclass(frozen=True)
@@ -313,8 +314,7 @@ class Sampler:
         if views[0].source_view is not None:
             pipeline = self._image_to_image()
             strength = views[0].strength
-            # img2img runs int(steps * strength) steps; ask for enough that at least one runs.
-            steps = max(steps, math.ceil(1 / strength - 1e-9))
+            steps, _ = img2img_steps(steps, strength)
             arguments.update(image=self._source_images(views), strength=strength,
                              generator=[torch.Generator("cpu").manual_seed(v.seed) for v in views])
         elif self.family.draws_own_latents:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from synthgen.recipe_base import StrictModel
 from synthgen.seeding import seed_for
 from synthgen.views.base import ViewStrategy
+
+
+def img2img_steps(steps: int, strength: float) -> tuple[int, float]:
+    """(steps to ask diffusers' img2img for, the strength it then re-noises by): it runs
+    int(steps x strength) of them, so at least 1/strength are asked for, for one to run."""
+    asked = max(steps, math.ceil(1 / strength - 1e-9))
+    return asked, int(asked * strength) / asked
 
 
 class Img2ImgViews(StrictModel):

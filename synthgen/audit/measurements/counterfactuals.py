@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,18 +59,28 @@ def _rate(hits: int, total: int) -> dict:
             "ci95": [low, high]}
 
 
+@dataclass
+class _Tally:
+    """One scope's counts for one attribute."""
+
+    edits_read_as_recorded: int = 0
+    sure_edits: int = 0
+    unsure_edits: int = 0
+    groups_leaked: int = 0
+    groups_judged: int = 0      # holding it, with two sure readings or more
+    groups_varying: int = 0
+    groups_holding: int = 0
+
+
 def measure_attribute(table: ViewTable, groups: dict, attribute, texts, logit_scale: float,
                       margin: float) -> dict:
     """Edit success and leak of one attribute, overall and per class / corner case."""
     choice, _ = ZeroShotAttribute(attribute, texts, logit_scale, margin).classify(table.embeddings)
     values = attribute.values
     name = attribute.name
-    # Per scope: [edited views read as recorded, sure edited views, unsure edited views,
-    #             groups that leaked, groups judged, edited groups, held groups].
-    tallies: dict[str, list[int]] = defaultdict(lambda: [0] * 7)
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
     for rows, varied in groups.values():
-        scope = table.items[rows[0]].scope
-        counts = [tallies[OVERALL], tallies[scope]]
+        counts = [tallies[OVERALL], tallies[table.items[rows[0]].scope]]
         if name in varied:
             first = str(table.items[rows[0]].assigned.get(name))
             for row in rows[1:]:
@@ -78,26 +89,28 @@ def measure_attribute(table: ViewTable, groups: dict, attribute, texts, logit_sc
                     continue  # not an edit, or a value the audit does not read
                 for tally in counts:
                     if choice[row] == UNSURE:
-                        tally[2] += 1
+                        tally.unsure_edits += 1
                     else:
-                        tally[0] += values[choice[row]] == recorded
-                        tally[1] += 1
+                        tally.edits_read_as_recorded += values[choice[row]] == recorded
+                        tally.sure_edits += 1
             for tally in counts:
-                tally[5] += 1
+                tally.groups_varying += 1
         else:
             sure = {values[choice[row]] for row in rows if choice[row] != UNSURE}
             judged = sum(choice[row] != UNSURE for row in rows) >= 2
             for tally in counts:
-                tally[6] += 1
+                tally.groups_holding += 1
                 if judged:
-                    tally[3] += len(sure) > 1
-                    tally[4] += 1
+                    tally.groups_leaked += len(sure) > 1
+                    tally.groups_judged += 1
     scopes = {}
     for scope in [OVERALL] + sorted(s for s in tallies if s != OVERALL):
-        success, sure, unsure, leaked, judged, edited, held = tallies[scope]
-        scopes[scope] = {"varied_in_groups": edited, "held_in_groups": held,
-                         "edit_success": _rate(success, sure) | {"unsure_views": unsure},
-                         "leak": _rate(leaked, judged)}
+        tally = tallies[scope]
+        scopes[scope] = {"varied_in_groups": tally.groups_varying,
+                         "held_in_groups": tally.groups_holding,
+                         "edit_success": _rate(tally.edits_read_as_recorded, tally.sure_edits)
+                         | {"unsure_views": tally.unsure_edits},
+                         "leak": _rate(tally.groups_leaked, tally.groups_judged)}
     return {"values": list(values), "scopes": scopes}
 
 
@@ -115,8 +128,7 @@ def measure(inputs: MeasurementInputs) -> dict:
 
 
 def _overall(section: dict, figure: str) -> list[dict]:
-    return [metrics["scopes"][OVERALL][figure] for metrics in section["attributes"].values()
-            if OVERALL in metrics["scopes"]]
+    return [metrics["scopes"][OVERALL][figure] for metrics in section["attributes"].values()]
 
 
 def figures(section: dict) -> dict:
