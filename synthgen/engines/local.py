@@ -44,7 +44,8 @@ from synthgen.write import (
 
 # Test hook: "SHARD:MARKER" makes the worker that samples the first batch of SHARD exit at
 # once (os._exit, as if killed), if it is the first to create the file MARKER: exactly one
-# worker dies, mid-shard, however many build that shard. Engines read it in the coordinating
+# worker dies, mid-shard, however many build that shard, and nothing of that shard is
+# published (the batch never reaches the writer). Engines read it in the coordinating
 # process and hand it to their workers, so it reaches Ray actors started earlier.
 FAULT_ENV = "SYNTHGEN_TEST_EXIT_IN_SHARD"
 FAULT_EXIT_STATUS = 86
@@ -316,6 +317,10 @@ class ShardWorker:
                 # other shards this worker builds.
                 for batch in shard_batches(self.plan, shard, self.batch_size):
                     result = self.sampler.sample([view for _, view in batch])
+                    # The test hook dies before the batch reaches the assembler: after it, a
+                    # shard's last batch is already on its way to being published, and the
+                    # test would race the writer thread.
+                    self._inject_fault(shard)
                     for position, (group, view) in enumerate(batch):
                         assembler.add_view(group, view, result.images[position].numpy(),
                                            nonfinite=position in result.nonfinite,
@@ -323,7 +328,6 @@ class ShardWorker:
                     built.images += len(batch)
                     if on_batch is not None:
                         on_batch(shard, len(batch))
-                    self._inject_fault(shard)
             assembler.finish()
         finally:
             assembler.shutdown()
