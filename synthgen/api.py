@@ -81,6 +81,8 @@ class GenerateResult:
     # Per `reject`ed concept: redraws, and views stored although their last retry still failed.
     rejections: dict[str, int]
     suppression_failed: dict[str, int]
+    # `slots.check`: groups checked, their redraws, groups stored although still disagreeing.
+    group_checks: dict[str, int]
     shards: tuple[int, ...] | None  # the slice this run built; None: the whole dataset
     slice_source: str  # what chose the slice: "--shards 0-9", "--rank/--world-size", ...
     warnings: tuple[str, ...]
@@ -290,6 +292,7 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
         model=dict(summary.model), model_variants=summary.model_variants,
         nonfinite_views=summary.nonfinite_views, missing=tuple(summary.missing),
         manifest_path=manifest_path, rejections=dict(summary.rejections),
+        group_checks=dict(summary.group_checks),
         suppression_failed=dict(summary.suppression_failed), shards=chosen.shards,
         slice_source=chosen.source, warnings=warnings)
 

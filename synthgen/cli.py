@@ -340,6 +340,12 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str | None, co
     for line in _rejection_lines(suppress, result.rejections, result.suppression_failed,
                                  result.images):
         click.echo(line)
+    checks = result.group_checks
+    if checks.get("groups"):
+        click.echo(f"check: {_count(checks['groups'], 'group')} checked, "
+                   f"{_count(checks.get('redraws', 0), 'redraw')}; "
+                   f"{_count(checks.get('failed', 0), 'group')} stored although their views "
+                   "still disagree after the last retry (held_check.passed false in their json)")
     if result.nonfinite_views:
         click.echo(f"warning: {_count(result.nonfinite_views, 'view')} had NaN/inf model output "
                    "and were stored black; see nonfinite_views in the shard stats files (try "

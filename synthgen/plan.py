@@ -238,10 +238,39 @@ def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
     texts = []
     for view in range(count):
         slots = {slot: values[view] for slot, values in drawn.items()}
-        prompt = _fill(recipe, template, {**held, **slots}, {**balanced, **view_balance[view]},
-                       target.class_name)
-        texts.append(ViewText(prompt=prompt, slots=slots, balance=view_balance[view]))
+        balance = {**balanced, **view_balance[view]}
+        prompt = _fill(recipe, template, {**held, **slots}, balance, target.class_name)
+
+        def filled(name: str, value: str) -> str:
+            if name == CLASS_SLOT:
+                return _fill(recipe, template, {**held, **slots}, balance, value)
+            return _fill(recipe, template, {**held, name: value, **slots}, balance,
+                         target.class_name)
+
+        readings = tuple(
+            (name, own, tuple((value, filled(name, value)) for value in alternatives))
+            for name, own, alternatives in _held_alternatives(recipe, target, held))
+        texts.append(ViewText(prompt=prompt, slots=slots, balance=view_balance[view],
+                              held_readings=readings))
     return tuple(texts)
+
+
+def _held_alternatives(recipe: Recipe, target: _Target, held: dict[str, str]
+                       ) -> list[tuple[str, str, list[str]]]:
+    """For `slots.check.hold`: each held name, the group's value and every value a detector
+    compares it with (the recipe's class names for the class, else the slot's values)."""
+    check = target.views.slots.check if target.views.varied_slots else None
+    if check is None:
+        return []
+    compared = []
+    for name in check.hold:
+        if name == CLASS_SLOT:
+            names = [spec.name for spec in recipe.classes]
+            own = target.class_name
+            compared.append((name, own, names if own in names else [*names, own]))
+        else:
+            compared.append((name, held[name], list(target.slot_values[name])))
+    return compared
 
 
 def _held(target: _Target) -> _Target:

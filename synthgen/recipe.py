@@ -428,9 +428,43 @@ class Recipe(StrictModel):
                     raise recipe_problem(
                         "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
                         f"so its views cannot differ; give it more values, {fix}")
+            if views.varied_slots and views.slots.check is not None:
+                self._check_held_names(views.slots.check.hold, where, name, templates,
+                                       slot_values, balanced,
+                                       field.removesuffix(".vary") + ".check.hold")
             if views.varied_slots and views.slots.align_noise:
                 self._check_aligned_noise(views.varied_slots[0], where, name, slot_values, own_slots,
                                           balanced, field.removesuffix(".vary") + ".align_noise")
+
+    def _check_held_names(self, hold: list[str], where: str, name: str, templates: list,
+                          slot_values: dict, balanced: dict, field: str) -> None:
+        """`slots.check.hold` reads each name by filling the view's template with each of its
+        values: the class, or a slot every template fills directly, with plain values."""
+        for held in hold:
+            if held == CLASS_SLOT:
+                if len({spec.name for spec in self.classes} | {name}) < 2:
+                    raise recipe_problem("slots", f"{field}: holding {{class}} compares each "
+                                         "view with the other classes' names, and the recipe "
+                                         "has one class; add classes or drop class from hold")
+            elif held in balanced or held not in slot_values:
+                raise recipe_problem(
+                    "slots", f"{field}: {held!r} is not a slot of {where} ({name!r}) "
+                    f"(defined: {sorted(slot_values) or 'none'}); hold the class or a slot "
+                    "its prompts fill (balanced attributes are not read by the check)")
+            elif len(slot_values[held]) < 2:
+                raise recipe_problem("slots", f"{field}: slot {held!r} has one value for {where} "
+                                     f"({name!r}), so there is nothing to compare it with; "
+                                     "give it more values or drop it from hold")
+            elif any("{" in value for value in slot_values[held]):
+                raise recipe_problem("slots", f"{field}: the values of slot {held!r} fill other "
+                                     "slots, so a view's value is not one of them to compare; "
+                                     "hold a slot with plain values")
+            for at, template in templates:
+                if held not in template_slots(template):
+                    raise recipe_problem(
+                        "slots", f"{field}: {at} {template!r} does not use {{{held}}}, so a "
+                        f"view's prompt does not name it to compare; add {{{held}}} to it or "
+                        "drop it from hold")
 
     def _check_aligned_noise(self, slot: str, where: str, name: str, slot_values: dict,
                              own_slots: dict, balanced: dict, field: str) -> None:
@@ -591,6 +625,12 @@ def check_model_references(recipe: Recipe) -> None:
     for index, entry in enumerate(recipe.suppress):
         entry.check_models(f"suppress[{index}]")
     check_model_reference(recipe.audit.clip, "audit.clip", CLIP)
+    for where, spec in [("views", recipe.views),
+                        *((f"classes[{i}].views", c.views) for i, c in enumerate(recipe.classes)),
+                        *((f"corner_cases[{i}].views", c.views)
+                          for i, c in enumerate(recipe.corner_cases))]:
+        if spec is not None and spec.checks_groups:
+            check_model_reference(spec.slots.check.detector, f"{where}.slots.check.detector", CLIP)
 
 
 def _check_recipe_size(size: int, source: str) -> None:

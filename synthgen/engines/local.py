@@ -113,6 +113,8 @@ class RunSummary:
     # although they still failed after their last retry (`suppression_failed` in their json).
     rejections: Counter = field(default_factory=Counter)
     suppression_failed: Counter = field(default_factory=Counter)
+    # `slots.check`: groups checked, their redraws, and groups stored still disagreeing.
+    group_checks: Counter = field(default_factory=Counter)
 
     @property
     def images_per_second(self) -> float:
@@ -132,6 +134,7 @@ class ShardsBuilt:
     model: dict = field(default_factory=dict)
     rejections: Counter = field(default_factory=Counter)
     suppression_failed: Counter = field(default_factory=Counter)
+    group_checks: Counter = field(default_factory=Counter)
 
 
 def selected_shards(plan: Plan, options: GenerateOptions) -> tuple[int, ...]:
@@ -175,6 +178,7 @@ def add_built(summary: RunSummary, built: ShardsBuilt) -> None:
     summary.model = summary.model or built.model
     summary.rejections.update(built.rejections)
     summary.suppression_failed.update(built.suppression_failed)
+    summary.group_checks.update(built.group_checks)
 
 
 def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summary: RunSummary,
@@ -276,10 +280,11 @@ class ShardWorker:
         self.model_info = self.model.describe()
         # 3. With --batch-size auto, probe the largest batch that fits this device.
         self.batch_size = self._probe_batch_size() if auto else requested
-        # 4. Views that hold their group's layout are made with the whole group in one call.
+        # 4. Views that hold their group's layout are made with the whole group in one call;
+        #    checked groups are checked in one batch.
         held = [spec.count for spec in (recipe.views_for(entry) for entry in
                                         [*recipe.classes, *recipe.corner_cases])
-                if spec.holds_layout]
+                if spec.whole_groups]
         if held:
             self.batch_size = whole_groups_batch_size(self.batch_size, max(held))
             self.sampler.batch_size = self.batch_size
@@ -335,6 +340,7 @@ class ShardWorker:
         built.lost = len(assembler.results) - built.published
         built.nonfinite_views = assembler.nonfinite_count
         built.rejections, built.suppression_failed = assembler.rejections, assembler.suppression_failed
+        built.group_checks = assembler.group_checks
         return built
 
     def _inject_fault(self, shard: int) -> None:
@@ -359,16 +365,20 @@ class ShardWorker:
 def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[GroupPlan, ViewPlan]]]:
     """The shard's views in plan order, cut into batches of `batch_size` (the last may be short).
 
-    A group whose views hold its layout (`ViewPlan.layout_anchor`) is never cut: a batch ends
-    early where it would not fit (`batch_size` is at least its view count, see
-    `whole_groups_batch_size`)."""
+    A group whose views hold its layout (`ViewPlan.layout_anchor`) or are checked together
+    (`ViewPlan.held_check`) is never cut: a batch ends early where it would not fit
+    (`batch_size` is at least its view count, see `whole_groups_batch_size`)."""
     views = [(group, view) for group in plan.shard_groups(shard) for view in group.views]
-    if all(view.layout_anchor is None for _, view in views):
+
+    def whole(view: ViewPlan) -> bool:
+        return view.layout_anchor is not None or view.held_check is not None
+
+    if not any(whole(view) for _, view in views):
         return [views[start:start + batch_size] for start in range(0, len(views), batch_size)]
     batches: list[list[tuple[GroupPlan, ViewPlan]]] = [[]]
     for group in plan.shard_groups(shard):
-        whole = group.views and group.views[0].layout_anchor is not None
-        if whole and len(batches[-1]) + len(group.views) > batch_size:
+        whole_group = group.views and whole(group.views[0])
+        if whole_group and len(batches[-1]) + len(group.views) > batch_size:
             batches.append([])
         for view in group.views:
             if len(batches[-1]) == batch_size:
@@ -402,6 +412,7 @@ class ShardAssembler:
         self.nonfinite_count = 0
         self.rejections: Counter = Counter()
         self.suppression_failed: Counter = Counter()
+        self.group_checks: Counter = Counter()
 
     def add_view(self, group: GroupPlan, view: ViewPlan, pixels, nonfinite: bool,
                  record: dict | None = None) -> None:
@@ -409,6 +420,10 @@ class ShardAssembler:
         views[view.view] = (pixels, record or {})
         self.rejections.update((record or {}).get("rejections", {}))
         self.suppression_failed.update((record or {}).get("suppression_failed", ()))
+        checked = (record or {}).get("held_check")
+        if checked is not None and view.view == 0:  # one count per group
+            self.group_checks.update(groups=1, redraws=checked["redraws"],
+                                     failed=int(not checked["passed"]))
         if nonfinite:
             self.nonfinite.setdefault(group.shard, []).append((group.group_id, view.view))
             self.nonfinite_count += 1

@@ -77,24 +77,38 @@ class ClipConceptScorer:
                             self.text_features(contrast_text)])
 
     @torch.inference_mode()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> unit image embeddings (N, D) on the model's device.
+
+        On the CPU each image is embedded on its own, so a view's embedding (and so whether
+        it is rejected or redrawn) does not depend on which views share its batch.
+        """
+        chunks = images.split(1) if self.device.type == "cpu" else [images]
+        features = []
+        for chunk in chunks:
+            pixels = self.processor.image_processor(
+                images=[np.asarray(image) for image in chunk], return_tensors="pt")["pixel_values"]
+            embedded = self.model.get_image_features(pixel_values=pixels.to(self.device))
+            embedded = getattr(embedded, "pooler_output", embedded)
+            features.append(torch.nn.functional.normalize(embedded, dim=-1))
+        return torch.cat(features)
+
+    @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, concept: str, contrast: str,
                       prompts: list[str]) -> torch.Tensor:
         """P(concept) against contrast for each image (image i drawn from `prompts[i]`),
-        float (N,) on the CPU.
-
-        On the CPU each image is embedded on its own, so a view's score (and so whether it
-        is rejected) does not depend on which views share its batch.
-        """
+        float (N,) on the CPU."""
         pairs = torch.stack([self.text_pair(concept, contrast, prompt) for prompt in prompts])
-        chunks = images.split(1) if self.device.type == "cpu" else [images]
-        scores = []
-        for chunk, chunk_pairs in zip(chunks, pairs.split(len(chunks[0]))):
-            pixels = self.processor.image_processor(
-                images=[np.asarray(image) for image in chunk], return_tensors="pt")["pixel_values"]
-            features = self.model.get_image_features(pixel_values=pixels.to(self.device))
-            features = getattr(features, "pooler_output", features)
-            features = torch.nn.functional.normalize(features, dim=-1)
-            cosines = torch.einsum("nd,nkd->nk", features, chunk_pairs)
-            logits = self.model.logit_scale.exp() * cosines
-            scores.append(logits.softmax(dim=-1)[:, 0].float().cpu())
-        return torch.cat(scores)
+        cosines = torch.einsum("nd,nkd->nk", self.image_features(images), pairs)
+        logits = self.model.logit_scale.exp() * cosines
+        return logits.softmax(dim=-1)[:, 0].float().cpu()
+
+    @torch.inference_mode()
+    def choose(self, images: torch.Tensor, candidates: list[list[str]]) -> list[int]:
+        """For each image, the index of the text in its list of `candidates` it matches best."""
+        features = self.image_features(images)
+        chosen = []
+        for image, texts in zip(features, candidates):
+            embedded = torch.stack([self.text_features(text) for text in texts])
+            chosen.append(int((embedded @ image).argmax()))
+        return chosen

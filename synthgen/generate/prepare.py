@@ -17,6 +17,7 @@ from synthgen.attributes import negative_prompt
 from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.families import family_of
+from synthgen.generate.group_check import GroupChecker
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
@@ -69,6 +70,21 @@ def build_rejectors(recipe: Recipe, device: torch.device) -> tuple[Rejector, ...
     return tuple(rejector for rejector in rejectors if rejector is not None)
 
 
+def build_group_checker(recipe: Recipe, device: torch.device) -> GroupChecker | None:
+    """The checker of `slots.check` groups, with each detector its checks read with loaded
+    once; None when no views are checked."""
+    scorers: dict[str, ClipConceptScorer] = {}
+    checks = [spec.slots.check for spec in (recipe.views_for(entry) for entry in
+                                             [*recipe.classes, *recipe.corner_cases])
+              if spec.checks_groups]
+    if not checks:
+        return None
+    for check in checks:
+        if check.hold and check.detector not in scorers:
+            scorers[check.detector] = ClipConceptScorer(check.detector, device)
+    return GroupChecker(recipe, scorers)
+
+
 def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
     """Every view strategy the recipe uses must be one the model's family can run."""
     specs = [recipe.views_for(spec) for spec in [*recipe.classes, *recipe.corner_cases]]
@@ -99,7 +115,8 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     """
     model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
     sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
-                      compile_model=compile_model, channels_last=channels_last)
+                      compile_model=compile_model, channels_last=channels_last,
+                      group_checker=build_group_checker(recipe, device))
     check_strategies(recipe, sampler)
     check_negative_prompts(recipe, sampler)
     return sampler

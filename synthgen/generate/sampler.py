@@ -22,6 +22,7 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.generate.families import family_of
+from synthgen.generate.group_check import GroupChecker, retry_group
 from synthgen.generate.load import LoadedModel
 from synthgen.generate.noise_turn import ColourLatents, turn_noise
 from synthgen.recipe import ModelSpec
@@ -97,11 +98,13 @@ class Sampler:
 
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
                  rejectors: tuple[Rejector, ...] = (),
-                 compile_model: bool = False, channels_last: bool = False):
+                 compile_model: bool = False, channels_last: bool = False,
+                 group_checker: GroupChecker | None = None):
         self.model = model
         self.spec = spec
         self.batch_size = batch_size
         self.rejectors = rejectors
+        self.group_checker = group_checker
         self.pipeline = model.pipeline
         self.family = family_of(self.pipeline, model.device)
         self._img2img = None
@@ -183,9 +186,12 @@ class Sampler:
         return SampledBatch(images=torch.stack(pixels), nonfinite=nonfinite, records=tuple(records))
 
     def _generate_checked(self, views: list[ViewPlan]):
-        """Generate, then regenerate views a rejector flags: (uint8 images, finite, records).
+        """Generate, redraw groups whose views disagree (`slots.check`), then regenerate views
+        a rejector flags: (uint8 images, finite, records).
 
-        A view is flagged when any concept's score exceeds its threshold; it is drawn again
+        Checked groups are redrawn whole (`_redraw_disagreeing_groups`) before any view is
+        scored for rejection, so a rejected view's redraw is the last word on it. A view is
+        flagged when any concept's score exceeds its threshold; it is drawn again
         with `retry_view` until it passes or every concept that flags it has spent its own
         `max_retries` (the last draw is kept, and recorded as a suppression failure).
         A redrawn view is its own layout anchor (its group's anchor is not drawn again with
@@ -195,10 +201,14 @@ class Sampler:
         """
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
+        if any(view.held_check is not None for view in views):
+            views = self._redraw_disagreeing_groups(list(views), images, finite, records)
         if not self.rejectors:
             return images, finite, records
         current = list(views)
-        shares_seed = [view.view != 0 and view.seed == self._first_seeds.get(view.group_id)
+        first_seeds = {**self._first_seeds,
+                       **{view.group_id: view.seed for view in views if view.view == 0}}
+        shares_seed = [view.view != 0 and view.seed == first_seeds.get(view.group_id)
                        for view in views]
         pending = list(range(len(views)))
         retries_allowed = {rejector.concept: rejector.max_retries for rejector in self.rejectors}
@@ -244,6 +254,56 @@ class Sampler:
                 if planned.noise_turn is not None:
                     records[position]["noise_turn_used"] = None
         return images, finite, records
+
+    def _redraw_disagreeing_groups(self, views: list[ViewPlan], images: torch.Tensor,
+                                   finite: torch.Tensor, records: list[dict]) -> list[ViewPlan]:
+        """Check every group with `held_check` (whole in `views`: engines/local.py's batches
+        keep them so) and draw the failing ones again whole (`group_check.retry_group`) until
+        they pass or have spent `max_retries`; `images` and `finite` are updated in place.
+        Each checked view's record gets `held_check`: the group's redraws, whether its last
+        draw passed, what disagreed there (per view) and the seed finally used. Returns the
+        views as finally drawn."""
+        if self.group_checker is None:
+            raise ValueError("views with held_check need a Sampler made with a group_checker "
+                             "(generate/prepare.py builds one from the recipe)")
+        members: dict[str, list[int]] = {}
+        for position, view in enumerate(views):
+            if view.held_check is not None:
+                members.setdefault(view.group_id, []).append(position)
+        redraws = dict.fromkeys(members, 0)
+        disagree: dict[str, list[list[str]]] = {}
+        pending = list(members)
+        attempt = 0
+        while pending:
+            failing = []
+            for group_id in pending:
+                positions = members[group_id]
+                disagree[group_id] = self.group_checker.disagreements(
+                    [views[p] for p in positions], images[positions])
+                limit = views[positions[0]].held_check.max_retries
+                if any(disagree[group_id]) and redraws[group_id] < limit:
+                    failing.append(group_id)
+            if not failing:
+                break
+            # Every group still failing has been drawn equally often: `attempt` is its number.
+            attempt += 1
+            redrawn_positions = [p for group_id in failing for p in members[group_id]]
+            for group_id in failing:
+                redraws[group_id] += 1
+                positions = members[group_id]
+                for position, view in zip(positions, retry_group([views[p] for p in positions],
+                                                                 attempt)):
+                    views[position] = view
+            images[redrawn_positions], finite[redrawn_positions] = self._generate(
+                [views[p] for p in redrawn_positions])
+            pending = failing
+        for group_id, positions in members.items():
+            passed = not any(disagree[group_id])
+            for position, problems in zip(positions, disagree[group_id]):
+                records[position]["held_check"] = {
+                    "redraws": redraws[group_id], "passed": passed,
+                    "disagree": problems, "seed_used": views[position].seed}
+        return views
 
     def _generate(self, views: list[ViewPlan], own_anchors: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:

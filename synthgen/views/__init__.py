@@ -35,7 +35,7 @@ from synthgen.views.img2img import Img2Img
 from synthgen.views.latent import Latent
 from synthgen.views.prompt import Prompt
 from synthgen.views.seeds import Seeds
-from synthgen.views.slots import Slots
+from synthgen.views.slots import HeldCheckPlan, Slots
 
 STRATEGIES: dict[str, ViewStrategy] = {strategy.name: strategy for strategy in (
     Seeds(), Latent(), Prompt(), Img2Img(), Slots())}
@@ -82,6 +82,10 @@ class _ViewsBase(StrictModel):
                                          or STRATEGIES["slots"].aligned_noise_problem(self))
         if problem:
             raise recipe_problem("views", problem)
+        if "slots" in chosen and self.slots.check is not None and "img2img" in chosen:
+            raise recipe_problem("views", "strategy: slots.check redraws a whole group at once, "
+                                 "and img2img draws views 1.. from view 0 afterwards; drop "
+                                 "img2img or the check")
         return self
 
     @property
@@ -94,6 +98,17 @@ class _ViewsBase(StrictModel):
         """Whether views hold view 0's layout (`slots.hold_layout`): their group is then
         made in one pipeline call."""
         return "slots" in self.strategy and self.slots.hold_layout is not False
+
+    @property
+    def checks_groups(self) -> bool:
+        """Whether groups are checked and redrawn whole (`slots.check`)."""
+        return "slots" in self.strategy and self.slots.check is not None
+
+    @property
+    def whole_groups(self) -> bool:
+        """Whether a group's views must come to the sampler together: they hold a layout or
+        are checked as a group."""
+        return self.holds_layout or self.checks_groups
 
     @property
     def noise(self) -> str:
@@ -156,6 +171,9 @@ class ViewPlan:
     # `slots` with `align_noise`: (view 0's colour, this view's): the starting noise is view
     # 0's turned from the one to the other (generate/noise_turn.py).
     noise_turn: tuple[str, str] | None = None
+    # `slots` with `check`: what the sampler reads to redraw a group whose views disagree
+    # (views/slots.py `HeldCheckPlan`); its outcome, not this, goes into the sample json.
+    held_check: HeldCheckPlan | None = field(default=None, hash=False)
 
     def to_json(self) -> dict:
         """The view's entry in the sample metadata: strategy fields only where they apply."""
@@ -185,6 +203,8 @@ class ViewText:
     prompt: str
     slots: dict[str, str] = field(hash=False)
     balance: dict[str, str] = field(hash=False)
+    # With `slots.check`: per held name, this view's value and each (value, prompt) to compare.
+    held_readings: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,

@@ -25,10 +25,11 @@ in 89% of 110 groups instead of 87% (docs/WORLD.md, "Counterfactual views").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import ImageColor
-from pydantic import Field, field_validator, model_serializer
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from synthgen.recipe_base import CLASS_SLOT, StrictModel, recipe_problem
 from synthgen.views.base import ViewStrategy
@@ -48,6 +49,34 @@ def _own_noise_strategy(spec) -> str | None:
     return next((name for name in _OWN_STARTING_NOISE if name in spec.strategy), None)
 
 
+class HeldCheck(StrictModel):
+    """`slots.check`: after a group is drawn, read what its views should share, and draw the
+    whole group again (new shared seed) where they do not, at most `max_retries` times.
+
+    `hold` lists what a CLIP model (`detector`) reads in every view: the class (`class`) or a
+    held slot, each read by comparing the view's own prompt with the same prompt filled with
+    each other value (the class's other names, the slot's other values); a view passes where
+    its own value wins. `layout` is the least correlation of each view's edge map with view 0's
+    (0 to 1; the object's outline and place, whatever its colour). The last draw of a group
+    that never passes is stored and recorded as failing (`held_check` in each view's json).
+    """
+
+    hold: list[str] = []
+    layout: float | None = Field(None, gt=0.0, lt=1.0)
+    detector: str = "builtin:world-clip"
+    max_retries: int = Field(5, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> HeldCheck:
+        if not self.hold and self.layout is None:
+            raise recipe_problem("slots", "check needs hold (e.g. hold: [class]) and/or layout "
+                                 "(e.g. layout: 0.7); drop check to keep every draw")
+        repeated = sorted({name for name in self.hold if self.hold.count(name) > 1})
+        if repeated:
+            raise recipe_problem("slots", f"check.hold lists {repeated} twice; list each once")
+        return self
+
+
 class SlotViews(StrictModel):
     """`slots`: every view re-draws the slots in `vary` (by their weights); the template, the
     class and every other slot stay the group's. With `distinct`, a group's views take
@@ -64,6 +93,8 @@ class SlotViews(StrictModel):
     # Views start from view 0's noise turned from view 0's colour to their own (a slot of
     # colour names; `colour_rgb`).
     align_noise: bool = False
+    # Redraw groups whose views disagree on what they hold (`HeldCheck`).
+    check: HeldCheck | None = None
 
     @field_validator("hold_layout")
     @classmethod
@@ -79,8 +110,8 @@ class SlotViews(StrictModel):
         # `hold_layout` came later: left out while off, so recipes that do not set it keep
         # the recipe hash (and sample bytes) they had before it existed.
         recorded = handler(self)
-        for later in ("hold_layout", "splice_text", "align_noise"):  # in the order they came
-            if recorded.get(later) is False:
+        for later in ("hold_layout", "splice_text", "align_noise", "check"):  # in order
+            if recorded.get(later) in (False, None):
                 recorded.pop(later)
         return recorded
 
@@ -108,6 +139,27 @@ class SlotViews(StrictModel):
             raise recipe_problem("slots", f"{repeated} listed twice; list each slot once")
         return vary
 
+    @model_validator(mode="after")
+    def _held_not_varied(self) -> SlotViews:
+        varied = sorted(set(self.check.hold) & set(self.vary)) if self.check else []
+        if varied:
+            raise recipe_problem("slots", f"check.hold lists {varied}, which vary lists: the "
+                                 "views change it on purpose; hold other slots or the class")
+        return self
+
+
+@dataclass(frozen=True)
+class HeldCheckPlan:
+    """What the sampler checks on one view of a group with `slots.check` (`HeldCheck`).
+
+    `readings`: per held name, its value in this view and every (value, prompt) a detector
+    compares, the view's own prompt among them (`plan._view_texts` fills them)."""
+
+    readings: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]
+    layout: float | None
+    detector: str
+    max_retries: int
+
 
 def colour_rgb(value: str) -> tuple[int, int, int] | None:
     """The RGB of a colour name as CSS names it (Pillow's table: "red", "light blue",
@@ -134,7 +186,13 @@ class Slots(ViewStrategy):
                   if sharing else "")
         spliced = "; text spliced into view 0's" if spec.slots.splice_text else ""
         aligned = "; noise turned to each view's colour" if spec.slots.align_noise else ""
-        return f"slots (vary {', '.join(spec.slots.vary)}{how}{noise}{layout}{spliced}{aligned})"
+        check = spec.slots.check
+        checked = ""
+        if check is not None:
+            read = [*check.hold, *([f"layout >= {check.layout}"] if check.layout else [])]
+            checked = f"; groups redrawn up to {check.max_retries}x unless {', '.join(read)} hold"
+        return (f"slots (vary {', '.join(spec.slots.vary)}{how}{noise}{layout}{spliced}{aligned}"
+                f"{checked})")
 
     def aligned_noise_problem(self, spec) -> str | None:
         """Why `align_noise` cannot run with the strategies chosen, or None: it turns the
@@ -171,6 +229,11 @@ class Slots(ViewStrategy):
         if spec.slots.align_noise and view != 0:
             request.update(noise_turn=(_varied_value(spec, request["group_texts"][0]),
                                        _varied_value(spec, text)))
+        check = spec.slots.check
+        if check is not None:
+            request.update(held_check=HeldCheckPlan(
+                readings=text.held_readings, layout=check.layout, detector=check.detector,
+                max_retries=check.max_retries))
 
 
 def _varied_value(spec, text) -> str:
