@@ -122,6 +122,7 @@ class InspectResult:
     corner_cases: dict[str, int]  # groups per corner case
     rejections: dict[str, int]
     suppression_failed: dict[str, int]
+    group_checks: dict[str, int]  # `slots.check`: groups, redraws, failed
     shard: int | None
     samples: tuple[dict, ...]  # the samples of `shard`, when one was asked for
     contact_sheet: Path | None
@@ -350,7 +351,8 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
         dataset=dataset, manifest=manifest, groups=counts["groups"], images=counts["images"],
         classes=dict(counts["classes"]), corner_cases=dict(counts["corner_cases"]),
         rejections=dict(counts["rejections"]),
-        suppression_failed=dict(counts["suppression_failed"]), shard=shard, samples=samples,
+        suppression_failed=dict(counts["suppression_failed"]),
+        group_checks=dict(counts["group_checks"]), shard=shard, samples=samples,
         contact_sheet=contact_sheet,
         # the shard listing and the sheet meet damaged shards again: each is listed once
         damaged=tuple(dict.fromkeys(damaged)))

@@ -105,6 +105,17 @@ def _count(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
+def _group_check_lines(checks: dict) -> list[str]:
+    """`slots.check`'s groups, redraws and groups stored still disagreeing, for generate and
+    inspect; nothing when no group was checked."""
+    if not checks.get("groups"):
+        return []
+    return [f"check: {_count(checks['groups'], 'group')} checked, "
+            f"{_count(checks.get('redraws', 0), 'redraw')}; "
+            f"{_count(checks.get('failed', 0), 'group')} stored although their views still "
+            "disagree after the last retry (held_check.passed false in their json)"]
+
+
 def _rejection_lines(suppress: list[dict], rejections: dict, failed: dict, views: int) -> list[str]:
     """One line per `reject` entry of a recipe's `suppress`: its redraws, and the views stored
     although their last retry still failed, of `views`."""
@@ -340,12 +351,8 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str | None, co
     for line in _rejection_lines(suppress, result.rejections, result.suppression_failed,
                                  result.images):
         click.echo(line)
-    checks = result.group_checks
-    if checks.get("groups"):
-        click.echo(f"check: {_count(checks['groups'], 'group')} checked, "
-                   f"{_count(checks.get('redraws', 0), 'redraw')}; "
-                   f"{_count(checks.get('failed', 0), 'group')} stored although their views "
-                   "still disagree after the last retry (held_check.passed false in their json)")
+    for line in _group_check_lines(result.group_checks):
+        click.echo(line)
     if result.nonfinite_views:
         click.echo(f"warning: {_count(result.nonfinite_views, 'view')} had NaN/inf model output "
                    "and were stored black; see nonfinite_views in the shard stats files (try "
@@ -401,6 +408,8 @@ def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | 
         click.echo(f"  corner case {name}: {_count(count, 'group')}")
     for line in _rejection_lines(manifest["recipe"].get("suppress") or [], result.rejections,
                                  result.suppression_failed, result.images):
+        click.echo(line)
+    for line in _group_check_lines(result.group_checks):
         click.echo(line)
     if shard is not None:
         click.echo(f"shard {shard}:")

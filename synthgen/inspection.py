@@ -94,13 +94,15 @@ def verify_shards(dataset_dir: Path, manifest: dict, damaged: list[str]) -> None
 def count_groups(dataset_dir: Path) -> dict:
     """Groups and images per class and per corner case, counted from the shards themselves;
     per suppressed concept, the redraws (`rejections`) and the views stored although they
-    still failed (`suppression_failed`); `damaged` lists the shards and samples that could not
+    still failed (`suppression_failed`); for `slots.check` groups, the groups checked, their
+    redraws and those stored still disagreeing (`group_checks`); `damaged` lists the shards and samples that could not
     be counted or differ from the manifest's digest (empty for an intact dataset)."""
     manifest = load_manifest(dataset_dir)
     classes: Counter = Counter()
     corner_cases: Counter = Counter()
     rejections: Counter = Counter()
     suppression_failed: Counter = Counter()
+    group_checks: Counter = Counter()
     images = 0
     damaged: list[str] = []
     verify_shards(dataset_dir, manifest, damaged)
@@ -114,10 +116,14 @@ def count_groups(dataset_dir: Path) -> dict:
         for view in metadata.get("views") or ():
             rejections.update({c: n for c, n in view.get("rejections", {}).items() if n})
             suppression_failed.update(failed_concepts(view))
+        checked = ((metadata.get("views") or [{}])[0] or {}).get("held_check")
+        if isinstance(checked, dict):  # `slots.check`: one count per group
+            group_checks.update(groups=1, redraws=int(checked.get("redraws", 0)),
+                                failed=int(not checked.get("passed", True)))
     return {"groups": sum(classes.values()) + sum(corner_cases.values()), "images": images,
             "classes": dict(classes), "corner_cases": dict(corner_cases),
             "rejections": dict(rejections), "suppression_failed": dict(suppression_failed),
-            "damaged": damaged}
+            "group_checks": dict(group_checks), "damaged": damaged}
 
 
 def shard_samples(dataset_dir: Path, shard: int, damaged: list[str]) -> list[dict]:

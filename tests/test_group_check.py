@@ -188,7 +188,7 @@ def test_a_failing_group_is_redrawn_whole_and_recorded(write_recipe, tmp_path, m
     assert np.array_equal(unchecked[(untouched, 0)][1], written[(untouched, 0)][1])
 
 
-def test_generate_prints_the_checks(write_recipe, tmp_path, monkeypatch):
+def test_generate_and_inspect_print_the_checks(write_recipe, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from synthgen.cli import main
@@ -200,8 +200,11 @@ def test_generate_prints_the_checks(write_recipe, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["generate", str(recipe), "--out", str(tmp_path / "out"),
                                        "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert ("check: 4 groups checked, 2 redraws; 1 group stored although their views still "
-            "disagree") in result.output
+    line = ("check: 4 groups checked, 2 redraws; 1 group stored although their views still "
+            "disagree")
+    assert line in result.output
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "out")])
+    assert inspected.exit_code == 0 and line in inspected.output, inspected.output
 
 
 def test_the_checker_names_what_each_view_fails(write_recipe):
