@@ -212,14 +212,18 @@ def test_the_checker_names_what_each_view_fails(write_recipe):
     layout where its edge map strays from view 0's; views are read as stored (PNG here)."""
     plan = make_plan(load_recipe(write_recipe(RECIPE)))
     views = list(next(group for group in plan.groups if group.class_name == "circle").views)
-    calls: list[list[str]] = []
+    calls: list[list[list[str]]] = []
 
-    class Scorer:  # reads view 2 as a square (its 5th reading), every other reading right
-        def choose(self, images, candidates):
-            calls.append(candidates[0])
-            wanted = (views[2].prompt.replace("circle", "square") if len(calls) == 5
-                      else views[(len(calls) - 1) // 2].prompt)
-            return [candidates[0].index(wanted)]
+    class Scorer:  # reads view 2 as a square, every other view as its own class and size
+        def image_features(self, images):
+            return images.flatten(1).float()
+
+        def choose_by_features(self, features, candidates):
+            calls.append(candidates)
+            wanted = [view.prompt for view in views]
+            if len(calls) == 1:  # the class, read first
+                wanted[2] = views[2].prompt.replace("circle", "square")
+            return [texts.index(text) for texts, text in zip(candidates, wanted)]
 
     square = np.full((32, 32, 3), 128, np.uint8)
     square[8:18, 8:18] = 200
@@ -228,4 +232,4 @@ def test_the_checker_names_what_each_view_fails(write_recipe):
     images = torch.from_numpy(np.stack([square, square, moved]))
     checker = group_check.GroupChecker(plan.recipe, {"builtin:world-clip": Scorer()})
     assert checker.disagreements(views, images) == [[], [], ["class", "layout"]]
-    assert len(calls) == 6  # class and size for each of the 3 views
+    assert len(calls) == 2 and all(len(texts) == 3 for texts in calls)  # class, then size

@@ -104,9 +104,9 @@ class ClipConceptScorer:
         return logits.softmax(dim=-1)[:, 0].float().cpu()
 
     @torch.inference_mode()
-    def choose(self, images: torch.Tensor, candidates: list[list[str]]) -> list[int]:
-        """For each image, the index of the text in its list of `candidates` it matches best."""
-        features = self.image_features(images)
+    def choose_by_features(self, features: torch.Tensor, candidates: list[list[str]]) -> list[int]:
+        """For each image (its `image_features` row), the index of the text in its list of
+        `candidates` it matches best."""
         chosen = []
         for image, texts in zip(features, candidates):
             embedded = torch.stack([self.text_features(text) for text in texts])

@@ -86,11 +86,13 @@ class GroupChecker:
         check = views[0].held_check
         if check.readings:
             scorer = self.scorers[check.detector]
-            for position, view in enumerate(views):
-                for name, own, compared in view.held_check.readings:
-                    chosen = scorer.choose(stored[position:position + 1],
-                                           [[prompt for _, prompt in compared]])[0]
-                    if compared[chosen][0] != own:
+            features = scorer.image_features(stored)
+            for reading in range(len(check.readings)):  # the same names in every view
+                readings = [view.held_check.readings[reading] for view in views]
+                chosen = scorer.choose_by_features(
+                    features, [[prompt for _, prompt in compared] for _, _, compared in readings])
+                for position, ((name, own, compared), index) in enumerate(zip(readings, chosen)):
+                    if compared[index][0] != own:
                         failing[position].append(name)
         if check.layout is not None:
             agreement = layout_agreement(stored)
