@@ -233,10 +233,9 @@ def check_claim(location: Location, shard: int, recipe_hashes: set[str],
     """A `UserError` unless `recipe.json` names the one recipe hash in `recipe_hashes` and, if
     it records weights, `weights`: what a shard about to be published must match."""
     store = open_store(location)
-    try:
-        record = json.loads(store.read(RECIPE_FILE) or b"{}")
-    except ValueError:
-        record = {}
+    record = read_recipe_record(
+        store, f"{shard_name(shard)} was not published; pass --overwrite to start the dataset "
+        "over, or choose another --out") or {}
     recorded_hash, recorded_weights = record.get("recipe_hash"), record.get("weights")
     shown = ", ".join(sorted(str(h)[:12] for h in recipe_hashes))
     if recipe_hashes != {recorded_hash}:

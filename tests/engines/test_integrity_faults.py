@@ -176,3 +176,18 @@ def test_plan_jsonl_with_a_long_but_valid_file_name(tmp_path):
     target = tmp_path / ("p" * 240 + ".jsonl")  # 246 bytes: NAME_MAX is 255
     api.plan(recipe, jsonl=target)
     assert target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("damage", [b"[1, 2]", b'"text"', b"\xff\xfe", b'{"recipe_hash": '])
+def test_a_recipe_record_damaged_while_a_run_builds_stops_the_publish_with_one_message(
+        plan, tmp_path, damage):
+    """recipe.json rewritten mid-run with valid JSON that is not an object made the claim
+    check call .get on a list (a traceback from the writer thread), and other damage read as
+    "another run replaced this dataset"; it is the same damaged-record message as at start."""
+    out = tmp_path / "out"
+    prepare_output_dir(out, plan, overwrite=False)
+    (out / "recipe.json").write_bytes(damage)
+    with pytest.raises(UserError, match=r"recipe\.json is damaged: .*shard-000000.tar was not "
+                                        "published; pass --overwrite"):
+        publish_shard(out, 0, _samples(plan, 0), _model_info(plan))
+    assert not (out / "shard-000000.tar").exists()
