@@ -116,10 +116,14 @@ def count_groups(dataset_dir: Path) -> dict:
         for view in metadata.get("views") or ():
             rejections.update({c: n for c, n in view.get("rejections", {}).items() if n})
             suppression_failed.update(failed_concepts(view))
-        checked = ((metadata.get("views") or [{}])[0] or {}).get("held_check")
+        views = metadata.get("views")
+        checked = views[0].get("held_check") if views and isinstance(views[0], dict) else None
         if isinstance(checked, dict):  # `slots.check`: one count per group
-            group_checks.update(groups=1, redraws=int(checked.get("redraws", 0)),
-                                failed=int(not checked.get("passed", True)))
+            redraws = checked.get("redraws")
+            group_checks.update(
+                groups=1, failed=int(checked.get("passed") is not True),
+                redraws=redraws if isinstance(redraws, int) and not isinstance(redraws, bool)
+                else 0)
     return {"groups": sum(classes.values()) + sum(corner_cases.values()), "images": images,
             "classes": dict(classes), "corner_cases": dict(corner_cases),
             "rejections": dict(rejections), "suppression_failed": dict(suppression_failed),

@@ -393,6 +393,10 @@ class Recipe(StrictModel):
                     for i, case in enumerate(self.corner_cases)]
         balanced = {entry.slot_name: (index, entry) for index, entry in enumerate(self.balance)
                     if entry.slot_name is not None}
+        # The class each target's groups are labelled with (a corner case's label, if any).
+        labels = {f"classes[{i}]": spec.name for i, spec in enumerate(self.classes)}
+        labels.update({f"corner_cases[{i}]": case.label if case.label is not None
+                       else case.own_label for i, case in enumerate(self.corner_cases)})
         for where, name, own_views, templates, own_slots in targets:
             slot_values = {**self.slots, **own_slots}
             views = own_views if own_views is not None else self.views
@@ -429,20 +433,26 @@ class Recipe(StrictModel):
                         "slots", f"{field}: slot {slot!r} has one value for {where} ({name!r}), "
                         f"so its views cannot differ; give it more values, {fix}")
             if views.varied_slots and views.slots.check is not None:
-                self._check_held_names(views.slots.check.hold, where, name, templates,
-                                       slot_values, balanced,
+                self._check_held_names(views.slots.check.hold, where, name, labels[where],
+                                       templates, slot_values, balanced,
                                        field.removesuffix(".vary") + ".check.hold")
             if views.varied_slots and views.slots.align_noise:
                 self._check_aligned_noise(views.varied_slots[0], where, name, slot_values, own_slots,
                                           balanced, field.removesuffix(".vary") + ".align_noise")
 
-    def _check_held_names(self, hold: list[str], where: str, name: str, templates: list,
-                          slot_values: dict, balanced: dict, field: str) -> None:
+    def _check_held_names(self, hold: list[str], where: str, name: str, label: str | None,
+                          templates: list, slot_values: dict, balanced: dict,
+                          field: str) -> None:
         """`slots.check.hold` reads each name by filling the view's template with each of its
-        values: the class, or a slot every template fills directly, with plain values."""
+        values: the class (`label`, the groups' class), or a slot every template fills
+        directly, with plain values."""
         for held in hold:
             if held == CLASS_SLOT:
-                if len({spec.name for spec in self.classes} | {name}) < 2:
+                if label is None:
+                    raise recipe_problem("slots", f"{field}: {where} ({name!r}) has no label, so "
+                                         "its groups have no class to hold; give it a label "
+                                         "or drop class from hold")
+                if len({spec.name for spec in self.classes} | {label}) < 2:
                     raise recipe_problem("slots", f"{field}: holding {{class}} compares each "
                                          "view with the other classes' names, and the recipe "
                                          "has one class; add classes or drop class from hold")

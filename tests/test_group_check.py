@@ -164,7 +164,7 @@ def test_a_failing_group_is_redrawn_whole_and_recorded(write_recipe, tmp_path, m
     for view in range(3):
         assert records[(first, view)]["redraws"] == 1 and records[(first, view)]["passed"]
         assert records[(second, view)] == {
-            "redraws": 2, "passed": False, "disagree": ["layout"] if view == 1 else [],
+            "redraws": 2, "passed": False, "disagree": {"layout": view == 1},
             "seed_used": records[(second, 0)]["seed_used"]}
     # Each redraw is a new shared seed for the whole group; the planned seed was shown first.
     planned = {group.group_id: group.views[0].seed for group in plan.groups}
@@ -173,7 +173,8 @@ def test_a_failing_group_is_redrawn_whole_and_recorded(write_recipe, tmp_path, m
     assert records[(first, 2)]["seed_used"] == seeds_of_first[1]
     assert len({records[(second, view)]["seed_used"] for view in range(3)}) == 1
     untouched = plan.groups[2].group_id
-    assert records[(untouched, 0)] == {"redraws": 0, "passed": True, "disagree": [],
+    assert records[(untouched, 0)] == {"redraws": 0, "passed": True,
+                                       "disagree": {"layout": False},
                                        "seed_used": planned[untouched]}
     # The same recipe gives the same bytes, and a redrawn group's pixels are not its first draw.
     shown.clear()
@@ -217,6 +218,9 @@ def test_the_checker_names_what_each_view_fails(write_recipe):
     class Scorer:  # reads view 2 as a square, every other view as its own class and size
         def image_features(self, images):
             return images.flatten(1).float()
+
+        def read_tokens(self, text):
+            return tuple(text.split())
 
         def choose_by_features(self, features, candidates):
             calls.append(candidates)

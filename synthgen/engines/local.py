@@ -294,7 +294,8 @@ class ShardWorker:
 
         # Probed without layout sharing (a call may cut a group here); the batch size is then
         # rounded down to whole groups, which leaves room for sharing's few extra tensors.
-        views = [replace(view, layout_anchor=None, layout_sharing=None)
+        # Nor are groups checked (`held_check`): a probe's cut groups are not groups.
+        views = [replace(view, layout_anchor=None, layout_sharing=None, held_check=None)
                  for group in self.plan.groups[:64] for view in group.views
                  if view.source_view is None]
 

@@ -44,15 +44,15 @@ def stored_pixels(images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
 class ClipConceptScorer:
     """One CLIP model on one device, scoring uint8 (N, H, W, 3) images against text pairs."""
 
-    def __init__(self, model_id: str, device: torch.device):
+    def __init__(self, model_id: str, device: torch.device, field: str = "suppress[].detector"):
         from transformers import CLIPModel, CLIPProcessor
 
-        source = resolve_model_source(model_id, "suppress[].detector")
+        source = resolve_model_source(model_id, field)
         try:
             self.model = CLIPModel.from_pretrained(source, use_safetensors=True).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(source)
         except (OSError, ValueError) as error:
-            raise UserError(f"suppress[].detector: cannot load CLIP model {model_id!r} "
+            raise UserError(f"{field}: cannot load CLIP model {model_id!r} "
                             f"({str(error).strip().splitlines()[0]}); use a local folder with "
                             "a CLIP model and its processor, or a builtin: name") from None
         self.device = device
@@ -68,6 +68,10 @@ class ClipConceptScorer:
             features = getattr(features, "pooler_output", features)
             self._text_features[text] = torch.nn.functional.normalize(features, dim=-1)[0]
         return self._text_features[text]
+
+    def read_tokens(self, text: str) -> tuple[int, ...]:
+        """The token ids the model reads of `text` (cut at its maximum length)."""
+        return tuple(self.processor.tokenizer(text, truncation=True)["input_ids"])
 
     def text_pair(self, concept: str, contrast: str, prompt: str) -> torch.Tensor:
         """(2, D): the unit embeddings of the concept side and the contrast side for one view."""

@@ -26,6 +26,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer, stored_pixels
 from synthgen.recipe import Recipe
 from synthgen.seeding import derive_seed
@@ -38,8 +39,14 @@ LAYOUT = "layout"
 _EDGE_SIZE = 64
 
 
+# An edge map whose spread is below this (gradient units of [0, 1] pixels) has no edges: a
+# flat view, or one stored black after NaN output.
+_FLAT = 1e-4
+
+
 def edge_maps(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, P): each view's edge magnitude, standardised.
+    """uint8 (N, H, W, 3) -> float (N, P): each view's edge magnitude, standardised (all
+    zeros for a view without edges).
 
     Gaussian blur (sigma 1 px, so pixel noise is not an edge), then the Sobel gradient of each
     colour channel, combined as the length of the 6-vector: an outline between two colours of
@@ -60,14 +67,19 @@ def edge_maps(images: torch.Tensor) -> torch.Tensor:
     gradients = F.conv2d(F.pad(pixels, (1, 1, 1, 1), mode="replicate"), kernels, groups=3)
     magnitude = gradients.pow(2).sum(dim=1).sqrt().flatten(1)
     centred = magnitude - magnitude.mean(dim=1, keepdim=True)
-    return centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + 1e-6)
+    spread = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return torch.where(spread > _FLAT, centred / spread.clamp(min=_FLAT), 0.0)
 
 
 def layout_agreement(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) views of one group -> float (N,): each view's edge-map correlation
-    with view 0's (1 for view 0 itself; -1 to 1)."""
+    with view 0's (1 for view 0 itself; -1 to 1). Two views without edges agree (1): nothing
+    in them moved; a view without edges and one with them do not (0)."""
     edges = edge_maps(images)
-    return (edges * edges[0]).mean(dim=1)
+    flat = edges.abs().amax(dim=1) == 0
+    agreement = (edges * edges[0]).mean(dim=1)
+    agreement = torch.where(flat & flat[0], 1.0, agreement)
+    return torch.where(flat ^ flat[0], 0.0, agreement)
 
 
 class GroupChecker:
@@ -76,6 +88,30 @@ class GroupChecker:
     def __init__(self, recipe: Recipe, scorers: dict[str, ClipConceptScorer]):
         self.recipe = recipe
         self.scorers = scorers  # one per detector the recipe's checks name
+        self._readable: set[tuple[str, tuple[str, ...]]] = set()  # compared prompts seen apart
+
+    def _check_readable(self, detector: str, name: str,
+                        compared: tuple[tuple[str, str], ...]) -> None:
+        """A `UserError` where the detector reads two compared prompts as the same tokens (a
+        held word past its maximum length is cut off, or two values read alike): the check
+        could not tell those values apart."""
+        key = (detector, compared)
+        if key in self._readable:
+            return
+        scorer = self.scorers[detector]
+        first_seen: dict[tuple[int, ...], str] = {}
+        for value, prompt in compared:
+            tokens = scorer.read_tokens(prompt)
+            if tokens in first_seen:
+                raise UserError(
+                    f"views.slots.check.hold: {name!r}: the detector {detector} reads "
+                    f"{prompt!r} as the same tokens as the prompt with {first_seen[tokens]!r} "
+                    f"(it reads at most {len(tokens)} tokens, or the two values read alike), so "
+                    f"the check cannot tell {name} {value!r} from {first_seen[tokens]!r}; put "
+                    f"{{{name}}} earlier in the template or shorten it, give the values "
+                    f"distinct words, or drop {name} from hold")
+            first_seen[tokens] = value
+        self._readable.add(key)
 
     def disagreements(self, views: list[ViewPlan], images: torch.Tensor) -> list[list[str]]:
         """For one group's views (plan order, view 0 first) and their uint8 images: per view,
@@ -89,6 +125,8 @@ class GroupChecker:
             features = scorer.image_features(stored)
             for reading in range(len(check.readings)):  # the same names in every view
                 readings = [view.held_check.readings[reading] for view in views]
+                for name, _, compared in readings:
+                    self._check_readable(check.detector, name, compared)
                 chosen = scorer.choose_by_features(
                     features, [[prompt for _, prompt in compared] for _, _, compared in readings])
                 for position, ((name, own, compared), index) in enumerate(zip(readings, chosen)):

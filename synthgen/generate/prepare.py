@@ -81,7 +81,8 @@ def build_group_checker(recipe: Recipe, device: torch.device) -> GroupChecker | 
         return None
     for check in checks:
         if check.hold and check.detector not in scorers:
-            scorers[check.detector] = ClipConceptScorer(check.detector, device)
+            scorers[check.detector] = ClipConceptScorer(check.detector, device,
+                                                        "views.slots.check.detector")
     return GroupChecker(recipe, scorers)
 
 

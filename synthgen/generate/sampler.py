@@ -22,7 +22,7 @@ import torch
 
 from synthgen.errors import UserError
 from synthgen.generate.families import family_of
-from synthgen.generate.group_check import GroupChecker, retry_group
+from synthgen.generate.group_check import LAYOUT, GroupChecker, retry_group
 from synthgen.generate.load import LoadedModel
 from synthgen.generate.noise_turn import ColourLatents, turn_noise
 from synthgen.recipe import ModelSpec
@@ -190,7 +190,9 @@ class Sampler:
         a rejector flags: (uint8 images, finite, records).
 
         Checked groups are redrawn whole (`_redraw_disagreeing_groups`) before any view is
-        scored for rejection, so a rejected view's redraw is the last word on it. A view is
+        scored for rejection, so a rejected view's redraw is the last word on it; a checked
+        group with a view rejection redrew is read once more (not redrawn), so its
+        `held_check` is about the views it stores. A view is
         flagged when any concept's score exceeds its threshold; it is drawn again
         with `retry_view` until it passes or every concept that flags it has spent its own
         `max_retries` (the last draw is kept, and recorded as a suppression failure).
@@ -199,9 +201,11 @@ class Sampler:
         the layout of the anchor's first draw. A redrawn `align_noise` view is not turned
         (`noise_turn_used: null`).
         """
+        planned = list(views)
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
-        if any(view.held_check is not None for view in views):
+        checking = any(view.held_check is not None for view in views)
+        if checking:
             views = self._redraw_disagreeing_groups(list(views), images, finite, records)
         if not self.rejectors:
             return images, finite, records
@@ -244,16 +248,37 @@ class Sampler:
             redrawn, redrawn_finite = self._generate([current[p] for p in pending],
                                                      own_anchors=True)
             images[pending], finite[pending] = redrawn, redrawn_finite
-        for position, (planned, final) in enumerate(zip(views, current)):
-            if final.seed != planned.seed:
+        for position, (plan, checked, final) in enumerate(zip(planned, views, current)):
+            # The seeds finally used, whether a group check or a rejection changed them;
+            # what only a rejection's redraw drops (anchor, turn), where it redrew.
+            if final.seed != plan.seed:
                 records[position]["seed_used"] = final.seed
                 if final.anchor_seed is not None:
                     records[position]["anchor_seed_used"] = final.anchor_seed
-                if planned.layout_anchor is not None and planned.layout_anchor != planned.view:
-                    records[position]["layout_anchor_used"] = planned.view
-                if planned.noise_turn is not None:
+            if final.seed != checked.seed:
+                if plan.layout_anchor is not None and plan.layout_anchor != plan.view:
+                    records[position]["layout_anchor_used"] = plan.view
+                if plan.noise_turn is not None:
                     records[position]["noise_turn_used"] = None
+        if checking:
+            rejected = {view.group_id for view, final in zip(views, current)
+                        if view.held_check is not None and final.seed != view.seed}
+            if rejected:
+                self._read_groups_again(current, rejected, images, records)
         return images, finite, records
+
+    def _read_groups_again(self, views: list[ViewPlan], group_ids: set[str],
+                           images: torch.Tensor, records: list[dict]) -> None:
+        """Read checked groups again whose views rejection redrew after their check: their
+        `held_check` then says whether the stored views pass (no further redraws)."""
+        for group_id in sorted(group_ids):
+            positions = [p for p, view in enumerate(views) if view.group_id == group_id]
+            disagree = self.group_checker.disagreements([views[p] for p in positions],
+                                                        images[positions])
+            for position, problems in zip(positions, disagree):
+                records[position]["held_check"].update(
+                    passed=not any(disagree), disagree=self._disagreement_map(views[position],
+                                                                              problems))
 
     def _redraw_disagreeing_groups(self, views: list[ViewPlan], images: torch.Tensor,
                                    finite: torch.Tensor, records: list[dict]) -> list[ViewPlan]:
@@ -300,10 +325,24 @@ class Sampler:
         for group_id, positions in members.items():
             passed = not any(disagree[group_id])
             for position, problems in zip(positions, disagree[group_id]):
-                records[position]["held_check"] = {
-                    "redraws": redraws[group_id], "passed": passed,
-                    "disagree": problems, "seed_used": views[position].seed}
+                view = views[position]
+                record = {"redraws": redraws[group_id], "passed": passed,
+                          "disagree": self._disagreement_map(view, problems),
+                          "seed_used": view.seed}
+                if view.anchor_seed is not None:
+                    record["anchor_seed_used"] = view.anchor_seed
+                records[position]["held_check"] = record
         return views
+
+    @staticmethod
+    def _disagreement_map(view: ViewPlan, problems: list[str]) -> dict[str, bool]:
+        """{name: disagreed} over every name the view's check reads (`layout` included where
+        the check has one): the same keys in every view, where a list would be empty in the
+        first samples and typed as a list of nulls by readers that infer types."""
+        names = [name for name, _, _ in view.held_check.readings]
+        if view.held_check.layout is not None:
+            names.append(LAYOUT)
+        return {name: name in problems for name in names}
 
     def _generate(self, views: list[ViewPlan], own_anchors: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
