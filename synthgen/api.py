@@ -337,6 +337,9 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
 
     dataset = Path(dataset)
     contact_sheet = Path(contact_sheet) if contact_sheet is not None else None
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise UserError(f"--groups {groups!r}: the contact sheet shows the first N groups; give "
+                        "a whole number of at least 1")
     if contact_sheet is not None:
         check_output_file(contact_sheet, "--contact-sheet", suffixes=IMAGE_SUFFIXES)
     manifest = inspection.load_manifest(dataset)
@@ -382,6 +385,9 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     # transformers (seconds): a typo costs nothing.
     rules = parse_fail_on(list(fail_on))
     check_output_folder(report_dir, "--report")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size {batch_size!r}: views embedded at a time; give a whole "
+                        "number of at least 1 (default 64)")
 
     from synthgen.audit import encoder as encoders
     from synthgen.audit.cache import CACHE_FILE

@@ -396,6 +396,8 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
 def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | None,
                     groups: int) -> None:
     """Show what a dataset holds; exits 1 when shards or samples are damaged (listed)."""
+    from synthgen.inspection import view_prompt
+
     result = api.inspect(dataset_dir, shard=shard, contact_sheet=contact_sheet, groups=groups)
     manifest, totals = result.manifest, result.manifest["totals"]
     click.echo(f"{dataset_dir}: recipe {manifest['recipe']['name']} "
@@ -414,10 +416,10 @@ def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | 
     if shard is not None:
         click.echo(f"shard {shard}:")
         for sample in result.samples:
-            label = sample["corner_case"] or sample["class_name"]
-            click.echo(f"  {sample['group_id']}  cls={sample['class_index']}  {label}  "
-                       f"{sample['views'][0]['prompt']!r}  seeds="
-                       + ",".join(str(v["seed"]) for v in sample["views"]))
+            label = sample.get("corner_case") or sample.get("class_name") or "-"
+            click.echo(f"  {sample.get('group_id', '-')}  cls={sample.get('class_index', '-')}  {label}  "
+                       f"{view_prompt(sample['views'][0])!r}  seeds="
+                       + ",".join(str(v.get("seed", "-")) for v in sample["views"]))
     if contact_sheet is not None:
         click.echo(f"contact sheet written to {contact_sheet}")
     if result.damaged:

@@ -27,8 +27,17 @@ def failed_concepts(view: dict) -> list[str]:
 
     Written as {concept: bool} for every rejecting concept (stable keys for readers that infer
     column types); datasets written before that list only the failed concepts."""
-    failed = view.get("suppression_failed", ())
-    return [c for c in failed if failed[c]] if isinstance(failed, dict) else list(failed)
+    failed = view.get("suppression_failed")
+    if isinstance(failed, dict):
+        return [concept for concept, still in failed.items() if still]
+    return [concept for concept in failed if isinstance(concept, str)] if isinstance(failed, list) else []
+
+
+def view_prompt(view: dict) -> str:
+    """A view's prompt as text to show ("-" where its json has none)."""
+    prompt = view.get("prompt")
+    return prompt if isinstance(prompt, str) else "-"
+
 
 def load_manifest(dataset_dir: Path) -> dict:
     """The dataset's manifest; a directory without one is not a finished dataset."""
@@ -78,6 +87,10 @@ def readable_samples(paths: list[str], damaged: list[str]) -> Iterator[tuple[dic
         except DamagedSample as error:
             note(error)
             continue
+        if not metadata.get("views"):  # the loader reads files without a list; a synthgen sample has one
+            note(DamagedSample("json", f"group {sample['__key__']} in {sample.get('__url__', '?')}: "
+                                       "its json lists no views"))
+            continue
         yield sample, metadata
 
 
@@ -114,7 +127,10 @@ def count_groups(dataset_dir: Path) -> dict:
             corner_cases[metadata["corner_case"]] += 1
         images += sum(1 for key in sample if key.startswith("view"))
         for view in metadata.get("views") or ():
-            rejections.update({c: n for c, n in view.get("rejections", {}).items() if n})
+            redrawn = view.get("rejections")
+            if isinstance(redrawn, dict):
+                rejections.update({c: n for c, n in redrawn.items()
+                                   if isinstance(n, int) and not isinstance(n, bool) and n > 0})
             suppression_failed.update(failed_concepts(view))
         views = metadata.get("views")
         checked = views[0].get("held_check") if views and isinstance(views[0], dict) else None
@@ -163,10 +179,10 @@ def contact_sheet(dataset_dir: Path, damaged: list[str], groups: int = 8,
     sheet = Image.new("RGB", (label_width + columns * cell, len(rows) * cell), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (metadata, views) in enumerate(rows):
-        label = metadata["corner_case"] or metadata["class_name"] or "-"
+        label = str(metadata.get("corner_case") or metadata.get("class_name") or "-")
         draw.text((4, row * cell + 4), label[:30], fill="black")
-        draw.text((4, row * cell + 18), metadata["group_id"][:30], fill="gray")
-        prompt_lines = textwrap.wrap(metadata["views"][0]["prompt"], 30)[: (cell - 40) // 12]
+        draw.text((4, row * cell + 18), str(metadata.get("group_id", "-"))[:30], fill="gray")
+        prompt_lines = textwrap.wrap(view_prompt(metadata["views"][0]), 30)[: (cell - 40) // 12]
         for line, text in enumerate(prompt_lines):
             draw.text((4, row * cell + 36 + 12 * line), text, fill="black")
         for column, view in enumerate(views):

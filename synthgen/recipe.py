@@ -198,7 +198,7 @@ class AuditSpec(StrictModel):
     clip: str = "builtin:world-clip"
     margin: float = Field(0.1, ge=0.0, lt=1.0)
     attributes: list[AuditAttribute] = []
-    fidelity_threshold: float | None = None
+    fidelity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
     duplicate_threshold: float = Field(0.95, gt=0.0, le=1.0)
 
 

@@ -27,7 +27,11 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and at n the exact bound is 0 (or 1); floating point leaves 5.6e-17 (0.9999...) for
+    # many n, an interval that would not contain its own estimate.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return low, high
 
 
 def distribution_metrics(counts: dict[str, int], target: dict[str, float]) -> dict:

@@ -40,6 +40,9 @@ WRONG = "#b00000"  # a reading that differs from the recorded value
 def write_report(outcome: AuditOutcome, report_dir: Path) -> Path:
     """Writes every file of the layout above; returns the path of report.html."""
     report_dir.mkdir(parents=True, exist_ok=True)
+    # The page goes first and comes back last: an audit stopped part-way (a full disk, Ctrl-C)
+    # leaves its own report.json and no page, never the previous audit's page beside it.
+    (report_dir / "report.html").unlink(missing_ok=True)
     report = json.loads(json.dumps(outcome.report))  # a copy we may reshape
     view_lines = _per_view_lines(report)
     write_atomically(report_dir / "views.jsonl", "".join(json.dumps(line) + "\n" for line in view_lines).encode())
@@ -63,7 +66,7 @@ def _per_view_lines(report: dict) -> list[dict]:
     return list(lines.values())
 
 
-SheetRow = tuple[list[str], list[tuple[bytes, list[tuple[str, bool]]]]]
+SheetRow = tuple[list[str], list[tuple[bytes | None, list[tuple[str, bool]]]]]
 
 
 def _sheet_rows(report: dict, pictures: dict[str, bytes], read: dict[str, dict],
@@ -74,8 +77,7 @@ def _sheet_rows(report: dict, pictures: dict[str, bytes], read: dict[str, dict],
     recorded = report["recorded"]
     rows = []
     for key in keys:
-        views = sorted((view_id for view_id in pictures if view_id.split(".", 1)[0] == key),
-                       key=_in_view_order)
+        views = sorted(report["sheet_views"].get(key, ()), key=_in_view_order)
         first = recorded.get(views[0], {}) if views else {}
         label = [key] + [f"{name}: {first[name]}" for name in names if name in first]
         cells = []
@@ -85,7 +87,7 @@ def _sheet_rows(report: dict, pictures: dict[str, bytes], read: dict[str, dict],
                 value = read.get(view_id, {}).get(name, "-")  # "-": not embedded (unreadable)
                 wrong = name in recorded.get(view_id, {}) and value != recorded[view_id][name]
                 readings.append((value if value is not None else "unsure", wrong))
-            cells.append((pictures[view_id], readings))
+            cells.append((pictures.get(view_id), readings))  # None: drawn as "missing"
         rows.append((label, cells))
     return rows
 

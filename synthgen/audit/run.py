@@ -180,6 +180,11 @@ class ViewTable:
         self.missing_views: list[str] = []
         self.unreadable_views: list[str] = []
         self.first_keys_by_scope: dict[str, list[str]] = defaultdict(list)
+        # Every view the sheets' groups list, present or not: a missing view keeps its column.
+        self.sheet_views: dict[str, list[str]] = defaultdict(list)
+        # Per group, every view its json lists (without bytes), embedded or not: what a group
+        # records (view 0's values, the slots it varies) holds when a view is damaged.
+        self.listed_items: dict[int, list[source.ViewItem]] = defaultdict(list)
 
     def add(self, view: EmbeddedView, sheet_groups: int) -> None:
         item = view.item
@@ -188,6 +193,9 @@ class ViewTable:
         keys = self.first_keys_by_scope[item.scope]
         if item.key not in keys and len(keys) < sheet_groups:
             keys.append(item.key)
+        if item.key in keys:
+            self.sheet_views[item.key].append(item.view_id)
+        self.listed_items[group].append(_without_data(item))
         if view.status == "missing":
             self.missing_views.append(item.view_id)
             return
@@ -199,8 +207,7 @@ class ViewTable:
         self.vectors.append(view.embedding)
         self.black.append(view.black)
         self.groups.append(group)
-        # The item's bytes are not needed any more: keep only its metadata.
-        self.items.append(_without_data(item))
+        self.items.append(self.listed_items[group][-1])  # its metadata; the bytes are not needed
 
     def freeze(self) -> None:
         self.embeddings = (np.stack(self.vectors).astype(np.float32) if self.vectors
@@ -222,7 +229,10 @@ def run_audit(dataset_dir: Path, spec: ResolvedAuditSpec, encoder, settings: Aud
              if settings.cache_path else EmbeddingCache(encoder.identity))
     decoder = ImageDecoder(settings.device, settings.decode_workers, getattr(encoder, "input_size", None))
     table = ViewTable()
-    total_views = sum(int(entry.get("images") or 0) for entry in shards) or None
+    # Only for the progress bar: a manifest's odd count ("unknown", 1e999) shows no total.
+    counts = [entry.get("images") for entry in shards]
+    whole = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+    total_views = (sum(counts) or None) if whole else None
     progress = _progress(total_views, settings.progress)
     try:
         views = source.iter_views(dataset_dir, shards, problems)
@@ -260,6 +270,7 @@ def run_audit(dataset_dir: Path, spec: ResolvedAuditSpec, encoder, settings: Aud
                    "embedded_views": len(table.view_ids), "embeddings_from_cache": cache.hits},
         **sections,
         "sheets": dict(table.first_keys_by_scope),
+        "sheet_views": dict(table.sheet_views),
         "recorded": _sheet_recorded_values(table, spec),
         "summary": summary,
         "checks": checks,

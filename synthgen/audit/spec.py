@@ -17,11 +17,13 @@ Contracts:
 
 from __future__ import annotations
 
-import string
+import functools
+from collections import Counter
 from dataclasses import dataclass, field
 
 from synthgen.attributes import PROMPT_PLACEHOLDER
 from synthgen.errors import UserError
+from synthgen.recipe_base import template_slots
 
 DEFAULT_CLIP = "builtin:world-clip"
 DEFAULT_MARGIN = 0.1
@@ -55,8 +57,7 @@ class AttributeSpec:
     target_from: str | None = "balance"
 
     def prompts(self, value: str) -> list[str]:
-        return [template.replace("{value}", value).replace("{attribute}", self.name)
-                for template in self.templates]
+        return [template.format(value=value, attribute=self.name) for template in self.templates]
 
     def target_for(self, class_name: str | None, corner_case: str | None) -> dict[str, float] | None:
         """The target proportions for a view of this class / corner case, or None."""
@@ -183,15 +184,23 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
     chosen_margin = margin if margin is not None else audit.get("margin", DEFAULT_MARGIN)
     if not 0.0 <= chosen_margin < 1.0:
         raise UserError(f"--margin {chosen_margin}: must be in [0, 1)")
+    chosen_fidelity = float(_first(fidelity_threshold, audit.get("fidelity_threshold"),
+                                   DEFAULT_FIDELITY_THRESHOLD))
+    if not -1.0 <= chosen_fidelity <= 1.0:  # nan too: no view is ever below it
+        raise UserError(f"--fidelity-threshold {chosen_fidelity}: a CLIP cosine score, so it must "
+                        "be in [-1, 1] (e.g. 0.2)")
+    chosen_duplicate = float(_first(duplicate_threshold, audit.get("duplicate_threshold"),
+                                    DEFAULT_DUPLICATE_THRESHOLD))
+    if not 0.0 < chosen_duplicate <= 1.0:  # above 1 (or nan) no pair is ever a duplicate
+        raise UserError(f"--duplicate-threshold {chosen_duplicate}: a cosine similarity, so it "
+                        f"must be in (0, 1] (default {DEFAULT_DUPLICATE_THRESHOLD})")
     return ResolvedAuditSpec(
         clip=clip or audit.get("clip") or DEFAULT_CLIP,
         margin=float(chosen_margin),
         attributes=tuple(found.values()),
         concepts=concepts,
-        fidelity_threshold=float(_first(fidelity_threshold, audit.get("fidelity_threshold"),
-                                        DEFAULT_FIDELITY_THRESHOLD)),
-        duplicate_threshold=float(_first(duplicate_threshold, audit.get("duplicate_threshold"),
-                                         DEFAULT_DUPLICATE_THRESHOLD)),
+        fidelity_threshold=chosen_fidelity,
+        duplicate_threshold=chosen_duplicate,
     )
 
 
@@ -203,8 +212,11 @@ def slot_weight_targets(recipe: dict, slot: str) -> list:
     """(applies_to, {value: weight}) per class and corner case that can draw `slot`.
 
     A class's own slot values replace the recipe's; `prompt_mode: enumerate` cycles through
-    the values evenly, so its target is even shares. Slots whose values hold other slots are
-    left out: the recorded value is then the expanded text, not one of the listed values.
+    the values evenly, so its target is even shares. A slot the `slots` view strategy varies
+    with `distinct` is drawn without replacement over a group's views, so its target is the
+    share that draw gives each value (`_distinct_view_shares`), not its weight. Slots whose
+    values hold other slots are left out: the recorded value is then the expanded text, not
+    one of the listed values.
     """
     shared = (recipe.get("slots") or {}).get(slot)
     found = []
@@ -212,12 +224,48 @@ def slot_weight_targets(recipe: dict, slot: str) -> list:
         weights = (entry.get("slots") or {}).get(slot, shared)
         if entry.get("name") and weights:
             mode = entry.get("prompt_mode") or recipe.get("prompt_mode") or "sample"
-            found.append(((entry["name"],), _slot_proportions(weights, mode)))
+            found.append(((entry["name"],), _view_shares(recipe, entry, slot,
+                                                         _slot_proportions(weights, mode))))
     for entry in recipe.get("corner_cases") or []:
         if entry.get("name") and shared:
-            found.append(((entry["name"],), _slot_proportions(shared, "sample")))
+            found.append(((entry["name"],), _view_shares(recipe, entry, slot,
+                                                         _slot_proportions(shared, "sample"))))
     return [(applies_to, weights) for applies_to, weights in found
             if not any("{" in value for value in weights)]
+
+
+def _view_shares(recipe: dict, entry: dict, slot: str, proportions: dict[str, float]) -> dict[str, float]:
+    """`proportions`, or where the class's (or recipe's) views vary `slot` with `distinct`,
+    the shares its views get from the plan's draw without replacement."""
+    views = entry.get("views") or recipe.get("views") or {}
+    varying = views.get("slots") or {}
+    count = views.get("count") or 1
+    if (not isinstance(varying, dict) or slot not in (varying.get("vary") or ())
+            or not varying.get("distinct", True) or not isinstance(count, int) or count < 2
+            or len(set(proportions.values())) == 1):  # equal weights: every draw is even
+        return proportions
+    return dict(_distinct_view_shares(tuple(proportions.items()), count))
+
+
+@functools.lru_cache(maxsize=64)  # classes sharing the recipe's slot draw once
+def _distinct_view_shares(weights: tuple[tuple[str, float], ...], count: int,
+                          simulated_views: int = 200_000) -> tuple[tuple[str, float], ...]:
+    """The share of each value among the views of groups of `count` views drawn as the plan
+    draws them (`plan._draw_for_views`, without replacement while values last). Heavy values
+    are held back by the values already drawn, so shares are flatter than the weights (red 3 :
+    green 1 over 2 views: every group one of each, 1 : 1). Estimated by drawing: the exact sum
+    runs over orderings of the values; at 200,000 views the shares are within about 0.002,
+    and the fixed seed gives the same target every audit."""
+    import random
+
+    from synthgen.plan import _draw_for_views
+
+    rng = random.Random(0)
+    drawn = Counter()
+    for _ in range(max(1, simulated_views // count)):
+        drawn.update(_draw_for_views(rng, dict(weights), count, True))
+    total = sum(drawn.values())
+    return tuple((value, drawn[value] / total) for value, _ in weights)
 
 
 def _slot_proportions(weights, mode: str) -> dict[str, float]:
@@ -237,9 +285,8 @@ def _attribute(name: str, values: list[str], templates, targets: list, target_fr
     templates = tuple(templates)
     for template in templates:
         try:
-            slots = {field_name for _, field_name, _, _ in string.Formatter().parse(template)
-                     if field_name}
-        except ValueError as error:  # an unmatched { or }
+            slots = set(template_slots(template))
+        except ValueError as error:  # an unmatched { or }, a conversion (!r), a format spec
             raise UserError(f"attribute {name!r} ({source}): template {template!r} is "
                             f"malformed ({error}); write {{value}} where the value goes, {{{{ "
                             "and }} for braces") from None

@@ -39,7 +39,7 @@ def test_long_group_ids_are_whole_on_sheets_worst_views_and_duplicate_pairs():
     picture = noise_image("red", 1)
     needed = render.PAD + 0.95 * _text_extent(key)
     # Contact sheet: the id in the label column, left of the first thumbnail.
-    report = {"attributes": {}, "recorded": {}}
+    report = {"attributes": {}, "recorded": {}, "sheet_views": {key: [f"{key}.view0.png"]}}
     rows = report_module._sheet_rows(report, {f"{key}.view0.png": picture}, {}, [key])
     sheet = report_module._contact_sheet(rows)
     label_width = sheet.width - render.CELL
@@ -62,7 +62,8 @@ def test_sheet_captions_show_what_was_read_and_mark_disagreement_in_red():
     key = "class-circle-000000"
     views = {f"{key}.view{v}.png": noise_image("red", v) for v in range(2)}
     report = {"attributes": {"colour": {}},
-              "recorded": {view: {"colour": "red"} for view in views}}
+              "recorded": {view: {"colour": "red"} for view in views},
+              "sheet_views": {key: list(views)}}
     read = {f"{key}.view0.png": {"colour": "red"}, f"{key}.view1.png": {"colour": None}}
     rows = report_module._sheet_rows(report, views, read, [key])
     assert rows == [([key, "colour: red"], [(views[f"{key}.view0.png"], [("red", False)]),

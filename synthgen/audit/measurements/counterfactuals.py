@@ -39,17 +39,21 @@ def varied_slots(items: list[ViewItem]) -> set[str]:
     return {name for name in names if len({str(item.assigned.get(name)) for item in items}) > 1}
 
 
-def counterfactual_groups(table: ViewTable) -> dict[int, tuple[list[int], set[str]]]:
-    """Group -> (its rows in view order, the slots its views vary), for groups that vary one."""
+def counterfactual_groups(table: ViewTable) -> dict[int, tuple[list[int], set[str], dict]]:
+    """Group -> (its embedded rows in view order, the slots its views vary, the values its
+    first view records), for groups that vary one. What a group varies and its first view's
+    values come from every view its json lists: a damaged view 0 is still the reference."""
     rows_of: dict[int, list[int]] = defaultdict(list)
     for row, group in enumerate(table.group_array.tolist()):
         rows_of[group].append(row)
     groups = {}
     for group, rows in rows_of.items():
         rows = sorted(rows, key=lambda row: table.items[row].view)
-        varied = varied_slots([table.items[row] for row in rows])
+        listed = sorted(table.listed_items.get(group) or [table.items[row] for row in rows],
+                        key=lambda item: item.view)
+        varied = varied_slots(listed)
         if varied:
-            groups[group] = (rows, varied)
+            groups[group] = (rows, varied, listed[0].assigned)
     return groups
 
 
@@ -79,11 +83,11 @@ def measure_attribute(table: ViewTable, groups: dict, attribute, texts, logit_sc
     values = attribute.values
     name = attribute.name
     tallies: dict[str, _Tally] = defaultdict(_Tally)
-    for rows, varied in groups.values():
+    for rows, varied, reference in groups.values():
         counts = [tallies[OVERALL], tallies[table.items[rows[0]].scope]]
         if name in varied:
-            first = str(table.items[rows[0]].assigned.get(name))
-            for row in rows[1:]:
+            first = str(reference.get(name))
+            for row in rows:
                 recorded = str(table.items[row].assigned.get(name))
                 if recorded == first or recorded not in values:
                     continue  # not an edit, or a value the audit does not read
@@ -117,7 +121,7 @@ def measure_attribute(table: ViewTable, groups: dict, attribute, texts, logit_sc
 def measure(inputs: MeasurementInputs) -> dict:
     groups = counterfactual_groups(inputs.table)
     section = {"groups": len(groups),
-               "varied": sorted({slot for _, varied in groups.values() for slot in varied}),
+               "varied": sorted({slot for _, varied, _ in groups.values() for slot in varied}),
                "attributes": {}}
     if groups:
         section["attributes"] = {
