@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 
 from synthgen import api
-from synthgen.errors import UserError
+from synthgen.errors import UserError, user_message
 
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -52,7 +52,7 @@ class SynthgenGroup(click.Group):
             with _echoing_api_log():
                 return super().invoke(ctx)
         except UserError as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {user_message(error)}", err=True)
             ctx.exit(USER_ERROR_EXIT)
         except OSError as error:
             if error.errno not in _MACHINE_ERRORS:

@@ -107,15 +107,15 @@ def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
     for sample in samples:
         metadata = _view_metadata(sample)
         if metadata is None:
-            key = sample.get("__key__")
-            if pending and isinstance(key, str) and key.startswith(f"{pending[0][1]['group_id']}-view"):
-                # A damaged view of the group being collected: the group is damaged, as a
-                # group-layout sample with damaged json is, and is left out whole (else its
-                # later views would make a second group of the same id).
-                dropped, pending = pending[0][1]["group_id"], []
-            elif pending:
+            damaged_group = _group_of_view_key(sample.get("__key__"))
+            if pending and pending[0][1]["group_id"] != damaged_group:
                 yield _group_of(pending)
-                pending = []
+            if damaged_group is not None:
+                # A damaged view (its json unreadable) damages its group, as a group-layout
+                # sample with damaged json is: the group is left out whole, whichever of its
+                # views is hit (else its other views would pass as a shorter group).
+                dropped = damaged_group
+            pending = []
             yield sample
             continue
         if metadata["group_id"] == dropped:
@@ -132,6 +132,13 @@ def regrouped(samples: Iterable[dict]) -> Iterator[dict]:
         yield _group_of(pending)
 
 
+def _group_of_view_key(key) -> str | None:
+    """The group id in a view sample's key ("GROUP-view2" -> "GROUP"), or None."""
+    if isinstance(key, str) and re.fullmatch(r".+-view\d+", key):
+        return key.rsplit("-view", 1)[0]
+    return None
+
+
 def _view_metadata(sample: dict) -> dict | None:
     """A view sample's metadata, or None for anything else. Known by its json (a group id, one
     view record and the top-level `view`), not by its image: a view sample whose image is lost
@@ -140,11 +147,15 @@ def _view_metadata(sample: dict) -> dict | None:
         return None
     try:
         metadata = json.loads(sample["json"])
-        if (isinstance(metadata.get("group_id"), str) and len(metadata.get("views") or ()) == 1
-                and "view" in metadata):
-            return metadata
-    except (ValueError, AttributeError):
-        pass
+    except ValueError:
+        return None
+    if not isinstance(metadata, dict):
+        return None
+    views = metadata.get("views")
+    if (isinstance(metadata.get("group_id"), str) and "view" in metadata and isinstance(views, list)
+            and len(views) == 1 and isinstance(views[0], dict)
+            and isinstance(views[0].get("file"), str)):
+        return metadata
     return None
 
 

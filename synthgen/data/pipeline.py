@@ -181,7 +181,11 @@ def partitioned_shard_urls(urls: tuple[str, ...], rank: int, world_size: int, wo
 # Stage: yields the webdataset samples of each shard in turn. Unreadable tar data (a shard
 # cut short, a missing file) ends its shard and goes to `handler` once per shard, after the
 # samples read before it; a False from the handler ends the stream.
-def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+# `give_up_after`: in resampled mode shards are drawn for ever, so where none can be read the
+# stream would never end; that many draws in a row without a sample end it with a UserError.
+def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool],
+                give_up_after: int | None = None) -> Iterator[dict]:
+    barren = 0
     for source in urls:
         errors: list[Exception] = []
 
@@ -189,7 +193,11 @@ def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> I
             errors.append(error)
             return False  # webdataset would otherwise report a broken stream once per member
 
-        yield from wds.tarfile_samples([source], handler=end_shard)
+        read = 0
+        for sample in wds.tarfile_samples([source], handler=end_shard):
+            read += 1
+            yield sample
+        barren = 0 if read else barren + 1
         if errors:
             error = errors[0]
             detail = str(error.args[0]).split(" @ ")[0] if error.args else ""
@@ -197,6 +205,10 @@ def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool]) -> I
                                            f"({type(error).__name__}: {detail}); the samples "
                                            "before it were read")):
                 return
+        if give_up_after is not None and barren >= give_up_after:
+            raise UserError(f"data: the last {barren} shards drawn (e.g. {source['url']}) held no "
+                            "readable sample: the dataset's shards are missing or damaged (see the "
+                            "warnings above); rebuild it with synthgen generate (it resumes)")
 
 
 # Stage: yields the same samples, mixed within a buffer of `buffer_size` (0 or 1: unchanged).
@@ -239,9 +251,10 @@ def checked_metadata(sample: dict) -> tuple[dict, list[tuple[int, str]], int]:
     except ValueError as error:
         raise DamagedSample("json", f"{where}: its json does not parse ({error})") from None
     views = (metadata.get("views") or []) if isinstance(metadata, dict) else None
-    if not isinstance(views, list) or not all(isinstance(view, dict) for view in views):
+    if not isinstance(views, list) or not all(isinstance(view, dict) and isinstance(view.get("file"), str)
+                                              for view in views):
         raise DamagedSample("json", f"{where}: its json is not a synthgen sample's (an object "
-                                    "with a list of views)")
+                                    "with a list of views, each naming its file)")
     files = view_files(sample)
     listed = {view.get("file") for view in views}
     if listed and not listed <= {name for _, name in files}:
@@ -273,14 +286,23 @@ def decoded_view(sample: dict, name: str) -> Image.Image:
 # Damaged samples go to `handler` (skipped when it returns True, the end when False).
 def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augment: Callable,
                   seed: int, epoch: int,
-                  handler: Callable[[Exception], bool] = wds.reraise_exception
-                  ) -> Iterator[GroupSample]:
+                  handler: Callable[[Exception], bool] = wds.reraise_exception,
+                  views_known: bool = False) -> Iterator[GroupSample]:
+    """`views_known`: the dataset records its groups' view count and `views` was checked
+    against it, so a group with fewer views is damage (a view-layout shard cut between two
+    views of its last group), skipped; else the request itself is the mistake."""
     for sample in samples:
         group_id = sample["__key__"]
         try:
             metadata, files, class_index = checked_metadata(sample)
         except DamagedSample as error:
             if handler(error):
+                continue
+            return
+        if len(files) < views and views_known:
+            if handler(DamagedSample("views", f"group {group_id} in {sample.get('__url__', '?')}: "
+                                              f"has {len(files)} of its views, fewer than the "
+                                              f"{views} asked (a shard cut short?)")):
                 continue
             return
         if len(files) < views:
@@ -357,12 +379,14 @@ class GroupViewDataset(wds.DataPipeline):
             urls = resampled_shard_urls(self.source.urls, self.seed, self.epoch, rank, worker)
         else:
             urls = partitioned_shard_urls(self.source.urls, rank, world_size, worker, num_workers)
-        samples = regrouped(tar_samples(urls, self.handler))
+        give_up = max(8, 2 * len(self.source.urls)) if self.mode == "train" else None
+        samples = regrouped(tar_samples(urls, self.handler, give_up))
         if self.mode == "train":
             rng = random.Random(stable_seed(self.seed, self.epoch, rank, worker, "shuffle"))
             samples = shuffled(samples, self.shuffle_buffer, rng)
         groups = group_samples(samples, self.views, self.crops_per_view, self.augment,
-                               self.seed, self.epoch, self.handler)
+                               self.seed, self.epoch, self.handler,
+                               views_known=self.source.min_views is not None)
         return batched(groups, self.batch_size, drop_last=self.mode == "train")
 
 
@@ -445,6 +469,9 @@ def group_loader(data, *, views: int, batch_size: int, resolution: int,
         if not source.urls:
             raise UserError(f"data {data}: no shard has its recorded sha256, so nothing is left "
                             "to read; rebuild the dataset (synthgen generate resumes it)")
+    if not source.urls or source.samples == 0:
+        raise UserError(f"data {data}: holds no groups (no shards, or shards of no samples), so "
+                        "there is nothing to load; generate the dataset first (synthgen generate)")
     if source.min_views is not None and views > source.min_views:
         raise UserError(f"views: {views} views per group asked, but the dataset's groups have "
                         f"{source.min_views}; pass views <= {source.min_views}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.shards import SHARD_GLOB, stats_name_of
+from synthgen.shards import SHARD_FILE, SHARD_GLOB, stats_name_of
 
 MANIFEST = "manifest.json"  # the same name synthgen.write uses; not imported to stay light
 
@@ -66,15 +66,42 @@ def _read_record(path: Path) -> dict:
                         "generate rebuilds a shard whose stats file is damaged)") from None
 
 
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shard_record_ok(record) -> bool:
+    """A manifest shard entry or a stats file as synthgen writes them: a count and a digest."""
+    return (isinstance(record, dict) and _whole_number(record.get("samples"))
+            and isinstance(record.get("sha256"), str))
+
+
+def _checked_manifest(path: Path) -> list[dict]:
+    """The manifest's shard entries, or a UserError: valid JSON of another shape (another
+    tool's manifest.json, a hand-edited one) and shard names that are not synthgen's
+    (`shard-NNNNNN.tar`, which also keeps the loader inside the dataset directory)."""
+    manifest = _read_record(path)
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not all(_shard_record_ok(shard) for shard in shards):
+        raise UserError(f"data {path}: is not a synthgen manifest (a list of shards, each with its "
+                        "name, samples and sha256); pass a synthgen dataset directory, or rewrite "
+                        f"it with synthgen finalize {path.parent}")
+    for shard in shards:
+        name = shard.get("name")
+        if not (isinstance(name, str) and SHARD_FILE.match(name) and name.endswith(".tar")):
+            raise UserError(f"data {path}: shard entry {name!r} is not a shard of this directory "
+                            "(synthgen names them shard-NNNNNN.tar); rewrite the manifest with "
+                            f"synthgen finalize {path.parent}")
+    return shards
+
+
 def _from_directory(directory: Path) -> ShardSource:
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
         # Only the manifest's shards: any other tar in the directory is not part of the dataset.
+        shards = _checked_manifest(manifest_path)
         manifest = _read_record(manifest_path)
-        shards = manifest["shards"]
-        samples = manifest.get("totals", {}).get("samples")
-        if samples is None:
-            samples = sum(shard["samples"] for shard in shards)
+        samples = sum(shard["samples"] for shard in shards)
         return ShardSource(tuple(str(directory / shard["name"]) for shard in shards), samples,
                            _min_views_of_recipe(manifest.get("recipe") or {}),
                            tuple(shard["samples"] for shard in shards),
@@ -90,6 +117,12 @@ def _from_directory(directory: Path) -> ShardSource:
             "(e.g. DIR/train), or shard URLs")
     stats = {tar: _read_record(path) for tar in tars
              if (path := tar.with_name(stats_name_of(tar.name))).is_file()}
+    for tar, record in stats.items():
+        if not _shard_record_ok(record):
+            raise UserError(f"data {tar.with_name(stats_name_of(tar.name))}: is not a synthgen stats "
+                            "file (its samples and sha256), so the shard is damaged; rerun synthgen "
+                            "generate with its recipe and --out to rebuild it, or delete the stats "
+                            "file to leave the shard out")
     if not stats:
         return ShardSource(tuple(str(t) for t in tars))
     unfinished = [tar.name for tar in tars if tar not in stats]

@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from synthgen.errors import UserError
+
 METADATA_KEY = "synthgen"
 LAST = "checkpoint-last.safetensors"
 
@@ -47,16 +49,23 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def read_record(path: Path) -> dict:
     """The JSON record of a checkpoint file alone (no tensors are read)."""
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads(handle.metadata()[METADATA_KEY])
+    return read_checkpoint(path, tensors=False)[1]
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors by key, the JSON record) of a checkpoint file."""
-    with safe_open(str(path), framework="pt") as handle:
-        record = json.loads(handle.metadata()[METADATA_KEY])
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    return tensors, record
+def read_checkpoint(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors by key, the JSON record) of a checkpoint file; a UserError for a file that is
+    not a whole synthgen checkpoint (cut short by a full disk, or another tool's safetensors)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            record = json.loads((handle.metadata() or {})[METADATA_KEY])
+            if not isinstance(record, dict):
+                raise ValueError("its record is not an object")
+            read = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own types for damage
+        raise UserError(f"{path}: is not a readable synthgen checkpoint ({type(error).__name__}: "
+                        f"{str(error)[:120]}); delete it to start the run over, or pass another "
+                        "checkpoint or --out") from None
+    return read, record
 
 
 def model_state(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:

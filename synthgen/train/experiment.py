@@ -39,6 +39,7 @@ from pathlib import Path
 
 from synthgen.data import stable_seed
 from synthgen.errors import UserError
+from synthgen.store import write_atomically
 from synthgen.train.encoders import EncoderSpec
 
 
@@ -199,7 +200,7 @@ def prepare_data(budget: Budget, work: Path, device: str, log,
         started = time.perf_counter()
         (real / "done.json").unlink(missing_ok=True)
         counts = write_real_dataset(real, train=budget.images, test=budget.real_test, resolution=32)
-        (real / "done.json").write_text(json.dumps({**counts, "resolution": 32}))
+        write_atomically(real / "done.json", json.dumps({**counts, "resolution": 32}).encode())
         log(f"real renders {counts} in {time.perf_counter() - started:.0f}s")
     paths["real"], paths["real-test"] = real / "train", real / "test"
     for name, recipe in synthetic_datasets(budget).items():
@@ -300,14 +301,15 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
             config_hash = stable_seed(json.dumps(config.to_json(), sort_keys=True)) % 16 ** 8
             run_dir = work / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
             done = run_dir / "probe.json"
-            if not done.is_file():
+            record = _json_or_none(done)
+            if not (isinstance(record, dict) and isinstance(record.get("test_top1"), (int, float))
+                    and "train_seconds" in record):  # not yet, or cut short: probed again
                 run_started = time.perf_counter()
                 train(config, run_dir, device=device, quiet=True, cpu_threads=cpu_threads)
                 trained = time.perf_counter() - run_started
                 encoder, _ = load_encoder(run_dir)
-                accuracy = probed(encoder)
-                done.write_text(json.dumps({"test_top1": accuracy, "train_seconds": round(trained, 1)}))
-            record = json.loads(done.read_text())
+                record = {"test_top1": probed(encoder), "train_seconds": round(trained, 1)}
+                write_atomically(done, json.dumps(record).encode())
             log(f"{condition.name} seed {seed}: top-1 {100 * record['test_top1']:.1f}% "
                 f"(trained in {record['train_seconds']}s)")
             accuracies.append(record["test_top1"])
@@ -326,8 +328,8 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
     timings["total_seconds"] = round(time.perf_counter() - started, 1)
     record = {"budget": {**asdict(budget), "encoder": budget.encoder.to_json()},
               "device": torch_device, "timings": timings, "results": results}
-    (work / "results.json").write_text(json.dumps(record, indent=2))
+    write_atomically(work / "results.json", json.dumps(record, indent=2).encode())
     table = results_table(results)
-    (work / "results.md").write_text(table + "\n")
+    write_atomically(work / "results.md", (table + "\n").encode())
     log(table)
     return record

@@ -14,6 +14,7 @@ So a run resumed from its last checkpoint gives the same weights as one never in
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,8 +78,38 @@ class TrainOptions:
             # class; a batch without any gives a loss over no anchors (NaN).
             raise UserError(f"views: {self.method} needs 2 or more crops per group, got {crops}; "
                             "pass views >= 2 or crops_per_view >= 2")
-        if self.steps < 1:
-            raise UserError(f"steps: {self.steps} is not positive; pass 1 or more")
+        for name in ("steps", "views", "crops_per_view", "batch_size", "checkpoint_every", "log_every"):
+            _check_number(name, getattr(self, name), minimum=1, whole=True)
+        _check_number("warmup_steps", self.warmup_steps, minimum=0, whole=True)
+        if self.epoch_groups is not None:
+            _check_number("epoch_groups", self.epoch_groups, minimum=1, whole=True,
+                          hint="or leave it out for the dataset's size")
+        # Zero or negative: a temperature divides the similarities (nan, or the objective
+        # turned around); AdamW refuses a negative rate or decay only once it is built.
+        _check_number("lr", self.lr, minimum=0.0, exclusive=True, hint="e.g. 1e-3")
+        _check_number("temperature", self.temperature, minimum=0.0, exclusive=True, hint="e.g. 0.1")
+        _check_number("weight_decay", self.weight_decay, minimum=0.0, hint="e.g. 1e-4")
+        encoder = self.encoder
+        for name in ("width", "resolution", "projection_dim") + (("patch", "depth", "heads")
+                                                                 if encoder.arch == "vit" else ()):
+            _check_number(name, getattr(encoder, name), minimum=1, whole=True)
+        if encoder.arch == "resnet" and (not encoder.blocks or min(encoder.blocks) < 1):
+            raise UserError(f"blocks: {','.join(map(str, encoder.blocks)) or 'none'} must be one or "
+                            "more whole numbers of at least 1, e.g. 2,2,2,2")
+
+
+def _check_number(name: str, value, minimum: float, whole: bool = False, exclusive: bool = False,
+                  hint: str = "") -> None:
+    """A UserError naming the option unless `value` is a finite number >= `minimum` (> where
+    `exclusive`), and a whole one where `whole`."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > minimum if exclusive else value >= minimum)
+          and (not whole or float(value).is_integer()))
+    if not ok:
+        bound = f"{'above' if exclusive else 'at least'} {minimum:g}"
+        kind = "a whole number" if whole else "a number"
+        raise UserError(f"{name}: {value!r} is not {kind} {bound}; pass {kind} {bound}"
+                        + (f" ({hint})" if hint else ""))
 
 
 @dataclass
@@ -130,6 +161,8 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     loader workers take the other cores; the thread count can move the last float bits).
     """
     config.check()
+    if cpu_threads is not None:
+        _check_number("threads", cpu_threads, minimum=1, whole=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / LAST
