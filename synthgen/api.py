@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +215,8 @@ def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
     jsonl = Path(jsonl) if jsonl is not None else None
     if jsonl is not None:
         check_output_file(jsonl, "--jsonl")
-        if isinstance(recipe, (str, Path)) and jsonl.exists() and jsonl.samefile(recipe):
+        if (isinstance(recipe, (str, Path)) and jsonl.exists() and Path(recipe).exists()
+                and jsonl.samefile(recipe)):
             raise UserError(f"--jsonl {jsonl}: is the recipe itself, which the plan would "
                             "replace; give another file, e.g. plan.jsonl")
     the_plan = make_plan(_loaded(recipe))
@@ -312,14 +314,17 @@ def edit(recipe: RecipeSource, out: str | Path, *, device: str = "auto") -> Edit
     """Erase the recipe's `suppress: method: erase` concepts from its model and save the
     edited model in `out`, a new folder (it appears whole, or not at all)."""
     from synthgen.devices import choose_device
-    from synthgen.generate.prepare import write_edited_model
+    from synthgen.generate.prepare import check_has_edits, write_edited_model
     from synthgen.outputs import check_output_folder, folder_written_whole
 
     out = Path(out)
     check_output_folder(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: is not empty; choose a new folder for the edited model")
+    # Absolute, so that `--out .` (an empty current folder) has a name to stage beside.
+    out = Path(os.path.abspath(out))
     loaded = _loaded(recipe)
+    check_has_edits(loaded)  # before any folder is made
     # Written beside `out` and renamed into place at the end: a folder that is there is whole.
     with naming_the_recipe_file(recipe), naming_the_place(out), \
             folder_written_whole(out) as staging:

@@ -13,6 +13,7 @@ gathers those for the plan. Methods that act at generation time (`reject`, `eras
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from synthgen.balance import Balance
 from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
@@ -24,10 +25,13 @@ def largest_remainder_quotas(total: int, proportions: dict[str, float]) -> dict[
     """Integer counts summing to `total`, as close as possible to `total * proportion`.
 
     Each value first gets the floor of its exact share; the groups left over go to the largest
-    fractional remainders, ties broken by the order of `proportions` (deterministic).
+    fractional remainders, ties broken by the order of `proportions` (deterministic). Shares
+    are exact fractions of the weights as written, so {a: 0.3, b: 0.1} and {a: 3, b: 1} give
+    the same counts (in floats 0.3 / 0.4 * 34 is 25.499999999999996, and the tie went to b).
     """
-    weight_sum = sum(proportions.values())
-    exact = {value: total * weight / weight_sum for value, weight in proportions.items()}
+    weights = {value: Fraction(str(weight)) for value, weight in proportions.items()}
+    weight_sum = sum(weights.values())
+    exact = {value: total * weight / weight_sum for value, weight in weights.items()}
     counts = {value: int(share) for value, share in exact.items()}
     leftover = total - sum(counts.values())
     order = sorted(proportions, key=lambda value: (-(exact[value] - counts[value]),

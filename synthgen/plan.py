@@ -445,7 +445,7 @@ def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Ra
             depth: int) -> str:
     """Fill slots nested inside a slot value (sampled, seeded); the recipe rules out cycles."""
     inner = list(dict.fromkeys(slot for slot in template_slots(value) if slot in slot_values))
-    if depth > MAX_SLOT_NESTING:  # the recipe refuses deeper nesting
+    if depth > MAX_SLOT_NESTING + 1:  # a slot and MAX_SLOT_NESTING under it: the recipe refuses more
         return value
     filled = {slot: _expand(_weighted_choice(rng, slot_values[slot]), slot_values, rng, depth + 1)
               for slot in inner}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import reprlib
 from pathlib import Path
@@ -48,6 +47,7 @@ MAX_GROUPS_PER_SHARD = 10_000
 # 4 views took 200 MB and 17 s to plan on one busy CPU core); past this, split the dataset
 # into several recipes.
 MAX_PLAN_IMAGES = 5_000_000
+MAX_SLOT_WEIGHT = 1e12
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -70,10 +70,13 @@ def _parse_slot_values(raw: Any) -> dict[str, float]:
         for value, weight in raw.items():
             if not isinstance(value, str):
                 raise recipe_problem("slot_values", "slot values must be strings")
+            # Capped as balance proportions are: the draw sums the weights, and a sum past the
+            # largest float (1e308 twice) is inf, which gave every group the last value.
             if (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                    or not math.isfinite(weight) or weight <= 0):
+                    or not 0 < weight <= MAX_SLOT_WEIGHT):  # also NaN
                 raise recipe_problem("slot_values", f"weight of {value!r} must be a positive "
-                                     f"number, e.g. {value!r}: 2")
+                                     f"number of at most {MAX_SLOT_WEIGHT:g} (weights are "
+                                     f"relative), e.g. {value!r}: 2")
             weights[value] = float(weight)
         return weights
     raise recipe_problem("slot_values", "expected a list of values ['a', 'b'] or a mapping of "
@@ -545,6 +548,9 @@ def _check_unique_names(field: str, names: list[str]) -> None:
 
 # How deep slot values may name slots that name slots ("a {colour} {fabric} hat" is 1).
 MAX_SLOT_NESTING = 8
+# A prompt is read up to 77 tokens by CLIP text encoders, 512 by T5; nested slots that fill in
+# to more than this are a mistake (or a bomb), not a prompt.
+MAX_EXPANDED_SLOT_CHARACTERS = 10_000
 
 
 def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: set[str],
@@ -566,19 +572,35 @@ def _check_nested_slots(where: str, slots: dict[str, dict[str, float]], known: s
                     "template")
             check_template(f"{where}.{slot} value", value, known, where)
 
+    # Per slot, the longest chain of slots under it and the longest text it expands to,
+    # each worked out once: walking every path instead took minutes for 3.5 KB of slots that
+    # fan out (8 slots a level, each naming all 8 of the next: 8**8 paths).
+    below: dict[str, tuple[str, ...]] = {}
+    longest: dict[str, int] = {}
+
     def visit(slot: str, trail: tuple[str, ...]) -> None:
         if slot in trail:
             raise recipe_problem("template", f"{where}: slots refer to each other in a cycle: "
                                  + " -> ".join(trail + (slot,)) + "; break the cycle")
-        if len(trail) > MAX_SLOT_NESTING:
+        if slot not in below:
+            chain, length = (), 0
+            for value in slots.get(slot, {}):
+                inner = [name for name in template_slots(value) if name in slots]
+                for name in dict.fromkeys(inner):
+                    visit(name, trail + (slot,))
+                chain = max([chain] + [(name,) + below[name] for name in inner], key=len)
+                length = max(length, len(value) + sum(longest[name] for name in inner))
+            below[slot], longest[slot] = chain, length
+        if len(trail) + len(below[slot]) > MAX_SLOT_NESTING:
             raise recipe_problem("template", f"{where}: slots name slots more than "
                                  f"{MAX_SLOT_NESTING} deep ("
-                                 + " -> ".join(f"{{{name}}}" for name in trail + (slot,))
+                                 + " -> ".join(f"{{{name}}}" for name in trail + (slot,) + below[slot])
                                  + "); write some values out")
-        for value in slots.get(slot, {}):
-            for inner in template_slots(value):
-                if inner in slots:
-                    visit(inner, trail + (slot,))
+        if longest[slot] > MAX_EXPANDED_SLOT_CHARACTERS:
+            raise recipe_problem("template", f"{where}.{slot}: its values name slots that name "
+                                 f"slots, and filled in it can grow to {longest[slot]:,} "
+                                 f"characters, more than a prompt can hold "
+                                 f"({MAX_EXPANDED_SLOT_CHARACTERS:,}); name fewer slots per value")
 
     for slot in slots:
         visit(slot, ())
@@ -657,6 +679,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base`: merged keys give way to the mapping's own (YAML's rule)
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (list, dict)):
                 raise yaml.constructor.ConstructorError(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import re
 import string
-from typing import Annotated, Any, Union
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -20,7 +21,9 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     WrapSerializer,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -100,6 +103,37 @@ class StrictModel(BaseModel):
                          f"allowed here are: {', '.join(cls.model_fields)}"},
                     )
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true/false as 1/0, and YAML 1.1 reads yes/no/on/off as
+        # booleans: `groups: off` planned no groups, silently. A number field takes no boolean.
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise recipe_problem("bool_number", f"{str(value).lower()} is a yes/no value, and "
+                                 f"{info.field_name} is a number; write the number (YAML reads "
+                                 "yes, no, on and off as true and false)")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes a boolean as itself (bool or Any among its types), or
+    holds no number a boolean could pass for."""
+    leaves = list(_leaf_types(annotation))
+    return any(leaf is bool or leaf is Any for leaf in leaves) or not any(leaf in (int, float)
+                                                                          for leaf in leaves)
+
+
+def _leaf_types(annotation: Any):
+    """The types a field's annotation is made of, through Annotated[...] and unions."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        yield from _leaf_types(get_args(annotation)[0])
+    elif origin in (Union, types.UnionType):
+        for argument in get_args(annotation):
+            yield from _leaf_types(argument)
+    else:
+        yield annotation
 
 
 # The problem type of an entry whose `method` is missing or names no registered method;

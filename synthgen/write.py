@@ -463,11 +463,16 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
         store.remove(stats_name(shard))
         store.remove(shard_name(shard))
     if len(stats_by_shard) < plan.shard_count:
-        # What describes a finished dataset goes with it (the manifest first: it says finished).
-        store.remove(MANIFEST)
-        store.remove(WIDS_INDEX)
-        _remove_own_card(store)
+        _remove_finished_marks(store)
     return set(stats_by_shard)
+
+
+def _remove_finished_marks(store: DatasetStore) -> None:
+    """What describes a finished dataset goes when a shard is missing or damaged (the manifest
+    first: it says finished)."""
+    store.remove(MANIFEST)
+    store.remove(WIDS_INDEX)
+    _remove_own_card(store)
 
 
 def _own_card(store: DatasetStore) -> bool:
@@ -579,6 +584,7 @@ def finalize_dataset(location: Location) -> dict:
             problems.append(f"shards {format_shard_ranges(damaged)} do not match the sha256 "
                             "their stats file records (damaged since they were written)")
         rebuild = format_shard_ranges(unfinished + damaged)
+        _remove_finished_marks(store)  # a manifest from before must not vouch for them now
         raise UserError(f"{store.location}: {'; '.join(problems)}; build them with synthgen "
                         f"generate RECIPE --out {store.location} --shards {rebuild}, then "
                         "finalize again")

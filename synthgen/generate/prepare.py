@@ -123,6 +123,13 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     return sampler
 
 
+def check_has_edits(recipe: Recipe) -> None:
+    """A UserError unless the recipe edits its model (what `synthgen edit` writes)."""
+    if not any(entry.edits_weights for entry in [*recipe.suppress, *recipe.balance]):
+        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase "
+                        "and no balance entry with method: debias")
+
+
 def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[dict, ...]:
     """Apply the recipe's `erase` and `debias` edits to its model and save it as a new model folder.
 
@@ -135,9 +142,7 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     from synthgen.generate.load import EDITS_FILE, choose_dtype
 
     out_dir = Path(out_dir)
-    if not any(entry.edits_weights for entry in [*recipe.suppress, *recipe.balance]):
-        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase "
-                        "and no balance entry with method: debias")
+    check_has_edits(recipe)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
     dtype = choose_dtype(recipe.model.dtype, device, recipe.model)

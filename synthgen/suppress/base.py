@@ -3,11 +3,12 @@ synthgen/suppress/__init__.py registers it."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from synthgen.recipe_base import StrictModel
+from synthgen.recipe_base import StrictModel, recipe_problem
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +29,16 @@ class Suppression(StrictModel):
     """
 
     concept: str = Field(min_length=1)
+
+    @field_validator("concept")
+    @classmethod
+    def _has_words(cls, concept: str) -> str:
+        # Phrases are split at commas; one without a word matched the empty string in every
+        # prompt (every template "asked for" the concept) and was the whole negative prompt.
+        if not any(re.search(r"\w", phrase) for phrase in concept.split(",")):
+            raise recipe_problem("concept", f"concept {concept!r} holds no word; name what to "
+                                 "keep out of the images, e.g. 'striped' or 'text, watermark'")
+        return concept
 
     # What becomes of the views whose prompt asks for the concept (plan warns with it).
     asked_for: ClassVar[str]
