@@ -235,6 +235,8 @@ def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
             drawn[slot] = [_expand(value, target.slot_values, rng, 1)
                            for value in _draw_for_views(rng, target.slot_values[slot], count,
                                                         target.views.slots.distinct)]
+    if target.views.slots.distinct:
+        drawn, view_balance = _distinct_views(drawn, view_balance)
     texts = []
     for view in range(count):
         slots = {slot: values[view] for slot, values in drawn.items()}
@@ -253,6 +255,60 @@ def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
         texts.append(ViewText(prompt=prompt, slots=slots, balance=view_balance[view],
                               held_readings=readings))
     return tuple(texts)
+
+
+def _distinct_views(drawn: dict[str, list[str]], view_balance: list[dict[str, str]]
+                    ) -> tuple[dict[str, list[str]], list[dict[str, str]]]:
+    """With several varied attributes, each drawn or dealt on its own, two views of a group
+    could get the same value of every one (4 views of 2 genders x 3 ages: a third of the
+    groups), the same prompt twice, and with shared noise the same image. Each attribute's
+    values are re-paired among the views (`_pair_distinct`) so that no two views share them
+    all, where its values allow; an attribute keeps its values, so quotas over views hold,
+    and a group whose views already differ keeps its draw."""
+    names = [*drawn, *(view_balance[0] if view_balance else {})]
+    if len(names) < 2:
+        return drawn, view_balance
+    columns = [drawn[name] if name in drawn else [values[name] for values in view_balance]
+               for name in names]
+    arranged = [list(columns[0])]
+    for column in columns[1:]:
+        arranged.append(_pair_distinct(list(zip(*arranged)), column))
+    by_name = dict(zip(names, arranged))
+    return ({name: by_name[name] for name in drawn},
+            [{name: by_name[name][view] for name in values} for view, values in enumerate(view_balance)])
+
+
+def _pair_distinct(prefixes: list[tuple[str, ...]], values: list[str],
+                   budget: int = 5_000) -> list[str]:
+    """`values` in an order (a depth-first search that tries them as given, so an order that
+    already works is kept) in which no two views' prefix + value repeat; `values` unchanged
+    where none is found within `budget` steps."""
+    chosen: list[str] = []
+    used = [False] * len(values)
+    steps = 0
+
+    def place(view: int, seen: frozenset) -> bool:
+        nonlocal steps
+        if view == len(values):
+            return True
+        steps += 1
+        if steps > budget:
+            return False
+        tried = set()
+        for index, value in enumerate(values):
+            combination = prefixes[view] + (value,)
+            if used[index] or value in tried or combination in seen:
+                continue
+            tried.add(value)
+            used[index] = True
+            chosen.append(value)
+            if place(view + 1, seen | {combination}):
+                return True
+            used[index] = False
+            chosen.pop()
+        return False
+
+    return chosen if place(0, frozenset()) else list(values)
 
 
 def _held_alternatives(recipe: Recipe, target: _Target, held: dict[str, str]

@@ -200,6 +200,31 @@ def test_distinct_values_where_possible_and_repeats_without_distinct(write_recip
     assert any(len(set(drawn)) < 3 for drawn in free), "independent draws repeat"
 
 
+def test_views_varying_two_attributes_never_repeat_a_prompt_and_keep_their_quotas(write_recipe):
+    """Gender (2 values) and age (3) balanced over 4 views, each dealt on its own, gave two
+    views of a third of the groups the same pair, the same prompt (and with shared noise the
+    same image); re-paired, no group repeats one and the quotas over views are as dealt."""
+    recipe = load_recipe(write_recipe({
+        "templates": ["a photo of a {age} {gender} {class}"],
+        "classes": [{"name": "doctor", "groups": 60}, {"name": "farmer", "groups": 30}],
+        "corner_cases": [],
+        "balance": [{"attribute": "gender", "slot": "gender", "values": {"woman": 1, "man": 1}},
+                    {"attribute": "age", "slot": "age",
+                     "values": {"young": 1, "middle-aged": 1, "elderly": 1}}],
+        "views": {"count": 4, "strategy": ["slots"], "slots": {"vary": ["gender", "age"]}}}))
+    plan = make_plan(recipe)
+    quotas = {}
+    for group in plan.groups:
+        prompts = [view.prompt for view in group.views]
+        assert len(set(prompts)) == 4, prompts
+        for view in group.views:
+            for attribute, value in view.balance.items():
+                key = (group.class_name, attribute, value)
+                quotas[key] = quotas.get(key, 0) + 1
+    assert quotas[("doctor", "gender", "woman")] == quotas[("doctor", "gender", "man")] == 120
+    assert sorted(quotas[("farmer", "age", age)] for age in ("young", "middle-aged", "elderly")) == [40, 40, 40]
+
+
 def test_slots_combine_with_own_noise_latent_and_modifiers():
     texts = [ViewText(prompt=f"a {c} dog", slots={"colour": c}, balance={})
              for c in ("red", "blue")]
