@@ -23,6 +23,11 @@ def check_output_file(path: Path, option: str, suffixes: Collection[str] | None 
                         "(it sets the image format)")
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        # The file is written beside and renamed over: a device or pipe (/dev/stdout, a FIFO)
+        # would be replaced by a plain file, which as root would remove /dev/null.
+        raise UserError(f"{option} {path}: is a device, pipe or socket, not a file; give the "
+                        "name of a file to write")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{option} {path}: the folder {parent} does not exist; create it first "

@@ -277,3 +277,15 @@ def test_overwrite_into_a_folder_that_is_no_dataset_keeps_the_users_files(tmp_pa
     assert (out / "audit" / "notes.txt").is_file(), "the user's audit/ folder was deleted"
     assert (out / "index.json").is_file(), "the user's index.json was deleted"
     assert (out / "manifest.json").is_file(), "the user's manifest.json was deleted"
+
+
+def test_an_output_file_that_is_a_pipe_is_refused_and_left_alone(tmp_path):
+    """Output files are written beside and renamed over; over a FIFO (or /dev/stdout, or as
+    root /dev/null) that replaced the device or pipe with a plain file."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text('name: pipe\nmodel: {id: builtin:tiny-random}\ntemplates: ["a {class}"]\n'
+                      "classes: [{name: dog, groups: 2}]\n")
+    fifo = tmp_path / "plan.jsonl"
+    os.mkfifo(fifo)
+    assert_user_error(invoke("plan", str(recipe), "--jsonl", str(fifo)), "not a file")
+    assert fifo.is_fifo()
