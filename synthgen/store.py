@@ -37,6 +37,10 @@ OBJECT_STORE_PROTOCOLS = ("s3", "s3a")
 IN_PROCESS_PROTOCOLS = ("memory",)
 # `.NAME.HOST-PID-RANDOM.tmp`: who wrote a temporary file, so only stale ones are removed.
 _TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]{16}\.tmp$")
+# The temporaries of the files a dataset holds (write.py names them), with or without a writer
+# tag: only these are ever removed as debris. A user's own `.notes.tmp` in --out is not one.
+DATASET_TEMPORARY = re.compile(
+    r"^\.(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
 # A temporary file lives for one write (seconds at most); one this old has no writer left.
 STALE_TEMPORARY_SECONDS = 15 * 60
 
@@ -250,7 +254,7 @@ class LocalStore:
         host = host_tag()
         removed = []
         for entry in self.root.iterdir():
-            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            if not DATASET_TEMPORARY.match(entry.name):
                 continue
             owner = _TEMPORARY_OWNER.match(entry.name)
             try:

@@ -34,6 +34,7 @@ import io
 import json
 import platform
 import re
+from contextvars import ContextVar
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -48,13 +49,13 @@ from synthgen.generate.identity import weights_digest
 from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import SHARD_FILE, layout_named, shard_name, stats_name, view_file
-from synthgen.store import DatasetStore, Location, open_store
+from synthgen.store import DATASET_TEMPORARY, DatasetStore, Location, open_store
 from synthgen.suppress import RejectSuppression
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
 DATASET_FORMAT = "synthgen-dataset/1"
-_OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|\..*\.tmp)$")
+_OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
 # removes it with the dataset it described.
@@ -306,7 +307,19 @@ def read_stats(location: Location, shard: int) -> dict | None:
             not isinstance(stats.get(field), kind) or isinstance(stats.get(field), bool)
             for field, kind in _STATS_FIELDS.items()):
         return None
+    # A flipped bit in the name would have the manifest list one shard twice and this one never.
+    if stats["name"] != shard_name(shard) or stats.get("shard", shard) != shard:
+        return None
     return stats
+
+
+def stats_fit_plan(stats: dict, plan: Plan, shard: int) -> bool:
+    """Whether a shard's stats count the groups and images the plan puts in it: its tar can
+    match the recorded size and sha256 while a flipped digit in `samples` would have the
+    manifest claim a group that is not there."""
+    groups = plan.shard_groups(shard)
+    return (stats["samples"] == len(groups)
+            and stats["images"] == sum(len(group.views) for group in groups))
 
 
 def read_recipe_record(store: DatasetStore, fix: str) -> dict | None:
@@ -411,7 +424,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     claimed = store.size(RECIPE_FILE) is not None
     if not claimed:
         foreign = [name for name in store.names()
-                   if _OWNED_FILE.match(name) and not name.endswith(".tmp")]
+                   if _OWNED_FILE.match(name)]
         if foreign:
             raise UserError(
                 f"--out {store.location}: holds {', '.join(foreign[:4])}"
@@ -419,15 +432,22 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 "not a synthgen dataset's, and this run would write over them; choose an empty "
                 "or new --out")
     if overwrite and claimed:
+        # This run's claim replaces the old one first: from then on a run still building the
+        # old dataset fails its claim check before it publishes (and cannot claim again), so
+        # no shard of it appears after the listing below.
+        store.write(RECIPE_FILE, _recipe_record(recipe, None))
+        _claimed(store, recipe)
         for name in store.names():
-            if _OWNED_FILE.match(name):
+            if name != RECIPE_FILE and (_OWNED_FILE.match(name) or DATASET_TEMPORARY.match(name)):
                 store.remove(name)
         _remove_own_card(store)
         store.remove_folder(AUDIT_FOLDER)
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}
-    if not store.publish_once(RECIPE_FILE, _recipe_record(recipe, None)):
+    if store.publish_once(RECIPE_FILE, _recipe_record(recipe, None)):
+        _claimed(store, recipe)
+    else:
         record = read_recipe_record(store, "pass --overwrite to delete that dataset and start "
                                            "over, or choose another --out") or {}
         if record.get("recipe_hash") != recipe.recipe_hash:
@@ -450,7 +470,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
     stats_by_shard = {}
     for shard in range(plan.shard_count):
         stats = done_shard_stats(store, shard, verify=shard in selected)
-        if stats is not None:
+        if stats is not None and stats_fit_plan(stats, plan, shard):
             stats_by_shard[shard] = stats
     if weights is not None:
         _refuse_other_weights(store, recipe, stats_by_shard, weights)
@@ -501,6 +521,18 @@ def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: d
             "pass --overwrite to delete that dataset and start over, or choose another --out")
 
 
+# (location, recipe hash) of the claims (recipe.json) the current run created
+# (`releasing_unused_claim` opens a run): a failed run gives back only a claim it made, never
+# one of another run building in the same place (a live slice, still loading its model).
+_run_claims: ContextVar[set[tuple[str, str]] | None] = ContextVar("synthgen_run_claims", default=None)
+
+
+def _claimed(store: DatasetStore, recipe: Recipe) -> None:
+    made = _run_claims.get()
+    if made is not None:
+        made.add((str(store.location), recipe.recipe_hash))
+
+
 def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     """Record `recipe` as the location's recipe unless one is recorded (it is then `recipe`:
     `prepare_output_dir` checked). Every publisher calls this, so a claim released by a
@@ -508,7 +540,8 @@ def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     store = open_store(location)
     # A look first: the claim is almost always there, and creating it writes a file.
     if store.size(RECIPE_FILE) is None:
-        store.publish_once(RECIPE_FILE, _recipe_record(recipe, weights_digest(recipe.model)))
+        if store.publish_once(RECIPE_FILE, _recipe_record(recipe, weights_digest(recipe.model))):
+            _claimed(store, recipe)
 
 
 def release_unused_claim(location: Location, recipe: Recipe) -> bool:
@@ -518,6 +551,8 @@ def release_unused_claim(location: Location, recipe: Recipe) -> bool:
     the location against the corrected recipe. Returns True if the claim was removed.
     """
     store = open_store(location)
+    if (str(store.location), recipe.recipe_hash) not in (_run_claims.get() or ()):
+        return False  # another run's claim (a live one, maybe still loading its model)
     try:
         record = store.read(RECIPE_FILE)
         if record is None or json.loads(record).get("recipe_hash") != recipe.recipe_hash:
@@ -534,11 +569,14 @@ def release_unused_claim(location: Location, recipe: Recipe) -> bool:
 def releasing_unused_claim(location: Location, recipe: Recipe):
     """On any failure inside the block, give the location back if nothing was built in it
     (`release_unused_claim`), so a corrected recipe is not refused as "different"."""
+    token = _run_claims.set(set())
     try:
         yield
     except BaseException:
         release_unused_claim(location, recipe)
         raise
+    finally:
+        _run_claims.reset(token)
 
 
 def finalize_dataset(location: Location) -> dict:
@@ -573,7 +611,8 @@ def finalize_dataset(location: Location) -> dict:
         stats = done_shard_stats(store, shard)
         if stats is None:
             unfinished.append(shard)
-        elif store.sha256(shard_name(shard)) != stats["sha256"]:
+        elif (store.sha256(shard_name(shard)) != stats["sha256"]
+              or not stats_fit_plan(stats, plan, shard)):
             damaged.append(shard)
     if unfinished or damaged:
         problems = []

@@ -32,6 +32,7 @@ from synthgen.write import (
     PublishResult,
     build_sample,
     claim_for_recipe,
+    done_shard_stats,
     encode_image,
     format_shard_ranges,
     missing_shards,
@@ -39,6 +40,7 @@ from synthgen.write import (
     publish_shard,
     sample_metadata,
     shard_done,
+    stats_fit_plan,
     write_manifest,
 )
 
@@ -189,6 +191,20 @@ def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summ
     finishes last writes it; `synthgen finalize DIR` does the same by hand.
     """
     summary.missing = missing_shards(out_dir, plan)
+    if not summary.missing and options.shards is not None:
+        # Other slices' shards were checked by size only; a manifest vouches for their bytes,
+        # so they are read against their sha256 first, as `synthgen finalize` reads them.
+        others = [shard for shard in range(plan.shard_count) if shard not in set(options.shards)]
+        damaged = [shard for shard in others
+                   if (stats := done_shard_stats(out_dir, shard, verify=True)) is None
+                   or not stats_fit_plan(stats, plan, shard)]
+        if damaged:
+            raise UserError(
+                f"--out {out_dir.location}: shards {format_shard_ranges(damaged)} of other slices "
+                "do not match the sha256 their stats files record (damaged since they were "
+                f"written), so no manifest was written; build them with synthgen generate RECIPE "
+                f"--out {out_dir.location} --shards {format_shard_ranges(damaged)}, then "
+                "synthgen finalize")
     if not summary.missing:
         manifest = write_manifest(out_dir, plan)
         summary.manifest_written = True
