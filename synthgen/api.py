@@ -250,6 +250,10 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
     from synthgen.store import parse_location
     from synthgen.write import format_shard_ranges
 
+    if batch_size is not None and batch_size != "auto" and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"--batch-size {batch_size!r}: views per pipeline call; give a whole "
+                        "number of at least 1, or 'auto' (the largest that fits the GPU)")
     if isinstance(out, str):
         out = parse_location(out)
     if isinstance(out, Path):

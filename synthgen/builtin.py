@@ -83,6 +83,8 @@ def check_model_reference(model_id: str, field: str, kind: str) -> None:
                 "and use DIR") from None
         return
     found = folder_kind(folder)
+    if found == kind == PIPELINE:
+        _check_pipeline_components(folder, model_id, field)
     if found != kind:
         marker, named = MODEL_KINDS[kind]
         missing = f"it has no {marker}" if named is None else f"its {marker} is not a {kind}'s"
@@ -93,6 +95,25 @@ def check_model_reference(model_id: str, field: str, kind: str) -> None:
             + (f"it holds a {found}" if found else missing)
             + f"); give a {kind}: " + "".join(f"{name}, " for name in offered)
             + "a folder saved with save_pretrained, or a hub id")
+
+
+def _check_pipeline_components(folder: Path, model_id: str, field: str) -> None:
+    """Refuse a pipeline folder whose model_index.json names a component it does not hold (a
+    download cut short): diffusers then builds an empty tokenizer from the root folder, and
+    generation died inside it (OverflowError) instead of at this line."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # loading says what is wrong with the index itself
+    if not isinstance(index, dict):
+        return
+    missing = [name for name, entry in index.items()
+               if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2
+               and entry[0] is not None and entry[1] is not None and not (folder / name).is_dir()]
+    if missing:
+        raise UserError(f"{field}: {model_id!r} lacks the folder{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(missing)}, which its model_index.json names (a download cut "
+                        "short?); download the model again, or save it whole with save_pretrained")
 
 
 def folder_kind(folder: Path) -> str | None:

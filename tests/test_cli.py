@@ -194,7 +194,13 @@ def test_a_model_folder_that_does_not_load_gets_a_message_about_the_folder(tmp_p
 
     broken = tmp_path / "model"
     broken.mkdir()
-    shutil.copy(Path(resolve_model_source("builtin:tiny-random")) / "model_index.json", broken)
+    index = Path(resolve_model_source("builtin:tiny-random")) / "model_index.json"
+    shutil.copy(index, broken)
+    with pytest.raises(UserError) as caught:  # none of the folders its index names
+        load_pipeline(ModelSpec(id=str(broken)), torch.device("cpu"), torch.float32)
+    assert "lacks the folders scheduler, text_encoder, tokenizer, unet, vae" in str(caught.value)
+    for name in ("scheduler", "text_encoder", "tokenizer", "unet", "vae"):
+        (broken / name).mkdir()  # the folders, empty: diffusers cannot load them
     with pytest.raises(UserError) as caught:
         load_pipeline(ModelSpec(id=str(broken)), torch.device("cpu"), torch.float32)
     message = str(caught.value)

@@ -180,8 +180,11 @@ def test_a_run_that_fails_before_its_first_shard_does_not_lock_the_directory(wri
 
     unloadable = tmp_path / "unloadable-model"
     unloadable.mkdir()
-    (unloadable / "model_index.json").write_bytes(
-        (Path(resolve_model_source("builtin:tiny-random")) / "model_index.json").read_bytes())
+    index = Path(resolve_model_source("builtin:tiny-random")) / "model_index.json"
+    (unloadable / "model_index.json").write_bytes(index.read_bytes())
+    for name, entry in json.loads(index.read_text()).items():  # its folders, empty
+        if not name.startswith("_") and isinstance(entry, list) and entry[0] is not None:
+            (unloadable / name).mkdir()
     broken = write_recipe({"model": {"id": str(unloadable)}}, name="broken.yaml")
     failed = generate(broken)
     assert failed.exit_code == 2 and f"{broken}: model.id: cannot load" in failed.output

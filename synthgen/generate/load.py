@@ -105,8 +105,10 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
                 source, revision=spec.revision, variant=spec.variant, torch_dtype=dtype,
                 use_safetensors=True, trust_remote_code=spec.trust_remote_code,
             )
-    except (OSError, ValueError, EnvironmentError, KeyError) as error:
-        # KeyError: a model_index.json without the keys diffusers reads (another tool's file).
+    except (OSError, ValueError, KeyError, AttributeError, ImportError, TypeError) as error:
+        # KeyError: a model_index.json without the keys diffusers reads (another tool's file);
+        # AttributeError, ImportError: a component class this diffusers lacks (saved by a newer
+        # one); TypeError: an index whose entries are not [library, class] pairs.
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         revision = f" at revision {spec.revision}" if spec.revision else ""
         if Path(source).is_dir():
@@ -119,6 +121,14 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
         raise UserError(f"model.id: cannot load {spec.id!r}{revision} ({first_line.rstrip('.')}); "
                         f"{fix}") from None
     if scheduler is not None:
+        compatible = {type(pipeline.scheduler), *pipeline.scheduler.compatibles}
+        if scheduler not in compatible:
+            # Swapped in anyway it failed at the first step (FlowMatchEulerDiscreteScheduler on
+            # an SD pipeline: no init_noise_sigma), with diffusers' traceback.
+            names = sorted(cls.__name__ for cls in compatible)
+            raise UserError(f"model.scheduler: {spec.scheduler!r} does not work with this "
+                            f"model's {type(pipeline.scheduler).__name__}; use one of "
+                            + ", ".join(names) + ", or leave model.scheduler out")
         pipeline.scheduler = scheduler.from_config(pipeline.scheduler.config)
     if spec.decoder is not None:
         pipeline.vae = _tiny_decoder(spec.decoder, dtype)

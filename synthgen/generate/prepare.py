@@ -120,7 +120,20 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
                       group_checker=build_group_checker(recipe, device))
     check_strategies(recipe, sampler)
     check_negative_prompts(recipe, sampler)
+    check_image_size(recipe, sampler)
     return sampler
+
+
+def check_image_size(recipe: Recipe, sampler: Sampler) -> None:
+    """The recipe's size fits what the pipeline draws (multiples of 8 are checked earlier;
+    some transformers need 16)."""
+    multiple = sampler.family.size_multiple()
+    for field in ("width", "height"):
+        size = getattr(recipe.model, field)
+        if size % multiple:
+            lower = size - size % multiple or multiple
+            raise UserError(f"model.{field} {size}: {type(sampler.pipeline).__name__} draws sizes "
+                            f"that are multiples of {multiple}; use {lower} or {lower + multiple}")
 
 
 def check_has_edits(recipe: Recipe) -> None:

@@ -13,7 +13,7 @@ inside `attention_sharing.share_layout`, so a call holds whole groups.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Callable
@@ -426,13 +426,16 @@ class Sampler:
             pipeline = self.pipeline
             arguments["generator"] = [torch.Generator("cpu").manual_seed(v.seed) for v in views]
         # 2. Denoise and decode on the device; views that hold a layout take their anchor's.
-        with self._layout_shared(pipeline, views, anchors, steps):
+        with self._layout_shared(pipeline, views, anchors, steps), \
+                _decoded_finiteness(pipeline) as decoded_finite:
             output = pipeline(
                 num_inference_steps=steps, guidance_scale=self.spec.guidance_scale,
                 height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
             ).images
         # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
         finite = torch.isfinite(output).flatten(1).all(dim=1)
+        if len(decoded_finite) == len(finite):  # the VAE's output, before clamping hides inf
+            finite &= decoded_finite.to(finite.device)
         pixels = (torch.nan_to_num(output, nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
         pixels[~finite] = 0  # a view with any non-finite value is stored black, not patched
         pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -516,3 +519,43 @@ class Sampler:
                                "views must be sampled in plan order") from None
         stacked = torch.stack(sources).permute(0, 3, 1, 2).float() / 255.0
         return stacked.to(self.model.device, self.model.dtype)
+
+
+class _Finiteness(list):
+    """Per decoded row, whether the VAE's output was finite (filled by `_decoded_finiteness`)."""
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self)
+
+    def to(self, device) -> torch.Tensor:
+        return torch.cat(list(self)).to(device)
+
+
+@contextmanager
+def _decoded_finiteness(pipeline):
+    """Records whether each row the pipeline's VAE decodes is finite: postprocessing clamps
+    to [0, 1], which turns inf into a plain white or black pixel the check after the call
+    cannot see (NaN survives it)."""
+    rows = _Finiteness()
+    vae = getattr(pipeline, "vae", None)
+    decode = getattr(vae, "decode", None)
+    if decode is None:
+        yield rows
+        return
+
+    def checked(*args, **kwargs):
+        result = decode(*args, **kwargs)
+        sample = result[0] if isinstance(result, tuple) else getattr(result, "sample", None)
+        if isinstance(sample, torch.Tensor):
+            rows.append(torch.isfinite(sample).flatten(1).all(dim=1).cpu())
+        return result
+
+    own = vae.__dict__.get("decode")  # a decode set on the instance (a hook) stays after
+    vae.decode = checked
+    try:
+        yield rows
+    finally:
+        if own is None:
+            del vae.decode  # the class's method again
+        else:
+            vae.decode = own

@@ -97,6 +97,11 @@ class ModelFamily:
         return {switch: False for switch in ("use_resolution_binning", "clean_caption")
                 if self.accepts(switch)}
 
+    def size_multiple(self) -> int:
+        """What the recipe's width and height must be a multiple of: the VAE's downsampling
+        (the denoiser takes latents of any size)."""
+        return int(getattr(self.pipeline, "vae_scale_factor", 8))
+
     # Starting latents, for a family that `draws_own_latents`.
 
     def latent_shape(self, spec: ModelSpec) -> tuple[int, ...]:

@@ -24,6 +24,11 @@ class FluxFamily(ModelFamily):
     def claims(cls, pipeline_class: type) -> bool:
         return pipeline_class.__name__ == "FluxPipeline"
 
+    def size_multiple(self) -> int:
+        # FluxPipeline packs 2 x 2 latents into one token; other sizes it rounds down with a
+        # log line, and the smaller picture was then scaled up to the recipe's size.
+        return super().size_multiple() * 2
+
     def prompt_arguments(self, views, spec) -> dict:
         positive = [self.embedding(v.prompt) for v in views]
         arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),

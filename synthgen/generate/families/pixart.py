@@ -23,6 +23,12 @@ class PixArtFamily(ModelFamily):
     def claims(cls, pipeline_class: type) -> bool:
         return pipeline_class.__name__ in PIPELINES
 
+    def size_multiple(self) -> int:
+        # The transformer reads the latents in patch x patch tiles: a 264 px side (33 latents)
+        # failed in the scheduler with a size mismatch.
+        patch = int(getattr(self.pipeline.transformer.config, "patch_size", 2) or 1)
+        return super().size_multiple() * patch
+
     def prompt_arguments(self, views, spec) -> dict:
         positive = [self.embedding(v.prompt) for v in views]
         arguments = {"prompt_embeds": torch.cat([p[0] for p in positive]),
