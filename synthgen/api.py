@@ -172,6 +172,16 @@ def naming_the_place(place):
         raise
 
 
+def _local_dataset(dataset: str | Path, command: str) -> Path:
+    """`dataset` as a local folder; a URL is a UserError (Path would fold s3:// to s3:/ and the
+    message would speak of a missing manifest)."""
+    if isinstance(dataset, str) and "://" in dataset:
+        raise UserError(f"{dataset}: synthgen {command} reads a dataset in a local folder; copy it "
+                        "down first (e.g. aws s3 sync URL DIR, or gsutil -m rsync -r URL DIR) and "
+                        "pass DIR")
+    return Path(dataset)
+
+
 def _loaded(recipe: RecipeSource) -> Recipe:
     from synthgen.recipe import load_recipe
 
@@ -344,7 +354,7 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
     from synthgen import inspection
     from synthgen.outputs import check_output_file, file_written_whole
 
-    dataset = Path(dataset)
+    dataset = _local_dataset(dataset, "inspect")
     contact_sheet = Path(contact_sheet) if contact_sheet is not None else None
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise UserError(f"--groups {groups!r}: the contact sheet shows the first N groups; give "
@@ -388,7 +398,7 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     from synthgen.audit.thresholds import parse_fail_on
     from synthgen.outputs import check_output_folder
 
-    dataset = Path(dataset)
+    dataset = _local_dataset(dataset, "audit")
     report_dir = Path(report) if report is not None else dataset / "audit"
     # Every option is checked before a model loads, and before the imports of torch and
     # transformers (seconds): a typo costs nothing.

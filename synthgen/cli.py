@@ -387,13 +387,13 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
 
 
 @main.command("inspect")
-@click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
 @click.option("--shard", type=int, help="List the samples of this shard.")
 @click.option("--contact-sheet", type=click.Path(path_type=Path, dir_okay=False),
               help="Write a PNG grid of the first groups (one row per group) here.")
 @click.option("--groups", default=8, show_default=True, type=click.IntRange(min=1),
               help="Rows of the contact sheet.")
-def inspect_command(dataset_dir: Path, shard: int | None, contact_sheet: Path | None,
+def inspect_command(dataset_dir: str, shard: int | None, contact_sheet: Path | None,
                     groups: int) -> None:
     """Show what a dataset holds; exits 1 when shards or samples are damaged (listed)."""
     from synthgen.inspection import view_prompt

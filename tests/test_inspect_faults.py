@@ -93,3 +93,16 @@ def test_a_view_whose_image_is_missing_is_not_counted(built, layout, tmp_path):
     assert any("lacks view1.png" in line for line in counts["damaged"])
     assert counts["groups"] == totals["samples"] - 1
     assert counts["images"] == totals["images"] - 3
+
+
+@pytest.mark.parametrize("command", ["inspect", "audit"])
+def test_inspect_and_audit_of_a_url_say_they_read_a_local_folder(command):
+    """`synthgen inspect s3://bucket/x` spoke of `s3:/bucket/x` (a path folded the URL) having
+    no manifest and told the user to rerun generate; they read local folders only."""
+    from click.testing import CliRunner
+
+    from synthgen.cli import main
+
+    result = CliRunner().invoke(main, [command, "s3://bucket/data"])
+    assert result.exit_code == 2, result.output
+    assert "s3://bucket/data: synthgen " + command + " reads a dataset in a local folder" in result.output

@@ -16,7 +16,7 @@ FAIL_EXIT = 1
 
 
 @click.command("audit")
-@click.argument("dataset_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
 @click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Report directory [default: DATASET_DIR/audit].")
 @click.option("--clip", help="CLIP to classify with: hub id, local folder or builtin:NAME "
@@ -47,7 +47,7 @@ FAIL_EXIT = 1
               help="Images per vision-tower call.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write embeddings.npz.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def audit(dataset_dir: Path, report_dir: Path | None, clip: str | None, attributes: tuple[str, ...],
+def audit(dataset_dir: str, report_dir: Path | None, clip: str | None, attributes: tuple[str, ...],
           templates: tuple[str, ...], recipe_file: Path | None, margin: float | None,
           fidelity_threshold: float | None, duplicate_threshold: float | None,
           fail_on: tuple[str, ...], device: str, dtype: str, batch_size: int, no_cache: bool,
