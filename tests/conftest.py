@@ -11,6 +11,19 @@ import yaml
 from small_recipe import SMALL_RECIPE, merge
 
 
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread is faster than fighting for two
+    (modules that want it: `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def write_recipe(tmp_path: Path):
     """Writes SMALL_RECIPE (with overrides) as YAML, or raw YAML text, and returns its path."""

@@ -24,12 +24,7 @@ TINY = {"model": {"id": "builtin:tiny-random", "steps": 1, "width": 32, "height"
         "corner_cases": [], "views": {"count": 2, "strategy": "seeds"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(tmp_path: Path, overrides: dict, name: str = "recipe.yaml") -> Path:

@@ -7,7 +7,6 @@ and the command line run through click's runner; nothing is generated.
 
 from __future__ import annotations
 
-import json
 import resource
 import subprocess
 import sys

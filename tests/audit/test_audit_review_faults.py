@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 
-import numpy as np
 import pytest
 import yaml
 from audit_fixtures import MeanColourEncoder, build_dataset
 from click.testing import CliRunner
 
 from synthgen.audit.run import AuditOptions, run_audit
-from synthgen.audit.spec import AttributeSpec, parse_attribute_option, spec_from_recipe
+from synthgen.audit.spec import parse_attribute_option, spec_from_recipe
 from synthgen.errors import UserError
 
 RECIPE = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 1, "blue": 1},

@@ -31,12 +31,7 @@ from synthgen.train.trainer import TrainOptions, train
 TINY = EncoderSpec(arch="resnet", width=4, blocks=(1,), resolution=8, projection_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_raw_tar(path: Path, samples: list[dict]) -> None:

@@ -10,10 +10,8 @@ Most tests build no model: shards hold stand-in image bytes (as engine_helpers.p
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 

@@ -1,12 +1,8 @@
 """Tiny models on a shared CPU: one intra-op thread is faster than fighting for two."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every training test on one thread (the root conftest's `one_thread`)."""
