@@ -15,7 +15,8 @@ from synthgen.generate.identity import weights_digest
 from synthgen.engines.local import GenerateOptions
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
-from synthgen.write import PublishResult, build_sample, publish_shard, sample_metadata
+from synthgen.write import (PublishResult, build_sample, finalize_dataset, prepare_output_dir,
+                            publish_shard, sample_metadata)
 
 QUIET = GenerateOptions(progress=False, device="cpu", batch_size=3)
 
@@ -44,6 +45,14 @@ def shard_samples(plan, shard: int) -> list[dict]:
     return [build_sample(group, [f"{group.group_id}/{v.view}".encode() for v in group.views],
                          sample_metadata(group, plan.recipe, model_info(plan)), "png")
             for group in plan.shard_groups(shard)]
+
+
+def finished_dataset(location, plan) -> None:
+    """`plan`'s dataset at `location`, every shard of stand-in bytes, finalized."""
+    prepare_output_dir(location, plan, overwrite=False)
+    for shard in range(plan.shard_count):
+        assert publish_shard(location, shard, shard_samples(plan, shard), model_info(plan)).published
+    finalize_dataset(location)
 
 
 def race_publishers(location, plan, shard: int, racers: int) -> list[PublishResult]:

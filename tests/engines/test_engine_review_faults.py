@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine_helpers import QUIET, model_info, shard_samples
+from engine_helpers import QUIET, finished_dataset, model_info, shard_samples
 from synthgen.engines import run_engine
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
@@ -38,13 +38,6 @@ def _balanced(values: dict):
     """Recipes with the same hash whose plans differ by the written order of `values`."""
     return _recipe(classes=[{"name": "dog", "templates": ["a {g} dog"], "groups": 5}],
                    balance=[{"attribute": "g", "values": values}])
-
-
-def _finished(out, plan) -> None:
-    prepare_output_dir(out, plan, overwrite=False)
-    for shard in range(plan.shard_count):
-        assert publish_shard(out, shard, shard_samples(plan, shard), model_info(plan)).published
-    finalize_dataset(out)
 
 
 # --- release_unused_claim removes a claim this run never made --------------------------------
@@ -111,7 +104,7 @@ def test_overwrite_keeps_the_users_dot_tmp_files(tmp_path):
     but `_OWNED_FILE` (write.py:57) counts every `.*.tmp` as synthgen's."""
     plan = make_plan(_recipe())
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     (out / ".my-edits.tmp").write_text("not synthgen's")
     prepare_output_dir(out, plan, overwrite=True)
     assert (out / ".my-edits.tmp").exists(), "--overwrite deleted a file that is not the dataset's"
@@ -129,7 +122,7 @@ def test_a_flipped_bit_in_a_stats_files_name_is_not_vouched_for(tmp_path):
     finalize)."""
     plan = make_plan(_recipe())
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     stats = out / "shard-000000.stats.json"
     data = stats.read_bytes()
     assert data.count(b'"shard-000000.tar"') == 1
@@ -151,7 +144,7 @@ def test_a_flipped_bit_in_a_stats_files_sample_count_is_not_vouched_for(tmp_path
     describe (or carry a digest of their own) before a manifest vouches for them."""
     plan = make_plan(_recipe())
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     stats = out / "shard-000000.stats.json"
     data = stats.read_bytes()
     assert data.count(b'"samples":2') == 1

@@ -18,12 +18,11 @@ import pytest
 import yaml
 
 from small_recipe import SMALL_RECIPE
+from engine_helpers import finished_dataset, model_info, shard_samples
 from synthgen.errors import UserError
-from synthgen.generate.identity import weights_digest
 from synthgen.plan import make_plan
 from synthgen.recipe import load_recipe
-from synthgen.write import (build_sample, finalize_dataset, prepare_output_dir, publish_shard,
-                            sample_metadata)
+from synthgen.write import (finalize_dataset, prepare_output_dir, publish_shard)
 
 
 @pytest.fixture
@@ -31,24 +30,6 @@ def plan(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(SMALL_RECIPE, sort_keys=False))
     return make_plan(load_recipe(path))
-
-
-def _model_info(plan) -> dict:
-    return {"device_type": "cpu", "weights": weights_digest(plan.recipe.model)}
-
-
-def _samples(plan, shard: int) -> list[dict]:
-    info = _model_info(plan)
-    return [build_sample(group, [f"{group.group_id}/{v.view}".encode() for v in group.views],
-                         sample_metadata(group, plan.recipe, info), "png")
-            for group in plan.shard_groups(shard)]
-
-
-def _finished(location, plan) -> None:
-    prepare_output_dir(location, plan, overwrite=False)
-    for shard in range(plan.shard_count):
-        assert publish_shard(location, shard, _samples(plan, shard), _model_info(plan)).published
-    finalize_dataset(location)
 
 
 # FsspecStore.remove_folder used to pass the path to fsspec's `rm`, which expands glob
@@ -128,7 +109,7 @@ def test_world_dataset_rerun_into_the_same_folder_leaves_no_stale_shards(tmp_pat
 # symlink, so the run failed with a raw OSError after deleting the dataset, every time.
 def test_overwrite_with_a_symlinked_audit_folder(plan, tmp_path):
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "report.json").write_text("{}")
@@ -143,7 +124,7 @@ def test_overwrite_with_a_symlinked_audit_folder(plan, tmp_path):
 # resume, in finalize and in missing_shards.
 def test_a_stats_file_with_a_flipped_key_is_rebuilt_not_a_traceback(plan, tmp_path):
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     stats = out / "shard-000001.stats.json"
     stats.write_bytes(stats.read_bytes().replace(b'"bytes"', b'"bytas"'))  # b ^ a: one bit
     with pytest.raises(UserError, match="shards 1"):
@@ -155,7 +136,7 @@ def test_a_stats_file_with_a_flipped_key_is_rebuilt_not_a_traceback(plan, tmp_pa
 # ... and a flipped byte in recipe.json was a UnicodeDecodeError traceback, not a UserError.
 def test_a_damaged_recipe_json_is_a_user_error(plan, tmp_path):
     out = tmp_path / "out"
-    _finished(out, plan)
+    finished_dataset(out, plan)
     record = out / "recipe.json"
     data = bytearray(record.read_bytes())
     data[0] ^= 0xFF
@@ -189,5 +170,5 @@ def test_a_recipe_record_damaged_while_a_run_builds_stops_the_publish_with_one_m
     (out / "recipe.json").write_bytes(damage)
     with pytest.raises(UserError, match=r"recipe\.json is damaged: .*shard-000000.tar was not "
                                         "published; pass --overwrite"):
-        publish_shard(out, 0, _samples(plan, 0), _model_info(plan))
+        publish_shard(out, 0, shard_samples(plan, 0), model_info(plan))
     assert not (out / "shard-000000.tar").exists()
