@@ -18,13 +18,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from synthgen.cli import main
+sys.path.insert(0, str(Path(__file__).parent / "engines"))
+from engine_helpers import finished_dataset  # noqa: E402
+
+from synthgen.cli import main  # noqa: E402
 from synthgen.errors import UserError
-from synthgen.generate.identity import weights_digest
 from synthgen.plan import make_plan
 from synthgen.recipe import parse_recipe
-from synthgen.write import (MANIFEST, build_sample, finalize_dataset, prepare_output_dir,
-                            publish_shard, sample_metadata)
+from synthgen.write import (MANIFEST, finalize_dataset)
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = """\
@@ -199,17 +200,9 @@ def test_a_boolean_where_a_count_goes_is_refused(tmp_path):
 # --- finalize -------------------------------------------------------------------------------
 
 def _finished_dataset(out: Path):
-    recipe = _recipe(classes=[{"name": "dog", "templates": ["a dog"], "groups": 4}],
-                     output={"groups_per_shard": 2, "format": "png"})
-    plan = make_plan(recipe)
-    prepare_output_dir(out, plan, overwrite=False)
-    info = {"device_type": "cpu", "weights": weights_digest(recipe.model)}
-    for shard in range(plan.shard_count):
-        samples = [build_sample(group, [b"x"] * len(group.views),
-                                sample_metadata(group, recipe, info), "png")
-                   for group in plan.shard_groups(shard)]
-        publish_shard(out, shard, samples, info)
-    finalize_dataset(out)
+    plan = make_plan(_recipe(classes=[{"name": "dog", "templates": ["a dog"], "groups": 4}],
+                             output={"groups_per_shard": 2, "format": "png"}))
+    finished_dataset(out, plan)
     assert (out / MANIFEST).exists()
     return plan
 
