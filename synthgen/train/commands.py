@@ -91,12 +91,12 @@ def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, b
               help="Labelled images to fit the classifier on: shards (k=1) or an ImageFolder tree.")
 @click.option("--test", "test_data", type=click.Path(path_type=Path), required=True,
               help="Labelled images to report top-1 on.")
-@click.option("--resolution", type=int, default=None,
+@click.option("--resolution", type=click.IntRange(min=1), default=None,
               help="Image size (default: the checkpoint's encoder resolution, else 32).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random-init encoder seed.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the results to this file.")
 def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution: int | None,
           weight_decay: float, seed: int, device: str, json_path: Path | None) -> None:
@@ -108,15 +108,20 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
     from synthgen.train.probe import random_encoder
     from synthgen.devices import choose_device
 
+    from synthgen.outputs import check_output_file, file_written_whole
+
+    if json_path is not None:
+        check_output_file(json_path, "--json")  # before the probes run, not after
     torch_device = str(choose_device(device))
     encoders = {}
-    spec = EncoderSpec(resolution=resolution or 32)
+    spec = EncoderSpec(resolution=resolution if resolution is not None else 32)
     if checkpoint is not None:
         encoders["checkpoint"], spec = load_encoder(checkpoint)
     encoders["random-init"] = random_encoder(spec, seed)
     results = {}
     for name, encoder in encoders.items():
-        result = run_probe(encoder, train_data, test_data, resolution or spec.resolution,
+        result = run_probe(encoder, train_data, test_data,
+                           resolution if resolution is not None else spec.resolution,
                            device=torch_device, weight_decay=weight_decay)
         results[name] = {"test_top1": result.test_top1, "train_top1": result.train_top1,
                          "train_samples": result.train_samples, "test_samples": result.test_samples,
@@ -128,13 +133,14 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
                    f"images ({result.classes} classes; train {100 * result.train_top1:.2f}%"
                    f"{left_out})")
     if json_path is not None:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        with file_written_whole(json_path) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
 
 
 @click.command("experiment")
 @click.option("--budget", "budget_name", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu",
               show_default=True, help="Sizes: smoke (tiny-random, seconds), cpu (2 cores, < 1 h), gpu.")
-@click.option("--work", type=click.Path(path_type=Path), default=Path("runs/experiment"),
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/experiment"),
               show_default=True, help="Where datasets, checkpoints and results go (reused).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--model", "model_id", default=None, help="Override the budget's generator model id.")
@@ -152,11 +158,20 @@ def experiment(budget_name: str, work: Path, device: str, model_id: str | None,
     budget = BUDGETS[budget_name]
     if model_id:
         budget = replace(budget, model_id=model_id)
-    if seeds:
+    if seeds is not None:
         try:
-            budget = replace(budget, seeds=tuple(int(s) for s in seeds.split(",")))
+            chosen = tuple(int(s) for s in seeds.split(","))
         except ValueError:
-            raise UserError(f"--seeds: {seeds!r} is not a comma-separated list of integers; "
-                            "pass e.g. 0,1,2") from None
-    run_experiment(budget, work, device, log=lambda line: click.echo(line),
-                   only=tuple(only.split(",")) if only else None)
+            chosen = ()
+        if not chosen or len(set(chosen)) != len(chosen):
+            # A repeat would count one run twice (std 0); "" would quietly mean the defaults.
+            raise UserError(f"--seeds: {seeds!r} is not a comma-separated list of distinct "
+                            "integers; pass e.g. 0,1,2") from None
+        budget = replace(budget, seeds=chosen)
+    names = None
+    if only is not None:
+        names = tuple(name.strip() for name in only.split(",") if name.strip())
+        if not names:  # "" used to run every condition (an hour on the cpu budget)
+            raise UserError(f"--conditions: {only!r} names no condition; pass e.g. "
+                            "real-simclr,random-init, or leave it out for all")
+    run_experiment(budget, work, device, log=lambda line: click.echo(line), only=names)

@@ -297,8 +297,13 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
         accuracies = []
         for seed in budget.seeds:
             config = train_config(budget, condition, paths[condition.data], seed)
-            # The config's hash in the name: a changed budget never reuses an old run.
-            config_hash = stable_seed(json.dumps(config.to_json(), sort_keys=True)) % 16 ** 8
+            # The config's hash in the name, with the recipe hash of its data (another --model
+            # regenerates a dataset at the same path): a changed budget never reuses an old run.
+            made_by = None if condition.data == "real" else {
+                "model": budget.model_id,
+                "recipe": (_json_or_none(paths[condition.data] / "manifest.json") or {}).get("recipe_hash")}
+            config_hash = stable_seed(json.dumps({**config.to_json(), "data_made_by": made_by},
+                                                 sort_keys=True)) % 16 ** 8
             run_dir = work / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
             done = run_dir / "probe.json"
             record = _json_or_none(done)

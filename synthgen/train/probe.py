@@ -97,6 +97,13 @@ def probe(encoder: nn.Module, train_data, test_data, resolution: int, device: st
     """Linear-probe `encoder` on labelled `train_data`, report on `test_data` (shards, split
     directories or ImageFolder trees; one image per sample, resized to `resolution`)."""
     classes = image_folder_classes(train_data)
+    if (classes is None) != (image_folder_classes(test_data) is None) and not (
+            isinstance(train_data, (list, tuple)) or isinstance(test_data, (list, tuple))):
+        # Shards label by the recipe's class order, a folder tree by its sorted folder names:
+        # the same images got other numbers, and the top-1 meant nothing.
+        raise UserError(f"--train {train_data} and --test {test_data}: one is shards, the other an "
+                        "ImageFolder tree, which number their classes differently; give both as "
+                        "shards or both as folder trees")
     train_images, train_labels = load_labelled(train_data, resolution, num_workers=num_workers,
                                                classes=classes)
     test_images, test_labels = load_labelled(test_data, resolution, num_workers=num_workers,

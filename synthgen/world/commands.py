@@ -24,7 +24,8 @@ def world() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
               show_default=True, help="Folder that receives world-clip/, world-sd/ and world-oracle/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole run.")
+@click.option("--seed", type=click.IntRange(0, 99), default=0, show_default=True,
+              help="Seed of the whole run (0-99: from 100 on the training scenes are the held-out ones).")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiplies step counts and data sizes; 0.02 is a quick smoke run.")
 @click.option("--models", default="clip,sd,oracle", show_default=True,
@@ -60,7 +61,8 @@ def train(out: Path, device: str, seed: int, scale: float, models: str, reuse_cl
 @click.option("--train", "train_count", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--test", "test_count", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--resolution", type=click.Choice(["32", "64"]), default="32", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Run seed of the training split.")
+@click.option("--seed", type=click.IntRange(0, 99), default=0, show_default=True,
+              help="Run seed of the training split (0-99).")
 def dataset(out: Path, train_count: int, test_count: int, resolution: str, seed: int) -> None:
     """Render labelled real scenes as WebDataset shards in OUT/train and OUT/test."""
     from synthgen.world.dataset import write_real_dataset
@@ -102,8 +104,11 @@ def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
     """Judge a recipe's erase and debias edits on world-sd with the oracle (docs/WORLD.md)."""
     import json
 
+    from synthgen.outputs import check_output_file, file_written_whole
     from synthgen.world.edits import debias_gates, erase_gates, measure_edits
 
+    if out is not None:
+        check_output_file(out, "--out")  # before minutes of measuring, not after
     result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message),
                            model_folder=model)
     gates = {**(erase_gates(result) if "erase" in result else {}),
@@ -112,5 +117,6 @@ def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
     for name, held in gates.items():
         click.echo(f"{'PASS' if held else 'FAIL'}  {name}")
     if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        with file_written_whole(out) as temporary:
+            temporary.write_text(json.dumps(result, indent=2) + "\n")
         click.echo(f"figures written to {out}")

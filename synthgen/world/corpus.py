@@ -20,6 +20,18 @@ TRAIN_SEEDS_PER_RUN = 10_000_000
 HELD_OUT_SEED_OFFSET = 1_000_000_000
 """Held-out scenes use seeds from here on; training runs with seed < 100 never reach it."""
 
+RUN_SEEDS = range(HELD_OUT_SEED_OFFSET // TRAIN_SEEDS_PER_RUN)
+
+
+def check_run_seed(seed, option: str = "seed") -> None:
+    """A UserError unless `seed` is a run seed (0-99): from 100 on a run's training scenes are
+    the held-out ones (seed 100 trained on the test split), and below 0 there are none."""
+    from synthgen.errors import UserError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in RUN_SEEDS:
+        raise UserError(f"{option}: {seed!r} is not a run seed; give 0 to {RUN_SEEDS[-1]} (seed 100 "
+                        "and above would draw the held-out scenes every evaluation uses)")
+
 # The world's default nuisance rates for the models: ~30% of objects striped so
 # "striped" is well represented in captions, a logo on 20% of images.
 STRIPED_PROB = 0.3

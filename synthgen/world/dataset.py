@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from synthgen.recipe import canonical_json
-from synthgen.world.corpus import HELD_OUT_SEED_OFFSET, LOGO_PROB, STRIPED_PROB, TRAIN_SEEDS_PER_RUN
+from synthgen.world.corpus import (HELD_OUT_SEED_OFFSET, LOGO_PROB, STRIPED_PROB, TRAIN_SEEDS_PER_RUN,
+                                   check_run_seed)
 from synthgen.world.render import render
 from synthgen.world.scene import SHAPES, caption, labels, sample_scene
 
@@ -59,6 +60,7 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
 
     if resolution not in (32, 64):
         raise ValueError(f"resolution must be 32 or 64, got {resolution}")
+    check_run_seed(run_seed)
     out_dir = Path(out_dir)
     first_seeds = {"train": run_seed * TRAIN_SEEDS_PER_RUN, "test": HELD_OUT_SEED_OFFSET}
     written = {}

@@ -187,7 +187,9 @@ def debias_gates(result: dict) -> dict[str, bool]:
     before, after = result["debias"]["before"], result["debias"]["after"]
     gates = {}
     for name in before:
-        gates[f"{name}: KL halved"] = after[name]["kl_to_wanted"] <= before[name]["kl_to_wanted"] / 2
+        kl_after = after[name]["kl_to_wanted"]  # inf <= inf / 2 would pass with nothing improved
+        gates[f"{name}: KL halved"] = (math.isfinite(kl_after)
+                                       and kl_after <= before[name]["kl_to_wanted"] / 2)
         gates[f"{name}: shape >= unedited - 2 points"] = (
             after[name]["shape_accuracy"] >= before[name]["shape_accuracy"] - 0.02)
     return gates

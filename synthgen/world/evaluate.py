@@ -20,6 +20,7 @@ Each folder gets ``metrics.json``; :func:`write_model_cards` turns
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -189,8 +190,16 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     if missing:
         raise UserError(f"models: {models_root} has no {', '.join(missing)}; give the folder that "
                         "`synthgen world train --out` wrote (it holds world-clip, world-sd and world-oracle)")
-    if not scale > 0:
-        raise UserError(f"scale: {scale} is not > 0; 1.0 gives the model cards' numbers, 0.01 is a smoke run")
+    if not (math.isfinite(scale) and scale > 0):
+        raise UserError(f"scale: {scale} is not a number > 0; 1.0 gives the model cards' numbers, "
+                        "0.01 is a smoke run")
+    empty = [folder for folder, marker in ((CLIP_FOLDER, "config.json"), (SD_FOLDER, "model_index.json"),
+                                           (ORACLE_FOLDER, "model.safetensors"))
+             if not (models_root / folder / marker).is_file()]
+    if empty:
+        raise UserError(f"models: {', '.join(empty)} in {models_root} hold{'s' if len(empty) == 1 else ''} "
+                        "no saved model (an interrupted training?); train them again with `synthgen "
+                        "world train --out` that folder, or give the folder that holds them")
     torch_device = choose_device(device)
     if torch_device.type == "cpu":
         torch.set_num_threads(2)

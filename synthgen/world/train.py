@@ -13,6 +13,7 @@ The command (world/commands.py) parses options and calls `train_world_models`.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, replace
@@ -30,7 +31,7 @@ from synthgen.world.clip import (
     save_world_clip,
     train_world_clip,
 )
-from synthgen.world.corpus import images_to_tensor, train_pool
+from synthgen.world.corpus import check_run_seed, images_to_tensor, train_pool
 from synthgen.world.captions import caption_phase_data
 from synthgen.world.diffusion import (
     CAPTION_PHASE,
@@ -183,6 +184,16 @@ _CONTINUES = {
 }
 
 
+def _check_out_folder(out_root: Path) -> None:
+    """Refuse an out folder that cannot be made before anything trains (under a file it
+    failed at the save, the training lost)."""
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"out: {out_root} cannot be a folder (it, or a folder above it, is a "
+                        "file); choose another --out") from None
+
+
 def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
                     evaluate: bool) -> tuple[str, ...]:
     """``models`` less "clip" with ``reuse_clip``, once they are known, can run together, and
@@ -191,6 +202,8 @@ def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise UserError(f"models: {unknown or 'none'}; choose from {', '.join(MODELS)}")
+    if "clip" in models and "clip-refine" in models:
+        raise UserError("models: clip already ends with the continued refinement; leave out clip-refine")
     if "sd" in models and "sd-detail" in models:
         raise UserError("models: sd already includes the detail phase; leave out sd-detail")
     if "sd-captions" in models and ({"sd", "sd-detail"} & set(models)):
@@ -204,10 +217,14 @@ def _checked_models(out_root: Path, models: tuple[str, ...], reuse_clip: bool,
     for model in models:
         if model in _CONTINUES and not (model == "sd" and "clip" in models):
             folder, marker, fix = _CONTINUES[model]
-            if not (out_root / folder / marker).is_file():
+            # training.json is written last: a world-sd without it was never finished (a killed
+            # run) or comes from elsewhere, and the phases that continue it read it.
+            needed = (marker, "training.json") if model in ("sd-detail", "sd-captions") else (marker,)
+            absent = [name for name in needed if not (out_root / folder / name).is_file()]
+            if absent:
                 raise UserError(f"models: {model} needs the {folder} in {out_root}, and there is none "
-                                f"({out_root / folder / marker} is missing); {fix}, or choose an out folder "
-                                f"that holds {folder}")
+                                f"({out_root / folder / absent[0]} is missing); {fix}, or choose an out "
+                                f"folder that holds {folder}")
     if evaluate:
         trained = {CLIP_FOLDER: "clip", SD_FOLDER: "sd", ORACLE_FOLDER: "oracle"}
         missing = [folder for folder, model in trained.items()
@@ -244,8 +261,11 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
 
     out_root = Path(out_root)
     models = _checked_models(out_root, models, reuse_clip, evaluate)
-    if not scale > 0:
-        raise UserError(f"scale: {scale} is not > 0; 1.0 trains the shipped models, 0.02 is a quick smoke run")
+    check_run_seed(seed)
+    if not (math.isfinite(scale) and scale > 0):
+        raise UserError(f"scale: {scale} is not a number > 0; 1.0 trains the shipped models, 0.02 is "
+                        "a quick smoke run")
+    _check_out_folder(out_root)
     if threads < 1:
         raise UserError(f"threads: {threads} is not >= 1")
     torch_device = choose_device(device)

@@ -66,7 +66,7 @@ def test_unknown_model_names_are_refused(tmp_path):
     (["--models", "sd,sd-captions"], "sd-captions continues a finished world-sd"),
     (["--models", "sd-captions", "--no-evaluate"], "sd-captions needs the world-sd in"),
     (["--models", "oracle"], "evaluation measures all three world models"),
-    (["--scale", "0"], "scale: 0.0 is not > 0"),
+    (["--scale", "0"], "scale: 0.0 is not a number > 0"),
 ])
 def test_world_train_refuses_mistakes_before_any_work(tmp_path, arguments, message):
     result = CliRunner().invoke(main, ["world", "train", "--out", str(tmp_path / "models"), *arguments])
