@@ -13,12 +13,21 @@ gathers those for the plan. Methods that act at generation time (`reject`, `eras
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from fractions import Fraction
 
 from synthgen.balance import Balance
 from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
 from synthgen.suppress import Suppression
 from synthgen.seeding import derive_seed
+
+
+# How plans are drawn. 2 (2026-12-03): balance quotas from exact fractions of the weights, and
+# views varying several attributes re-paired so that no two repeat a prompt (`plan._distinct_views`).
+# 1: before. A dataset recorded without a revision was planned as 1, and is resumed or finalized
+# only where its recipe plans the same under both (`write.check_plan_revision`).
+PLAN_REVISION = 2
+planning_revision: ContextVar[int] = ContextVar("synthgen_planning_revision", default=PLAN_REVISION)
 
 
 def largest_remainder_quotas(total: int, proportions: dict[str, float]) -> dict[str, int]:
@@ -29,7 +38,9 @@ def largest_remainder_quotas(total: int, proportions: dict[str, float]) -> dict[
     are exact fractions of the weights as written, so {a: 0.3, b: 0.1} and {a: 3, b: 1} give
     the same counts (in floats 0.3 / 0.4 * 34 is 25.499999999999996, and the tie went to b).
     """
-    weights = {value: Fraction(str(weight)) for value, weight in proportions.items()}
+    exact_shares = planning_revision.get() >= 2
+    weights = {value: Fraction(str(weight)) if exact_shares else weight
+               for value, weight in proportions.items()}
     weight_sum = sum(weights.values())
     exact = {value: total * weight / weight_sum for value, weight in weights.items()}
     counts = {value: int(share) for value, share in exact.items()}

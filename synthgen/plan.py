@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from synthgen.attributes import (
+    PLAN_REVISION,
     assign_balanced_values,
     assign_balanced_view_values,
     balance_applies,
     negative_prompt,
     plan_warnings,
+    planning_revision,
 )
 from synthgen.builtin import edit_record
 from synthgen.recipe import CLASS_SLOT, MAX_SLOT_NESTING, Recipe, ViewsSpec, slugify, template_slots
@@ -154,8 +156,17 @@ def _targets(recipe: Recipe) -> list[_Target]:
     return targets
 
 
-def make_plan(recipe: Recipe) -> Plan:
-    """Expand a recipe into groups; the same recipe always gives the same plan."""
+def make_plan(recipe: Recipe, revision: int = PLAN_REVISION) -> Plan:
+    """Expand a recipe into groups; the same recipe always gives the same plan. `revision`:
+    how plans were drawn (`attributes.PLAN_REVISION`; an older one for datasets it made)."""
+    token = planning_revision.set(revision)
+    try:
+        return _make_plan(recipe)
+    finally:
+        planning_revision.reset(token)
+
+
+def _make_plan(recipe: Recipe) -> Plan:
     negative = negative_prompt(recipe)
     unordered = []
     for target in _targets(recipe):
@@ -235,7 +246,7 @@ def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
             drawn[slot] = [_expand(value, target.slot_values, rng, 1)
                            for value in _draw_for_views(rng, target.slot_values[slot], count,
                                                         target.views.slots.distinct)]
-    if target.views.slots.distinct:
+    if target.views.slots.distinct and planning_revision.get() >= 2:
         drawn, view_balance = _distinct_views(drawn, view_balance)
     texts = []
     for view in range(count):

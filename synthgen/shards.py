@@ -172,7 +172,7 @@ def _group_of(views: list[tuple[dict, dict]]) -> dict:
     metadata = {key: value for key, value in first.items() if key != "view"}
     metadata["views"] = records
     group = {"__key__": first["group_id"], "json": json.dumps(metadata, sort_keys=True).encode()}
-    for key in ("__url__", "cls"):
+    for key in ("__url__", "__shard_draw__", "cls"):
         if key in first_sample:
             group[key] = first_sample[key]
     for (sample, _), record in zip(views, records, strict=True):

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from synthgen.version import __version__
+from synthgen.attributes import PLAN_REVISION
 from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_bytes, json_schema,
                            merge_schemas, wids_index)
 from synthgen.errors import UserError
@@ -460,6 +461,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"--out {store.location}: holds a dataset made from this recipe with its slot or "
                 "balance values in another order, which plans other groups; restore the order "
                 f"recorded in {RECIPE_FILE}, or pass --overwrite to start over")
+        check_plan_revision(store, record, plan)
     # None: a hub model not downloaded yet; publishers and `write_manifest` check the shards.
     weights = weights_digest(recipe.model)
     # 2. Debris of killed writers: only temporaries no live process will rename.
@@ -474,10 +476,13 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             stats_by_shard[shard] = stats
     if weights is not None:
         _refuse_other_weights(store, recipe, stats_by_shard, weights)
-        if record.get("weights") != weights:
+        if record.get("weights") != weights or record.get("plan_revision") != PLAN_REVISION:
             # Just claimed, or claimed under weights nothing was built with: publishers must
-            # match these.
+            # match these. (A record of an earlier plan revision whose plan is today's, or
+            # that nothing was built under, takes this one: `check_plan_revision` passed.)
             store.write(RECIPE_FILE, _recipe_record(recipe, weights))
+    elif record.get("plan_revision") != PLAN_REVISION:
+        store.write(RECIPE_FILE, _recipe_record(recipe, record.get("weights")))
     # 4. Unfinished or damaged shards of this run's own selection; no other run builds them.
     for shard in sorted(selected - stats_by_shard.keys()):
         store.remove(stats_name(shard))
@@ -605,29 +610,46 @@ def finalize_dataset(location: Location) -> dict:
                         f"not the recorded {str(record.get('recipe_hash'))[:12]} (written by "
                         "another synthgen version?); finalize with the version that generated it")
     plan = make_plan(recipe)
+    check_plan_revision(store, record, plan)
     # Every finished tar is read once against its recorded sha256: a manifest vouches for them.
-    unfinished, damaged = [], []
-    for shard in range(plan.shard_count):
+    problems = shard_problems(store, plan, range(plan.shard_count))
+    if problems:
+        _remove_finished_marks(store)  # a manifest from before must not vouch for them now
+        raise UserError(f"{store.location}: {describe_shard_problems(problems, plan.shard_count)}; "
+                        f"build them with synthgen generate RECIPE --out {store.location} --shards "
+                        f"{format_shard_ranges(sorted(s for shards in problems.values() for s in shards))}, "
+                        "then finalize again")
+    return write_manifest(store, plan)
+
+
+def shard_problems(location: Location, plan: Plan, shards) -> dict[str, list[int]]:
+    """What keeps `shards` out of a manifest, each tar read once against its sha256:
+    {"unfinished" | "sha256" | "counts": [shard, ...]}, only the kinds found."""
+    store = open_store(location)
+    problems: dict[str, list[int]] = {}
+    for shard in shards:
         stats = done_shard_stats(store, shard)
         if stats is None:
-            unfinished.append(shard)
-        elif (store.sha256(shard_name(shard)) != stats["sha256"]
-              or not stats_fit_plan(stats, plan, shard)):
-            damaged.append(shard)
-    if unfinished or damaged:
-        problems = []
-        if unfinished:
-            problems.append(f"{len(unfinished)} of {plan.shard_count} shards are not finished "
-                            f"(shards {format_shard_ranges(unfinished)})")
-        if damaged:
-            problems.append(f"shards {format_shard_ranges(damaged)} do not match the sha256 "
-                            "their stats file records (damaged since they were written)")
-        rebuild = format_shard_ranges(unfinished + damaged)
-        _remove_finished_marks(store)  # a manifest from before must not vouch for them now
-        raise UserError(f"{store.location}: {'; '.join(problems)}; build them with synthgen "
-                        f"generate RECIPE --out {store.location} --shards {rebuild}, then "
-                        "finalize again")
-    return write_manifest(store, plan)
+            kind = "unfinished"
+        elif store.sha256(shard_name(shard)) != stats["sha256"]:
+            kind = "sha256"
+        elif not stats_fit_plan(stats, plan, shard):
+            kind = "counts"
+        else:
+            continue
+        problems.setdefault(kind, []).append(shard)
+    return problems
+
+
+def describe_shard_problems(problems: dict[str, list[int]], total: int) -> str:
+    words = {"unfinished": lambda shards: f"{len(shards)} of {total} shards are not finished "
+                                          f"(shards {format_shard_ranges(shards)})",
+             "sha256": lambda shards: f"shards {format_shard_ranges(shards)} do not match the "
+                                      "sha256 their stats file records (damaged since written)",
+             "counts": lambda shards: f"the stats files of shards {format_shard_ranges(shards)} "
+                                      "count other groups or images than the plan puts there "
+                                      "(their stats damaged)"}
+    return "; ".join(words[kind](shards) for kind, shards in problems.items())
 
 
 # `recipe.json` holds the recipe's mappings in their written order (marked so): the recipe hash
@@ -640,8 +662,29 @@ def _recipe_record(recipe: Recipe, weights: str | None) -> bytes:
     """`recipe.json`: the recipe (mappings in written order), its hash, and the digest of its
     model's weights (None for a hub model not downloaded yet)."""
     return json.dumps({"recipe_hash": recipe.recipe_hash, "weights": weights,
-                       "order": RECIPE_ORDER, "recipe": recipe.model_dump(mode="json")},
+                       "order": RECIPE_ORDER, "plan_revision": PLAN_REVISION,
+                       "recipe": recipe.model_dump(mode="json")},
                       indent=2).encode() + b"\n"
+
+
+def check_plan_revision(store: DatasetStore, record: dict, plan: Plan) -> None:
+    """A UserError if the dataset was planned by an earlier revision of the planning
+    (`attributes.PLAN_REVISION`) that plans this recipe otherwise: resumed or finalized with
+    today's plan it would hold groups of two plans under one recipe hash."""
+    from synthgen.plan import make_plan
+
+    revision = record.get("plan_revision", 1)
+    if revision == PLAN_REVISION or not isinstance(revision, int):
+        return
+    if not any(SHARD_FILE.match(name) for name in store.names()):
+        return  # nothing built yet: the record is rewritten with this revision
+    earlier = make_plan(plan.recipe, revision=revision)
+    if [group.to_json() for group in earlier.groups] != [group.to_json() for group in plan.groups]:
+        raise UserError(
+            f"--out {store.location}: holds a dataset planned by an earlier synthgen (plan "
+            f"revision {revision}), which draws other groups for this recipe than this version "
+            f"(revision {PLAN_REVISION}); pass --overwrite to start it over, or finish it with "
+            "the synthgen that started it")
 
 
 def _written_order_differs(record: dict, recipe: Recipe) -> bool:

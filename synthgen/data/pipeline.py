@@ -185,7 +185,7 @@ def partitioned_shard_urls(urls: tuple[str, ...], rank: int, world_size: int, wo
 # stream would never end; that many draws in a row without a sample end it with a UserError.
 def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool],
                 give_up_after: int | None = None) -> Iterator[dict]:
-    barren = 0
+    barren = draws = 0
     for source in urls:
         errors: list[Exception] = []
 
@@ -194,8 +194,10 @@ def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool],
             return False  # webdataset would otherwise report a broken stream once per member
 
         read = 0
+        draws += 1
         for sample in wds.tarfile_samples([source], handler=end_shard):
             read += 1
+            sample[SHARD_DRAW] = draws  # which draw of a shard it came from (`group_samples`)
             yield sample
         barren = 0 if read else barren + 1
         if errors:
@@ -209,6 +211,11 @@ def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool],
             raise UserError(f"data: the last {barren} shards drawn (e.g. {source['url']}) held no "
                             "readable sample: the dataset's shards are missing or damaged (see the "
                             "warnings above); rebuild it with synthgen generate (it resumes)")
+
+
+# The key `tar_samples` numbers each shard it reads under (a resampled shard read again gets a
+# new number), carried to the group sample by `regrouped`.
+SHARD_DRAW = "__shard_draw__"
 
 
 # Stage: yields the same samples, mixed within a buffer of `buffer_size` (0 or 1: unchanged).
@@ -287,11 +294,22 @@ def decoded_view(sample: dict, name: str) -> Image.Image:
 def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augment: Callable,
                   seed: int, epoch: int,
                   handler: Callable[[Exception], bool] = wds.reraise_exception,
-                  views_known: bool = False) -> Iterator[GroupSample]:
+                  views_known: bool = False, give_up_after: int | None = None
+                  ) -> Iterator[GroupSample]:
     """`views_known`: the dataset records its groups' view count and `views` was checked
     against it, so a group with fewer views is damage (a view-layout shard cut between two
-    views of its last group), skipped; else the request itself is the mistake."""
+    views of its last group), skipped; else the request itself is the mistake.
+    `give_up_after`: that many shards in a row without a usable group end the stream with a
+    UserError (resampled shards whose every sample is damaged would be drawn for ever)."""
+    barren, draw, usable = 0, None, False
     for sample in samples:
+        if give_up_after is not None and sample.get(SHARD_DRAW) != draw:
+            barren = 0 if usable or draw is None else barren + 1
+            draw, usable = sample.get(SHARD_DRAW), False
+            if barren >= give_up_after:
+                raise UserError(f"data: the last {barren} shards drawn (e.g. {sample.get('__url__')}) held no "
+                                "readable group, only damaged samples (see the warnings above); "
+                                "pass a synthgen dataset, or rebuild this one with synthgen generate")
         group_id = sample["__key__"]
         try:
             metadata, files, class_index = checked_metadata(sample)
@@ -319,6 +337,7 @@ def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augm
             if handler(error):
                 continue
             return
+        usable = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stable_seed(seed, epoch, group_id, "augment"))
             crops = [augment(image) for image in images for _ in range(crops_per_view)]
@@ -386,7 +405,8 @@ class GroupViewDataset(wds.DataPipeline):
             samples = shuffled(samples, self.shuffle_buffer, rng)
         groups = group_samples(samples, self.views, self.crops_per_view, self.augment,
                                self.seed, self.epoch, self.handler,
-                               views_known=self.source.min_views is not None)
+                               views_known=self.source.min_views is not None,
+                               give_up_after=give_up)
         return batched(groups, self.batch_size, drop_last=self.mode == "train")
 
 

@@ -32,7 +32,7 @@ from synthgen.write import (
     PublishResult,
     build_sample,
     claim_for_recipe,
-    done_shard_stats,
+    describe_shard_problems,
     encode_image,
     format_shard_ranges,
     missing_shards,
@@ -40,7 +40,7 @@ from synthgen.write import (
     publish_shard,
     sample_metadata,
     shard_done,
-    stats_fit_plan,
+    shard_problems,
     write_manifest,
 )
 
@@ -195,14 +195,12 @@ def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summ
         # Other slices' shards were checked by size only; a manifest vouches for their bytes,
         # so they are read against their sha256 first, as `synthgen finalize` reads them.
         others = [shard for shard in range(plan.shard_count) if shard not in set(options.shards)]
-        damaged = [shard for shard in others
-                   if (stats := done_shard_stats(out_dir, shard, verify=True)) is None
-                   or not stats_fit_plan(stats, plan, shard)]
-        if damaged:
+        problems = shard_problems(out_dir, plan, others)
+        if problems:
+            damaged = sorted(shard for shards in problems.values() for shard in shards)
             raise UserError(
-                f"--out {out_dir.location}: shards {format_shard_ranges(damaged)} of other slices "
-                "do not match the sha256 their stats files record (damaged since they were "
-                f"written), so no manifest was written; build them with synthgen generate RECIPE "
+                f"--out {out_dir.location}: other slices' {describe_shard_problems(problems, plan.shard_count)}, "
+                f"so no manifest was written; build them with synthgen generate RECIPE "
                 f"--out {out_dir.location} --shards {format_shard_ranges(damaged)}, then "
                 "synthgen finalize")
     if not summary.missing:

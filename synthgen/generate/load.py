@@ -87,6 +87,7 @@ class LoadedModel:
 
 def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load the recipe's text-to-image pipeline onto `device`; failures become `UserError`s."""
+    import diffusers
     from diffusers import AutoPipelineForText2Image
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -122,6 +123,11 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
                         f"{fix}") from None
     if scheduler is not None:
         compatible = {type(pipeline.scheduler), *pipeline.scheduler.compatibles}
+        if "FlowMatch" not in type(pipeline.scheduler).__name__:
+            # Consistency samplers made for these (noise-predicting) pipelines, which diffusers'
+            # lists leave out (LCM-LoRA, TCD-LoRA).
+            compatible |= {getattr(diffusers, name) for name in ("LCMScheduler", "TCDScheduler")
+                           if hasattr(diffusers, name)}
         if scheduler not in compatible:
             # Swapped in anyway it failed at the first step (FlowMatchEulerDiscreteScheduler on
             # an SD pipeline: no init_noise_sigma), with diffusers' traceback.

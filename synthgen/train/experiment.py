@@ -302,8 +302,8 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
             made_by = None if condition.data == "real" else {
                 "model": budget.model_id,
                 "recipe": (_json_or_none(paths[condition.data] / "manifest.json") or {}).get("recipe_hash")}
-            config_hash = stable_seed(json.dumps({**config.to_json(), "data_made_by": made_by},
-                                                 sort_keys=True)) % 16 ** 8
+            keyed = config.to_json() if made_by is None else {**config.to_json(), "data_made_by": made_by}
+            config_hash = stable_seed(json.dumps(keyed, sort_keys=True)) % 16 ** 8
             run_dir = work / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
             done = run_dir / "probe.json"
             record = _json_or_none(done)

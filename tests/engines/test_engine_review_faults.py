@@ -181,7 +181,7 @@ def test_the_slice_that_finishes_last_does_not_vouch_for_another_slices_damaged_
     data[700] ^= 0x01  # inside the first member's bytes: same size
     tar.write_bytes(bytes(data))
     # Rank 1 builds its shard with the tiny model and, being last, writes the manifest.
-    with pytest.raises(UserError, match="shards 0 of other slices do not match"):
+    with pytest.raises(UserError, match="other slices. shards 0 do not match the sha256"):
         run_engine("local", plan, out, replace(QUIET, shards=(1,)))
     assert (out / "shard-000001.stats.json").exists(), "the slice's own shard is kept"
     assert not (out / "manifest.json").exists(), "manifest.json vouches for a damaged shard"
