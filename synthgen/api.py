@@ -264,6 +264,10 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise UserError(f"--batch-size {batch_size!r}: views per pipeline call; give a whole "
                         "number of at least 1, or 'auto' (the largest that fits the GPU)")
+    for option, value in (("--workers", workers), ("--encode-workers", encode_workers),
+                          ("--cpu-threads", cpu_threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{option} {value!r}: give a whole number of at least 1")
     if isinstance(out, str):
         out = parse_location(out)
     if isinstance(out, Path):

@@ -15,6 +15,7 @@ the dataset's is their union.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 import yaml
@@ -106,14 +107,23 @@ def tar_features(layout: str, image_format: str, max_views: int, sample_json: ob
     return fields
 
 
+def _code(text: str) -> str:
+    """A Markdown code span of `text`, fenced by more backticks than any run inside it."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    padding = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
 def dataset_card(manifest: dict, sample_json: object, tar_samples: int) -> str:
     """`README.md` for the dataset `manifest` describes (its recipe, shards and totals)."""
     recipe = manifest["recipe"]
     output = recipe["output"]
     layout = output.get("layout", "group")
-    counts = [recipe["views"]["count"]] + [
-        spec["views"]["count"] for spec in (recipe.get("classes") or []) + (recipe.get("corner_cases") or [])
-        if spec.get("views")]
+    # The view counts samples really have: a class's own views, else the recipe's (which no
+    # sample may use when every class and corner case has its own).
+    counts = [(spec.get("views") or recipe["views"])["count"]
+              for spec in (recipe.get("classes") or []) + (recipe.get("corner_cases") or [])
+              if spec.get("groups") != 0] or [recipe["views"]["count"]]
     header = {
         "configs": [{"config_name": "default",
                      "data_files": [{"split": "train", "path": [s["name"] for s in manifest["shards"]]}]}],
@@ -130,7 +140,7 @@ def dataset_card(manifest: dict, sample_json: object, tar_samples: int) -> str:
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", CARD_MARKER, "",
         f"# {recipe['name']}", "",
         f"A synthetic multi-view dataset made by synthgen from recipe `{recipe['name']}` "
-        f"(hash `{manifest['recipe_hash'][:12]}`) with model `{manifest['model'].get('id')}`: "
+        f"(hash `{manifest['recipe_hash'][:12]}`) with model {_code(recipe['model']['id'])}: "
         f"{totals['samples']} groups, {totals['images']} images in {totals['shards']} "
         f"WebDataset shards, layout `{layout}` ({unit}).", "",
         "`manifest.json` holds the full recipe, the plan summary and each shard's sha256; "

@@ -319,7 +319,11 @@ def generate(recipe: Path, out_dir: Path | str, batch_size: int | str | None, co
         encode_workers=encode_workers, engine=engine, workers=workers, gpus=gpus,
         address=address, shards=shard_ranges, rank=rank, world_size=world_size,
         cpu_threads=cpu_threads, progress=not quiet)
-    if result.shards_written == 0 and result.shards_skipped == result.shards_selected:
+    if result.shards_selected == 0:
+        # A rank beyond the shard count (a job array larger than the plan) has nothing to do.
+        click.echo(f"{out_dir}: this slice holds no shard (the plan has "
+                   f"{_count(result.shards_total, 'shard')}, fewer than the world size)")
+    elif result.shards_written == 0 and result.shards_skipped == result.shards_selected:
         which = "all" if result.shards is None else "this slice's"
         if result.shards_selected == 1:
             which = "its" if result.shards is None else "this slice's"

@@ -33,6 +33,12 @@ def parse_shard_ranges(text: str, shard_count: int) -> tuple[int, ...]:
         if not match:
             raise UserError(f"--shards {text!r}: {part!r} is not a shard or a range; write "
                             "shard indices and ranges separated by commas, e.g. --shards 0-99,120")
+        digits = [match[1]] + ([match[2]] if match[2] is not None else [])
+        if any(len(number.lstrip("0")) > len(str(shard_count)) for number in digits):
+            # Longer than any shard number (and past int()'s digit limit it would not parse).
+            raise UserError(f"--shards {text[:40]!r}{'...' if len(text) > 40 else ''}: {part[:20]!r} is "
+                            f"not in the plan, which has shards 0-{shard_count - 1}; pick shards "
+                            "in that range")
         first = int(match[1])
         last = int(match[2]) if match[2] is not None else first
         if last < first:
@@ -54,8 +60,18 @@ def rank_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int
     """(rank, world size, where from) set by torchrun (RANK, WORLD_SIZE) or a Slurm job array
     (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT, counted from SLURM_ARRAY_TASK_MIN), or None."""
     environ = os.environ if environ is None else environ
+    torchrun = None
     if "RANK" in environ and "WORLD_SIZE" in environ:
-        return _int(environ, "RANK"), _int(environ, "WORLD_SIZE"), "RANK/WORLD_SIZE"
+        torchrun = _int(environ, "RANK"), _int(environ, "WORLD_SIZE"), "RANK/WORLD_SIZE"
+    array = _array_task(environ)
+    if torchrun is not None and array is not None:
+        # torchrun inside each task of a job array: every task's ranks took the same shards.
+        (rank, size, _), (task, tasks, _) = torchrun, array
+        return task * size + rank, tasks * size, "SLURM_ARRAY_TASK_ID/COUNT x RANK/WORLD_SIZE"
+    return torchrun or array
+
+
+def _array_task(environ: Mapping[str, str]) -> tuple[int, int, str] | None:
     if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
         first = _int(environ, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in environ else 0
         # --array=0-6:2 runs tasks 0, 2, 4, 6: ranks 0 to 3.
@@ -97,7 +113,10 @@ def choose_slice(shard_count: int, shards: str | None = None, rank: int | None =
         if found is None:
             return Slice(None)
         rank, world_size, source = found
-    if world_size < 1 or not 0 <= rank < world_size:
+    if world_size < 1:
+        raise UserError(f"world size {world_size} (from {source}): there must be at least one "
+                        "rank; pass --world-size 1 or more")
+    if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} of world size {world_size} (from {source}): the rank must "
                         f"be 0 to {max(world_size, 1) - 1}; for a Slurm array, number its tasks "
                         "0 to N-1 (--array=0-N-1)")
