@@ -88,6 +88,11 @@ class ViewLayout:
 LAYOUTS = {layout.name: layout for layout in (GroupLayout(), ViewLayout())}
 
 
+# The key `data.pipeline.tar_samples` numbers each shard it reads under (a resampled shard read
+# again gets a new number); `regrouped` carries it to the group sample.
+SHARD_DRAW = "__shard_draw__"
+
+
 def layout_named(name: str) -> GroupLayout | ViewLayout:
     return LAYOUTS[name]
 
@@ -172,7 +177,7 @@ def _group_of(views: list[tuple[dict, dict]]) -> dict:
     metadata = {key: value for key, value in first.items() if key != "view"}
     metadata["views"] = records
     group = {"__key__": first["group_id"], "json": json.dumps(metadata, sort_keys=True).encode()}
-    for key in ("__url__", "__shard_draw__", "cls"):
+    for key in ("__url__", SHARD_DRAW, "cls"):
         if key in first_sample:
             group[key] = first_sample[key]
     for (sample, _), record in zip(views, records, strict=True):

@@ -476,13 +476,12 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             stats_by_shard[shard] = stats
     if weights is not None:
         _refuse_other_weights(store, recipe, stats_by_shard, weights)
-        if record.get("weights") != weights or record.get("plan_revision") != PLAN_REVISION:
-            # Just claimed, or claimed under weights nothing was built with: publishers must
-            # match these. (A record of an earlier plan revision whose plan is today's, or
-            # that nothing was built under, takes this one: `check_plan_revision` passed.)
-            store.write(RECIPE_FILE, _recipe_record(recipe, weights))
-    elif record.get("plan_revision") != PLAN_REVISION:
-        store.write(RECIPE_FILE, _recipe_record(recipe, record.get("weights")))
+    recorded = weights if weights is not None else record.get("weights")
+    if record.get("weights") != recorded or record.get("plan_revision") != PLAN_REVISION:
+        # Just claimed, or claimed under weights nothing was built with: publishers must match
+        # these. (A record of an earlier plan revision whose plan is today's, or that nothing
+        # was built under, takes this one: `check_plan_revision` passed.)
+        store.write(RECIPE_FILE, _recipe_record(recipe, recorded))
     # 4. Unfinished or damaged shards of this run's own selection; no other run builds them.
     for shard in sorted(selected - stats_by_shard.keys()):
         store.remove(stats_name(shard))

@@ -60,7 +60,7 @@ from PIL import Image
 from synthgen.data.augment import make_augmentation
 from synthgen.data.sources import ShardSource, resolve_shards, verified_source
 from synthgen.errors import UserError
-from synthgen.shards import regrouped
+from synthgen.shards import SHARD_DRAW, regrouped
 
 VIEW_FILE = re.compile(r"^view(\d+)\.(jpg|jpeg|png|webp)$")
 MODES = ("train", "eval")
@@ -211,11 +211,6 @@ def tar_samples(urls: Iterable[dict], handler: Callable[[Exception], bool],
             raise UserError(f"data: the last {barren} shards drawn (e.g. {source['url']}) held no "
                             "readable sample: the dataset's shards are missing or damaged (see the "
                             "warnings above); rebuild it with synthgen generate (it resumes)")
-
-
-# The key `tar_samples` numbers each shard it reads under (a resampled shard read again gets a
-# new number), carried to the group sample by `regrouped`.
-SHARD_DRAW = "__shard_draw__"
 
 
 # Stage: yields the same samples, mixed within a buffer of `buffer_size` (0 or 1: unchanged).

@@ -76,8 +76,8 @@ def _shard_record_ok(record) -> bool:
             and isinstance(record.get("sha256"), str))
 
 
-def _checked_manifest(path: Path) -> list[dict]:
-    """The manifest's shard entries, or a UserError: valid JSON of another shape (another
+def _checked_manifest(path: Path) -> tuple[dict, list[dict]]:
+    """The manifest and its shard entries, or a UserError: valid JSON of another shape (another
     tool's manifest.json, a hand-edited one) and shard names that are not synthgen's
     (`shard-NNNNNN.tar`, which also keeps the loader inside the dataset directory)."""
     manifest = _read_record(path)
@@ -92,15 +92,14 @@ def _checked_manifest(path: Path) -> list[dict]:
             raise UserError(f"data {path}: shard entry {name!r} is not a shard of this directory "
                             "(synthgen names them shard-NNNNNN.tar); rewrite the manifest with "
                             f"synthgen finalize {path.parent}")
-    return shards
+    return manifest, shards
 
 
 def _from_directory(directory: Path) -> ShardSource:
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
         # Only the manifest's shards: any other tar in the directory is not part of the dataset.
-        shards = _checked_manifest(manifest_path)
-        manifest = _read_record(manifest_path)
+        manifest, shards = _checked_manifest(manifest_path)
         samples = sum(shard["samples"] for shard in shards)
         return ShardSource(tuple(str(directory / shard["name"]) for shard in shards), samples,
                            _min_views_of_recipe(manifest.get("recipe") or {}),
