@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)  # "synthgen.api"
 
 # A recipe file, or a recipe already loaded (`synthgen.recipe.load_recipe`, `parse_recipe`).
 RecipeSource = Union[str, Path, "Recipe"]
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -301,9 +300,11 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
                               address=address, cpu_threads=cpu_threads)
     with naming_the_recipe_file(recipe), naming_the_place(out):
         summary = run_engine(engine_name(engine, workers), the_plan, out, options)
+    from synthgen.shards import MANIFEST
+
     manifest_path = None
     if summary.manifest_written:
-        manifest_path = out / MANIFEST_FILE if isinstance(out, Path) else f"{out}/{MANIFEST_FILE}"
+        manifest_path = out / MANIFEST if isinstance(out, Path) else f"{out}/{MANIFEST}"
     return GenerateResult(
         recipe=the_plan.recipe, out=out, shards_total=summary.shards_total,
         shards_selected=summary.shards_selected, shards_written=summary.shards_written,

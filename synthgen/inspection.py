@@ -9,7 +9,6 @@ line each in a `damaged` list instead of raising.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from synthgen.errors import UserError
-from synthgen.shards import regrouped
-from synthgen.write import MANIFEST
+from synthgen.shards import MANIFEST, regrouped
 
 
 def failed_concepts(view: dict) -> list[str]:
@@ -40,21 +38,15 @@ def view_prompt(view: dict) -> str:
 
 
 def load_manifest(dataset_dir: Path) -> dict:
-    """The dataset's manifest; a directory without one is not a finished dataset."""
+    """The dataset's manifest, checked as the loader checks it (`read_manifest`); a directory
+    without one is not a finished dataset."""
+    from synthgen.data.sources import read_manifest
+
     path = dataset_dir / MANIFEST
     if not path.is_file():
         raise UserError(f"{dataset_dir}: no {MANIFEST}, so this is not a finished synthgen dataset; "
                         "run (or rerun) synthgen generate RECIPE --out DIR first")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as error:
-        raise UserError(f"{path}: is not valid JSON ({error}); rewrite it with synthgen "
-                        f"finalize {dataset_dir}") from None
-    if not (isinstance(manifest, dict) and isinstance(manifest.get("shards"), list)
-            and all(isinstance(shard, dict) and isinstance(shard.get("name"), str)
-                    for shard in manifest["shards"])):
-        raise UserError(f"{path}: is not a synthgen manifest (no list of shards with names); "
-                        f"pass a synthgen dataset, or rewrite it with synthgen finalize {dataset_dir}")
+    manifest, _ = read_manifest(path, label="dataset")
     return manifest
 
 

@@ -1,7 +1,7 @@
 """Shard files: their names, and how one group becomes tar samples (the output layout).
 
 Every other module asks this one for a shard's file names (`shard_name`, `stats_name`,
-`SHARD_GLOB`) and for the tar members of a group; nothing else spells them.
+`SHARD_GLOB`) and the manifest's (`MANIFEST`) and for the tar members of a group; nothing else spells them.
 
 A *group sample* is what the engine builds and the readers consume: one dict per multi-view
 group, `{"__key__": group id, "json": metadata, "cls": class index, "view0.jpg": ..., ...}`,
@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 
+MANIFEST = "manifest.json"  # the finished dataset's list of shards (write.finalize_dataset)
 SHARD_GLOB = "shard-*.tar"
 SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
 _TAR_SUFFIX, _STATS_SUFFIX = ".tar", ".stats.json"

@@ -49,11 +49,10 @@ from synthgen.errors import UserError
 from synthgen.generate.identity import weights_digest
 from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
-from synthgen.shards import SHARD_FILE, layout_named, shard_name, stats_name, view_file
+from synthgen.shards import MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
 from synthgen.store import DATASET_TEMPORARY, DatasetStore, Location, open_store
 from synthgen.suppress import RejectSuppression
 
-MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.json"
 DATASET_FORMAT = "synthgen-dataset/1"
 _OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")

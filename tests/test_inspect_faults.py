@@ -106,3 +106,25 @@ def test_inspect_and_audit_of_a_url_say_they_read_a_local_folder(command):
     result = CliRunner().invoke(main, [command, "s3://bucket/data"])
     assert result.exit_code == 2, result.output
     assert "s3://bucket/data: synthgen " + command + " reads a dataset in a local folder" in result.output
+
+
+@pytest.mark.parametrize("entry", [{"name": "../elsewhere/shard-000000.tar"},
+                                   {"name": "shard-000000.tar", "samples": 2}])
+@pytest.mark.parametrize("command", ["inspect", "audit"])
+def test_inspect_and_audit_check_the_manifest_as_the_loader_does(built, tmp_path, command, entry):
+    """inspect and audit checked a manifest more loosely than the loader (any shard name,
+    no count or digest needed), so a shard entry pointing outside the dataset directory was
+    read there; one check (`sources.read_manifest`) now serves every reader."""
+    from click.testing import CliRunner
+
+    from synthgen.cli import main
+
+    dataset = tmp_path / "group"
+    shutil.copytree(built["group"], dataset)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["shards"][0] = entry
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, [command, str(dataset)])
+    assert result.exit_code == 2, result.output
+    assert "manifest.json" in result.output and "synthgen finalize" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -17,9 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.shards import SHARD_FILE, SHARD_GLOB, stats_name_of
-
-MANIFEST = "manifest.json"  # the same name synthgen.write uses; not imported to stay light
+from synthgen.shards import MANIFEST, SHARD_FILE, SHARD_GLOB, stats_name_of
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,11 @@ def _min_views_of_recipe(recipe: dict) -> int | None:
         return None
 
 
-def _read_record(path: Path) -> dict:
+def _read_record(path: Path, label: str = "data") -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError as error:
-        raise UserError(f"data {path}: is not valid JSON ({error}), so the dataset is damaged; "
+        raise UserError(f"{label} {path}: is not valid JSON ({error}), so the dataset is damaged; "
                         "rebuild it (synthgen finalize DIR rewrites manifest.json; synthgen "
                         "generate rebuilds a shard whose stats file is damaged)") from None
 
@@ -76,22 +74,24 @@ def _shard_record_ok(record) -> bool:
             and isinstance(record.get("sha256"), str))
 
 
-def _checked_manifest(path: Path) -> tuple[dict, list[dict]]:
-    """The manifest and its shard entries, or a UserError: valid JSON of another shape (another
-    tool's manifest.json, a hand-edited one) and shard names that are not synthgen's
-    (`shard-NNNNNN.tar`, which also keeps the loader inside the dataset directory)."""
-    manifest = _read_record(path)
+def read_manifest(path: Path, label: str = "data") -> tuple[dict, list[dict]]:
+    """The manifest at `path` and its shard entries, or a UserError starting with `label` (the
+    option or command that named the dataset): valid JSON of another shape (another tool's
+    manifest.json, a hand-edited one) and shard names that are not synthgen's
+    (`shard-NNNNNN.tar`, which also keeps readers inside the dataset directory). The one check
+    every reader of a manifest (loader, inspect, audit, edit) goes through."""
+    manifest = _read_record(path, label)
     shards = manifest.get("shards") if isinstance(manifest, dict) else None
     if not isinstance(shards, list) or not all(_shard_record_ok(shard) for shard in shards):
-        raise UserError(f"data {path}: is not a synthgen manifest (a list of shards, each with its "
-                        "name, samples and sha256); pass a synthgen dataset directory, or rewrite "
-                        f"it with synthgen finalize {path.parent}")
+        raise UserError(f"{label} {path}: is not a synthgen manifest (a list of shards, each with "
+                        "its name, samples and sha256); pass a synthgen dataset directory, or "
+                        f"rewrite it with synthgen finalize {path.parent}")
     for shard in shards:
         name = shard.get("name")
         if not (isinstance(name, str) and SHARD_FILE.match(name) and name.endswith(".tar")):
-            raise UserError(f"data {path}: shard entry {name!r} is not a shard of this directory "
-                            "(synthgen names them shard-NNNNNN.tar); rewrite the manifest with "
-                            f"synthgen finalize {path.parent}")
+            raise UserError(f"{label} {path}: shard entry {name!r} is not a shard of this "
+                            "directory (synthgen names them shard-NNNNNN.tar); rewrite the "
+                            f"manifest with synthgen finalize {path.parent}")
     return manifest, shards
 
 
@@ -99,7 +99,7 @@ def _from_directory(directory: Path) -> ShardSource:
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
         # Only the manifest's shards: any other tar in the directory is not part of the dataset.
-        manifest, shards = _checked_manifest(manifest_path)
+        manifest, shards = read_manifest(manifest_path)
         samples = sum(shard["samples"] for shard in shards)
         return ShardSource(tuple(str(directory / shard["name"]) for shard in shards), samples,
                            _min_views_of_recipe(manifest.get("recipe") or {}),

@@ -133,7 +133,7 @@ def test_integrity_missing_views_and_sha256_mismatch(tmp_path):
     dataset = build_dataset(tmp_path / "data", groups)
     manifest = json.loads((dataset / "manifest.json").read_text())
     manifest["shards"][1]["sha256"] = "0" * 64
-    manifest["shards"].append({"name": "shard-000099.tar", "sha256": "", "images": 0})
+    manifest["shards"].append({"name": "shard-000099.tar", "sha256": "", "samples": 0, "images": 0})
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     outcome = _audit(dataset)
     integrity = outcome.report["integrity"]
