@@ -133,7 +133,8 @@ def plan_warnings(recipe: Recipe) -> list[str]:
 
 
 def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
-    """A warning for each template, class name or corner-case prompt that names a concept the
+    """A warning for each template, class name, corner-case prompt, value of a slot the
+    templates fill or value a `balance` entry puts into prompts that names a concept the
     recipe suppresses (a phrase of it, split at commas, as whole words), saying what the
     entry's method does to such views (its `asked_for`)."""
     # (where, text) of the fixed words of every prompt.
@@ -144,6 +145,19 @@ def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
         sources += [(f"class {spec.name!r} template {t!r}", t) for t in spec.templates or ()]
     sources += [(f"corner case {case.name!r} prompt {case.prompt!r}", case.prompt)
                 for case in recipe.corner_cases]
+    # Values reach prompts too: a slot's through the templates that name it, a prompt
+    # balance entry's into an exact share of the groups.
+    filled = {slot for spec in recipe.classes for t in recipe.templates_for(spec) for slot in template_slots(t)}
+    for slot, values in recipe.slots.items():
+        if slot in filled:
+            sources += [(f"slot {slot!r} value {value!r}", value) for value in values]
+    for spec in recipe.classes:
+        used = {slot for t in recipe.templates_for(spec) for slot in template_slots(t)}
+        sources += [(f"class {spec.name!r} slot {slot!r} value {value!r}", value)
+                    for slot, values in (spec.slots or {}).items() if slot in used for value in values]
+    sources += [(f"balance[{index}] ({entry.attribute}) value {value!r}", value)
+                for index, entry in enumerate(recipe.balance) if entry.slot_name is not None
+                for value in entry.values]
     warnings = []
     for index, entry in enumerate(recipe.suppress):
         for where, text in sources:

@@ -496,16 +496,24 @@ def _names_background(recipe: Recipe, target: _Target, template: str) -> bool:
 
 
 def _erased_twice_warnings(recipe: Recipe) -> list[str]:
-    """A suppress entry that edits weights (`erase`) for a concept the model folder (made by
-    `synthgen edit`) had erased already."""
-    erased = {edit.get("concept", "").lower()
-              for edit in edit_record(recipe.model.id).get("edits", ())}
-    return [f"suppress[{index}]: {recipe.model.id} was made by synthgen edit with "
-            f"{entry.concept!r} already erased, and method {entry.method} would edit the weights "
-            "again; drop this entry (the folder has the edit), or set model.id to the base "
-            "model to erase once from there"
-            for index, entry in enumerate(recipe.suppress)
-            if entry.edits_weights and entry.concept.lower() in erased]
+    """A suppress or balance entry that edits weights (`erase`, `debias`) for a concept or
+    attribute the model folder (made by `synthgen edit`) has that edit of already."""
+    edits = edit_record(recipe.model.id).get("edits", ())
+    erased = {edit.get("concept", "").lower() for edit in edits if edit.get("method") != "debias"}
+    debiased = {edit.get("attribute", "").lower() for edit in edits if edit.get("method") == "debias"}
+    warnings = [f"suppress[{index}]: {recipe.model.id} was made by synthgen edit with "
+                f"{entry.concept!r} already erased, and method {entry.method} would edit the weights "
+                "again; drop this entry (the folder has the edit), or set model.id to the base "
+                "model to erase once from there"
+                for index, entry in enumerate(recipe.suppress)
+                if entry.edits_weights and entry.concept.lower() in erased]
+    warnings += [f"balance[{index}]: {recipe.model.id} was made by synthgen edit with "
+                 f"{entry.attribute!r} already debiased, and method {entry.method} would edit the "
+                 "weights again, on top of that edit; set model.id to the base model to debias once "
+                 "from there (the entry stays: the audit reads the proportions from it)"
+                 for index, entry in enumerate(recipe.balance)
+                 if entry.edits_weights and entry.attribute.lower() in debiased]
+    return warnings
 
 
 def _expand(value: str, slot_values: dict[str, dict[str, float]], rng: random.Random,

@@ -835,7 +835,6 @@ _FIXES = {
     "dict_type": "write a mapping of key: value lines",
     "model_type": "write a mapping of key: value lines",
     "model_attributes_type": "write a mapping of key: value lines",
-    "too_short": "give at least one entry",
     "finite_number": "write a finite number (.nan and .inf mean no setting)",
     "string_too_short": "give a non-empty value",
 }
@@ -868,6 +867,9 @@ def describe_problem(source: str, problem: dict) -> str:
         fix = f"use a value {word} {limit}"
     elif kind == "literal_error":
         fix = message.replace("Input should be", "use")
+    elif kind == "too_short":
+        least = problem["ctx"]["min_length"]
+        fix = f"give at least {least} {'entry' if least == 1 else 'entries'}"
     else:
         fix = _FIXES.get(kind, "")
     what = {"missing": "required field is missing",

@@ -46,7 +46,7 @@ from synthgen.attributes import PLAN_REVISION
 from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_bytes, json_schema,
                            merge_schemas, wids_index)
 from synthgen.errors import UserError
-from synthgen.generate.identity import weights_digest
+from synthgen.generate.identity import recipe_weights_digest
 from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
@@ -462,7 +462,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"recorded in {RECIPE_FILE}, or pass --overwrite to start over")
         check_plan_revision(store, record, plan)
     # None: a hub model not downloaded yet; publishers and `write_manifest` check the shards.
-    weights = weights_digest(recipe.model)
+    weights = recipe_weights_digest(recipe)
     # 2. Debris of killed writers: only temporaries no live process will rename.
     store.remove_stale_temporaries()
     # 3. The done shards, each stats file read once: the selection's by digest, as this run
@@ -543,7 +543,7 @@ def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     store = open_store(location)
     # A look first: the claim is almost always there, and creating it writes a file.
     if store.size(RECIPE_FILE) is None:
-        if store.publish_once(RECIPE_FILE, _recipe_record(recipe, weights_digest(recipe.model))):
+        if store.publish_once(RECIPE_FILE, _recipe_record(recipe, recipe_weights_digest(recipe))):
             _claimed(store, recipe)
 
 

@@ -48,6 +48,17 @@ class Balance(StrictModel):
                                      f"1 and 3 mean 25% and 75%); got {proportion}")
         return values
 
+    @field_validator("applies_to")
+    @classmethod
+    def _names_something(cls, applies_to: list[str] | None) -> list[str] | None:
+        # An empty list would balance no class in the plan, while "no list" means every class;
+        # readers that took [] for "every class" measured what the plan never set.
+        if applies_to is not None and not applies_to:
+            raise recipe_problem("balance", "applies_to is an empty list, which balances no "
+                                 "class; name the classes or corner cases to balance, or leave "
+                                 "applies_to out to balance all of them")
+        return applies_to
+
     @field_validator("inject")
     @classmethod
     def _inject_uses_prompt_and_value(cls, inject: str) -> str:

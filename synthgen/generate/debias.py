@@ -36,9 +36,9 @@ import torch
 
 from synthgen.attributes import balance_applies, largest_remainder_quotas
 from synthgen.generate.erase import (PRESERVE_WEIGHT, REGULARIZER, Encoded, Mapping, encode_all,
-                                     edit_text_paths, fill_templates, restore_text_weights,
-                                     text_weights, token_pairs)
-from synthgen.recipe import CLASS_SLOT, Recipe
+                                     edit_text_paths, fill_templates, injected_template,
+                                     restore_text_weights, text_weights, token_pairs)
+from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
 from synthgen.seeding import derive_seed
 
 
@@ -179,15 +179,24 @@ def _describe(ratios: dict[str, dict[str, float]]) -> str:
 
 def _recipe_prompts(recipe: Recipe, index: int, spec) -> tuple[str | None, list[str]]:
     """(class word, `prompts` of the class's or corner case's own prompts): its templates, slots
-    drawn uniformly, the values of prompt-balanced attributes too."""
+    drawn uniformly, the values of prompt-balanced attributes too, in their slot or injected
+    where a template has none, as the plan fills them (`plan._fill`)."""
     entry = recipe.balance[index]
-    balanced = {other.slot_name: list(other.values) for other in recipe.prompt_balance
-                if balance_applies(other, spec.name)}
+    applying = [other for other in recipe.prompt_balance if balance_applies(other, spec.name)]
+    balanced = {other.slot_name: list(other.values) for other in applying}
     if spec in recipe.classes:
         word, templates, own_slots = spec.name, recipe.templates_for(spec), spec.slots
     else:
         word, templates, own_slots = spec.label or spec.own_label, [spec.prompt], {}
-    prompts = fill_templates(templates, entry.prompts, derive_seed("debias", recipe.seed, index, spec.name),
+    filled_templates = []
+    for template in templates:
+        used = set(template_slots(template))
+        for other in applying:
+            if other.slot_name not in used:
+                template = injected_template(template, other.inject, other.slot_name)
+        filled_templates.append(template)
+    prompts = fill_templates(filled_templates, entry.prompts,
+                             derive_seed("debias", recipe.seed, index, spec.name),
                              {**recipe.slots, **own_slots, **balanced},
                              {CLASS_SLOT: word} if word else {})
     return word, prompts

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import string
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -330,8 +331,9 @@ def edit_text_paths(pipeline, mappings: Sequence[Mapping], preserved: Sequence[E
 
 
 def replace_concept(prompt: str, concept: str, target: str) -> str:
-    """`prompt` with `concept` (as whole words) replaced by `target`, whitespace collapsed."""
-    return " ".join(re.sub(rf"\b{re.escape(concept)}\b", target, prompt).split())
+    """`prompt` with `concept` (as whole words, as `attributes.concept_words` finds a concept:
+    `\\b` would not match after "C++") replaced by `target` as written, whitespace collapsed."""
+    return " ".join(re.sub(rf"(?<!\w){re.escape(concept)}(?!\w)", lambda _: target, prompt).split())
 
 
 @torch.no_grad()
@@ -364,17 +366,45 @@ def fill_templates(templates: Sequence[str], count: int, seed: int,
 
     `fixed` slots (the concept, a class name) take their given value. Values are drawn
     uniformly rather than by the recipe's weights: an edit must hold for rare values too.
+    `{{` and `}}` read as braces, in templates and slot values alike, as the plan reads them.
     Deterministic in `seed`; duplicates are dropped, order kept.
     """
     rng = random.Random(seed)
     prompts = []
     for index in range(count if templates else 0):
-        text = templates[index % len(templates)]
+        text = _literal_braces_kept(templates[index % len(templates)])
         while names := template_slots(text):  # slot values may name slots (the recipe forbids cycles)
-            text = text.format(**{name: fixed[name] if name in fixed else rng.choice(list(slots[name]))
-                                  for name in names})
+            text = _literal_braces_kept(text.format(**{
+                name: fixed[name] if name in fixed else rng.choice(list(slots[name])) for name in names}))
+        text = text.replace(_OPEN, "{").replace(_CLOSE, "}")
         prompts.append(" ".join(text.split()))
     return list(dict.fromkeys(prompts))
+
+
+# Stand-ins for literal braces while a text is formatted pass after pass: a second pass must
+# not read the "{brand}" that the first made of "{{brand}}" as a slot.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def _literal_braces_kept(text: str) -> str:
+    """`text` with its literal braces (written `{{`, `}}`) swapped for stand-ins, its slots kept."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(text):
+        parts.append(literal.replace("{", _OPEN).replace("}", _CLOSE))
+        if field is not None:
+            parts.append("{" + field + "}")
+    return "".join(parts)
+
+
+def injected_template(template: str, inject: str, slot: str) -> str:
+    """`template` with a balanced value it has no slot for added as the plan adds it (the
+    entry's `inject`, e.g. "{prompt}, {value}"), the value left as the slot `slot`."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(inject):
+        parts.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            parts.append(template if field == "prompt" else "{" + slot + "}")
+    return "".join(parts)
 
 
 def context_prompts(templates: Sequence[str], concept: str, count: int, seed: int,

@@ -10,6 +10,9 @@ under one name, so `write.py` refuses that, comparing these digests.
   `config.json` and safetensors). Model cards and hidden download metadata do not count.
 - A hub id: the commit of the snapshot in the local Hugging Face cache, which pins every
   file. None before the first download (nothing can have been made with it here yet).
+
+A recipe's CLIP detectors (reject's, debias's, `slots.check`'s) decide which draws a shard
+keeps or how the model is edited, so their weights count as well (`recipe_weights_digest`).
 """
 
 from __future__ import annotations
@@ -17,20 +20,42 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from synthgen.builtin import resolve_model_source
-from synthgen.recipe import ModelSpec
+from synthgen.recipe import ModelSpec, Recipe
 
 
-def weights_digest(spec: ModelSpec) -> str | None:
-    """The identity of the weights `spec` loads (pipeline, and decoder if any), or None when
-    a hub model is not in the local cache yet."""
+def weights_digest(spec: ModelSpec, detectors: Sequence[str] = ()) -> str | None:
+    """The identity of the weights `spec` loads (pipeline, and decoder if any) and of the
+    `detectors` (CLIP model ids) that shape what is kept, or None when a hub model is not in
+    the local cache yet."""
     parts = [_source_digest(resolve_model_source(spec.id), spec.revision)]
     if spec.decoder is not None:
         decoder = _source_digest(resolve_model_source(spec.decoder, "model.decoder"), None)
         parts.append(None if decoder is None else f"decoder {decoder}")
+    for detector in sorted(set(detectors)):
+        digest = _source_digest(resolve_model_source(detector, "detector"), None)
+        parts.append(None if digest is None else f"detector {detector} {digest}")
     return None if None in parts else " + ".join(parts)
+
+
+def recipe_detectors(recipe: Recipe) -> list[str]:
+    """The CLIP models a run of `recipe` loads besides its pipeline: each reject or debias
+    entry's `detector`, and the detector of every `slots.check` that reads what views hold."""
+    detectors = [entry.detector for entry in [*recipe.suppress, *recipe.balance]
+                 if getattr(entry, "detector", None)]
+    for spec in (recipe.views_for(entry) for entry in [*recipe.classes, *recipe.corner_cases]):
+        if spec.checks_groups and spec.slots.check.hold:
+            detectors.append(spec.slots.check.detector)
+    return detectors
+
+
+def recipe_weights_digest(recipe: Recipe) -> str | None:
+    """`weights_digest` of the recipe's model and detectors: what a dataset records, so that
+    one is never resumed or finished under other weights of any of them."""
+    return weights_digest(recipe.model, recipe_detectors(recipe))
 
 
 def _source_digest(source: str, revision: str | None) -> str | None:

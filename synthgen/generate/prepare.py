@@ -18,6 +18,7 @@ from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.families import family_of
 from synthgen.generate.group_check import GroupChecker
+from synthgen.generate.identity import recipe_weights_digest
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
@@ -115,6 +116,8 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     change the last float bits, so bytes are reproducible per setting, not across settings.
     """
     model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
+    # The shards record the weights of the detectors too (they decide which draws are kept).
+    model = replace(model, weights=recipe_weights_digest(recipe))
     sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
                       compile_model=compile_model, channels_last=channels_last,
                       group_checker=build_group_checker(recipe, device))
@@ -159,7 +162,10 @@ def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[d
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"--out {out_dir}: is not empty; choose a new folder for the edited model")
     dtype = choose_dtype(recipe.model.dtype, device, recipe.model)
-    model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
+    # Without model.decoder: the folder is the base model with the edit, its own VAE included
+    # (a preview decoder swapped in would be saved as the folder's VAE).
+    own_model = recipe.model.model_copy(update={"decoder": None})
+    model = apply_edits(recipe, load_pipeline(own_model, device, dtype), device)
     model.pipeline.save_pretrained(out_dir, safe_serialization=True)
     record = {"base_model": recipe.model.id, "revision": recipe.model.revision,
               "edits": list(model.edits)}
