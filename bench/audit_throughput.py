@@ -62,7 +62,12 @@ def build_dataset(out_dir: Path, images: int, size: int, views: int = 4, per_sha
     for shard, start in enumerate(range(0, len(samples), per_shard)):
         stats = write_shard(out_dir, shard, samples[start:start + per_shard], {}).to_json()
         shards.append({k: stats[k] for k in ("name", "samples", "images", "bytes", "sha256")})
-    (out_dir / MANIFEST).write_text(json.dumps({"recipe": {"name": "bench"}, "shards": shards}))
+    totals = {"shards": len(shards), "samples": len(samples),
+              **{key: sum(shard[key] for shard in shards) for key in ("images", "bytes")}}
+    (out_dir / MANIFEST).write_text(json.dumps({
+        "format": "synthgen-dataset/1", "recipe_hash": "0" * 64, "totals": totals,
+        "recipe": {"name": "bench", "model": {"id": "none (pictures made by this benchmark)"}},
+        "shards": shards}))
     return out_dir
 
 

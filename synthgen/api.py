@@ -366,7 +366,7 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
                         "a whole number of at least 1")
     if contact_sheet is not None:
         check_output_file(contact_sheet, "--contact-sheet", suffixes=IMAGE_SUFFIXES)
-    manifest = inspection.load_manifest(dataset)
+    manifest = inspection.load_manifest(dataset, summary=True)
     counts = inspection.count_groups(dataset)
     damaged = counts["damaged"]
     samples = () if shard is None else tuple(inspection.shard_samples(dataset, shard, damaged))

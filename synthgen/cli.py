@@ -167,7 +167,8 @@ def plan(recipe: Path, jsonl: Path | None, as_json: bool) -> None:
     else:
         click.echo(format_plan_summary(summary))
     if jsonl is not None:
-        click.echo(f"plan written to {jsonl} ({_count(summary['groups'], 'line')})")
+        # With --json, stdout is the JSON alone (a script parses it); the note goes to stderr.
+        click.echo(f"plan written to {jsonl} ({_count(summary['groups'], 'line')})", err=as_json)
 
 
 def format_plan_summary(summary: dict) -> str:

@@ -28,8 +28,11 @@ def tiny_random(out_dir: Path, family: str, seed: int) -> None:
     a CPU); `model.id: OUT_DIR` in a recipe loads it. The defaults write `builtin:tiny-random`'s
     weights."""
     from synthgen.generate.tiny_random import save_tiny_pipeline
+    from synthgen.outputs import check_output_folder, folder_written_whole
 
+    check_output_folder(out_dir, "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty; give a new folder (a model folder is written whole)")
-    save_tiny_pipeline(out_dir, family, seed)
+    with folder_written_whole(out_dir) as temporary:
+        save_tiny_pipeline(temporary, family, seed)
     click.echo(f"wrote a tiny random {family} pipeline (seed {seed}) to {out_dir}")

@@ -37,9 +37,10 @@ def view_prompt(view: dict) -> str:
     return prompt if isinstance(prompt, str) else "-"
 
 
-def load_manifest(dataset_dir: Path) -> dict:
+def load_manifest(dataset_dir: Path, summary: bool = False) -> dict:
     """The dataset's manifest, checked as the loader checks it (`read_manifest`); a directory
-    without one is not a finished dataset."""
+    without one is not a finished dataset. With `summary`, also the recipe and totals that
+    `synthgen inspect` prints (every manifest synthgen writes has them)."""
     from synthgen.data.sources import read_manifest
 
     path = dataset_dir / MANIFEST
@@ -47,6 +48,13 @@ def load_manifest(dataset_dir: Path) -> dict:
         raise UserError(f"{dataset_dir}: no {MANIFEST}, so this is not a finished synthgen dataset; "
                         "run (or rerun) synthgen generate RECIPE --out DIR first")
     manifest, _ = read_manifest(path, label="dataset")
+    recipe, totals = manifest.get("recipe"), manifest.get("totals")
+    if not isinstance(recipe, dict) or summary and not (
+            isinstance(recipe.get("name"), str) and isinstance(recipe.get("model"), dict)
+            and isinstance(manifest.get("recipe_hash"), str) and isinstance(totals, dict)
+            and all(isinstance(totals.get(key), int) for key in ("shards", "samples", "images", "bytes"))):
+        raise UserError(f"dataset {path}: lacks the recipe or totals synthgen records (its name, "
+                        f"model, hash and counts); rewrite it with synthgen finalize {dataset_dir}")
     return manifest
 
 

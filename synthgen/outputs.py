@@ -73,7 +73,11 @@ def file_written_whole(path: Path):
 @contextlib.contextmanager
 def folder_written_whole(folder: Path):
     """Yields an empty temporary folder beside `folder`; it becomes `folder` (which must not
-    exist, or be empty) only if the block succeeds, and is removed otherwise."""
+    exist, or be empty) only if the block succeeds, and is removed otherwise. A link to an
+    empty folder is written through: the folder it names is the one replaced (a rename onto
+    the link itself fails, and the temporary must be on the target's disk to be renamed)."""
+    if folder.is_symlink():
+        folder = folder.resolve()
     temporary = temporary_path(folder)
     temporary.mkdir(parents=True)
     try:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     ValidationError,
@@ -86,6 +87,21 @@ def _parse_slot_values(raw: Any) -> dict[str, float]:
 SlotValues = Annotated[dict[str, float], BeforeValidator(_parse_slot_values)]
 
 
+def _one_line(name: str) -> str:
+    # Names are printed in tables (plan, inspect) and drawn as captions (audit): a line break
+    # or other control character splits a row or cannot be drawn.
+    if not name.strip():
+        raise recipe_problem("name", "is blank; give a name")
+    if not name.isprintable():
+        raise recipe_problem("name", f"{name!r} holds a line break or another control "
+                             "character; write the name on one line")
+    return name
+
+
+# A class's or corner case's name or label: one printable line.
+OneLineName = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
+
+
 class ModelSpec(StrictModel):
     """Which diffusers text-to-image model runs, and how it samples."""
 
@@ -133,7 +149,7 @@ class ClassSpec(StrictModel):
     the recipe's views; without `prompt_mode` the recipe's.
     """
 
-    name: str = Field(min_length=1)
+    name: OneLineName
     templates: list[str] | None = Field(None, min_length=1)
     slots: dict[str, SlotValues] = {}
     groups: int = Field(ge=0)
@@ -149,10 +165,10 @@ class CornerCaseSpec(StrictModel):
     class of its own (`own_label`, indexed after the recipe's classes), or none.
     """
 
-    name: str = Field(min_length=1)
+    name: OneLineName
     prompt: str = Field(min_length=1)
-    label: str | None = None
-    own_label: str | None = None
+    label: OneLineName | None = None
+    own_label: OneLineName | None = None
     groups: int | None = Field(None, ge=0)
     # Bounded so that the group count (weight x all class groups, oversample x the label's)
     # stays a number: 1,000 is already far past any sensible corner case.
@@ -789,8 +805,14 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise UserError(f"{where}: not valid YAML ({error.problem}); fix the syntax there "
                         "(indentation, a missing ':', or a value with ':' that needs quotes)") from None
+    except yaml.reader.ReaderError as error:
+        # A character YAML does not allow (a NUL after every letter: UTF-16 saved without
+        # its byte-order mark), reported at a character position, not a line.
+        raise UserError(f"{source}: holds {error.character!r} at character {error.position}, "
+                        "which YAML does not allow (a recipe saved as UTF-16 has a NUL after every "
+                        "letter); save it as UTF-8 text") from None
     except yaml.YAMLError as error:
-        raise UserError(f"{source}: not valid YAML ({error})") from None
+        raise UserError(f"{source}: not valid YAML ({' '.join(str(error).split())})") from None
     except RecursionError:
         raise UserError(f"{source}: the YAML is nested more than {_MAX_NESTING} levels deep; a "
                         "recipe nests about 6") from None

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 MANIFEST = "manifest.json"  # the finished dataset's list of shards (write.finalize_dataset)
+DATASET_FORMAT = "synthgen-dataset/1"  # its "format"
 SHARD_GLOB = "shard-*.tar"
 SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
 _TAR_SUFFIX, _STATS_SUFFIX = ".tar", ".stats.json"

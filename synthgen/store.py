@@ -93,6 +93,9 @@ def parse_location(text: str | os.PathLike,
                    ) -> Path | str:
     """`--out` as given -> a local path (`file://` URLs too), or a URL of one of `protocols`;
     any other URL is a `UserError` that says what to do instead."""
+    if not str(text).strip():
+        # Path("") is the current folder: `--out "$OUT"` with OUT unset would write there.
+        raise UserError("--out is empty; name the dataset's folder (or URL), e.g. --out out/my-dataset")
     if not is_url(text):
         return Path(text)
     protocol, rest = text.split("://", 1)

@@ -49,17 +49,18 @@ from synthgen.errors import UserError
 from synthgen.generate.identity import recipe_weights_digest
 from synthgen.plan import GroupPlan, Plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
-from synthgen.shards import MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
+from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
 from synthgen.store import DATASET_TEMPORARY, DatasetStore, Location, open_store
 from synthgen.suppress import RejectSuppression
 
 RECIPE_FILE = "recipe.json"
-DATASET_FORMAT = "synthgen-dataset/1"
 _OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
-# removes it with the dataset it described.
+# removes it with the dataset it described, when it holds an audit's report.json (a folder
+# of that name holding only the user's own files is theirs).
 AUDIT_FOLDER = "audit"
+AUDIT_REPORT = "report.json"
 
 
 def encode_image(pixels: np.ndarray, recipe: Recipe) -> bytes:
@@ -441,7 +442,8 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             if name != RECIPE_FILE and (_OWNED_FILE.match(name) or DATASET_TEMPORARY.match(name)):
                 store.remove(name)
         _remove_own_card(store)
-        store.remove_folder(AUDIT_FOLDER)
+        if store.size(f"{AUDIT_FOLDER}/{AUDIT_REPORT}") is not None:
+            store.remove_folder(AUDIT_FOLDER)
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}

@@ -232,7 +232,7 @@ def test_audit_template_option_with_malformed_braces_is_a_user_error(tmp_path):
     # audit/spec.py _attribute: string.Formatter().parse raises ValueError, before any model.
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    (dataset / "manifest.json").write_text(json.dumps({"recipe": {"name": "x"}, "shards": []}))
+    (dataset / "manifest.json").write_text(json.dumps({"format": "synthgen-dataset/1", "recipe": {"name": "x"}, "shards": []}))
     result = invoke("audit", dataset, "--attribute", "colour=red,green",
                     "--template", "colour=a {value", "--report", tmp_path / "report")
     assert_user_error(result, "command-line templates", "template 'a {value' is malformed")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.shards import MANIFEST, SHARD_FILE, SHARD_GLOB, stats_name_of
+from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, SHARD_GLOB, stats_name_of
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,14 @@ def read_manifest(path: Path, label: str = "data") -> tuple[dict, list[dict]]:
     (`shard-NNNNNN.tar`, which also keeps readers inside the dataset directory). The one check
     every reader of a manifest (loader, inspect, audit, edit) goes through."""
     manifest = _read_record(path, label)
-    shards = manifest.get("shards") if isinstance(manifest, dict) else None
-    if not isinstance(shards, list) or not all(_shard_record_ok(shard) for shard in shards):
-        raise UserError(f"{label} {path}: is not a synthgen manifest (a list of shards, each with "
-                        "its name, samples and sha256); pass a synthgen dataset directory, or "
-                        f"rewrite it with synthgen finalize {path.parent}")
+    if not isinstance(manifest, dict):
+        manifest = {}
+    shards = manifest.get("shards")
+    if manifest.get("format") != DATASET_FORMAT or not isinstance(shards, list) \
+            or not all(_shard_record_ok(shard) for shard in shards):
+        raise UserError(f"{label} {path}: is not a synthgen manifest (format {DATASET_FORMAT}, a "
+                        "list of shards, each with its name, samples and sha256); pass a synthgen "
+                        f"dataset directory, or rewrite it with synthgen finalize {path.parent}")
     for shard in shards:
         name = shard.get("name")
         if not (isinstance(name, str) and SHARD_FILE.match(name) and name.endswith(".tar")):

@@ -164,6 +164,9 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     if cpu_threads is not None:
         _check_number("threads", cpu_threads, minimum=1, whole=True)
     out_dir = Path(out_dir)
+    from synthgen.outputs import check_output_folder
+
+    check_output_folder(out_dir, "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / LAST
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from synthgen.errors import UserError
 from synthgen.recipe import canonical_json
 from synthgen.world.corpus import (HELD_OUT_SEED_OFFSET, LOGO_PROB, STRIPED_PROB, TRAIN_SEEDS_PER_RUN,
                                    check_run_seed)
@@ -55,13 +56,22 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
     the same arguments give byte-identical shards. Shards already in a split's
     folder are removed first.
     """
-    from synthgen.shards import SHARD_FILE
-    from synthgen.write import write_shard
+    from synthgen.outputs import check_output_folder
+    from synthgen.shards import MANIFEST, SHARD_FILE
+    from synthgen.write import RECIPE_FILE, write_shard
 
     if resolution not in (32, 64):
         raise ValueError(f"resolution must be 32 or 64, got {resolution}")
     check_run_seed(run_seed)
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, "--out")
+    for split in ("train", "test"):
+        # The splits hold shards only (no recipe.json or manifest.json): a folder with either
+        # is a dataset synthgen generate made, whose shards the rerun below would delete.
+        owned = [name for name in (RECIPE_FILE, MANIFEST) if (out_dir / split / name).exists()]
+        if owned:
+            raise UserError(f"--out {out_dir}: {out_dir / split} holds {owned[0]}, a dataset made by "
+                            "synthgen generate, whose shards this would replace; choose another --out")
     first_seeds = {"train": run_seed * TRAIN_SEEDS_PER_RUN, "test": HELD_OUT_SEED_OFFSET}
     written = {}
     for split, count in (("train", train), ("test", test)):
