@@ -367,7 +367,8 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
     """Everything valid that will not do what the recipe seems to want (printed by validate,
     plan and generate): `attributes.plan_warnings`, enumerations with more combinations than
     groups, a concept erased twice, and prompts outside what builtin:world-sd learnt."""
-    warnings = plan_warnings(recipe) + _erased_twice_warnings(recipe) + _img2img_warnings(recipe)
+    warnings = (plan_warnings(recipe) + _erased_twice_warnings(recipe) + _img2img_warnings(recipe)
+                + _held_layout_warnings(recipe))
     if recipe.model.id == WORLD_SD:
         warnings += _world_sd_warnings(recipe)
     for target in _targets(recipe):
@@ -408,18 +409,34 @@ def _img2img_warnings(recipe: Recipe) -> list[str]:
     """img2img runs int(steps x strength) of the steps (diffusers), so the strength used is
     that count / steps: a strength between two counts is rounded down (0.9 at 2 steps is 0.5)."""
     warnings = []
-    specs = [recipe.views] + [spec.views for spec in [*recipe.classes, *recipe.corner_cases]
-                              if spec.views is not None]
-    for views in specs:
+    for where, views in recipe.views_blocks():
         if "img2img" not in views.strategy:
             continue
         strength = views.img2img.strength
         steps, used = img2img_steps(recipe.model.steps, strength)  # as the sampler asks
         if abs(used - strength) > 1e-9:
-            warnings.append(f"views.img2img.strength {strength:g} at {steps} steps re-noises by "
+            warnings.append(f"{where}.img2img.strength {strength:g} at {steps} steps re-noises by "
                             f"{used:g} (img2img runs int(steps x strength) steps); choose a "
                             f"strength that is a multiple of 1/{steps}, or more steps")
     return list(dict.fromkeys(warnings))
+
+
+def _held_layout_warnings(recipe: Recipe) -> list[str]:
+    """`hold_layout` shares view 0's maps and features for the first int(fraction x steps)
+    steps (`LayoutSharing.shared_steps`): at few steps that can be none, and the views are
+    then plain shared-noise views."""
+    warnings = []
+    for where, views in recipe.views_blocks():
+        if not views.holds_layout:
+            continue
+        # As LayoutSharing.shared_steps counts them (not imported: it would load torch here).
+        steps = recipe.model.steps
+        if not any(int(fraction * steps) for fraction in views.slots.layout_sharing.values()):
+            warnings.append(f"{where}.slots.hold_layout: at model.steps {recipe.model.steps} no "
+                            "step is shared (each part shares int(fraction x steps) of them), so "
+                            "views hold nothing of view 0's layout; use more steps, or a larger "
+                            "fraction (hold_layout: 1.0), or drop hold_layout")
+    return warnings
 
 
 def _world_sd_warnings(recipe: Recipe) -> list[str]:

@@ -531,6 +531,16 @@ class Recipe(StrictModel):
         """A class's or corner case's own views, else the recipe's."""
         return spec.views if spec.views is not None else self.views
 
+    def views_blocks(self) -> list[tuple[str, ViewsSpec]]:
+        """(field path, block) of every `views` block some group uses: the recipe's, where a
+        class or corner case has none of its own, and each own one (`classes[1].views`)."""
+        blocks = [(f"{kind}[{index}].views", spec.views)
+                  for kind, specs in (("classes", self.classes), ("corner_cases", self.corner_cases))
+                  for index, spec in enumerate(specs) if spec.views is not None]
+        if any(spec.views is None for spec in [*self.classes, *self.corner_cases]):
+            blocks.insert(0, ("views", self.views))
+        return blocks
+
     def templates_for(self, spec: ClassSpec) -> list[str]:
         """A class's own templates, else the recipe's shared ones."""
         return spec.templates if spec.templates is not None else self.templates

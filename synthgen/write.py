@@ -678,8 +678,11 @@ def check_plan_revision(store: DatasetStore, record: dict, plan: Plan) -> None:
         return
     if not any(SHARD_FILE.match(name) for name in store.names()):
         return  # nothing built yet: the record is rewritten with this revision
+    def drawn(groups):  # what a group's samples record, and how its views are checked
+        return [(group.to_json(), [view.held_check for view in group.views]) for group in groups]
+
     earlier = make_plan(plan.recipe, revision=revision)
-    if [group.to_json() for group in earlier.groups] != [group.to_json() for group in plan.groups]:
+    if drawn(earlier.groups) != drawn(plan.groups):
         raise UserError(
             f"--out {store.location}: holds a dataset planned by an earlier synthgen (plan "
             f"revision {revision}), which draws other groups for this recipe than this version "

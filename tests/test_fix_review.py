@@ -200,7 +200,9 @@ def test_a_dataset_of_an_earlier_plan_revision_resumes_where_its_recipe_plans_th
     publish_shard(out, 0, shard_samples(plan, 0), model_info(plan))
     done = prepare_output_dir(out, plan, overwrite=False)
     assert done == {0}
-    assert json.loads((out / "recipe.json").read_text())["plan_revision"] == 2
+    from synthgen.attributes import PLAN_REVISION
+
+    assert json.loads((out / "recipe.json").read_text())["plan_revision"] == PLAN_REVISION
     for shard in range(1, plan.shard_count):
         publish_shard(out, shard, shard_samples(plan, shard), model_info(plan))
     finalize_dataset(out)

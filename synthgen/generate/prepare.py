@@ -88,24 +88,23 @@ def build_group_checker(recipe: Recipe, device: torch.device) -> GroupChecker | 
 
 
 def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
-    """Every view strategy the recipe uses must be one the model's family can run."""
-    specs = [recipe.views_for(spec) for spec in [*recipe.classes, *recipe.corner_cases]]
-    for name in sorted({s for spec in specs for s in spec.strategy}):
-        reason = sampler.family.view_unsupported_reason(STRATEGIES[name])
-        if reason is not None:
-            raise UserError(f"views.strategy ['{name}']: {recipe.model.id}: {reason}")
-    if any(spec.holds_layout for spec in specs):
-        reason = sampler.family.layout_unsupported_reason()
-        if reason is not None:
-            raise UserError(f"views.slots.hold_layout: {recipe.model.id}: {reason}")
-    if any("slots" in spec.strategy and spec.slots.align_noise for spec in specs):
-        reason = sampler.family.aligned_noise_unsupported_reason()
-        if reason is not None:
-            raise UserError(f"views.slots.align_noise: {recipe.model.id}: {reason}")
-    if any("slots" in spec.strategy and spec.slots.splice_text for spec in specs):
-        reason = sampler.family.splice_unsupported_reason()
-        if reason is not None:
-            raise UserError(f"views.slots.splice_text: {recipe.model.id}: {reason}")
+    """Every view strategy the recipe uses must be one the model's family can run; a refusal
+    names the first views block that asks for it."""
+    family = sampler.family
+    for where, spec in recipe.views_blocks():
+        for name in spec.strategy:
+            reason = family.view_unsupported_reason(STRATEGIES[name])
+            if reason is not None:
+                raise UserError(f"{where}.strategy ['{name}']: {recipe.model.id}: {reason}")
+        if "slots" not in spec.strategy:
+            continue
+        for option, wanted, unsupported in (
+                ("hold_layout", spec.holds_layout, family.layout_unsupported_reason),
+                ("align_noise", spec.slots.align_noise, family.aligned_noise_unsupported_reason),
+                ("splice_text", spec.slots.splice_text, family.splice_unsupported_reason)):
+            reason = unsupported() if wanted else None
+            if reason is not None:
+                raise UserError(f"{where}.slots.{option}: {recipe.model.id}: {reason}")
 
 
 def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, batch_size: int,

@@ -67,6 +67,10 @@ class _ViewsBase(StrictModel):
         if not chosen:
             raise recipe_problem("views", "strategy needs at least one of "
                                  + ", ".join(VIEW_STRATEGIES))
+        repeated = sorted({name for name in self.strategy if self.strategy.count(name) > 1})
+        if repeated:
+            raise recipe_problem("views", f"strategy: {', '.join(repeated)} listed twice; list "
+                                 "each strategy once")
         for first, second in combinations(NOISE_STRATEGIES, 2):
             if {first, second} <= chosen:
                 raise recipe_problem("views", f"strategy: {first} and {second} both decide the "
@@ -218,13 +222,16 @@ def plan_views(spec: ViewsSpec, recipe_seed: int, group_id: str, prompt: str,
     for view in range(spec.count):
         # Without a strategy that decides the noise, every view starts from view 0's seed.
         seed_view = view if spec.noise != "shared" else 0
+        # "reword": how strategies so far changed the view's prompt text (the `prompt`
+        # strategy's modifier), for prompts compared with it (`slots.check`, after it).
         request: dict = {"seed": seed_for(recipe_seed, group_id, seed_view),
                          "prompt": texts[view].prompt if texts else prompt,
-                         "text": texts[view] if texts else None, "group_texts": texts}
+                         "text": texts[view] if texts else None, "group_texts": texts,
+                         "reword": lambda text: text}
         for name, strategy in STRATEGIES.items():
             if name in spec.strategy:
                 strategy.change_view(spec, recipe_seed, group_id, view, request)
-        del request["text"], request["group_texts"]
+        del request["text"], request["group_texts"], request["reword"]
         views.append(ViewPlan(group_id=group_id, view=view, negative_prompt=negative_prompt,
                               **request))
     # A spliced view reads view 0's prompt as view 0 is drawn: with every strategy's change

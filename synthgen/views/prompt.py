@@ -36,9 +36,13 @@ class Prompt(ViewStrategy):
 
     def change_view(self, spec, recipe_seed, group_id, view, request) -> None:
         modifier = _modifier(spec.prompt, recipe_seed, group_id, view)
-        request.update(modifier=modifier,
-                       prompt=spec.prompt.template.format(prompt=request["prompt"],
-                                                          modifier=modifier))
+        earlier = request["reword"]
+
+        def reword(text: str) -> str:
+            return spec.prompt.template.format(prompt=earlier(text), modifier=modifier)
+
+        request.update(modifier=modifier, prompt=spec.prompt.template.format(
+            prompt=request["prompt"], modifier=modifier), reword=reword)
 
 
 def _modifier(settings: PromptViews, recipe_seed: int, group_id: str, view: int) -> str:

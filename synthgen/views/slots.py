@@ -231,8 +231,14 @@ class Slots(ViewStrategy):
                                        _varied_value(spec, text)))
         check = spec.slots.check
         if check is not None:
+            from synthgen.attributes import planning_revision
+
+            # The compared prompts are worded as the view's own (with its modifier, say).
+            reword = request["reword"] if planning_revision.get() >= 3 else (lambda text: text)
+            readings = tuple((name, own, tuple((value, reword(compared)) for value, compared in alternatives))
+                             for name, own, alternatives in text.held_readings)
             request.update(held_check=HeldCheckPlan(
-                readings=text.held_readings, layout=check.layout, detector=check.detector,
+                readings=readings, layout=check.layout, detector=check.detector,
                 max_retries=check.max_retries))
 
 
