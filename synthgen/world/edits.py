@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from synthgen.errors import UserError
@@ -68,6 +69,24 @@ def kl_to_wanted(counts: Counter, wanted: dict[str, float]) -> float:
         share = count / total
         kl += share * math.log(share / (wanted[value] / norm))
     return kl
+
+
+def kl_interval95(counts: Counter, wanted: dict[str, float], resamples: int = 2000,
+                  seed: int = 0) -> list[float]:
+    """A 95% percentile bootstrap interval of `kl_to_wanted`: the images are independent draws
+    (each its own prompt and seed), so resampling them is a multinomial draw from the counts.
+    Deterministic in `seed`; [inf, inf] when a colour outside `wanted` was read."""
+    total = sum(counts.values())
+    if total == 0 or any(count and value not in wanted for value, count in counts.items()):
+        return [math.inf, math.inf]
+    values = list(wanted)
+    shares = np.array([counts.get(value, 0) / total for value in values])
+    target = np.array([wanted[value] for value in values]) / sum(wanted.values())
+    drawn = np.random.default_rng(seed).multinomial(total, shares, size=resamples) / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(drawn > 0, drawn * np.log(drawn / target), 0.0)
+    low, high = np.percentile(terms.sum(axis=1), [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "auto",
@@ -156,6 +175,7 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
                 shape_hits = [r["shape"] == name for r in readings]
                 runs[stage][name] = {"colours": dict(colours.most_common()),
                                      "kl_to_wanted": round(kl_to_wanted(colours, entry.values), 4),
+                                     "kl_ci95": kl_interval95(colours, entry.values),
                                      "shape_accuracy": _rate(shape_hits),
                                      "shape_ci95": _interval95(sum(shape_hits), len(shape_hits))}
             log(f"debias {stage}: {json.dumps(runs[stage])}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthgen.world.edits import debias_gates, erase_gates, kl_to_wanted
+from synthgen.world.edits import debias_gates, erase_gates, kl_interval95, kl_to_wanted
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "attribute-editing.yaml"
@@ -50,6 +50,18 @@ def test_kl_to_wanted_is_zero_at_the_wanted_shares_and_infinite_off_them():
     assert kl_to_wanted(Counter(red=5, blue=5), wanted) == 0.0
     assert kl_to_wanted(Counter(red=10), wanted) == pytest.approx(math.log(2))
     assert kl_to_wanted(Counter(red=9, green=1), wanted) == math.inf
+
+
+def test_kl_interval_brackets_the_figure_and_narrows_with_more_images():
+    wanted = {value: 1.0 for value in ("red", "green", "blue", "black")}
+    few, many = Counter(red=20, green=10, blue=6, black=4), Counter(red=200, green=100, blue=60, black=40)
+    for counts in (few, many):
+        low, high = kl_interval95(counts, wanted)
+        assert low < kl_to_wanted(counts, wanted) < high
+    assert kl_interval95(few, wanted) == kl_interval95(few, wanted), "deterministic"
+    width = [high - low for low, high in (kl_interval95(few, wanted), kl_interval95(many, wanted))]
+    assert width[1] < width[0] / 2  # ten times the images: about a third of the width
+    assert kl_interval95(Counter(red=5, cyan=1), wanted) == [math.inf, math.inf]
 
 
 def rates(striped=0.0, shape=0.9, colour=0.99, size=0.99) -> dict:
