@@ -53,7 +53,7 @@ def write_report(outcome: AuditOutcome, report_dir: Path) -> Path:
               for scope, keys in sorted(report["sheets"].items())}
     sections = [part for name, measurement in MEASUREMENTS.items()
                 for part in measurement.html(report[name], report_dir, outcome.pictures)]
-    write_atomically(report_dir / "report.html", _html(report, sections, sheets).encode())
+    write_atomically(report_dir / "report.html", _html(report, sections, sheets, outcome.summary).encode())
     return report_dir / "report.html"
 
 
@@ -122,8 +122,9 @@ def _contact_sheet(rows: list[SheetRow]) -> Image.Image:
     return sheet
 
 
-def _html(report: dict, sections: list[str], sheets: dict[str, str]) -> str:
-    """The page: head, summary, checks, each measurement's `sections`, then the contact sheets."""
+def _html(report: dict, sections: list[str], sheets: dict[str, str], summary: dict) -> str:
+    """The page: head, summary, checks, each measurement's `sections`, then the contact sheets.
+    `summary` is the outcome's, before JSON turned an infinite KL into None ("not measured")."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthgen audit</title>",
@@ -140,7 +141,7 @@ def _html(report: dict, sections: list[str], sheets: dict[str, str]) -> str:
         f"({report['totals']['embeddings_from_cache']} from cache).</p>",
         "<h2>Summary</h2>",
         html_table(["metric (--fail-on name)", "value", "what it is"],
-                   [[k, v, METRICS.get(k, "")] for k, v in report["summary"].items()]),
+                   [[k, v, METRICS.get(k, "")] for k, v in summary.items()]),
     ]
     if report["checks"]:
         parts.append("<h2>Checks (--fail-on)</h2>")

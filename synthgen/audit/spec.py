@@ -224,6 +224,10 @@ def slot_weight_targets(recipe: dict, slot: str) -> list:
         weights = (entry.get("slots") or {}).get(slot, shared)
         if entry.get("name") and weights:
             mode = entry.get("prompt_mode") or recipe.get("prompt_mode") or "sample"
+            # Enumeration covers the slots a group holds; a slot its views vary is drawn per
+            # view by its weights whatever the mode.
+            if _varying(recipe, entry, slot) is not None:
+                mode = "sample"
             found.append(((entry["name"],), _view_shares(recipe, entry, slot,
                                                          _slot_proportions(weights, mode))))
     for entry in recipe.get("corner_cases") or []:
@@ -234,14 +238,26 @@ def slot_weight_targets(recipe: dict, slot: str) -> list:
             if not any("{" in value for value in weights)]
 
 
+def _varying(recipe: dict, entry: dict, slot: str) -> dict | None:
+    """The class's (or recipe's) views block if its views vary `slot` (the `slots` strategy
+    listing it in `vary`), else None. A `slots` block without the strategy varies nothing."""
+    views = entry.get("views") or recipe.get("views") or {}
+    strategy = views.get("strategy") or ()
+    strategy = [strategy] if isinstance(strategy, str) else strategy
+    varying = views.get("slots") or {}
+    if "slots" not in strategy or not isinstance(varying, dict) or slot not in (varying.get("vary") or ()):
+        return None
+    return views
+
+
 def _view_shares(recipe: dict, entry: dict, slot: str, proportions: dict[str, float]) -> dict[str, float]:
     """`proportions`, or where the class's (or recipe's) views vary `slot` with `distinct`,
     the shares its views get from the plan's draw without replacement."""
-    views = entry.get("views") or recipe.get("views") or {}
-    varying = views.get("slots") or {}
+    views = _varying(recipe, entry, slot)
+    if views is None:
+        return proportions
     count = views.get("count") or 1
-    if (not isinstance(varying, dict) or slot not in (varying.get("vary") or ())
-            or not varying.get("distinct", True) or not isinstance(count, int) or count < 2
+    if (not views["slots"].get("distinct", True) or not isinstance(count, int) or count < 2
             or len(set(proportions.values())) == 1):  # equal weights: every draw is even
         return proportions
     return dict(_distinct_view_shares(tuple(proportions.items()), count))

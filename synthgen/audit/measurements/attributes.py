@@ -238,7 +238,7 @@ def report_html(section: dict, report_dir: Path, pictures: dict[str, bytes]) -> 
         for scope, data in metrics["scopes"].items():
             per_view_scope = data.get("per_view")
             rows.append([scope, data["units"], data["views"], data["unsure"], data["unsure_rate"],
-                         " ".join(f"{v}:{c}" for v, c in data["counts"].items()), data["kl"],
+                         " ".join(f"{v}:{c}" for v, c in data["counts"].items()), _kl_text(data),
                          data["normalised_entropy"], data["max_min_ratio"], data["chi2"],
                          data["chi2_p"], per_view_scope["chi2_p"] if per_view_scope else None,
                          data["target_source"]])
