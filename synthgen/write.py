@@ -47,7 +47,7 @@ from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_by
                            merge_schemas, wids_index)
 from synthgen.errors import UserError
 from synthgen.generate.identity import recipe_weights_digest
-from synthgen.plan import GroupPlan, Plan, stored_size, summarize
+from synthgen.plan import GroupPlan, Plan, make_plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
 from synthgen.store import DATASET_TEMPORARY, DatasetStore, Location, open_store
@@ -457,7 +457,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"--out {store.location}: holds a dataset made from a different recipe (hash "
                 f"{str(record.get('recipe_hash'))[:12]}, this recipe {recipe.recipe_hash[:12]}); "
                 "choose another --out, or pass --overwrite to delete that dataset and start over")
-        if _written_order_differs(record, recipe):
+        if _written_order_differs(record, recipe, plan):
             raise UserError(
                 f"--out {store.location}: holds a dataset made from this recipe with its slot or "
                 "balance values in another order, which plans other groups; restore the order "
@@ -590,8 +590,6 @@ def finalize_dataset(location: Location) -> dict:
     The plan is rebuilt from the recipe recorded in `recipe.json`, so any worker (or a
     person, with `synthgen finalize DIR`) can finish a dataset built by slices.
     """
-    from synthgen.plan import make_plan
-
     store = open_store(location)
     regenerate = ("regenerate the dataset with synthgen generate RECIPE --out "
                   f"{store.location} --overwrite")
@@ -671,18 +669,13 @@ def check_plan_revision(store: DatasetStore, record: dict, plan: Plan) -> None:
     """A UserError if the dataset was planned by an earlier revision of the planning
     (`attributes.PLAN_REVISION`) that plans this recipe otherwise: resumed or finalized with
     today's plan it would hold groups of two plans under one recipe hash."""
-    from synthgen.plan import make_plan
-
     revision = record.get("plan_revision", 1)
     if revision == PLAN_REVISION or not isinstance(revision, int):
         return
     if not any(SHARD_FILE.match(name) for name in store.names()):
         return  # nothing built yet: the record is rewritten with this revision
-    def drawn(groups):  # what a group's samples record, and how its views are checked
-        return [(group.to_json(), [view.held_check for view in group.views]) for group in groups]
-
     earlier = make_plan(plan.recipe, revision=revision)
-    if drawn(earlier.groups) != drawn(plan.groups):
+    if _drawn(earlier) != _drawn(plan):
         raise UserError(
             f"--out {store.location}: holds a dataset planned by an earlier synthgen (plan "
             f"revision {revision}), which draws other groups for this recipe than this version "
@@ -690,12 +683,27 @@ def check_plan_revision(store: DatasetStore, record: dict, plan: Plan) -> None:
             "the synthgen that started it")
 
 
-def _written_order_differs(record: dict, recipe: Recipe) -> bool:
-    """Whether `recipe` lists some values in another order than the recorded one (a dataset
-    recorded before the order was kept cannot tell: False)."""
+def _drawn(plan: Plan) -> list:
+    """What a plan's groups record in their samples, and how their views are checked: two plans
+    with equal `_drawn` make the same dataset."""
+    return [(group.to_json(), [view.held_check for view in group.views]) for group in plan.groups]
+
+
+def _written_order_differs(record: dict, recipe: Recipe, plan: Plan) -> bool:
+    """Whether the recorded recipe, which hashes as `recipe` does, plans other groups: some of
+    its values listed in another order (a dataset recorded before the order was kept cannot
+    tell: False). What the hash leaves out on purpose (the audit block) and orders that plan
+    the same (slot names) are not a difference."""
     if record.get("order") != RECIPE_ORDER:
         return False
-    return json.dumps(record.get("recipe")) != json.dumps(recipe.model_dump(mode="json"))
+    recorded = record.get("recipe")
+    if json.dumps(recorded) == json.dumps(recipe.model_dump(mode="json")):
+        return False
+    try:
+        recorded_recipe = Recipe.model_validate(recorded)
+    except ValueError:  # pydantic's ValidationError: a damaged record plans nothing we can compare
+        return True
+    return _drawn(make_plan(recorded_recipe)) != _drawn(plan)
 
 
 def library_versions() -> dict:
