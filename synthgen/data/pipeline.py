@@ -294,15 +294,18 @@ def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augm
     """`views_known`: the dataset records its groups' view count and `views` was checked
     against it, so a group with fewer views is damage (a view-layout shard cut between two
     views of its last group), skipped; else the request itself is the mistake.
-    `give_up_after`: that many shards in a row without a usable group end the stream with a
-    UserError (resampled shards whose every sample is damaged would be drawn for ever)."""
-    barren, draw, usable = 0, None, False
+    `give_up_after`: that many shards drawn in a row without a usable group end the stream
+    with a UserError (resampled shards whose every sample is damaged would be drawn for ever).
+    Counted as draws *first seen* since the last usable group, not as changes of draw between
+    samples: after the shuffle buffer, samples of several draws alternate, and a few damaged
+    samples in a row are not a shard without readable groups."""
+    newest, fresh = None, 0  # the latest draw seen; draws first seen since the last usable group
     for sample in samples:
-        if give_up_after is not None and sample.get(SHARD_DRAW) != draw:
-            barren = 0 if usable or draw is None else barren + 1
-            draw, usable = sample.get(SHARD_DRAW), False
-            if barren >= give_up_after:
-                raise UserError(f"data: the last {barren} shards drawn (e.g. {sample.get('__url__')}) held no "
+        draw = sample.get(SHARD_DRAW)
+        if give_up_after is not None and draw is not None and (newest is None or draw > newest):
+            newest, fresh = draw, fresh + 1
+            if fresh > give_up_after:
+                raise UserError(f"data: the last {give_up_after} shards drawn (e.g. {sample.get('__url__')}) held no "
                                 "readable group, only damaged samples (see the warnings above); "
                                 "pass a synthgen dataset, or rebuild this one with synthgen generate")
         group_id = sample["__key__"]
@@ -332,7 +335,7 @@ def group_samples(samples: Iterable[dict], views: int, crops_per_view: int, augm
             if handler(error):
                 continue
             return
-        usable = True
+        fresh = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stable_seed(seed, epoch, group_id, "augment"))
             crops = [augment(image) for image in images for _ in range(crops_per_view)]
