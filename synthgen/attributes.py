@@ -149,7 +149,11 @@ def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
                 for case in recipe.corner_cases]
     # Values reach prompts too: a slot's through the templates that name it, a prompt
     # balance entry's into an exact share of the groups.
-    filled = {slot for spec in recipe.classes for t in recipe.templates_for(spec) for slot in template_slots(t)}
+    # A recipe slot reaches the prompts of the classes that name it without their own values
+    # for it (own values replace the recipe's), and of the corner cases that name it.
+    filled = {slot for spec in recipe.classes for t in recipe.templates_for(spec)
+              for slot in template_slots(t) if slot not in (spec.slots or {})}
+    filled |= {slot for case in recipe.corner_cases for slot in template_slots(case.prompt)}
     for slot, values in recipe.slots.items():
         if slot in filled:
             sources += [(f"slot {slot!r} value {value!r}", value) for value in values]

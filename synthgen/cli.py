@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from synthgen import api
+from synthgen.cli_types import NamedPath
 from synthgen.errors import UserError, user_message
 
 USER_ERROR_EXIT = 2
@@ -137,7 +138,7 @@ def main() -> None:
     """Multi-view synthetic image datasets from diffusers text-to-image models."""
 
 
-recipe_argument = click.argument("recipe", type=click.Path(path_type=Path))
+recipe_argument = click.argument("recipe", type=NamedPath(path_type=Path))
 
 
 @main.command()
@@ -156,7 +157,7 @@ def validate(recipe: Path) -> None:
 
 @main.command()
 @recipe_argument
-@click.option("--jsonl", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--jsonl", type=NamedPath(path_type=Path, dir_okay=False),
               help="Also write the plan, one group per line, to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def plan(recipe: Path, jsonl: Path | None, as_json: bool) -> None:
@@ -379,7 +380,7 @@ def finalize(dataset_dir: Path | str) -> None:
 
 @main.command()
 @recipe_argument
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+@click.option("--out", "out_dir", required=True, type=NamedPath(path_type=Path, file_okay=False),
               help="New folder for the edited model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def edit(recipe: Path, out_dir: Path, device: str) -> None:
@@ -392,9 +393,9 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
 
 
 @main.command("inspect")
-@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.argument("dataset_dir", type=NamedPath(file_okay=False))
 @click.option("--shard", type=int, help="List the samples of this shard.")
-@click.option("--contact-sheet", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--contact-sheet", type=NamedPath(path_type=Path, dir_okay=False),
               help="Write a PNG grid of the first groups (one row per group) here.")
 @click.option("--groups", default=8, show_default=True, type=click.IntRange(min=1),
               help="Rows of the contact sheet.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from synthgen.cli_types import NamedPath
 from synthgen.errors import UserError
 
 
@@ -19,7 +20,7 @@ def dev() -> None:
 
 
 @dev.command("tiny-random")
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=NamedPath(path_type=Path, file_okay=False))
 @click.option("--family", type=click.Choice(["sd", "sdxl"]), default="sd", show_default=True,
               help="StableDiffusionPipeline or StableDiffusionXLPipeline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The weights depend only on it.")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import reprlib
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -89,10 +90,11 @@ SlotValues = Annotated[dict[str, float], BeforeValidator(_parse_slot_values)]
 
 def _one_line(name: str) -> str:
     # Names are printed in tables (plan, inspect) and drawn as captions (audit): a line break
-    # or other control character splits a row or cannot be drawn.
+    # or other control character splits a row or cannot be drawn. Format characters (a
+    # zero-width joiner in an emoji or a Persian word) and other spaces are fine.
     if not name.strip():
         raise recipe_problem("name", "is blank; give a name")
-    if not name.isprintable():
+    if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in name):
         raise recipe_problem("name", f"{name!r} holds a line break or another control "
                              "character; write the name on one line")
     return name

@@ -95,7 +95,8 @@ def parse_location(text: str | os.PathLike,
     any other URL is a `UserError` that says what to do instead."""
     if not str(text).strip():
         # Path("") is the current folder: `--out "$OUT"` with OUT unset would write there.
-        raise UserError("--out is empty; name the dataset's folder (or URL), e.g. --out out/my-dataset")
+        raise UserError("the dataset location is empty; name the dataset's folder (or URL), "
+                        "e.g. out/my-dataset")
     if not is_url(text):
         return Path(text)
     protocol, rest = text.split("://", 1)

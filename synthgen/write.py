@@ -46,7 +46,7 @@ from synthgen.attributes import PLAN_REVISION
 from synthgen.card import (CARD, CARD_MARKER, WIDS_INDEX, dataset_card, index_bytes, json_schema,
                            merge_schemas, wids_index)
 from synthgen.errors import UserError
-from synthgen.generate.identity import recipe_weights_digest
+from synthgen.generate.identity import detectors_digest, weights_digest
 from synthgen.plan import GroupPlan, Plan, make_plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
@@ -464,7 +464,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 f"recorded in {RECIPE_FILE}, or pass --overwrite to start over")
         check_plan_revision(store, record, plan)
     # None: a hub model not downloaded yet; publishers and `write_manifest` check the shards.
-    weights = recipe_weights_digest(recipe)
+    weights = weights_digest(recipe.model)
     # 2. Debris of killed writers: only temporaries no live process will rename.
     store.remove_stale_temporaries()
     # 3. The done shards, each stats file read once: the selection's by digest, as this run
@@ -477,6 +477,9 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             stats_by_shard[shard] = stats
     if weights is not None:
         _refuse_other_weights(store, recipe, stats_by_shard, weights)
+    detectors = detectors_digest(recipe)
+    if detectors is not None:
+        _refuse_other_detectors(store, stats_by_shard, detectors)
     recorded = weights if weights is not None else record.get("weights")
     if record.get("weights") != recorded or record.get("plan_revision") != PLAN_REVISION:
         # Just claimed, or claimed under weights nothing was built with: publishers must match
@@ -526,6 +529,21 @@ def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: d
             "pass --overwrite to delete that dataset and start over, or choose another --out")
 
 
+def _refuse_other_detectors(store: DatasetStore, stats_by_shard: dict[int, dict], detectors: str,
+                            compared_with: str = "now") -> None:
+    """One message for shards whose recorded CLIP detectors (`model.detectors`) are not
+    `detectors`: they decided which draws were kept. Shards that record none (made before
+    synthgen recorded them) cannot tell, and pass."""
+    other = {shard: stats["model"]["detectors"] for shard, stats in stats_by_shard.items()
+             if stats["model"].get("detectors") not in (None, detectors)}
+    if other:
+        raise UserError(
+            f"--out {store.location}: shards {format_shard_ranges(other)} were made with other "
+            f"weights of the recipe's CLIP detectors ({', '.join(sorted(set(other.values())))}; "
+            f"{compared_with} {detectors}); pass --overwrite to delete that dataset and start "
+            "over, or choose another --out")
+
+
 # (location, recipe hash) of the claims (recipe.json) the current run created
 # (`releasing_unused_claim` opens a run): a failed run gives back only a claim it made, never
 # one of another run building in the same place (a live slice, still loading its model).
@@ -545,7 +563,7 @@ def claim_for_recipe(location: Location, recipe: Recipe) -> None:
     store = open_store(location)
     # A look first: the claim is almost always there, and creating it writes a file.
     if store.size(RECIPE_FILE) is None:
-        if store.publish_once(RECIPE_FILE, _recipe_record(recipe, recipe_weights_digest(recipe))):
+        if store.publish_once(RECIPE_FILE, _recipe_record(recipe, weights_digest(recipe.model))):
             _claimed(store, recipe)
 
 
@@ -697,8 +715,16 @@ def _written_order_differs(record: dict, recipe: Recipe, plan: Plan) -> bool:
     if record.get("order") != RECIPE_ORDER:
         return False
     recorded = record.get("recipe")
-    if json.dumps(recorded) == json.dumps(recipe.model_dump(mode="json")):
+    if not isinstance(recorded, dict):
+        return True
+
+    def generating(dumped: dict) -> str:  # as the hash reads it: the audit block left out
+        return json.dumps({key: value for key, value in dumped.items() if key != "audit"})
+
+    if generating(recorded) == generating(recipe.model_dump(mode="json")):
         return False
+    # Listed in another order somewhere: only a plan tells whether that order plans otherwise
+    # (slot values do; slot names do not). Rare, so planning twice here is affordable.
     try:
         recorded_recipe = Recipe.model_validate(recorded)
     except ValueError:  # pydantic's ValidationError: a damaged record plans nothing we can compare
@@ -736,6 +762,10 @@ def write_manifest(location: Location, plan: Plan) -> dict:
     # runs that wrote here at the same time under different weights.
     first_weights = shards[0]["model"].get("weights")
     _refuse_other_weights(store, plan.recipe, dict(enumerate(shards)), first_weights, "shard 0 has")
+    recorded = [(index, shard["model"]["detectors"]) for index, shard in enumerate(shards)
+                if shard["model"].get("detectors") is not None]
+    if recorded:
+        _refuse_other_detectors(store, dict(enumerate(shards)), recorded[0][1], f"shard {recorded[0][0]} has")
     manifest = {
         "format": DATASET_FORMAT,
         "recipe_hash": plan.recipe.recipe_hash,

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import click
 
+from synthgen.cli_types import NamedPath
 
 FAIL_EXIT = 1
 
 
 @click.command("audit")
-@click.argument("dataset_dir", type=click.Path(file_okay=False))
-@click.option("--report", "report_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.argument("dataset_dir", type=NamedPath(file_okay=False))
+@click.option("--report", "report_dir", type=NamedPath(path_type=Path, file_okay=False),
               help="Report directory [default: DATASET_DIR/audit].")
 @click.option("--clip", help="CLIP to classify with: hub id, local folder or builtin:NAME "
               "[default: the recipe's audit.clip, else builtin:world-clip].")
@@ -27,7 +28,7 @@ FAIL_EXIT = 1
               help="A prompt template for reading attribute NAME, with {value} where the value "
               "goes (repeatable; together they replace NAME's templates), e.g. "
               "--template 'shape=a {value} on a gray background'.")
-@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--recipe", "recipe_file", type=NamedPath(path_type=Path, dir_okay=False),
               help="Read attributes, templates, margin, CLIP and thresholds from this recipe "
               "file's audit: block instead of the dataset's own (targets still come from the "
               "recipe that made the dataset).")

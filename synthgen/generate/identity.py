@@ -12,7 +12,8 @@ under one name, so `write.py` refuses that, comparing these digests.
   file. None before the first download (nothing can have been made with it here yet).
 
 A recipe's CLIP detectors (reject's, debias's, `slots.check`'s) decide which draws a shard
-keeps or how the model is edited, so their weights count as well (`recipe_weights_digest`).
+keeps or how the model is edited, so their weights are recorded too, apart from the model's
+(`detectors_digest`: datasets made before it was recorded still resume).
 """
 
 from __future__ import annotations
@@ -20,24 +21,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from synthgen.builtin import resolve_model_source
 from synthgen.recipe import ModelSpec, Recipe
 
 
-def weights_digest(spec: ModelSpec, detectors: Sequence[str] = ()) -> str | None:
-    """The identity of the weights `spec` loads (pipeline, and decoder if any) and of the
-    `detectors` (CLIP model ids) that shape what is kept, or None when a hub model is not in
-    the local cache yet."""
+def weights_digest(spec: ModelSpec) -> str | None:
+    """The identity of the weights `spec` loads (pipeline, and decoder if any), or None when
+    a hub model is not in the local cache yet."""
     parts = [_source_digest(resolve_model_source(spec.id), spec.revision)]
     if spec.decoder is not None:
         decoder = _source_digest(resolve_model_source(spec.decoder, "model.decoder"), None)
         parts.append(None if decoder is None else f"decoder {decoder}")
-    for detector in sorted(set(detectors)):
-        digest = _source_digest(resolve_model_source(detector, "detector"), None)
-        parts.append(None if digest is None else f"detector {detector} {digest}")
     return None if None in parts else " + ".join(parts)
 
 
@@ -49,13 +45,20 @@ def recipe_detectors(recipe: Recipe) -> list[str]:
     for spec in (recipe.views_for(entry) for entry in [*recipe.classes, *recipe.corner_cases]):
         if spec.checks_groups and spec.slots.check.hold:
             detectors.append(spec.slots.check.detector)
-    return detectors
+    return sorted(set(detectors))
 
 
-def recipe_weights_digest(recipe: Recipe) -> str | None:
-    """`weights_digest` of the recipe's model and detectors: what a dataset records, so that
-    one is never resumed or finished under other weights of any of them."""
-    return weights_digest(recipe.model, recipe_detectors(recipe))
+def detectors_digest(recipe: Recipe) -> str | None:
+    """The identity of the recipe's CLIP detectors' weights (`recipe_detectors`), recorded
+    beside the model's (`model.detectors` in stats), or None when it has none or a hub
+    detector is not in the local cache yet (nothing to compare then)."""
+    parts = []
+    for detector in recipe_detectors(recipe):
+        digest = _source_digest(resolve_model_source(detector, "detector"), None)
+        if digest is None:
+            return None
+        parts.append(f"{detector} {digest}")
+    return " + ".join(parts) or None
 
 
 def _source_digest(source: str, revision: str | None) -> str | None:

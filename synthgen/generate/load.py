@@ -74,12 +74,15 @@ class LoadedModel:
     source: str
     edits: tuple[dict, ...] = ()  # erase edits applied after loading (see generate/erase.py)
     weights: str | None = None  # the loaded weights' digest (generate/identity.py)
+    detectors: str | None = None  # the recipe's CLIP detectors' digest, when it has any
 
     def describe(self) -> dict:
         description = {"pipeline": type(self.pipeline).__name__, "device_type": self.device.type,
                        "dtype": str(self.dtype).replace("torch.", "")}
         if self.weights is not None:
             description["weights"] = self.weights
+        if self.detectors is not None:
+            description["detectors"] = self.detectors
         if self.edits:
             description["edits"] = list(self.edits)
         return description

@@ -18,7 +18,7 @@ from synthgen.errors import UserError
 from synthgen.generate.detector import ClipConceptScorer
 from synthgen.generate.families import family_of
 from synthgen.generate.group_check import GroupChecker
-from synthgen.generate.identity import recipe_weights_digest
+from synthgen.generate.identity import detectors_digest
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
 from synthgen.recipe import Recipe
@@ -115,11 +115,13 @@ def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, ba
     change the last float bits, so bytes are reproducible per setting, not across settings.
     """
     model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
-    # The shards record the weights of the detectors too (they decide which draws are kept).
-    model = replace(model, weights=recipe_weights_digest(recipe))
-    sampler = Sampler(model, recipe.model, batch_size, rejectors=build_rejectors(recipe, device),
+    rejectors, checker = build_rejectors(recipe, device), build_group_checker(recipe, device)
+    # The shards record the detectors' weights too (they decide which draws are kept); read
+    # once they are loaded, so a hub detector the run just downloaded is known.
+    model = replace(model, detectors=detectors_digest(recipe))
+    sampler = Sampler(model, recipe.model, batch_size, rejectors=rejectors,
                       compile_model=compile_model, channels_last=channels_last,
-                      group_checker=build_group_checker(recipe, device))
+                      group_checker=checker)
     check_strategies(recipe, sampler)
     check_negative_prompts(recipe, sampler)
     check_image_size(recipe, sampler)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from synthgen.cli_types import NamedPath
 from synthgen.errors import UserError
 
 
@@ -31,8 +32,8 @@ AUGMENT_CHOICES = ("simclr", "simclr-nocolour", "none")
 
 
 @click.command()
-@click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.argument("data", type=NamedPath(path_type=Path))
+@click.option("--out", type=NamedPath(path_type=Path), required=True,
               help="Checkpoints (checkpoint-last.safetensors) and log.jsonl; resumed if present.")
 @click.option("--method", type=click.Choice(["simclr", "supcon", "multipos"]), default="multipos",
               show_default=True)
@@ -85,30 +86,28 @@ def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, b
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+@click.option("--checkpoint", type=NamedPath(path_type=Path), default=None,
               help="A synthgen train --out directory or checkpoint file; omit for the random floor only.")
-@click.option("--train", "train_data", type=click.Path(path_type=Path), required=True,
+@click.option("--train", "train_data", type=NamedPath(path_type=Path), required=True,
               help="Labelled images to fit the classifier on: shards (k=1) or an ImageFolder tree.")
-@click.option("--test", "test_data", type=click.Path(path_type=Path), required=True,
+@click.option("--test", "test_data", type=NamedPath(path_type=Path), required=True,
               help="Labelled images to report top-1 on.")
 @click.option("--resolution", type=click.IntRange(min=1), default=None,
               help="Image size (default: the checkpoint's encoder resolution, else 32).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random-init encoder seed.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--json", "json_path", type=NamedPath(path_type=Path, dir_okay=False), default=None,
               help="Also write the results to this file.")
 def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution: int | None,
           weight_decay: float, seed: int, device: str, json_path: Path | None) -> None:
     """Linear probe: frozen encoder features, logistic regression, top-1 on --test; also the
     random-init encoder of the same architecture as the floor."""
-    from synthgen.train.encoders import EncoderSpec
-    from synthgen.train.probe import load_encoder
-    from synthgen.train.probe import probe as run_probe
-    from synthgen.train.probe import random_encoder
     from synthgen.devices import choose_device
-
     from synthgen.outputs import check_output_file, file_written_whole
+    from synthgen.train.encoders import EncoderSpec
+    from synthgen.train.probe import load_encoder, random_encoder
+    from synthgen.train.probe import probe as run_probe
 
     if json_path is not None:
         check_output_file(json_path, "--json")  # before the probes run, not after
@@ -140,7 +139,7 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
 @click.command("experiment")
 @click.option("--budget", "budget_name", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu",
               show_default=True, help="Sizes: smoke (tiny-random, seconds), cpu (2 cores, < 1 h), gpu.")
-@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/experiment"),
+@click.option("--work", type=NamedPath(path_type=Path, file_okay=False), default=Path("runs/experiment"),
               show_default=True, help="Where datasets, checkpoints and results go (reused).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--model", "model_id", default=None, help="Override the budget's generator model id.")

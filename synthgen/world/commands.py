@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from synthgen.cli_types import NamedPath
 from synthgen.world.model_folders import SHIPPED_MODELS_ROOT
 
 
@@ -21,7 +22,7 @@ def world() -> None:
 # The defaults below are `train_world_models`' own (tests/world/test_training.py checks they agree):
 # world/train.py imports torch, which the command line loads only when a command runs.
 @world.command()
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
+@click.option("--out", type=NamedPath(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
               show_default=True, help="Folder that receives world-clip/, world-sd/ and world-oracle/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=click.IntRange(0, 99), default=0, show_default=True,
@@ -57,7 +58,7 @@ def train(out: Path, device: str, seed: int, scale: float, models: str, reuse_cl
 
 
 @world.command()
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--out", type=NamedPath(path_type=Path, file_okay=False), required=True)
 @click.option("--train", "train_count", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--test", "test_count", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--resolution", type=click.Choice(["32", "64"]), default="32", show_default=True)
@@ -72,7 +73,7 @@ def dataset(out: Path, train_count: int, test_count: int, resolution: str, seed:
 
 
 @world.command()
-@click.option("--models", type=click.Path(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
+@click.option("--models", type=NamedPath(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
               show_default=True, help="Folder holding world-clip/, world-sd/ and world-oracle/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
@@ -86,7 +87,7 @@ def evaluate(models: Path, device: str, scale: float) -> None:
 
 
 @world.command()
-@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+@click.option("--recipe", "recipe_path", type=NamedPath(path_type=Path, dir_okay=False, exists=True),
               default=Path(__file__).resolve().parents[2] / "recipes" / "attribute-editing.yaml",
               show_default=True, help="A builtin:world-sd recipe with an erase of 'striped' and/or a "
                                       "balance entry of method debias.")
@@ -94,9 +95,9 @@ def evaluate(models: Path, device: str, scale: float) -> None:
               help="Held-out prompts for erase (each drawn asking for stripes and not), and images per "
                    "class for debias.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--out", type=NamedPath(path_type=Path, dir_okay=False), default=None,
               help="Write the figures as JSON here.")
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--model", type=NamedPath(path_type=Path, file_okay=False, exists=True), default=None,
               help="A world-sd folder trained elsewhere (OUT/world-sd of `synthgen world train`) "
                    "instead of the shipped one.")
 def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
