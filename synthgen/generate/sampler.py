@@ -436,7 +436,9 @@ class Sampler:
         finite = torch.isfinite(output).flatten(1).all(dim=1)
         if len(decoded_finite) == len(finite):  # the VAE's output, before clamping hides inf
             finite &= decoded_finite.to(finite.device)
-        pixels = (torch.nan_to_num(output, nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
+        # In float32 as diffusers converts: in bfloat16 or float16 the product is rounded to
+        # the dtype first, and .round() then rounds a second time (hundreds of values a level off).
+        pixels = (torch.nan_to_num(output.float(), nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
         pixels[~finite] = 0  # a view with any non-finite value is stored black, not patched
         pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         return pixels.cpu(), finite.cpu()

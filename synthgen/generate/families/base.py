@@ -89,13 +89,18 @@ class ModelFamily:
             self._embeddings[key] = encode()
         return self._embeddings[key]
 
-    def _rewrites_off(self) -> dict:
+    def _rewrites_off(self, spec: ModelSpec) -> dict:
         """Switch off what would make the recipe say less than what happens, where the pipeline
         has it (PixArt): resolution binning generates at the nearest trained size and resizes
         to the recipe's (other compute, other pictures), and caption cleaning rewrites prompts
-        only where bs4 and ftfy happen to be installed (other bytes on another machine)."""
-        return {switch: False for switch in ("use_resolution_binning", "clean_caption")
-                if self.accepts(switch)}
+        only where bs4 and ftfy happen to be installed (other bytes on another machine). A
+        pipeline that rescales any size to a `max_area` (FLUX.1 Kontext: 1024 x 1024 by
+        default) is given the recipe's area, so it draws the recipe's size."""
+        arguments = {switch: False for switch in ("use_resolution_binning", "clean_caption")
+                     if self.accepts(switch)}
+        if self.accepts("max_area"):
+            arguments["max_area"] = spec.width * spec.height
+        return arguments
 
     def size_multiple(self) -> int:
         """What the recipe's width and height must be a multiple of: the VAE's downsampling

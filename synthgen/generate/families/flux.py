@@ -38,7 +38,7 @@ class FluxFamily(ModelFamily):
             arguments["true_cfg_scale"] = spec.true_cfg_scale
             arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
             arguments["negative_pooled_prompt_embeds"] = torch.cat([n[1] for n in negative])
-        return {**arguments, **self._rewrites_off()}
+        return {**arguments, **self._rewrites_off(spec)}
 
     def embedding(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 embeddings (1, L, D), pooled CLIP embedding (1, P)) of one text, cached."""

@@ -22,7 +22,11 @@ class GenericFamily(ModelFamily):
         arguments = {"prompt": [v.prompt for v in views]}
         if any(v.negative_prompt for v in views) and self.accepts("negative_prompt"):
             arguments["negative_prompt"] = [v.negative_prompt for v in views]
-        return {**arguments, **self._rewrites_off()}
+        # Pipelines with a second, negative-prompt pass (FLUX.1 Kontext, Qwen-Image) run it only
+        # at the true_cfg_scale they are given (prepare.check_negative_prompts accepts it).
+        if spec.true_cfg_scale is not None and self.accepts("true_cfg_scale"):
+            arguments["true_cfg_scale"] = spec.true_cfg_scale
+        return {**arguments, **self._rewrites_off(spec)}
 
     def text_embeddings(self, texts):
         # A UNet pipeline erase can edit takes Stable Diffusion's encode_prompt arguments.

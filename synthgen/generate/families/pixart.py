@@ -39,7 +39,7 @@ class PixArtFamily(ModelFamily):
             arguments["negative_prompt"] = None  # its default "" may not come with embeddings
             arguments["negative_prompt_embeds"] = torch.cat([n[0] for n in negative])
             arguments["negative_prompt_attention_mask"] = torch.cat([n[1] for n in negative])
-        return {**arguments, **self._rewrites_off()}
+        return {**arguments, **self._rewrites_off(spec)}
 
     def embedding(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(T5 embeddings (1, L, D), attention mask (1, L)) of one text, cached."""
