@@ -37,7 +37,7 @@ import torch
 from synthgen.attributes import balance_applies, largest_remainder_quotas
 from synthgen.generate.erase import (PRESERVE_WEIGHT, REGULARIZER, Encoded, Mapping, encode_all,
                                      edit_text_paths, fill_templates, injected_template,
-                                     restore_text_weights, text_weights, token_pairs)
+                                     refuse_truncated, restore_text_weights, text_weights, token_pairs)
 from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
 from synthgen.seeding import derive_seed
 
@@ -123,6 +123,7 @@ def debias(pipeline, targets: Sequence[DebiasTarget], wanted: dict[str, float],
                 {value: encode_all(pipeline, prompts) for value, prompts in target.value_prompts.items()})
                for target in targets]
     kept = [version for _, versions in encoded for prompts in versions.values() for version in prompts]
+    refuse_truncated([prompt for prompts, _ in encoded for prompt in prompts] + kept)
     kept += encode_all(pipeline, preserve)
 
     def error(ratios: dict[str, dict[str, float]]) -> float:

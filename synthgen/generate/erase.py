@@ -268,14 +268,20 @@ class Mapping:
     summary: bool = True
 
 
+def refuse_truncated(encoded: Sequence[Encoded]) -> None:
+    """A UserError for the first text cut at the tokenizer's length: pairing lines two texts
+    up from their ends, which a cut end no longer marks (every later word would be paired
+    with its neighbour's token)."""
+    for text in encoded:
+        if text.truncated:
+            raise UserError(f"{text.text[:80]!r} is longer than the text encoder reads "
+                            f"({len(text.ids)} tokens), so the edit cannot pair its words; "
+                            "shorten the template, context or prompt")
+
+
 def pair_encoded(source: Encoded, goal: Encoded) -> Mapping:
     """`source` read as `goal`, tokens paired as the reference pairs them (`token_pairs`)."""
-    for encoded in (source, goal):
-        if encoded.truncated:
-            # Pairing lines the two up from their ends, which a cut end no longer marks.
-            raise UserError(f"{encoded.text[:80]!r} is longer than the text encoder reads "
-                            f"({len(encoded.ids)} tokens), so the edit cannot pair its words; "
-                            "shorten the template, context or prompt")
+    refuse_truncated((source, goal))
     pairs = token_pairs(source.ids, goal.ids, len(source.tokens))
     return Mapping(source, tuple(c for c, _ in pairs), ((goal, tuple(t for _, t in pairs), 1.0),))
 
@@ -312,6 +318,11 @@ def edit_text_paths(pipeline, mappings: Sequence[Mapping], preserved: Sequence[E
     digest = hashlib.sha256()
     paths: dict[str, int] = {}
     for reader in text_readers(pipeline):
+        if not mappings:  # nothing to map: the minimiser is W itself
+            for _, linear in reader.linears:
+                digest.update(linear.weight.detach().cpu().contiguous().float().numpy().tobytes())
+            paths[reader.path] = len(reader.linears)
+            continue
         mapped = torch.cat([reader.mapping_rows(m.source, m.positions, m.summary) for m in mappings])
         # W applied to a mix of goal rows is the mix of W's outputs: the goals mix as inputs.
         goals = torch.cat([sum(share * reader.mapping_rows(goal, positions, m.summary)
