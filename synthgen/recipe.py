@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import reprlib
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -817,6 +818,13 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise UserError(f"{where}: not valid YAML ({error.problem}); fix the syntax there "
                         "(indentation, a missing ':', or a value with ':' that needs quotes)") from None
+    except ValueError as error:
+        # A number with more digits than Python converts (sys.get_int_max_str_digits): PyYAML
+        # raises int()'s ValueError, which is no YAMLError.
+        if "digits" not in str(error):
+            raise
+        raise UserError(f"{source}: holds a number of more than {sys.get_int_max_str_digits()} "
+                        "digits, too long to read; write a shorter number") from None
     except yaml.reader.ReaderError as error:
         # A character YAML does not allow (a NUL after every letter: UTF-16 saved without
         # its byte-order mark), reported at a character position, not a line.

@@ -50,7 +50,7 @@ from synthgen.generate.identity import detectors_digest, weights_digest
 from synthgen.plan import GroupPlan, Plan, make_plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
 from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
-from synthgen.store import DATASET_TEMPORARY, DatasetStore, Location, open_store
+from synthgen.store import DATASET_TEMPORARY, DatasetStore, LocalStore, Location, open_store
 from synthgen.suppress import RejectSuppression
 
 RECIPE_FILE = "recipe.json"
@@ -61,6 +61,11 @@ _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # of that name holding only the user's own files is theirs).
 AUDIT_FOLDER = "audit"
 AUDIT_REPORT = "report.json"
+# What synthgen audit writes there (audit/report.py, measurements/, cache.py; a test checks the
+# list against a real report): --overwrite removes these, and no other file of the folder.
+AUDIT_FILES = (AUDIT_REPORT, "report.html", "views.jsonl", "worst-fidelity.png", "duplicates.png",
+               "embeddings.npz")
+AUDIT_PICTURE_FOLDERS = ("charts", "sheets")
 
 
 def encode_image(pixels: np.ndarray, recipe: Recipe) -> bytes:
@@ -442,8 +447,13 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             if name != RECIPE_FILE and (_OWNED_FILE.match(name) or DATASET_TEMPORARY.match(name)):
                 store.remove(name)
         _remove_own_card(store)
-        if store.size(f"{AUDIT_FOLDER}/{AUDIT_REPORT}") is not None:
-            store.remove_folder(AUDIT_FOLDER)
+        if isinstance(store, LocalStore) and (store.root / AUDIT_FOLDER).is_symlink():
+            store.remove_folder(AUDIT_FOLDER)  # the link goes; the files it points at stay
+        elif store.size(f"{AUDIT_FOLDER}/{AUDIT_REPORT}") is not None:
+            for name in AUDIT_FILES:
+                store.remove(f"{AUDIT_FOLDER}/{name}")
+            for folder in AUDIT_PICTURE_FOLDERS:
+                store.remove_folder(f"{AUDIT_FOLDER}/{folder}")
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}

@@ -9,7 +9,6 @@ pairing invariants; on_simplex against a brute-force projection; kl_divergence b
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from synthgen.errors import UserError

@@ -101,6 +101,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     check_model_reference(spec.id, "model.id", PIPELINE)
     source = resolve_model_source(spec.id)
     scheduler = _scheduler(spec.scheduler) if spec.scheduler is not None else None
+    if not spec.trust_remote_code:
+        _refuse_foreign_libraries(spec, source)
     try:
         with warnings.catch_warnings():
             # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
@@ -144,6 +146,34 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(pipeline=pipeline.to(device), device=device, dtype=dtype, source=source,
                        edits=_recorded_edits(source), weights=weights_digest(spec))
+
+
+# Where a pipeline's components may come from without trust_remote_code: diffusers imports any
+# other library named in model_index.json (a dotted name such as "models.evil.scheduler" runs
+# that module if it is importable, e.g. from a checkout's models/ folder on sys.path).
+TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
+
+
+def _refuse_foreign_libraries(spec: ModelSpec, source: str) -> None:
+    """A UserError for a model_index.json component whose library is not diffusers' or
+    transformers' (unreadable indexes are left to from_pretrained's own message)."""
+    from diffusers import DiffusionPipeline, pipelines
+
+    try:
+        config = DiffusionPipeline.load_config(source, revision=spec.revision)
+    except (OSError, ValueError, EnvironmentError):
+        return
+    for name, value in config.items():
+        library = value[0] if isinstance(value, (list, tuple)) and value else None
+        if not isinstance(library, str) or library in TRUSTED_LIBRARIES:
+            continue  # not a component, or one from_pretrained refuses with its own message
+        # A pipeline module of diffusers itself (SD 1.5's safety checker: "stable_diffusion"),
+        # as diffusers resolves it (`hasattr(diffusers.pipelines, library)`).
+        if not (isinstance(library, str) and library.isidentifier() and hasattr(pipelines, library)):
+            raise UserError(f"model.id: {spec.id!r}: its model_index.json loads {name} from "
+                            f"{value[0]!r}, code outside diffusers and transformers, which would run "
+                            "on loading; use a model made of diffusers and transformers components, "
+                            "or set model.trust_remote_code: true if you trust that code")
 
 
 def _recorded_edits(source: str) -> tuple[dict, ...]:

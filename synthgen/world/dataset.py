@@ -48,6 +48,19 @@ def real_sample(split: str, index: int, seed: int, resolution: int) -> dict:
     }
 
 
+def _rendered_here(tar: Path) -> bool:
+    """Whether `tar` is a shard `write_real_dataset` wrote: its stats file names the renderer."""
+    import json
+
+    from synthgen.shards import stats_name_of
+
+    try:
+        stats = json.loads(tar.with_name(stats_name_of(tar.name)).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stats, dict) and stats.get("model") == REAL_MODEL_INFO
+
+
 def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 32, run_seed: int = 0) -> dict:
     """Render ``train`` + ``test`` scenes into shards under ``out_dir/{train,test}``; returns counts per split.
 
@@ -72,6 +85,12 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
         if owned:
             raise UserError(f"--out {out_dir}: {out_dir / split} holds {owned[0]}, a dataset made by "
                             "synthgen generate, whose shards this would replace; choose another --out")
+        # A rerun replaces only shards this command wrote (their stats record the renderer).
+        theirs = [path.name for path in sorted((out_dir / split).glob("shard-*.tar"))
+                  if SHARD_FILE.match(path.name) and not _rendered_here(path)]
+        if theirs:
+            raise UserError(f"--out {out_dir}: {out_dir / split} holds {theirs[0]}, a shard synthgen "
+                            "world dataset did not write, which this would replace; choose another --out")
     first_seeds = {"train": run_seed * TRAIN_SEEDS_PER_RUN, "test": HELD_OUT_SEED_OFFSET}
     written = {}
     for split, count in (("train", train), ("test", test)):

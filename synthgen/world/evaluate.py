@@ -353,7 +353,7 @@ recipe as `model.id: builtin:world-sd`, width = height = 32). 32x32 images, 4x16
   {sd_train['unet']['batch_size']}, 10% caption dropout (for classifier-free guidance), EMA {sd_train['unet']['ema_decay']};
   {sd_train['unet']['wall_seconds'] / 60:.1f} min on {sd_train['device']}.
 {_detail_phase(sd_train)}- Data: {sd_train['unet']['train_latents']:,} single-object renders, {sd_train['unet']['unique_captions']:,} unique captions
-  (half in the canonical wording "a SIZE [striped] COLOUR SHAPE on a BACKGROUND background").
+  (62.5% in the canonical wording "a SIZE [striped] COLOUR SHAPE on a BACKGROUND background").
 - Scheduler: {sd_metrics['scheduler']} (shipped); measured at {sd_metrics['sampling_steps']} steps, guidance {sd_metrics['guidance_scale']}.
 - Weights: {_folder_bytes(models_root / SD_FOLDER) / 1e6:.1f} MB fp32 safetensors.
 

@@ -76,7 +76,17 @@ FROM_SCRATCH = ("clip", "sd", "oracle")
 CONTINUED_REFINEMENT = VisionRefinementOptions(steps=3000, learning_rate=2.5e-4, warmup_steps=50)
 
 CANONICAL_CAPTION_SHARE = 0.5
-"""Share of diffusion captions in the canonical wording that evaluation prompts use."""
+"""Share of diffusion captions *always* in the canonical wording that evaluation prompts use;
+the rest draw one of the world's four templates, the canonical one among them, so 62.5% of
+captions are canonical (`canonical_caption_fraction`) and each paraphrase 12.5%. Kept so: the
+shipped world-sd was trained on this mix."""
+
+
+def canonical_caption_fraction(share: float = CANONICAL_CAPTION_SHARE) -> float:
+    """The fraction of training captions in the canonical wording under `share`."""
+    from synthgen.world.scene import _SCENE_TEMPLATES
+
+    return share + (1 - share) / len(_SCENE_TEMPLATES)
 
 
 def _scaled(settings, scale: float):
