@@ -130,3 +130,23 @@ def test_report_html_shows_an_infinite_kl_as_infinite_not_as_not_measured(tmp_pa
     row = next(r for r in re.findall(r"<tr>(.*?)</tr>", section) if r.startswith("<td>overall</td>"))
     cells = re.findall(r"<td>(.*?)</td>", row)
     assert cells[header.index("KL")] == "inf", f"report.html KL cell {cells[header.index('KL')]!r}, printed 'KL inf'"
+
+
+def test_overwrite_knows_every_file_an_audit_writes(tmp_path):
+    """`generate --overwrite` removes from audit/ exactly the files synthgen audit writes
+    (write.AUDIT_FILES and AUDIT_PICTURE_FOLDERS) and leaves the user's own; a report file
+    missing from that list would outlive the dataset it described."""
+    from synthgen.write import AUDIT_FILES, AUDIT_PICTURE_FOLDERS
+
+    recipe = {"balance": [{"attribute": "colour", "values": {"red": 1, "green": 1}, "applies_to": None}]}
+    groups = [{"class": "circle", "colours": [c, c], "balance": {"colour": c}}
+              for c in ("red", "green", "red", "green")]
+    dataset = build_dataset(tmp_path / "data", groups, recipe)
+    report = tmp_path / "report"
+    spec = spec_from_recipe(recipe, attributes=[parse_attribute_option(COLOUR)])
+    outcome = run_audit(dataset, spec, MeanColourEncoder(),
+                        AuditOptions(progress=False, cache_path=report / "embeddings.npz"))
+    write_report(outcome, report)
+    written = {path.relative_to(report).parts[0] for path in report.rglob("*") if path.is_file()}
+    assert {"report.json", "report.html", "embeddings.npz"} <= written
+    assert written <= set(AUDIT_FILES) | set(AUDIT_PICTURE_FOLDERS), written - set(AUDIT_FILES)
