@@ -97,6 +97,59 @@ def check_model_reference(model_id: str, field: str, kind: str) -> None:
             + "a folder saved with save_pretrained, or a hub id")
 
 
+# Where a pipeline's components may come from without trust_remote_code: diffusers imports any
+# other library named in model_index.json (a dotted name such as "models.evil.scheduler" runs
+# that module if it is importable, e.g. from a checkout's models/ folder on sys.path).
+TRUSTED_LIBRARIES = ("diffusers", "transformers")
+
+
+def foreign_component_libraries(index: dict) -> list[tuple[str, str]]:
+    """(component, library) of each model_index.json entry whose library is not diffusers, one
+    of diffusers' pipeline modules (SD 1.5's safety checker: "stable_diffusion", resolved as
+    diffusers resolves it) or transformers. Entries that are not [library, class] pairs are
+    left to from_pretrained's own message. Imports diffusers only for an unknown name."""
+    foreign = []
+    for name, value in index.items():
+        library = value[0] if isinstance(value, (list, tuple)) and value else None
+        if not isinstance(library, str) or library in TRUSTED_LIBRARIES:
+            continue
+        if library.isidentifier():
+            from diffusers import pipelines
+
+            if hasattr(pipelines, library):
+                continue
+        foreign.append((name, library))
+    return foreign
+
+
+def refuse_foreign_components(index: dict, model_id: str, field: str = "model.id") -> None:
+    """A UserError naming the first component `foreign_component_libraries` finds."""
+    foreign = foreign_component_libraries(index)
+    if foreign:
+        name, library = foreign[0]
+        raise UserError(f"{field}: {model_id!r}: its model_index.json loads {name} from "
+                        f"{library!r}, code outside diffusers and transformers, which would run "
+                        "on loading; use a model made of diffusers and transformers components, "
+                        "or set model.trust_remote_code: true if you trust that code")
+
+
+def check_pipeline_libraries(model_id: str, trust_remote_code: bool) -> None:
+    """For a local pipeline folder (builtin or a path) and trust_remote_code off: refuse
+    components from other libraries (`refuse_foreign_components`) without loading anything."""
+    if trust_remote_code:
+        return
+    folder = (Path(resolve_model_source(model_id)) if model_id.startswith(BUILTIN_PREFIX)
+              else Path(model_id) if _is_folder(model_id) else None)
+    if folder is None:
+        return  # a hub id: checked when it loads (generate/load.py)
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(index, dict):
+        refuse_foreign_components(index, model_id)
+
+
 def _check_pipeline_components(folder: Path, model_id: str, field: str) -> None:
     """Refuse a pipeline folder whose model_index.json names a component it does not hold (a
     download cut short): diffusers then builds an empty tokenizer from the root folder, and

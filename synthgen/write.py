@@ -29,6 +29,7 @@ or an open `DatasetStore`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -454,6 +455,9 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
                 store.remove(f"{AUDIT_FOLDER}/{name}")
             for folder in AUDIT_PICTURE_FOLDERS:
                 store.remove_folder(f"{AUDIT_FOLDER}/{folder}")
+            if isinstance(store, LocalStore):
+                with contextlib.suppress(OSError):  # kept where the user's own files remain
+                    (store.root / AUDIT_FOLDER).rmdir()
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}

@@ -176,14 +176,15 @@ def test_a_component_from_a_diffusers_pipeline_module_still_loads(tmp_path):
     "stable_diffusion"), and null components; an unknown library is refused by name."""
     import torch
 
-    from synthgen.generate.load import _refuse_foreign_libraries, load_pipeline
+    from synthgen.builtin import refuse_foreign_components
+    from synthgen.generate.load import load_pipeline
     from synthgen.recipe import ModelSpec
 
     model = _tiny_model_copy(tmp_path / "model")
     index = json.loads((model / "model_index.json").read_text())
     index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
     (model / "model_index.json").write_text(json.dumps(index))
-    _refuse_foreign_libraries(ModelSpec(id=str(model)), str(model))  # accepted
+    refuse_foreign_components(json.loads((model / "model_index.json").read_text()), str(model))  # accepted
     index["safety_checker"] = [None, None]
     (model / "model_index.json").write_text(json.dumps(index))
     load_pipeline(ModelSpec(id=str(model)), torch.device("cpu"), torch.float32)
@@ -191,3 +192,22 @@ def test_a_component_from_a_diffusers_pipeline_module_still_loads(tmp_path):
     (model / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserError, match="scheduler from 'somewhere_else'"):
         load_pipeline(ModelSpec(id=str(model)), torch.device("cpu"), torch.float32)
+
+
+def test_validate_refuses_a_foreign_component_library_before_any_load(tmp_path):
+    """validate checks a local model folder's component libraries as generate would, unless
+    the recipe turns trust_remote_code on."""
+    from synthgen.recipe import load_recipe
+
+    model = _tiny_model_copy(tmp_path / "model")
+    index = json.loads((model / "model_index.json").read_text())
+    index["scheduler"] = ["mylib.models", "EulerDiscreteScheduler"]
+    (model / "model_index.json").write_text(json.dumps(index))
+    recipe = {**SMALL_RECIPE, "model": {**SMALL_RECIPE["model"], "id": str(model)}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UserError, match="loads scheduler from 'mylib.models'"):
+        load_recipe(path)
+    recipe["model"]["trust_remote_code"] = True
+    path.write_text(yaml.safe_dump(recipe))
+    load_recipe(path)

@@ -340,7 +340,7 @@ class ShardWorker:
                     # The test hook dies before the batch reaches the assembler: after it, a
                     # shard's last batch is already on its way to being published, and the
                     # test would race the writer thread.
-                    self._inject_fault(shard)
+                    self._inject_fault(shard, assembler)
                     for position, (group, view) in enumerate(batch):
                         assembler.add_view(group, view, result.images[position].numpy(),
                                            nonfinite=position in result.nonfinite,
@@ -358,7 +358,7 @@ class ShardWorker:
         built.group_checks = assembler.group_checks
         return built
 
-    def _inject_fault(self, shard: int) -> None:
+    def _inject_fault(self, shard: int, assembler: ShardAssembler) -> None:
         if not self.fault:
             return
         target, marker = self.fault.split(":", 1)
@@ -368,6 +368,11 @@ class ShardWorker:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # another worker already died for this test
+        # Dies in shard `target` with the shards finished before it published, whatever the
+        # machine's load: on a busy one the writer thread could still hold them, and what a
+        # rerun finds would be left to chance.
+        while assembler.pending_writes:
+            assembler.pending_writes.popleft().result()
         os._exit(FAULT_EXIT_STATUS)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from synthgen.builtin import (  # noqa: F401
     TINY_AUTOENCODER,
     check_model_reference,
     edit_record,
+    refuse_foreign_components,
     resolve_model_source,
 )
 from synthgen.errors import UserError
@@ -148,32 +149,16 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
                        edits=_recorded_edits(source), weights=weights_digest(spec))
 
 
-# Where a pipeline's components may come from without trust_remote_code: diffusers imports any
-# other library named in model_index.json (a dotted name such as "models.evil.scheduler" runs
-# that module if it is importable, e.g. from a checkout's models/ folder on sys.path).
-TRUSTED_LIBRARIES = {"diffusers", "transformers", None}
-
-
 def _refuse_foreign_libraries(spec: ModelSpec, source: str) -> None:
-    """A UserError for a model_index.json component whose library is not diffusers' or
-    transformers' (unreadable indexes are left to from_pretrained's own message)."""
-    from diffusers import DiffusionPipeline, pipelines
+    """`builtin.refuse_foreign_components` on the model's model_index.json, a hub model's
+    included (unreadable indexes are left to from_pretrained's own message)."""
+    from diffusers import DiffusionPipeline
 
     try:
         config = DiffusionPipeline.load_config(source, revision=spec.revision)
     except (OSError, ValueError, EnvironmentError):
         return
-    for name, value in config.items():
-        library = value[0] if isinstance(value, (list, tuple)) and value else None
-        if not isinstance(library, str) or library in TRUSTED_LIBRARIES:
-            continue  # not a component, or one from_pretrained refuses with its own message
-        # A pipeline module of diffusers itself (SD 1.5's safety checker: "stable_diffusion"),
-        # as diffusers resolves it (`hasattr(diffusers.pipelines, library)`).
-        if not (isinstance(library, str) and library.isidentifier() and hasattr(pipelines, library)):
-            raise UserError(f"model.id: {spec.id!r}: its model_index.json loads {name} from "
-                            f"{value[0]!r}, code outside diffusers and transformers, which would run "
-                            "on loading; use a model made of diffusers and transformers components, "
-                            "or set model.trust_remote_code: true if you trust that code")
+    refuse_foreign_components(config, spec.id)
 
 
 def _recorded_edits(source: str) -> tuple[dict, ...]:

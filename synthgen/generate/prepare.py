@@ -180,7 +180,8 @@ def check_negative_prompts(recipe: Recipe, sampler: Sampler) -> None:
     true_cfg = recipe.model.true_cfg_scale
     if true_cfg is not None and not sampler.accepts("true_cfg_scale"):
         raise UserError(f"model.true_cfg_scale {true_cfg}: {pipeline_name} has no true_cfg_scale "
-                        "(it is FLUX's); use model.guidance_scale for classifier-free guidance")
+                        "(FLUX.1 and a few other pipelines take one); use model.guidance_scale for "
+                        "classifier-free guidance")
     negative = negative_prompt(recipe)
     if not negative:
         return
