@@ -171,6 +171,14 @@ def naming_the_place(place):
         raise
 
 
+def _named(path: str | Path, option: str) -> Path:
+    """`path` as a Path; an empty string is a UserError, as on the command line (Path("") is
+    the current folder, where nothing should be read or written by accident)."""
+    if isinstance(path, str) and not path.strip():
+        raise UserError(f"{option} is empty; name a file or folder")
+    return Path(path)
+
+
 def _local_dataset(dataset: str | Path, command: str) -> Path:
     """`dataset` as a local folder; a URL is a UserError (Path would fold s3:// to s3:/ and the
     message would speak of a missing manifest)."""
@@ -178,7 +186,7 @@ def _local_dataset(dataset: str | Path, command: str) -> Path:
         raise UserError(f"{dataset}: synthgen {command} reads a dataset in a local folder; copy it "
                         "down first (e.g. aws s3 sync URL DIR, or gsutil -m rsync -r URL DIR) and "
                         "pass DIR")
-    return Path(dataset)
+    return _named(dataset, "DATASET_DIR")
 
 
 def _loaded(recipe: RecipeSource) -> Recipe:
@@ -221,7 +229,7 @@ def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
     from synthgen.outputs import check_output_file, file_written_whole
     from synthgen.plan import make_plan, summarize
 
-    jsonl = Path(jsonl) if jsonl is not None else None
+    jsonl = _named(jsonl, "--jsonl") if jsonl is not None else None
     if jsonl is not None:
         check_output_file(jsonl, "--jsonl")
         if (isinstance(recipe, (str, Path)) and jsonl.exists() and Path(recipe).exists()
@@ -336,7 +344,7 @@ def edit(recipe: RecipeSource, out: str | Path, *, device: str = "auto") -> Edit
     from synthgen.generate.prepare import check_has_edits, write_edited_model
     from synthgen.outputs import check_output_folder, folder_written_whole
 
-    out = Path(out)
+    out = _named(out, "--out")
     check_output_folder(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out}: is not empty; choose a new folder for the edited model")
@@ -360,7 +368,7 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
     from synthgen.outputs import check_output_file, file_written_whole
 
     dataset = _local_dataset(dataset, "inspect")
-    contact_sheet = Path(contact_sheet) if contact_sheet is not None else None
+    contact_sheet = _named(contact_sheet, "--contact-sheet") if contact_sheet is not None else None
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise UserError(f"--groups {groups!r}: the contact sheet shows the first N groups; give "
                         "a whole number of at least 1")
@@ -404,7 +412,7 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     from synthgen.outputs import check_output_folder
 
     dataset = _local_dataset(dataset, "audit")
-    report_dir = Path(report) if report is not None else dataset / "audit"
+    report_dir = _named(report, "--report") if report is not None else dataset / "audit"
     # Every option is checked before a model loads, and before the imports of torch and
     # transformers (seconds): a typo costs nothing.
     rules = parse_fail_on(list(fail_on))

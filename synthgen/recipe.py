@@ -93,7 +93,8 @@ def _one_line(name: str) -> str:
     # Names are printed in tables (plan, inspect) and drawn as captions (audit): a line break
     # or other control character splits a row or cannot be drawn. Format characters (a
     # zero-width joiner in an emoji or a Persian word) and other spaces are fine.
-    if not name.strip():
+    # Blank also when it holds only invisible characters (zero-width spaces and joiners).
+    if not "".join(c for c in name if unicodedata.category(c) != "Cf").strip():
         raise recipe_problem("name", "is blank; give a name")
     if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in name):
         raise recipe_problem("name", f"{name!r} holds a line break or another control "

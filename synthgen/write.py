@@ -780,15 +780,20 @@ def write_manifest(location: Location, plan: Plan) -> dict:
                 if shard["model"].get("detectors") is not None]
     if recorded:
         _refuse_other_detectors(store, dict(enumerate(shards)), recorded[0][1], f"shard {recorded[0][0]} has")
+        # Shards made before synthgen recorded detectors (a resumed dataset) were checked
+        # against none; they are described with the dataset's, not counted as another model.
+        models = [{**shard["model"], "detectors": recorded[0][1]} for shard in shards]
+    else:
+        models = [shard["model"] for shard in shards]
     manifest = {
         "format": DATASET_FORMAT,
         "recipe_hash": plan.recipe.recipe_hash,
         "recipe": plan.recipe.model_dump(mode="json"),
         "plan": summarize(plan),
-        "model": shards[0]["model"],
+        "model": models[0],
         # Shards resumed or sliced with other options (device, dtype, edits) record what made
         # them; more than one entry here means the dataset mixes them.
-        "model_variants": _model_variants(shards),
+        "model_variants": _model_variants(shards, models),
         "versions": library_versions(),
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                    "images": sum(s["images"] for s in shards),
@@ -816,12 +821,12 @@ def _write_reader_files(store: DatasetStore, manifest: dict, shards: list[dict])
         store.write(CARD, dataset_card(manifest, schema, sum(counts)).encode())
 
 
-def _model_variants(shards: list[dict]) -> list[dict]:
-    """Each distinct `model` description of the shards, with the shards it made."""
+def _model_variants(shards: list[dict], models: list[dict]) -> list[dict]:
+    """Each distinct model description (`models`, one per shard), with the shards it made."""
     variants: dict[bytes, dict] = {}
-    for stats in shards:
-        key = canonical_json(stats["model"])
-        variants.setdefault(key, {"model": stats["model"], "shards": []})["shards"].append(stats["name"])
+    for stats, model in zip(shards, models, strict=True):
+        key = canonical_json(model)
+        variants.setdefault(key, {"model": model, "shards": []})["shards"].append(stats["name"])
     return list(variants.values())
 
 

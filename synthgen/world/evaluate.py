@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from synthgen.errors import UserError
-from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
+from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER, load_world_sd
 from synthgen.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
 GUIDANCE_SCALE = 4.0
@@ -177,7 +177,6 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     numbers in the model cards use ``scale=1``. A ``models_root`` without the three folders,
     or a ``scale`` <= 0, raises `UserError` before anything loads.
     """
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPTokenizer
 
     from synthgen.devices import choose_device
@@ -207,7 +206,7 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     started = time.time()
     held_out = held_out_pool(count(HELD_OUT_RENDERS))
 
-    clip = CLIPModel.from_pretrained(models_root / CLIP_FOLDER).to(torch_device)
+    clip = CLIPModel.from_pretrained(models_root / CLIP_FOLDER, use_safetensors=True).to(torch_device)
     tokenizer = CLIPTokenizer.from_pretrained(models_root / CLIP_FOLDER)
     clip_metrics = zero_shot_attribute_accuracy(clip, tokenizer, held_out, torch_device)
     log(f"clip {clip_metrics}")
@@ -216,7 +215,7 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     oracle_metrics = oracle_accuracy(oracle, held_out)
     log(f"oracle {oracle_metrics}")
 
-    pipeline = StableDiffusionPipeline.from_pretrained(models_root / SD_FOLDER, use_safetensors=True)
+    pipeline = load_world_sd(models_root / SD_FOLDER)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(torch_device)
     generator_metrics = evaluate_generator(pipeline, oracle, count(GENERATED_PROMPTS), count(SUPPRESSION_PROMPTS),

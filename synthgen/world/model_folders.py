@@ -2,7 +2,8 @@
 
 world/train.py writes these folders and world/evaluate.py reads them and writes their model
 cards; both name them from here, so neither imports the other for a name (and the command line
-reads the default root without importing torch).
+reads the default root without importing torch). Both load a world-sd folder through
+`load_world_sd`, which checks it as `synthgen generate` checks a model.
 """
 
 from __future__ import annotations
@@ -15,3 +16,23 @@ SHIPPED_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
 CLIP_FOLDER = "world-clip"
 SD_FOLDER = "world-sd"
 ORACLE_FOLDER = "world-oracle"
+
+
+def load_world_sd(folder: Path):
+    """The StableDiffusionPipeline in `folder` (a world-sd the user points `--models` or
+    `--out` at): safetensors only, and components from diffusers and transformers only, as
+    `synthgen generate` loads a model with trust_remote_code off (another library named in
+    model_index.json would be imported, and its code run)."""
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from synthgen.builtin import refuse_foreign_components
+
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None  # from_pretrained says what is wrong with it
+    if isinstance(index, dict):
+        refuse_foreign_components(index, str(folder), "world-sd")
+    return StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)

@@ -47,7 +47,7 @@ from synthgen.world.diffusion import (
     train_world_unet,
     train_world_vae,
 )
-from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER
+from synthgen.world.model_folders import CLIP_FOLDER, ORACLE_FOLDER, SD_FOLDER, load_world_sd
 from synthgen.world.oracle import OracleTrainingOptions, save_oracle, train_world_oracle
 from synthgen.world.scene import caption
 from synthgen.world.tokenizer import build_world_tokenizer
@@ -145,12 +145,10 @@ def _continue_with_detail_phase(sd_dir: Path, pool, seed: int, scale: float, dev
                                 common: dict, say) -> None:
     """Run `DETAIL_PHASE` on the UNet of ``sd_dir`` (its VAE latents and text encoder as they are)
     and save the UNet; a world-sd that already had its detail phase is refused."""
-    from diffusers import StableDiffusionPipeline
-
     record = json.loads((sd_dir / "training.json").read_text())
     if "detail_phase" in record:
         raise UserError(f"{sd_dir} already had its detail phase; train world-sd again instead (--models sd)")
-    pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
+    pipeline = load_world_sd(sd_dir).to(device)
     latents = encode_latents(pipeline.vae, pool, device)
     data = _diffusion_data(pipeline, pool, latents * pipeline.vae.config.scaling_factor, seed, device)
     unet, phase = _run_detail_phase(data, pool, pipeline.unet, seed, scale, device, common, say)
@@ -164,14 +162,12 @@ def _continue_with_caption_phase(sd_dir: Path, pool, seed: int, scale: float, de
                                  common: dict, say) -> None:
     """Run `CAPTION_PHASE` on the UNet of ``sd_dir`` and save the UNet; refused for a world-sd
     without its detail phase or with its caption phase already."""
-    from diffusers import StableDiffusionPipeline
-
     record = json.loads((sd_dir / "training.json").read_text())
     if "caption_phase" in record:
         raise UserError(f"{sd_dir} already had its caption phase; train world-sd again instead (--models sd)")
     if "detail_phase" not in record:
         raise UserError(f"{sd_dir} has not had its detail phase; run --models sd-detail first")
-    pipeline = StableDiffusionPipeline.from_pretrained(sd_dir, use_safetensors=True).to(device)
+    pipeline = load_world_sd(sd_dir).to(device)
     data, captions = caption_phase_data(pipeline, pool, seed, device, CANONICAL_CAPTION_SHARE)
     say(f"caption phase data: {captions}")
     settings = _scaled(CAPTION_PHASE, scale)
