@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 from engine_helpers import QUIET  # noqa: E402
 
-from synthgen.cli import main  # noqa: E402
 from synthgen.errors import UserError  # noqa: E402
 from synthgen.plan import make_plan, recipe_warnings  # noqa: E402
 from synthgen.recipe import parse_recipe  # noqa: E402
+from cli_checks import assert_no_traceback, invoke  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,15 +47,6 @@ def _write(path: Path, **fields) -> Path:
     return path
 
 
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _assert_no_traceback(result, allowed=(0, 2)):
-    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
-    assert escaped is None, f"{type(escaped).__name__}: {str(escaped)[:300]}"
-    assert result.exit_code in allowed, result.output
-    assert "Traceback" not in result.output
 
 
 class _FixedReader:
@@ -107,8 +97,8 @@ def test_debias_applying_to_no_class_is_a_user_error_not_a_traceback(tmp_path, m
     recipe = _write(tmp_path / "debias.yaml", balance=[
         {"attribute": "colour", "values": {"red": 1, "blue": 1}, "method": "debias",
          "applies_to": [], "trials": 2, "iterations": 1, "prompts": 1}])
-    result = _invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
+    assert_no_traceback(result, allowed=(2,))
     assert "applies_to" in result.output, result.output
 
 
@@ -120,8 +110,8 @@ def test_a_balance_entry_with_one_value_is_told_how_many_it_needs(tmp_path):
     many are needed (at least 2 values), from the problem's own min_length."""
     recipe = _write(tmp_path / "one.yaml",
                     balance=[{"attribute": "colour", "values": {"red": 1}}])
-    result = _invoke("validate", recipe)
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("validate", recipe)
+    assert_no_traceback(result, allowed=(2,))
     assert "balance[0].values" in result.output, result.output
     assert "at least one entry" not in result.output, result.output
 
@@ -254,8 +244,8 @@ def test_edit_with_a_decoder_saves_the_models_own_vae(tmp_path):
     build_tiny_decoder().save_pretrained(decoder, safe_serialization=True)
     recipe = _write(tmp_path / "erase.yaml", model={**MODEL, "decoder": str(decoder)},
                     suppress=[{"concept": "logo", "method": "erase"}])
-    result = _invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
-    _assert_no_traceback(result, allowed=(0,))
+    result = invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
+    assert_no_traceback(result, allowed=(0,))
     base = json.loads((Path(resolve_model_source("builtin:tiny-random"))
                        / "model_index.json").read_text())
     saved = json.loads((tmp_path / "edited" / "model_index.json").read_text())

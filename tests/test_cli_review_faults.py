@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from small_recipe import SMALL_RECIPE, merge
 
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 from engine_helpers import finished_dataset  # noqa: E402
 
-from synthgen.cli import main  # noqa: E402
 from synthgen.plan import make_plan  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
+from cli_checks import assert_no_traceback, invoke  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,15 +34,6 @@ ONE_GROUP = {"classes": [{"name": "circle", "templates": ["a {colour} circle"], 
              "corner_cases": []}
 
 
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _assert_no_traceback(result, allowed=(0, 2)):
-    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
-    assert escaped is None, f"{type(escaped).__name__}: {str(escaped)[:300]}"
-    assert result.exit_code in allowed, result.output
-    assert "Traceback" not in result.output
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -78,8 +68,8 @@ def test_a_folder_option_that_is_or_lies_below_a_file_is_one_line_and_exit_2(tmp
         args = ["world", "dataset", "--out", a_file / "real", "--train", 1, "--test", 1]
     if command.startswith("train"):
         finished_dataset(data, make_plan(load_recipe(_write(tmp_path, ONE_GROUP))))
-    result = _invoke(*args)
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke(*args)
+    assert_no_traceback(result, allowed=(2,))
     assert str(a_file) in result.output, result.output
     assert a_file.read_text() == "mine"
 
@@ -106,7 +96,7 @@ def test_an_interrupted_dev_tiny_random_leaves_no_half_model_folder(tmp_path, mo
 
     monkeypatch.setattr(diffusers.UNet2DConditionModel, "save_pretrained", interrupted)
     out = tmp_path / "model"
-    result = _invoke("dev", "tiny-random", out)
+    result = invoke("dev", "tiny-random", out)
     assert result.exit_code == 130, result.output
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert left == [], f"a half-written model folder was left: {left}"
@@ -126,8 +116,8 @@ def test_a_name_with_a_newline_does_not_break_the_plan_table(tmp_path):
     own, so the table no longer has one row per corner case (inspect's 'corner case ...'
     lines break the same way). Either refuse the newline when the recipe loads (exit 2
     naming corner_cases[0].name) or print the name on one line (escaped)."""
-    result = _invoke("plan", _write(tmp_path, NEWLINE_CORNER))
-    _assert_no_traceback(result)
+    result = invoke("plan", _write(tmp_path, NEWLINE_CORNER))
+    assert_no_traceback(result)
     if result.exit_code == 2:
         assert "corner_cases[0].name" in result.output, result.output
         return
@@ -144,13 +134,13 @@ def test_audit_of_a_name_with_a_newline_writes_its_report(tmp_path, tiny_clip_di
     (or refuse the name when the recipe loads, exit 2)."""
     recipe = _write(tmp_path, NEWLINE_CORNER)
     out = tmp_path / "out"
-    made = _invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
-    _assert_no_traceback(made)
+    made = invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
+    assert_no_traceback(made)
     if made.exit_code == 2:
         assert "corner_cases[0].name" in made.output, made.output
         return
-    result = _invoke("audit", out, "--clip", tiny_clip_dir, "--device", "cpu", "--quiet")
-    _assert_no_traceback(result, allowed=(0,))
+    result = invoke("audit", out, "--clip", tiny_clip_dir, "--device", "cpu", "--quiet")
+    assert_no_traceback(result, allowed=(0,))
     assert (out / "audit" / "report.html").is_file()
 
 
@@ -163,8 +153,8 @@ def test_inspect_a_manifest_with_an_empty_shard_list_is_a_user_error(tmp_path):
     `[]` were fixed; this is the same mistake one key further). It should be the one-line
     "not a synthgen manifest" message, exit 2."""
     (tmp_path / "manifest.json").write_text('{"shards": []}')
-    result = _invoke("inspect", tmp_path)
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("inspect", tmp_path)
+    assert_no_traceback(result, allowed=(2,))
     assert "manifest.json" in result.output, result.output
 
 
@@ -180,9 +170,9 @@ def test_world_dataset_does_not_delete_a_synthgen_dataset_in_its_split_folder(tm
     generated = tmp_path / "data" / "test"
     finished_dataset(generated, make_plan(load_recipe(recipe)))
     before = _files(generated)
-    result = _invoke("world", "dataset", "--out", tmp_path / "data", "--train", 1, "--test", 1)
+    result = invoke("world", "dataset", "--out", tmp_path / "data", "--train", 1, "--test", 1)
     assert _files(generated) == before, "the generated dataset's shards were deleted or replaced"
-    _assert_no_traceback(result, allowed=(2,))
+    assert_no_traceback(result, allowed=(2,))
 
 
 def test_overwrite_keeps_a_users_audit_folder_that_holds_no_audit(tmp_path):
@@ -196,12 +186,12 @@ def test_overwrite_keeps_a_users_audit_folder_that_holds_no_audit(tmp_path):
     (out / "audit").mkdir(parents=True)
     (out / "audit" / "notes.txt").write_text("mine")
     recipe = _write(tmp_path, ONE_GROUP)
-    first = _invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
-    _assert_no_traceback(first)
+    first = invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet")
+    assert_no_traceback(first)
     if first.exit_code == 0:
-        result = _invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet",
+        result = invoke("generate", recipe, "--out", out, "--device", "cpu", "--quiet",
                          "--overwrite")
-        _assert_no_traceback(result)
+        assert_no_traceback(result)
     assert (out / "audit" / "notes.txt").is_file(), "the user's audit/notes.txt was deleted"
 
 
@@ -214,9 +204,9 @@ def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = _write(tmp_path, ONE_GROUP)
     (tmp_path / "mine.txt").write_text("mine")
-    result = _invoke("generate", recipe, "--out", "", "--device", "cpu", "--quiet")
+    result = invoke("generate", recipe, "--out", "", "--device", "cpu", "--quiet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "recipe.yaml"]
-    _assert_no_traceback(result, allowed=(2,))
+    assert_no_traceback(result, allowed=(2,))
     assert "--out" in result.output, result.output
 
 
@@ -242,8 +232,8 @@ def test_edit_into_a_link_to_an_empty_folder_is_not_a_traceback_after_the_work(t
                                              "target": "blue"}]})
     (tmp_path / "big-disk").mkdir()
     os.symlink(tmp_path / "big-disk", tmp_path / "edited")
-    result = _invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
-    _assert_no_traceback(result)
+    result = invoke("edit", recipe, "--out", tmp_path / "edited", "--device", "cpu")
+    assert_no_traceback(result)
     if result.exit_code == 0:
         assert (tmp_path / "edited" / "model_index.json").is_file()
     else:
@@ -261,8 +251,8 @@ def test_a_recipe_with_nul_bytes_is_one_line(tmp_path):
     so should this one (e.g. 'holds a NUL character; save it as UTF-8')."""
     path = tmp_path / "recipe.yaml"
     path.write_bytes(yaml.safe_dump(merge(SMALL_RECIPE, ONE_GROUP)).encode("utf-16-le"))
-    result = _invoke("validate", path)
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("validate", path)
+    assert_no_traceback(result, allowed=(2,))
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}"), result.output
 
@@ -274,7 +264,7 @@ def test_plan_json_with_jsonl_prints_only_json(tmp_path):
     --jsonl cli.plan appends 'plan written to FILE (N lines)' to stdout after it, so
     `synthgen plan R --json --jsonl plan.jsonl | jq` (or json.loads of stdout) fails. With
     --json, stdout should be the JSON alone (the note on stderr, or left out)."""
-    result = _invoke("plan", _write(tmp_path, {}), "--json", "--jsonl", tmp_path / "plan.jsonl")
-    _assert_no_traceback(result, allowed=(0,))
+    result = invoke("plan", _write(tmp_path, {}), "--json", "--jsonl", tmp_path / "plan.jsonl")
+    assert_no_traceback(result, allowed=(0,))
     summary = json.loads(result.stdout)
     assert summary["groups"] == 9

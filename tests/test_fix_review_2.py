@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 
 from engine_helpers import QUIET, model_info, shard_samples  # noqa: E402
 from small_recipe import SMALL_RECIPE, merge  # noqa: E402
-from synthgen.cli import main  # noqa: E402
 from synthgen.plan import make_plan  # noqa: E402
 from synthgen.recipe import parse_recipe  # noqa: E402
+from cli_checks import invoke  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,9 +32,6 @@ def _recipe(overrides: dict):
     return parse_recipe(yaml.safe_dump(merge(SMALL_RECIPE, overrides), sort_keys=False,
                                        allow_unicode=True))
 
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
 # --- recipe.py OneLineName: names that used to be valid -------------------------------------
@@ -158,7 +154,7 @@ def test_finalize_with_an_empty_dataset_argument_names_that_argument():
     take and a fix that fails ("no such option: --out"). Correct: the message names what was
     empty (DATASET_DIR here; parse_location could take the option's name, as
     check_output_folder does)."""
-    result = _invoke("finalize", "")
+    result = invoke("finalize", "")
     assert result.exit_code == 2, result.output
     assert "--out" not in result.output, result.output
 
@@ -177,7 +173,7 @@ def test_train_with_an_empty_out_is_refused_not_the_current_folder(tmp_path, mon
     work.mkdir()
     (work / "mine.txt").write_text("mine")
     monkeypatch.chdir(work)
-    result = _invoke("train", tmp_path / "data", "--out", "", "--views", "2", "--batch-size", "2",
+    result = invoke("train", tmp_path / "data", "--out", "", "--views", "2", "--batch-size", "2",
                      "--steps", "1", "--resolution", "8", "--width", "4", "--blocks", "1",
                      "--workers", "0", "--device", "cpu", "--checkpoint-every", "1")
     assert sorted(p.name for p in work.iterdir()) == ["mine.txt"], (

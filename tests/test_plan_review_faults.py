@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 from engine_helpers import finished_dataset  # noqa: E402
 
-from synthgen.cli import main  # noqa: E402
 from synthgen.errors import UserError
 from synthgen.plan import make_plan
 from synthgen.recipe import parse_recipe
 from synthgen.write import (MANIFEST, finalize_dataset)
+from cli_checks import assert_no_traceback, invoke  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = """\
@@ -40,15 +39,6 @@ def _recipe(**fields):
     return parse_recipe(yaml.safe_dump({**base, **fields}, sort_keys=False))
 
 
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _assert_no_traceback(result, allowed=(0, 2)):
-    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
-    assert escaped is None, f"{type(escaped).__name__}: {str(escaped)[:300]}"
-    assert result.exit_code in allowed, result.output
-    assert "Traceback" not in result.output
 
 
 # --- plan --jsonl ---------------------------------------------------------------------------
@@ -60,8 +50,8 @@ def test_plan_jsonl_with_a_mistyped_recipe_path_is_a_user_error(tmp_path, monkey
     usual one-line "recipe file not found" UserError, exit 2."""
     monkeypatch.chdir(tmp_path)
     Path("plan.jsonl").write_text("old plan\n")
-    result = _invoke("plan", "no-such-recipe.yaml", "--jsonl", "plan.jsonl")
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("plan", "no-such-recipe.yaml", "--jsonl", "plan.jsonl")
+    assert_no_traceback(result, allowed=(2,))
     assert "no-such-recipe.yaml" in result.output and "not found" in result.output, result.output
     assert Path("plan.jsonl").read_text() == "old plan\n"
 
@@ -131,8 +121,8 @@ def test_yaml_merge_keys_are_read_as_yaml_safe_load_reads_them(tmp_path):
           - &dog {name: dog, groups: 3}
           - {<<: *dog, name: cat}
         """))
-    result = _invoke("validate", path)
-    _assert_no_traceback(result, allowed=(0,))
+    result = invoke("validate", path)
+    assert_no_traceback(result, allowed=(0,))
     assert "2 classes" in result.output and "6 groups" in result.output, result.output
 
 
@@ -177,8 +167,8 @@ def test_a_suppress_concept_without_words_is_refused(tmp_path):
         classes: [{name: dog, groups: 2}]
         suppress: [{concept: ",", method: negative}]
         """))
-    result = _invoke("validate", path)
-    _assert_no_traceback(result)
+    result = invoke("validate", path)
+    assert_no_traceback(result)
     assert result.exit_code == 2 and "suppress[0].concept" in result.output, result.output
 
 
@@ -192,8 +182,8 @@ def test_a_boolean_where_a_count_goes_is_refused(tmp_path):
         templates: ["a {class}"]
         classes: [{name: dog, groups: 4}, {name: cat, groups: off}]
         """))
-    result = _invoke("validate", path)
-    _assert_no_traceback(result)
+    result = invoke("validate", path)
+    assert_no_traceback(result)
     assert result.exit_code == 2 and "classes[1].groups" in result.output, result.output
 
 
@@ -247,8 +237,8 @@ def test_edit_into_the_current_empty_folder_is_not_a_traceback(tmp_path, monkeyp
     here = tmp_path / "empty"
     here.mkdir()
     monkeypatch.chdir(here)
-    result = _invoke("edit", recipe, "--out", ".", "--device", "cpu")
-    _assert_no_traceback(result)
+    result = invoke("edit", recipe, "--out", ".", "--device", "cpu")
+    assert_no_traceback(result)
 
 
 def test_a_refused_edit_leaves_no_folders_behind(tmp_path):
@@ -259,8 +249,8 @@ def test_a_refused_edit_leaves_no_folders_behind(tmp_path):
     check the recipe first, and remove (or do not create) the parents on failure."""
     recipe = tmp_path / "no-edit.yaml"
     recipe.write_text(HEADER + 'templates: ["a {class}"]\nclasses: [{name: dog, groups: 2}]\n')
-    result = _invoke("edit", recipe, "--out", tmp_path / "new" / "sub" / "model",
+    result = invoke("edit", recipe, "--out", tmp_path / "new" / "sub" / "model",
                      "--device", "cpu")
-    _assert_no_traceback(result, allowed=(2,))
+    assert_no_traceback(result, allowed=(2,))
     assert "erase" in result.output, result.output
     assert not (tmp_path / "new").exists(), sorted(p.name for p in (tmp_path / "new").rglob("*"))

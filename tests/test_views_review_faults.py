@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 from small_recipe import SMALL_RECIPE, merge
-from synthgen.cli import main
 from synthgen.errors import UserError
 from synthgen.plan import make_plan, recipe_warnings, summarize
 from synthgen.recipe import parse_recipe
+from cli_checks import assert_no_traceback, invoke  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,15 +36,6 @@ def _write(folder: Path, overrides: dict, name: str = "recipe.yaml") -> Path:
     return path
 
 
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _assert_no_traceback(result, allowed=(0, 2)):
-    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
-    assert escaped is None, f"{type(escaped).__name__}: {str(escaped)[:300]}"
-    assert result.exit_code in allowed, result.output
-    assert "Traceback" not in result.output
 
 
 # --- slots.check with other strategies ------------------------------------------------------
@@ -139,8 +129,8 @@ def test_a_strategy_a_family_cannot_run_names_the_views_block_it_is_in(tmp_path)
                      "views": {"count": 2, "strategy": "slots",
                                "slots": {"vary": ["colour"], "hold_layout": True}}}],
         "corner_cases": []})
-    result = _invoke("generate", recipe, "--out", tmp_path / "out", "--device", "cpu", "--quiet")
-    _assert_no_traceback(result, allowed=(2,))
+    result = invoke("generate", recipe, "--out", tmp_path / "out", "--device", "cpu", "--quiet")
+    assert_no_traceback(result, allowed=(2,))
     assert "calls the UNet 2 times per step" in result.output, "setup: Heun is refused"
     assert "classes[1].views" in result.output, result.output
 
