@@ -61,11 +61,14 @@ def _is_folder(text: str) -> bool:
         return False
 
 
-def check_model_reference(model_id: str, field: str, kind: str) -> None:
+def check_model_reference(model_id: str, field: str, kind: str,
+                          trust_remote_code: bool = False) -> None:
     """Refuse a reference that cannot load as `kind` (a key of `MODEL_KINDS`), as far as can
     be told without loading it: an unknown builtin name, a folder that is missing or holds
-    another kind of model, or text that is neither a folder nor a hub id. A well-formed hub
-    id passes: only downloading it tells whether it exists."""
+    another kind of model (a pipeline: or lacks a component folder, or, without
+    `trust_remote_code`, names a component library outside diffusers and transformers), or
+    text that is neither a folder nor a hub id. A well-formed hub id passes: only downloading
+    it tells whether it exists."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if model_id.startswith(BUILTIN_PREFIX):
@@ -84,7 +87,7 @@ def check_model_reference(model_id: str, field: str, kind: str) -> None:
         return
     found = folder_kind(folder)
     if found == kind == PIPELINE:
-        _check_pipeline_components(folder, model_id, field)
+        _check_pipeline_components(folder, model_id, field, trust_remote_code)
     if found != kind:
         marker, named = MODEL_KINDS[kind]
         missing = f"it has no {marker}" if named is None else f"its {marker} is not a {kind}'s"
@@ -133,33 +136,20 @@ def refuse_foreign_components(index: dict, model_id: str, field: str = "model.id
                         "or set model.trust_remote_code: true if you trust that code")
 
 
-def check_pipeline_libraries(model_id: str, trust_remote_code: bool) -> None:
-    """For a local pipeline folder (builtin or a path) and trust_remote_code off: refuse
-    components from other libraries (`refuse_foreign_components`) without loading anything."""
-    if trust_remote_code:
-        return
-    folder = (Path(resolve_model_source(model_id)) if model_id.startswith(BUILTIN_PREFIX)
-              else Path(model_id) if _is_folder(model_id) else None)
-    if folder is None:
-        return  # a hub id: checked when it loads (generate/load.py)
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(index, dict):
-        refuse_foreign_components(index, model_id)
-
-
-def _check_pipeline_components(folder: Path, model_id: str, field: str) -> None:
+def _check_pipeline_components(folder: Path, model_id: str, field: str,
+                               trust_remote_code: bool) -> None:
     """Refuse a pipeline folder whose model_index.json names a component it does not hold (a
-    download cut short): diffusers then builds an empty tokenizer from the root folder, and
-    generation died inside it (OverflowError) instead of at this line."""
+    download cut short: diffusers then builds an empty tokenizer from the root folder, and
+    generation died inside it, OverflowError, instead of at this line), or, without
+    `trust_remote_code`, one from another library (`refuse_foreign_components`)."""
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # loading says what is wrong with the index itself
     if not isinstance(index, dict):
         return
+    if not trust_remote_code:
+        refuse_foreign_components(index, model_id, field)
     missing = [name for name, entry in index.items()
                if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2
                and entry[0] is not None and entry[1] is not None and not (folder / name).is_dir()]

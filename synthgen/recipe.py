@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from synthgen.balance import Balance, BalanceEntry
-from synthgen.builtin import CLIP, PIPELINE, TINY_AUTOENCODER, check_model_reference, check_pipeline_libraries
+from synthgen.builtin import CLIP, PIPELINE, TINY_AUTOENCODER, check_model_reference
 from synthgen.errors import UserError
 from synthgen.recipe_base import (
     CLASS_SLOT,
@@ -681,8 +681,7 @@ def check_model_references(recipe: Recipe) -> None:
     """Every model the recipe names can load as the kind its field needs, as far as can be
     told without loading it (see `builtin.check_model_reference`); folder paths are read
     from the current directory, as `from_pretrained` reads them."""
-    check_model_reference(recipe.model.id, "model.id", PIPELINE)
-    check_pipeline_libraries(recipe.model.id, recipe.model.trust_remote_code)
+    check_model_reference(recipe.model.id, "model.id", PIPELINE, recipe.model.trust_remote_code)
     if recipe.model.decoder is not None:
         check_model_reference(recipe.model.decoder, "model.decoder", TINY_AUTOENCODER)
     for index, entry in enumerate(recipe.suppress):

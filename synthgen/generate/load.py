@@ -99,10 +99,10 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
     # synthgen draws its own progress bar; the per-component loading bars only add noise.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    check_model_reference(spec.id, "model.id", PIPELINE)
+    check_model_reference(spec.id, "model.id", PIPELINE, spec.trust_remote_code)  # a folder's libraries too
     source = resolve_model_source(spec.id)
     scheduler = _scheduler(spec.scheduler) if spec.scheduler is not None else None
-    if not spec.trust_remote_code:
+    if not spec.trust_remote_code and not Path(source).is_dir():
         _refuse_foreign_libraries(spec, source)
     try:
         with warnings.catch_warnings():
@@ -150,8 +150,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> 
 
 
 def _refuse_foreign_libraries(spec: ModelSpec, source: str) -> None:
-    """`builtin.refuse_foreign_components` on the model's model_index.json, a hub model's
-    included (unreadable indexes are left to from_pretrained's own message)."""
+    """`builtin.refuse_foreign_components` on a hub model's model_index.json (a folder's was
+    checked by `check_model_reference`; unreadable indexes are left to from_pretrained)."""
     from diffusers import DiffusionPipeline
 
     try:

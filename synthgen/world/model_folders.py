@@ -23,16 +23,9 @@ def load_world_sd(folder: Path):
     `--out` at): safetensors only, and components from diffusers and transformers only, as
     `synthgen generate` loads a model with trust_remote_code off (another library named in
     model_index.json would be imported, and its code run)."""
-    import json
-
     from diffusers import StableDiffusionPipeline
 
-    from synthgen.builtin import refuse_foreign_components
+    from synthgen.builtin import PIPELINE, check_model_reference
 
-    try:
-        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = None  # from_pretrained says what is wrong with it
-    if isinstance(index, dict):
-        refuse_foreign_components(index, str(folder), "world-sd")
+    check_model_reference(str(folder), "world-sd", PIPELINE)
     return StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
