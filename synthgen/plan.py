@@ -27,6 +27,7 @@ from synthgen.attributes import (
 )
 from synthgen.builtin import edit_record
 from synthgen.recipe import CLASS_SLOT, MAX_SLOT_NESTING, Recipe, ViewsSpec, slugify, template_slots
+from synthgen.recipe_base import injected_template
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan, ViewText, plan_views
 from synthgen.views.img2img import img2img_steps
@@ -355,10 +356,10 @@ def _fill(recipe: Recipe, template: str, chosen: dict[str, str], balanced: dict[
     used = set(template_slots(template))
     values = {**chosen, CLASS_SLOT: class_name}
     values.update({slot: balanced[entry.attribute] for slot, entry in by_slot.items()})
-    prompt = template.format(**values)
     for slot, entry in by_slot.items():
         if slot not in used:
-            prompt = entry.inject.format(prompt=prompt, value=balanced[entry.attribute])
+            template = injected_template(template, entry.inject, slot)
+    prompt = template.format(**values)
     # Collapsing whitespace lets a slot value be empty ("a {style} photo" with style "").
     return " ".join(prompt.split())
 

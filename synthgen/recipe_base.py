@@ -48,6 +48,18 @@ def template_slots(template: str) -> list[str]:
     return names
 
 
+def injected_template(template: str, inject: str, slot: str) -> str:
+    """`template` with a balanced value it has no slot for added by the balance entry's
+    `inject` (e.g. "{prompt}, {value}"), the value left as the slot `slot`: how the plan and
+    debias put such a value into a prompt."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(inject):
+        parts.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            parts.append(template if field == "prompt" else "{" + slot + "}")
+    return "".join(parts)
+
+
 def check_template(where: str, template: str, known: set[str], slot_home: str) -> None:
     """A recipe problem unless `template`'s slots are well formed and all in `known`;
     `slot_home` is where the message tells the user to define a missing one."""

@@ -36,9 +36,9 @@ import torch
 
 from synthgen.attributes import balance_applies, largest_remainder_quotas
 from synthgen.generate.erase import (PRESERVE_WEIGHT, REGULARIZER, Encoded, Mapping, encode_all,
-                                     edit_text_paths, fill_templates, injected_template,
-                                     refuse_truncated, restore_text_weights, text_weights, token_pairs)
+                                     edit_text_paths, fill_templates, refuse_truncated, restore_text_weights, text_weights, token_pairs)
 from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
+from synthgen.recipe_base import injected_template
 from synthgen.seeding import derive_seed
 
 
@@ -181,7 +181,7 @@ def _describe(ratios: dict[str, dict[str, float]]) -> str:
 def _recipe_prompts(recipe: Recipe, index: int, spec) -> tuple[str | None, list[str]]:
     """(class word, `prompts` of the class's or corner case's own prompts): its templates, slots
     drawn uniformly, the values of prompt-balanced attributes too, in their slot or injected
-    where a template has none, as the plan fills them (`plan._fill`)."""
+    where a template has none (`injected_template`, as the plan fills them)."""
     entry = recipe.balance[index]
     applying = [other for other in recipe.prompt_balance if balance_applies(other, spec.name)]
     balanced = {other.slot_name: list(other.values) for other in applying}

@@ -407,17 +407,6 @@ def _literal_braces_kept(text: str) -> str:
     return "".join(parts)
 
 
-def injected_template(template: str, inject: str, slot: str) -> str:
-    """`template` with a balanced value it has no slot for added as the plan adds it (the
-    entry's `inject`, e.g. "{prompt}, {value}"), the value left as the slot `slot`."""
-    parts = []
-    for literal, field, _, _ in string.Formatter().parse(inject):
-        parts.append(literal.replace("{", "{{").replace("}", "}}"))
-        if field is not None:
-            parts.append(template if field == "prompt" else "{" + slot + "}")
-    return "".join(parts)
-
-
 def context_prompts(templates: Sequence[str], concept: str, count: int, seed: int,
                     slots: dict[str, Sequence[str]], class_names: Sequence[str]) -> list[str]:
     """Prompts using `concept` from context templates: `{concept}` is the concept, `{class}` a
