@@ -147,20 +147,22 @@ def prompts_naming_suppressed_concepts(recipe: Recipe) -> list[str]:
         sources += [(f"class {spec.name!r} template {t!r}", t) for t in spec.templates or ()]
     sources += [(f"corner case {case.name!r} prompt {case.prompt!r}", case.prompt)
                 for case in recipe.corner_cases]
-    # Values reach prompts too: a slot's through the templates that name it, a prompt
-    # balance entry's into an exact share of the groups.
-    # A recipe slot reaches the prompts of the classes that name it without their own values
-    # for it (own values replace the recipe's), and of the corner cases that name it.
-    filled = {slot for spec in recipe.classes for t in recipe.templates_for(spec)
-              for slot in template_slots(t) if slot not in (spec.slots or {})}
-    filled |= {slot for case in recipe.corner_cases for slot in template_slots(case.prompt)}
+    # Values reach prompts too: a class's own slot's through its templates; a recipe slot's
+    # through the templates of classes without their own values for it (own values replace
+    # the recipe's) and the corner-case prompts; a prompt balance entry's into an exact share
+    # of the groups.
+    filled = {slot for case in recipe.corner_cases for slot in template_slots(case.prompt)}
+    own_values = []
+    for spec in recipe.classes:
+        used = {slot for t in recipe.templates_for(spec) for slot in template_slots(t)}
+        own = spec.slots or {}
+        filled |= used - own.keys()
+        own_values += [(f"class {spec.name!r} slot {slot!r} value {value!r}", value)
+                       for slot, values in own.items() if slot in used for value in values]
     for slot, values in recipe.slots.items():
         if slot in filled:
             sources += [(f"slot {slot!r} value {value!r}", value) for value in values]
-    for spec in recipe.classes:
-        used = {slot for t in recipe.templates_for(spec) for slot in template_slots(t)}
-        sources += [(f"class {spec.name!r} slot {slot!r} value {value!r}", value)
-                    for slot, values in (spec.slots or {}).items() if slot in used for value in values]
+    sources += own_values
     sources += [(f"balance[{index}] ({entry.attribute}) value {value!r}", value)
                 for index, entry in enumerate(recipe.balance) if entry.slot_name is not None
                 for value in entry.values]

@@ -433,7 +433,7 @@ def _held_layout_warnings(recipe: Recipe) -> list[str]:
         # As LayoutSharing.shared_steps counts them (not imported: it would load torch here).
         steps = recipe.model.steps
         if not any(int(fraction * steps) for fraction in views.slots.layout_sharing.values()):
-            warnings.append(f"{where}.slots.hold_layout: at model.steps {recipe.model.steps} no "
+            warnings.append(f"{where}.slots.hold_layout: at model.steps {steps} no "
                             "step is shared (each part shares int(fraction x steps) of them), so "
                             "views hold nothing of view 0's layout; use more steps, or a larger "
                             "fraction (hold_layout: 1.0), or drop hold_layout")

@@ -448,16 +448,7 @@ def prepare_output_dir(location: Location, plan: Plan, overwrite: bool,
             if name != RECIPE_FILE and (_OWNED_FILE.match(name) or DATASET_TEMPORARY.match(name)):
                 store.remove(name)
         _remove_own_card(store)
-        if isinstance(store, LocalStore) and (store.root / AUDIT_FOLDER).is_symlink():
-            store.remove_folder(AUDIT_FOLDER)  # the link goes; the files it points at stay
-        elif store.size(f"{AUDIT_FOLDER}/{AUDIT_REPORT}") is not None:
-            for name in AUDIT_FILES:
-                store.remove(f"{AUDIT_FOLDER}/{name}")
-            for folder in AUDIT_PICTURE_FOLDERS:
-                store.remove_folder(f"{AUDIT_FOLDER}/{folder}")
-            if isinstance(store, LocalStore):
-                with contextlib.suppress(OSError):  # kept where the user's own files remain
-                    (store.root / AUDIT_FOLDER).rmdir()
+        _remove_audit_report(store)
     # 1. Claim the location for this recipe; of workers starting at once, one writes it.
     #    (The weights are recorded below: another recipe is refused before its model is looked at.)
     record = {"recipe_hash": recipe.recipe_hash, "weights": None}
@@ -526,6 +517,24 @@ def _own_card(store: DatasetStore) -> bool:
 def _remove_own_card(store: DatasetStore) -> None:
     if _own_card(store):
         store.remove(CARD)
+
+
+def _remove_audit_report(store: DatasetStore) -> None:
+    """The old dataset's audit report in `AUDIT_FOLDER`: only the files synthgen audit writes
+    (`AUDIT_FILES`), and only where its report.json says one is there; a link of that name is
+    unlinked, the files it points at left alone."""
+    if isinstance(store, LocalStore) and (store.root / AUDIT_FOLDER).is_symlink():
+        store.remove_folder(AUDIT_FOLDER)
+        return
+    if store.size(f"{AUDIT_FOLDER}/{AUDIT_REPORT}") is None:
+        return
+    for name in AUDIT_FILES:
+        store.remove(f"{AUDIT_FOLDER}/{name}")
+    for folder in AUDIT_PICTURE_FOLDERS:
+        store.remove_folder(f"{AUDIT_FOLDER}/{folder}")
+    if isinstance(store, LocalStore):
+        with contextlib.suppress(OSError):  # kept where the user's own files remain
+            (store.root / AUDIT_FOLDER).rmdir()
 
 
 def _refuse_other_weights(store: DatasetStore, recipe: Recipe, stats_by_shard: dict[int, dict],
