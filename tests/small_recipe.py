@@ -31,3 +31,27 @@ def merge(base: dict, overrides: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def parse_small(overrides: dict):
+    """`SMALL_RECIPE` with `overrides` merged in, read by recipe.py as a user's file would be."""
+    import yaml
+
+    from synthgen.recipe import parse_recipe
+
+    return parse_recipe(yaml.safe_dump(merge(SMALL_RECIPE, overrides), sort_keys=False,
+                                       allow_unicode=True))
+
+
+def two_shard_reject_plan(detector: str):
+    """The plan of a 2-shard dataset (2 circle groups, one a shard) that rejects "striped"
+    views with `detector`: what the detector-recording tests resume and finalize."""
+    from synthgen.plan import make_plan
+
+    plan = make_plan(parse_small({
+        "classes": [{"name": "circle", "templates": ["a {colour} circle"], "groups": 2}],
+        "corner_cases": [], "output": {"groups_per_shard": 1},
+        "suppress": [{"concept": "striped", "method": "reject", "max_retries": 1,
+                      "detector": detector}]}))
+    assert plan.shard_count == 2
+    return plan

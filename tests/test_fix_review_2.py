@@ -18,7 +18,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 
 from engine_helpers import QUIET, model_info, shard_samples  # noqa: E402
-from small_recipe import SMALL_RECIPE, merge  # noqa: E402
+from small_recipe import parse_small, two_shard_reject_plan  # noqa: E402
 from synthgen.plan import make_plan  # noqa: E402
 from synthgen.recipe import parse_recipe  # noqa: E402
 from cli_checks import invoke  # noqa: E402
@@ -28,9 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = {"id": "builtin:tiny-random", "steps": 2, "width": 32, "height": 32}
 
 
-def _recipe(overrides: dict):
-    return parse_recipe(yaml.safe_dump(merge(SMALL_RECIPE, overrides), sort_keys=False,
-                                       allow_unicode=True))
 
 
 
@@ -53,7 +50,7 @@ def test_a_class_name_on_one_line_with_a_format_or_space_character_is_valid(name
     (write.finalize_dataset reads recipe.json with Recipe.model_validate: "recipe.json is
     damaged"). Correct: refuse only line and paragraph breaks and C0/C1 control characters
     (categories Cc, Zl, Zp), not format characters or non-ASCII spaces."""
-    recipe = _recipe({"classes": [{"name": name, "templates": ["a {colour} circle"],
+    recipe = parse_small({"classes": [{"name": name, "templates": ["a {colour} circle"],
                                    "groups": 1}], "corner_cases": []})
     assert recipe.classes[0].name == name
 
@@ -76,12 +73,7 @@ def test_a_reject_dataset_made_before_detectors_counted_resumes(tmp_path, tiny_c
     from synthgen.write import prepare_output_dir, publish_shard, read_recipe_record
     from synthgen.store import open_store
 
-    plan = make_plan(_recipe({
-        "classes": [{"name": "circle", "templates": ["a {colour} circle"], "groups": 2}],
-        "corner_cases": [], "output": {"groups_per_shard": 1},
-        "suppress": [{"concept": "striped", "method": "reject", "max_retries": 1,
-                      "detector": str(tiny_clip_dir)}]}))
-    assert plan.shard_count == 2
+    plan = two_shard_reject_plan(str(tiny_clip_dir))
     out = tmp_path / "data"
     prepare_output_dir(out, plan, overwrite=False)
     # As the previous synthgen recorded it: recipe.json and the shard carry the model's digest.
@@ -129,7 +121,7 @@ def test_a_hub_detector_the_first_run_downloads_does_not_block_its_resume(tmp_pa
 
     monkeypatch.setattr(identity, "_hub_snapshot", hub_snapshot)
     monkeypatch.setattr(prepare, "ClipConceptScorer", DownloadingScorer)
-    plan = make_plan(_recipe({
+    plan = make_plan(parse_small({
         "model": MODEL, "views": {"count": 1, "strategy": "seeds"},
         "classes": [{"name": "circle", "templates": ["a {colour} circle"], "groups": 2}],
         "corner_cases": [], "output": {"groups_per_shard": 1},
@@ -247,11 +239,11 @@ def test_resuming_after_an_audit_only_edit_does_not_plan_the_dataset_a_second_ti
     from synthgen.write import prepare_output_dir, publish_shard
 
     fields = {"output": {"groups_per_shard": 2}}
-    plan = make_plan(_recipe(fields))
+    plan = make_plan(parse_small(fields))
     out = tmp_path / "data"
     prepare_output_dir(out, plan, overwrite=False)
     assert publish_shard(out, 0, shard_samples(plan, 0), model_info(plan)).published
-    tuned = make_plan(_recipe({**fields, "audit": {"margin": 0.2}}))
+    tuned = make_plan(parse_small({**fields, "audit": {"margin": 0.2}}))
     assert tuned.recipe.recipe_hash == plan.recipe.recipe_hash
     planned = []
     real_make_plan = write.make_plan

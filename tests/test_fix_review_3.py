@@ -12,22 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent / "engines"))
 
 from engine_helpers import model_info, shard_samples  # noqa: E402
-from small_recipe import SMALL_RECIPE, merge  # noqa: E402
+from small_recipe import parse_small, two_shard_reject_plan  # noqa: E402
 from synthgen.errors import UserError  # noqa: E402
-from synthgen.plan import make_plan  # noqa: E402
-from synthgen.recipe import parse_recipe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _recipe(overrides: dict):
-    return parse_recipe(yaml.safe_dump(merge(SMALL_RECIPE, overrides), sort_keys=False,
-                                       allow_unicode=True))
 
 
 class _Reached(Exception):
@@ -72,7 +66,7 @@ def test_api_edit_refuses_an_empty_out_folder_as_the_cli_does(tmp_path, monkeypa
         raise _Reached("api.edit went on to edit the model with out=''")
 
     monkeypatch.setattr(prepare, "write_edited_model", reached)
-    recipe = _recipe({"suppress": [{"concept": "striped", "method": "erase"}]})
+    recipe = parse_small({"suppress": [{"concept": "striped", "method": "erase"}]})
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.chdir(empty)
@@ -97,12 +91,7 @@ def test_a_resumed_dataset_from_before_model_detectors_is_not_reported_as_mixing
     setting: one variant here."""
     from synthgen.write import finalize_dataset, prepare_output_dir, publish_shard
 
-    plan = make_plan(_recipe({
-        "classes": [{"name": "circle", "templates": ["a {colour} circle"], "groups": 2}],
-        "corner_cases": [], "output": {"groups_per_shard": 1},
-        "suppress": [{"concept": "striped", "method": "reject", "max_retries": 1,
-                      "detector": str(tiny_clip_dir)}]}))
-    assert plan.shard_count == 2
+    plan = two_shard_reject_plan(str(tiny_clip_dir))
     from synthgen.generate.identity import detectors_digest
 
     out = tmp_path / "data"
@@ -130,7 +119,7 @@ def test_a_name_of_only_invisible_format_characters_is_refused_as_blank(name):
     which is what the check exists to prevent (before 729311b it was refused). Correct: a
     name with no visible character is refused ("is blank; give a name")."""
     with pytest.raises(UserError, match="blank"):
-        _recipe({"classes": [{"name": name, "templates": ["a {colour} circle"], "groups": 1}],
+        parse_small({"classes": [{"name": name, "templates": ["a {colour} circle"], "groups": 1}],
                  "corner_cases": []})
 
 
