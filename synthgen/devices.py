@@ -21,4 +21,10 @@ def choose_device(requested: str = "auto") -> torch.device:
             raise UserError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
         if device.index is not None and device.index >= visible:
             raise UserError(f"--device {requested}: only cuda:0 to cuda:{visible - 1} are visible")
+    elif device.type != "cpu":
+        try:  # mps, xpu, ...: torch knows the name, but this build or machine may not have one
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise UserError(f"--device {requested}: this torch cannot use it ({str(error)[:100]}); "
+                            "use auto, cpu, cuda or cuda:N") from None
     return device

@@ -116,6 +116,10 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
     spec = EncoderSpec(resolution=resolution if resolution is not None else 32)
     if checkpoint is not None:
         encoders["checkpoint"], spec = load_encoder(checkpoint)
+        if spec.arch == "vit" and resolution not in (None, spec.resolution):
+            # A ViT's position embeddings hold its training resolution's number of patches.
+            raise UserError(f"--resolution {resolution}: the checkpoint's ViT reads "
+                            f"{spec.resolution} px images only; leave --resolution out")
     encoders["random-init"] = random_encoder(spec, seed)
     results = {}
     for name, encoder in encoders.items():

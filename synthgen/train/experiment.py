@@ -32,6 +32,7 @@ kept under the work directory and reused when the command is run again.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -260,6 +261,18 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_folder(work: Path, condition: str, seed: int, config,
+               made_by: dict | None = None) -> Path:
+    """Where a run of `condition` at `seed` lives: named by the hash of its config (and of what
+    made its data), so a changed budget never reuses an old run."""
+    # The data by its place in the work folder, not by how --work was spelt.
+    keyed = {**config.to_json(), "data": os.path.relpath(config.data, work)}
+    if made_by is not None:
+        keyed["data_made_by"] = made_by
+    config_hash = stable_seed(json.dumps(keyed, sort_keys=True)) % 16 ** 8
+    return work / "runs" / f"{condition}-seed{seed}-{config_hash:08x}"
+
+
 def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
                    only: tuple[str, ...] | None = None) -> dict:
     """Run every condition (or those named in `only`, "random-init" included) for every seed;
@@ -302,9 +315,7 @@ def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,
             made_by = None if condition.data == "real" else {
                 "model": budget.model_id,
                 "recipe": (_json_or_none(paths[condition.data] / "manifest.json") or {}).get("recipe_hash")}
-            keyed = config.to_json() if made_by is None else {**config.to_json(), "data_made_by": made_by}
-            config_hash = stable_seed(json.dumps(keyed, sort_keys=True)) % 16 ** 8
-            run_dir = work / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
+            run_dir = run_folder(work, condition.name, seed, config, made_by)
             done = run_dir / "probe.json"
             record = _json_or_none(done)
             if not (isinstance(record, dict) and isinstance(record.get("test_top1"), (int, float))

@@ -18,7 +18,7 @@ from torch import nn
 
 from synthgen.data import image_folder_classes, load_labelled
 from synthgen.errors import UserError
-from synthgen.train.checkpoint import LAST, model_state, read_checkpoint
+from synthgen.train.checkpoint import LAST, damaged, model_state, read_checkpoint
 from synthgen.train.encoders import EncoderSpec, build_encoder
 
 
@@ -43,9 +43,13 @@ def load_encoder(checkpoint: Path) -> tuple[nn.Module, EncoderSpec]:
         raise UserError(f"--checkpoint {checkpoint}: no checkpoint there; pass a "
                         f"{LAST} file or the --out directory of synthgen train")
     tensors, record = read_checkpoint(path)
-    spec = EncoderSpec.from_json(record["config"]["encoder"])
-    encoder = build_encoder(spec)
-    encoder.load_state_dict(model_state(tensors, "model.encoder."))
+    try:
+        spec = EncoderSpec.from_json(record["config"]["encoder"])
+        encoder = build_encoder(spec)
+        encoder.load_state_dict(model_state(tensors, "model.encoder."))
+    except (KeyError, ValueError, TypeError, RuntimeError, AssertionError) as error:
+        # The record's encoder spec does not build the encoder its tensors hold.
+        raise damaged(path, error) from None
     return encoder, spec
 
 
@@ -116,6 +120,9 @@ def probe(encoder: nn.Module, train_data, test_data, resolution: int, device: st
             raise UserError(f"{split} data {train_data if split == 'train' else test_data}: no "
                             "sample has a class (all are corner cases without one); probe on "
                             "labelled data")
+    if int(labelled["train"].sum()) < 2:
+        raise UserError(f"train data {train_data}: {int(labelled['train'].sum())} labelled sample; "
+                        "a linear probe needs 2 or more to fit")
     train_x = extract_features(encoder, train_images[labelled["train"]], device=device)
     test_x = extract_features(encoder, test_images[labelled["test"]], device=device)
     result = fit_linear_probe(train_x, train_labels[labelled["train"]], test_x,

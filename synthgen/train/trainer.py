@@ -24,6 +24,7 @@ import torch
 from synthgen.data import group_loader, resolve_shards
 from synthgen.devices import choose_device
 from synthgen.errors import UserError
+from synthgen.store import write_atomically
 from synthgen.train.checkpoint import LAST, read_record, restore, save_checkpoint
 from synthgen.train.encoders import ContrastiveModel, EncoderSpec
 from synthgen.train.losses import group_embedding_loss
@@ -78,8 +79,13 @@ class TrainOptions:
             # class; a batch without any gives a loss over no anchors (NaN).
             raise UserError(f"views: {self.method} needs 2 or more crops per group, got {crops}; "
                             "pass views >= 2 or crops_per_view >= 2")
-        for name in ("steps", "views", "crops_per_view", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("steps", "views", "crops_per_view", "checkpoint_every", "log_every"):
             _check_number(name, getattr(self, name), minimum=1, whole=True)
+        # A batch's other groups are its negatives: with one group the loss is 0 and nothing learns.
+        _check_number("batch_size", self.batch_size, minimum=2, whole=True,
+                      hint="the other groups of a batch are each group's negatives")
+        if not (isinstance(self.seed, int) and -2 ** 63 <= self.seed < 2 ** 64):
+            raise UserError(f"seed: {self.seed!r} does not fit in 64 bits; pass a smaller whole number")
         _check_number("warmup_steps", self.warmup_steps, minimum=0, whole=True)
         if self.epoch_groups is not None:
             _check_number("epoch_groups", self.epoch_groups, minimum=1, whole=True,
@@ -93,6 +99,9 @@ class TrainOptions:
         for name in ("width", "resolution", "projection_dim") + (("patch", "depth", "heads")
                                                                  if encoder.arch == "vit" else ()):
             _check_number(name, getattr(encoder, name), minimum=1, whole=True)
+        if encoder.arch == "vit" and encoder.width % encoder.heads:
+            raise UserError(f"width: {encoder.width} is not divisible by the ViT's {encoder.heads} "
+                            "attention heads; pass a multiple of it")
         if encoder.arch == "resnet" and (not encoder.blocks or min(encoder.blocks) < 1):
             raise UserError(f"blocks: {','.join(map(str, encoder.blocks)) or 'none'} must be one or "
                             "more whole numbers of at least 1, e.g. 2,2,2,2")
@@ -131,11 +140,48 @@ def data_fingerprint(data, batches_per_epoch: int) -> dict:
             "batches_per_epoch": batches_per_epoch}
 
 
+def _config_differences(recorded: dict, now: dict, prefix: str = "") -> list[str]:
+    """"field: value in the checkpoint, value now (--option)" for each field that differs."""
+    differences = []
+    for name in sorted(set(recorded) | set(now)):
+        old, new = recorded.get(name), now.get(name)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _config_differences(old, new, f"{prefix}{name}.")
+            continue
+        option = _OPTIONS.get(name, "--" + name.replace("_", "-"))
+        differences.append(f"{prefix}{name} {json.dumps(old)} in the checkpoint, {json.dumps(new)} "
+                           f"now ({option})")
+    return differences
+
+
+# The command-line options whose names are not the field's (the rest are --field-name).
+_OPTIONS = {"num_workers": "--workers", "data": "the DATA argument", "log_every": "log_every"}
+
+
 def _data_difference(recorded: dict, now: dict) -> str:
     if recorded.get("shards") != now["shards"]:
         return f"{len(recorded.get('shards') or [])} shards then, {len(now['shards'])} now"
     differing = [key for key in now if recorded.get(key) != now[key]]
     return "their " + ", ".join(differing).replace("_", " ") + " differ"
+
+
+def _keep_log_until(log: Path, step: int) -> None:
+    """Drop the log's entries after `step` (and a line cut short): a run killed after logging
+    steps it had not checkpointed trains them again, and logs each step once."""
+    if not log.is_file():
+        return
+    lines, kept = log.read_text(errors="replace").splitlines(), []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+            kept.append(line + "\n")
+    if len(kept) != len(lines):
+        write_atomically(log, "".join(kept).encode())
 
 
 def first_of_each_group(group_ids: list[str]) -> torch.Tensor:
@@ -187,16 +233,27 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                           epoch_groups=config.epoch_groups, pin_memory=torch_device.type == "cuda")
     batches_per_epoch = loader.batches_per_epoch
     data = data_fingerprint(config.data, batches_per_epoch)
+    if data["shard_samples"] is not None and sum(data["shard_samples"]) < 2:
+        raise UserError(f"{config.data}: holds {sum(data['shard_samples'])} group; contrastive "
+                        "training needs 2 or more (the other groups of a batch are the negatives)")
 
     # 3. Model and optimiser, from the last checkpoint when there is one.
     model = ContrastiveModel(config.encoder).to(torch_device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step = 0
+    loss_value = float("nan")
     if checkpoint_path.is_file():
-        if read_record(checkpoint_path)["config"] != config.to_json():
-            raise UserError(f"--out {out_dir}: holds a checkpoint of a different training config; "
-                            "choose another --out, or delete it to start over")
-        recorded = read_record(checkpoint_path).get("data")
+        record = read_record(checkpoint_path)
+        recorded = record.get("data")
+        # The data is compared by what it holds (its fingerprint) where the checkpoint recorded
+        # it, not by how its path was spelt.
+        differences = _config_differences(
+            {key: value for key, value in record["config"].items() if recorded is None or key != "data"},
+            {key: value for key, value in config.to_json().items() if recorded is None or key != "data"})
+        if differences:
+            raise UserError(f"--out {out_dir}: holds a checkpoint of another training config ("
+                            + "; ".join(differences) + "); pass the checkpoint's values to resume "
+                            "it, or choose another --out")
         if recorded is not None and recorded != data:
             raise UserError(
                 f"--out {out_dir}: its checkpoint was trained on other data than {config.data} "
@@ -204,20 +261,21 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                 "the run it continues: train on the same shards, or choose another --out")
         record = restore(checkpoint_path, model, optimizer)
         step = record["step"]
+        loss_value = record.get("loss", loss_value)
         if record.get("scaler"):
             scaler.load_state_dict(record["scaler"])
         if not quiet:
             print(f"resuming from step {step} ({checkpoint_path})", flush=True)
+    _keep_log_until(out_dir / LOG, step)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model, optimizer,
                         {"step": step, "config": config.to_json(), "scaler": scaler.state_dict(),
-                         "batches_per_epoch": batches_per_epoch, "data": data})
+                         "batches_per_epoch": batches_per_epoch, "data": data, "loss": loss_value})
 
     # 4. The loop.
     model.train()
     last_stop = config.steps if stop_after is None else min(config.steps, step + stop_after)
-    loss_value = float("nan")
     started = time.perf_counter()
     with open(out_dir / LOG, "a") as log:
         while step < last_stop:

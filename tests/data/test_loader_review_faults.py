@@ -356,7 +356,6 @@ def test_the_experiment_redoes_a_run_whose_probe_json_is_damaged(tmp_path, monke
     import synthgen.train.experiment as experiment
     import synthgen.train.probe as probe_module
     import synthgen.train.trainer as trainer_module
-    from synthgen.data import stable_seed
 
     budget = experiment.BUDGETS["smoke"]
     condition = next(c for c in experiment.conditions(budget) if c.name == "real-simclr")
@@ -372,8 +371,7 @@ def test_the_experiment_redoes_a_run_whose_probe_json_is_damaged(tmp_path, monke
 
     seed = budget.seeds[0]
     config = experiment.train_config(budget, condition, data, seed)
-    config_hash = stable_seed(json.dumps(config.to_json(), sort_keys=True)) % 16 ** 8
-    run_dir = tmp_path / "work" / "runs" / f"{condition.name}-seed{seed}-{config_hash:08x}"
+    run_dir = experiment.run_folder(tmp_path / "work", condition.name, seed, config)
     run_dir.mkdir(parents=True)
     (run_dir / "probe.json").write_text('{"test_top1": 0.43, "train_sec')  # cut short
 

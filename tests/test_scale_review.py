@@ -1,0 +1,58 @@
+"""Scale review: what breaks only at the sizes real recipes reach (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthgen.data.sources import read_manifest
+from synthgen.errors import UserError
+from synthgen.recipe import load_recipe
+from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, shard_name, stats_name
+from synthgen.store import DATASET_TEMPORARY
+
+# 1,000,001 groups of 2 views (2,000,002 images, under MAX_PLAN_IMAGES) at one group a shard:
+# a valid recipe of 1,000,001 shards, the last of which is shard 1,000,000.
+MILLION_SHARDS = {
+    "classes": [{"name": "dot", "templates": ["a {colour} dot"], "groups": 1_000_001}],
+    "corner_cases": [],
+    "output": {"groups_per_shard": 1},
+}
+
+
+def _last_shard(recipe) -> int:
+    per_shard = recipe.output.groups_per_shard
+    groups = sum(spec.groups for spec in recipe.classes)
+    return (groups + per_shard - 1) // per_shard - 1
+
+
+def test_recipe_with_a_millionth_shard_is_accepted(write_recipe):
+    recipe = load_recipe(write_recipe(MILLION_SHARDS))
+    assert _last_shard(recipe) == 1_000_000
+
+
+def test_the_millionth_shard_name_is_a_synthgen_shard_name(write_recipe):
+    """shard_name pads to 6 digits, so shard 1,000,000 is `shard-1000000.tar`; SHARD_FILE (and
+    write._OWNED_FILE, store.DATASET_TEMPORARY) accept exactly 6 digits, so the files synthgen
+    itself writes for such a recipe are not recognised as its own."""
+    last = _last_shard(load_recipe(write_recipe(MILLION_SHARDS)))
+    assert SHARD_FILE.match(shard_name(last))
+    assert SHARD_FILE.match(stats_name(last))
+    assert DATASET_TEMPORARY.match(f".{shard_name(last)}.host.123.tmp")
+
+
+def test_loader_reads_a_manifest_that_lists_the_millionth_shard(write_recipe, tmp_path):
+    """The manifest `finalize` writes for such a dataset lists `shard-1000000.tar`; the loader,
+    inspect, audit and edit all read it through `read_manifest`, which refuses that name."""
+    last = _last_shard(load_recipe(write_recipe(MILLION_SHARDS)))
+    manifest = {"format": DATASET_FORMAT,
+                "shards": [{"name": shard_name(shard), "samples": 1, "sha256": "0" * 64}
+                           for shard in (0, last)]}
+    path = tmp_path / MANIFEST
+    path.write_text(json.dumps(manifest))
+    try:
+        _, shards = read_manifest(path)
+    except UserError as error:
+        pytest.fail(f"a manifest synthgen writes is refused: {error}")
+    assert [shard["name"] for shard in shards] == [shard_name(0), shard_name(last)]
