@@ -47,8 +47,8 @@ def largest_remainder_quotas(total: int, proportions: dict[str, float]) -> dict[
     exact = {value: total * weight / weight_sum for value, weight in weights.items()}
     counts = {value: int(share) for value, share in exact.items()}
     leftover = total - sum(counts.values())
-    order = sorted(proportions, key=lambda value: (-(exact[value] - counts[value]),
-                                                   list(proportions).index(value)))
+    position = {value: index for index, value in enumerate(proportions)}
+    order = sorted(proportions, key=lambda value: (-(exact[value] - counts[value]), position[value]))
     for value in order[:leftover]:
         counts[value] += 1
     return counts

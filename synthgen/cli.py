@@ -247,7 +247,10 @@ class DatasetLocation(click.ParamType):
 
         try:
             # memory:// and the like are for the Python API only: workers would not share them.
-            return parse_location(str(value), OBJECT_STORE_PROTOCOLS)
+            # Named as the command names it: --out for generate, DATASET_DIR for finalize.
+            option = param.opts[0] if param is not None and param.param_type_name == "option" \
+                else (param.human_readable_name if param is not None else "--out")
+            return parse_location(str(value), OBJECT_STORE_PROTOCOLS, option)
         except UserError as error:
             self.fail(str(error), param, ctx)
 

@@ -29,6 +29,8 @@ def check_output_file(path: Path, option: str, suffixes: Collection[str] | None 
         raise UserError(f"{option} {path}: is a device, pipe or socket, not a file; give the "
                         "name of a file to write")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is not a folder; choose another path")
     if not parent.is_dir():
         raise UserError(f"{option} {path}: the folder {parent} does not exist; create it first "
                         "or choose another path")

@@ -6,6 +6,7 @@ field path (``classes[0].templates[1]``), the bad value and how to fix it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -545,11 +546,19 @@ class Recipe(StrictModel):
             blocks.insert(0, ("views", self.views))
         return blocks
 
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Recipe:
+        """pydantic's copy, without the copied recipe's cached hash (its fields may differ)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("recipe_hash", None)
+        return copy
+
     def templates_for(self, spec: ClassSpec) -> list[str]:
         """A class's own templates, else the recipe's shared ones."""
         return spec.templates if spec.templates is not None else self.templates
 
-    @property
+    # Computed once: every sample's json records it, and dumping a 1,000-class recipe takes
+    # milliseconds. The recipe is frozen, so only a copy can change what it hashes.
+    @functools.cached_property
     def recipe_hash(self) -> str:
         """sha256 of the canonical JSON of the resolved recipe: equal recipes, equal hashes.
 

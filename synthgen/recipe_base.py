@@ -9,6 +9,7 @@ synthgen/balance/) can live beside their code: recipe.py imports them, and they 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import string
 import types
@@ -38,6 +39,11 @@ def recipe_problem(kind: str, message: str) -> PydanticCustomError:
 
 def template_slots(template: str) -> list[str]:
     """The slot names a template uses, in order; raises ValueError for malformed braces."""
+    return list(_template_slots(template))
+
+
+@functools.lru_cache(maxsize=4096)  # the plan asks several times per group, of a few templates
+def _template_slots(template: str) -> tuple[str, ...]:
     names = []
     for _, field_name, format_spec, conversion in string.Formatter().parse(template):
         if field_name is None:
@@ -45,7 +51,7 @@ def template_slots(template: str) -> list[str]:
         if not field_name.isidentifier() or format_spec or conversion:
             raise ValueError(f"'{{{field_name}}}' is not a slot name")
         names.append(field_name)
-    return names
+    return tuple(names)
 
 
 def injected_template(template: str, inject: str, slot: str) -> str:

@@ -25,7 +25,8 @@ from collections.abc import Iterable, Iterator
 MANIFEST = "manifest.json"  # the finished dataset's list of shards (write.finalize_dataset)
 DATASET_FORMAT = "synthgen-dataset/1"  # its "format"
 SHARD_GLOB = "shard-*.tar"
-SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|stats\.json)$")
+# Six digits at least: shard 1,000,000 (a valid recipe can reach it) is shard-1000000.tar.
+SHARD_FILE = re.compile(r"^shard-\d{6,}\.(tar|stats\.json)$")
 _TAR_SUFFIX, _STATS_SUFFIX = ".tar", ".stats.json"
 # Image members a view-layout sample names by extension alone (`KEY.jpg`).
 _VIEW_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -37,6 +38,14 @@ def shard_name(shard: int) -> str:
 
 def stats_name(shard: int) -> str:
     return f"shard-{shard:06d}{_STATS_SUFFIX}"
+
+
+def shard_order(tar_name: str) -> tuple:
+    """Sort key for shard file names: synthgen's by shard number (shard-1000000.tar after
+    shard-999999.tar, where names alone would put it after shard-100000.tar), then others by name."""
+    if SHARD_FILE.match(tar_name):
+        return (0, int(tar_name[len("shard-"):].split(".", 1)[0]), tar_name)
+    return (1, 0, tar_name)
 
 
 def stats_name_of(tar_name: str) -> str:

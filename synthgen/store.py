@@ -40,7 +40,7 @@ _TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-
 # The temporaries of the files a dataset holds (write.py names them), with or without a writer
 # tag: only these are ever removed as debris. A user's own `.notes.tmp` in --out is not one.
 DATASET_TEMPORARY = re.compile(
-    r"^\.(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
+    r"^\.(shard-\d{6,}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
 # A temporary file lives for one write (seconds at most); one this old has no writer left.
 STALE_TEMPORARY_SECONDS = 15 * 60
 
@@ -52,6 +52,10 @@ class DatasetStore(Protocol):
 
     def prepare(self) -> None:
         """Create the location if needed; a `UserError` if it cannot hold a dataset."""
+
+    def check_reachable(self) -> None:
+        """A `UserError` if the location cannot be read (credentials, network), before a
+        command that only reads and finishes a dataset (finalize) asks it for files."""
 
     def names(self) -> list[str]:
         """The names of the files stored directly at the location."""
@@ -89,8 +93,8 @@ def is_url(location: str | os.PathLike) -> bool:
 
 
 def parse_location(text: str | os.PathLike,
-                   protocols: tuple[str, ...] = OBJECT_STORE_PROTOCOLS + IN_PROCESS_PROTOCOLS
-                   ) -> Path | str:
+                   protocols: tuple[str, ...] = OBJECT_STORE_PROTOCOLS + IN_PROCESS_PROTOCOLS,
+                   option: str = "--out") -> Path | str:
     """`--out` as given -> a local path (`file://` URLs too), or a URL of one of `protocols`;
     any other URL is a `UserError` that says what to do instead."""
     if not str(text).strip():
@@ -105,7 +109,7 @@ def parse_location(text: str | os.PathLike,
         return Path(rest)
     if protocol not in protocols:
         raise UserError(
-            f"--out {text}: {protocol}:// is not a supported store; synthgen writes to "
+            f"{option} {text}: {protocol}:// is not a supported store; synthgen writes to "
             f"{', '.join(p + '://' for p in protocols)} URLs (their exclusive create is atomic, "
             "so racing workers cannot both publish a shard) and to local or mounted paths; "
             "mount the storage and pass its path, or write locally and copy the finished "
@@ -192,6 +196,9 @@ class LocalStore:
 
     def __repr__(self) -> str:
         return f"LocalStore({self.location!r})"
+
+    def check_reachable(self) -> None:
+        pass  # a local folder's problems are the OSErrors the commands already explain
 
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -319,6 +326,12 @@ class FsspecStore:
         return f"{self._root}/{name}"
 
     def prepare(self) -> None:
+        self._check(create=True)
+
+    def check_reachable(self) -> None:
+        self._check(create=False)
+
+    def _check(self, create: bool) -> None:
         root = self._path("").rstrip("/")
         try:
             if self.protocol in ("s3", "s3a"):
@@ -328,8 +341,10 @@ class FsspecStore:
                     raise UserError(f"--out {self.location}: bucket {bucket!r} does not exist "
                                     "(or these credentials cannot see it); create it first, or "
                                     "check the name and the endpoint")
-            else:
+            elif create:
                 self.fs.makedirs(root, exist_ok=True)
+            else:
+                self.fs.exists(root)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - credentials, network: one clear message
@@ -413,7 +428,10 @@ def _filesystem(url: str):
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        # A filesystem of its own, not fsspec's cached instance: that keeps the credentials of
+        # the environment it was first made in, so a process that made one before the user's
+        # AWS settings were in place (a notebook, the Python API) would never see them.
+        return fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except ImportError as error:
         protocol = url.split("://", 1)[0]
         raise UserError(f"--out {url}: writing to {protocol}:// needs its fsspec backend "

@@ -55,7 +55,7 @@ from synthgen.store import DATASET_TEMPORARY, DatasetStore, LocalStore, Location
 from synthgen.suppress import RejectSuppression
 
 RECIPE_FILE = "recipe.json"
-_OWNED_FILE = re.compile(r"^(shard-\d{6}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
+_OWNED_FILE = re.compile(r"^(shard-\d{6,}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
 # removes it with the dataset it described, when it holds an audit's report.json (a folder
@@ -632,6 +632,7 @@ def finalize_dataset(location: Location) -> dict:
     person, with `synthgen finalize DIR`) can finish a dataset built by slices.
     """
     store = open_store(location)
+    store.check_reachable()
     regenerate = ("regenerate the dataset with synthgen generate RECIPE --out "
                   f"{store.location} --overwrite")
     record = read_recipe_record(store, regenerate)
@@ -681,7 +682,8 @@ def shard_problems(location: Location, plan: Plan, shards) -> dict[str, list[int
 
 
 def describe_shard_problems(problems: dict[str, list[int]], total: int) -> str:
-    words = {"unfinished": lambda shards: f"{len(shards)} of {total} shards are not finished "
+    words = {"unfinished": lambda shards: f"{len(shards)} of {total} shards "
+                                          f"{'is' if len(shards) == 1 else 'are'} not finished "
                                           f"(shards {format_shard_ranges(shards)})",
              "sha256": lambda shards: f"shards {format_shard_ranges(shards)} do not match the "
                                       "sha256 their stats file records (damaged since written)",

@@ -66,7 +66,7 @@ def test_a_sliced_run_then_finalize_report_what_is_on_disk(write_recipe, tmp_pat
     assert (first.shards_selected, first.shards_written, first.images) == (2, 2, 16)
     assert first.missing == (2,) and first.manifest_path is None
     assert not (out / "manifest.json").exists()
-    with pytest.raises(UserError, match=r"1 of 3 shards are not finished \(shards 2\)"):
+    with pytest.raises(UserError, match=r"1 of 3 shards is not finished \(shards 2\)"):
         synthgen.finalize(out)
 
     rest = synthgen.generate(recipe, str(out), device="cpu", batch_size=4, progress=False)

@@ -3,9 +3,13 @@ fault). Quick, CPU-only, no network."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.cli_checks import assert_no_traceback, invoke
+from cli_checks import assert_no_traceback, invoke
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
 @pytest.fixture
@@ -38,3 +42,21 @@ def test_finalize_names_its_own_argument_not_out():
     result = invoke("finalize", "memory://x")
     assert_no_traceback(result, allowed=(2,))
     assert "--out" not in result.output
+
+
+def test_an_output_file_under_something_that_is_not_a_folder_says_so(tmp_path):
+    # `synthgen inspect --contact-sheet /dev/null/x.png` said "the folder /dev/null does not
+    # exist": it exists, and is not a folder.
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    result = invoke("plan", QUICKSTART, "--jsonl", not_a_folder / "plan.jsonl")
+    assert_no_traceback(result, allowed=(2,))
+    assert "is not a folder" in result.output and "does not exist" not in result.output
+
+
+def test_a_rank_outside_the_world_size_given_as_options_is_not_told_about_slurm(tmp_path):
+    # `--rank 3 --world-size 2` answered "for a Slurm array, number its tasks 0 to N-1".
+    result = invoke("generate", QUICKSTART, "--out", tmp_path / "out",
+                    "--rank", "3", "--world-size", "2")
+    assert_no_traceback(result, allowed=(2,))
+    assert "pass --rank 0 to 1" in result.output and "Slurm" not in result.output

@@ -56,3 +56,62 @@ def test_loader_reads_a_manifest_that_lists_the_millionth_shard(write_recipe, tm
     except UserError as error:
         pytest.fail(f"a manifest synthgen writes is refused: {error}")
     assert [shard["name"] for shard in shards] == [shard_name(0), shard_name(last)]
+
+
+def test_a_folder_of_shards_without_a_manifest_is_read_in_shard_order(tmp_path):
+    """data/sources.py listed a folder's shards with sorted(glob), by name: shard-1000000.tar
+    came between shard-100000.tar and shard-100001.tar. Correct: by shard number."""
+    from synthgen.data import resolve_shards
+    from synthgen.shards import shard_name
+
+    numbers = [1_000_000, 100_001, 999_999, 100_000, 0]
+    for number in numbers:
+        (tmp_path / shard_name(number)).write_bytes(b"")
+    source = resolve_shards(tmp_path)
+    assert [url.rsplit("/", 1)[-1] for url in source.urls] == [shard_name(n) for n in sorted(numbers)]
+
+
+def test_a_copied_recipe_hashes_its_own_fields_not_the_cached_hash_of_its_original():
+    """recipe_hash is computed once per recipe (every sample's json records it); a copy with
+    other fields (world edits makes them) must not keep the original's."""
+    from small_recipe import parse_small
+
+    recipe = parse_small({})
+    before = recipe.recipe_hash
+    changed = recipe.model_copy(update={"seed": recipe.seed + 1})
+    assert recipe.recipe_hash == before
+    assert changed.recipe_hash != before
+    assert changed.recipe_hash == parse_small({"seed": recipe.seed + 1}).recipe_hash
+
+
+def test_a_prompt_encoding_cache_that_drops_encodings_keeps_the_datasets_bytes(write_recipe,
+                                                                              tmp_path,
+                                                                              monkeypatch):
+    """The families' prompt-encoding cache had no bound: a recipe whose groups mostly have
+    prompts of their own filled the device (~4 MB a FLUX prompt). It is a least-recently-used
+    cache under EMBEDDING_CACHE_BYTES now; an encoding dropped and made again must give the
+    same shards, byte for byte."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "engines"))
+    from engine_helpers import dataset_bytes, run
+
+    from synthgen.generate.families import base
+
+    recipe = write_recipe({"classes": [{"name": "circle", "templates": ["a {colour} circle"],
+                                        "groups": 4}],
+                           "corner_cases": [], "output": {"groups_per_shard": 2}})
+    run("local", recipe, tmp_path / "kept")
+    kept = []
+    real_cached = base.ModelFamily._cached
+
+    def counting(self, key, encode):
+        kept.append(len(self._embeddings))
+        return real_cached(self, key, encode)
+
+    monkeypatch.setattr(base, "EMBEDDING_CACHE_BYTES", 1)  # every new encoding drops the last
+    monkeypatch.setattr(base.ModelFamily, "_cached", counting)
+    run("local", recipe, tmp_path / "dropped")
+    assert max(kept) <= 1
+    assert dataset_bytes(tmp_path / "dropped") == dataset_bytes(tmp_path / "kept")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from synthgen.errors import UserError
-from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, SHARD_GLOB, stats_name_of
+from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, SHARD_GLOB, shard_order, stats_name_of
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _from_directory(directory: Path) -> ShardSource:
     # A directory of shards without a manifest (a world real-render split, or an unfinished
     # dataset): the tars whose stats file exists, as only those are finished; a directory
     # where no tar has one holds shards from elsewhere, and every tar is read.
-    tars = sorted(directory.glob(SHARD_GLOB))
+    tars = sorted(directory.glob(SHARD_GLOB), key=lambda tar: shard_order(tar.name))
     if not tars:
         raise UserError(
             f"data {directory}: holds neither {MANIFEST} nor {SHARD_GLOB} files; pass the --out "

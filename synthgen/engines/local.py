@@ -194,7 +194,8 @@ def finish_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions, summ
     if not summary.missing and options.shards is not None:
         # Other slices' shards were checked by size only; a manifest vouches for their bytes,
         # so they are read against their sha256 first, as `synthgen finalize` reads them.
-        others = [shard for shard in range(plan.shard_count) if shard not in set(options.shards)]
+        selected = set(options.shards)
+        others = [shard for shard in range(plan.shard_count) if shard not in selected]
         problems = shard_problems(out_dir, plan, others)
         if problems:
             damaged = sorted(shard for shards in problems.values() for shard in shards)

@@ -117,8 +117,10 @@ def choose_slice(shard_count: int, shards: str | None = None, rank: int | None =
         raise UserError(f"world size {world_size} (from {source}): there must be at least one "
                         "rank; pass --world-size 1 or more")
     if not 0 <= rank < world_size:
+        hint = ("; check the job array's task ids and count" if "SLURM" in source
+                else f"; pass --rank 0 to {world_size - 1}" if source.startswith("--")
+                else "; check the launcher's RANK and WORLD_SIZE")
         raise UserError(f"rank {rank} of world size {world_size} (from {source}): the rank must "
-                        f"be 0 to {max(world_size, 1) - 1}; for a Slurm array, number its tasks "
-                        "0 to N-1 (--array=0-N-1)")
+                        f"be 0 to {world_size - 1}{hint}")
     return Slice(rank_shards(shard_count, rank, world_size),
                  f"rank {rank} of {world_size} (from {source})")

@@ -52,7 +52,7 @@ def test_slices_over_three_ranks_then_finalize_give_the_same_bytes(reference, tm
         _, summary = run("local", recipe, out, shards=shards)
         assert summary.shards_written == 1 and not summary.manifest_written
         assert not (out / "manifest.json").exists(), "a slice run must not look finished"
-    with pytest.raises(UserError, match=r"1 of 3 shards are not finished \(shards 1\).*--shards 1"):
+    with pytest.raises(UserError, match=r"1 of 3 shards is not finished \(shards 1\).*--shards 1"):
         finalize_dataset(out)
     result = invoke("finalize", out)
     assert result.exit_code == 2 and "shards 1" in result.output

@@ -8,6 +8,7 @@ pipeline classes or family names themselves.
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -23,6 +24,21 @@ def uses_guidance(spec: ModelSpec) -> bool:
     """Whether the pipeline runs classifier-free guidance, and so reads a negative prompt:
     diffusers does only for a guidance scale above 1."""
     return spec.guidance_scale > 1.0
+
+
+# How much the prompt-encoding cache of one loaded model holds on its device, at most.
+EMBEDDING_CACHE_BYTES = 1 << 30
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in an encoding (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    return 0
 
 
 class ModelFamily:
@@ -53,7 +69,8 @@ class ModelFamily:
         """`device`: where prompt embeddings are computed and kept (needed only to encode)."""
         self.pipeline = pipeline
         self.device = device
-        self._embeddings: dict[str | tuple, Any] = {}
+        self._embeddings: OrderedDict[str | tuple, Any] = OrderedDict()  # least recently used first
+        self._embedding_bytes = 0
 
     @property
     def pipeline_name(self) -> str:
@@ -84,10 +101,21 @@ class ModelFamily:
 
     def _cached(self, key: str | tuple, encode: Callable[[], Any]) -> Any:
         """The encoding stored under `key`, computed by `encode()` the first time (one text
-        at a time, so an encoding does not depend on which texts share a batch)."""
-        if key not in self._embeddings:
-            self._embeddings[key] = encode()
-        return self._embeddings[key]
+        at a time, so an encoding does not depend on which texts share a batch).
+
+        The least recently used encodings are dropped past `EMBEDDING_CACHE_BYTES`: a recipe
+        whose groups mostly have prompts of their own would otherwise fill the GPU (a FLUX
+        prompt's T5 encoding is ~4 MB). One text encoded again gives the same bytes."""
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            return self._embeddings[key]
+        value = encode()
+        self._embeddings[key] = value
+        self._embedding_bytes += _tensor_bytes(value)
+        while self._embedding_bytes > EMBEDDING_CACHE_BYTES and len(self._embeddings) > 1:
+            _, dropped = self._embeddings.popitem(last=False)
+            self._embedding_bytes -= _tensor_bytes(dropped)
+        return value
 
     def _rewrites_off(self, spec: ModelSpec) -> dict:
         """Switch off what would make the recipe say less than what happens, where the pipeline
