@@ -21,10 +21,14 @@ def choose_device(requested: str = "auto") -> torch.device:
             raise UserError(f"--device {requested}: no CUDA GPU is visible here; use --device cpu")
         if device.index is not None and device.index >= visible:
             raise UserError(f"--device {requested}: only cuda:0 to cuda:{visible - 1} are visible")
+    elif device.type == "meta":
+        raise UserError(f"--device {requested}: meta tensors hold no data, so nothing can run "
+                        "on it; use auto, cpu, cuda or cuda:N")
     elif device.type != "cpu":
         try:  # mps, xpu, ...: torch knows the name, but this build or machine may not have one
             torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            raise UserError(f"--device {requested}: this torch cannot use it ({str(error)[:100]}); "
+        except Exception as error:  # noqa: BLE001 - RuntimeError, or a backend module missing
+            reason = " ".join(str(error).split())[:100]
+            raise UserError(f"--device {requested}: this torch cannot use it ({reason}); "
                             "use auto, cpu, cuda or cuda:N") from None
     return device

@@ -40,7 +40,7 @@ _TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-
 # The temporaries of the files a dataset holds (write.py names them), with or without a writer
 # tag: only these are ever removed as debris. A user's own `.notes.tmp` in --out is not one.
 DATASET_TEMPORARY = re.compile(
-    r"^\.(shard-\d{6,}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
+    r"^\.(shard-(?:\d{6}|[1-9]\d{6,})\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
 # A temporary file lives for one write (seconds at most); one this old has no writer left.
 STALE_TEMPORARY_SECONDS = 15 * 60
 
@@ -332,13 +332,15 @@ class FsspecStore:
         self._check(create=False)
 
     def _check(self, create: bool) -> None:
+        # Named as generate's --out where it prepares; finalize names the place alone.
+        place = f"--out {self.location}" if create else self.location
         root = self._path("").rstrip("/")
         try:
             if self.protocol in ("s3", "s3a"):
                 # Only check: creating a bucket is an account-level act, not synthgen's.
                 bucket = root.split("/", 1)[0]
                 if not self.fs.exists(bucket):
-                    raise UserError(f"--out {self.location}: bucket {bucket!r} does not exist "
+                    raise UserError(f"{place}: bucket {bucket!r} does not exist "
                                     "(or these credentials cannot see it); create it first, or "
                                     "check the name and the endpoint")
             elif create:
@@ -348,7 +350,7 @@ class FsspecStore:
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - credentials, network: one clear message
-            raise UserError(f"--out {self.location}: cannot be reached ({type(error).__name__}: "
+            raise UserError(f"{place}: cannot be reached ({type(error).__name__}: "
                             f"{error}); check the credentials and the endpoint "
                             "(FSSPEC_S3_ENDPOINT_URL for an S3-compatible server)") from None
 

@@ -55,7 +55,7 @@ from synthgen.store import DATASET_TEMPORARY, DatasetStore, LocalStore, Location
 from synthgen.suppress import RejectSuppression
 
 RECIPE_FILE = "recipe.json"
-_OWNED_FILE = re.compile(r"^(shard-\d{6,}\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
+_OWNED_FILE = re.compile(r"^(shard-(?:\d{6}|[1-9]\d{6,})\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
 # removes it with the dataset it described, when it holds an audit's report.json (a folder

@@ -45,10 +45,17 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     tensors["rng.torch"] = torch.get_rng_state()
     metadata = {**record, "optimizer": {"param_groups": param_groups, "scalars": scalars},
                 "tensors_sha256": tensors_digest(tensors)}
+    metadata["record_sha256"] = record_digest(metadata)
     # Serialised in memory and written by the store's helper, not safetensors' save_file: that
     # reports a full disk as its own error type (not OSError ENOSPC, which the command line
     # explains) and writes through an owner-only temporary whose mode the rename would keep.
     write_atomically(Path(path), save(tensors, metadata={METADATA_KEY: json.dumps(metadata)}))
+
+
+def record_digest(record: dict) -> str:
+    """sha256 of the record's canonical JSON, its own digest left out."""
+    body = {key: value for key, value in record.items() if key != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -73,6 +80,8 @@ def read_checkpoint(path: Path, tensors: bool = True) -> tuple[dict[str, torch.T
         with safe_open(str(path), framework="pt") as handle:
             record = json.loads((handle.metadata() or {})[METADATA_KEY])
             _check_record(record)
+            if record.get("record_sha256") not in (None, record_digest(record)):  # absent: older
+                raise ValueError("its record differs from the digest recorded when it was saved")
             read = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
         if tensors:
             if "rng.torch" not in read:

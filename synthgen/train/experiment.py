@@ -265,12 +265,21 @@ def run_folder(work: Path, condition: str, seed: int, config,
                made_by: dict | None = None) -> Path:
     """Where a run of `condition` at `seed` lives: named by the hash of its config (and of what
     made its data), so a changed budget never reuses an old run."""
+    def folder(data: str) -> Path:
+        keyed = {**config.to_json(), "data": data}
+        if made_by is not None:
+            keyed["data_made_by"] = made_by
+        config_hash = stable_seed(json.dumps(keyed, sort_keys=True)) % 16 ** 8
+        return work / "runs" / f"{condition}-seed{seed}-{config_hash:08x}"
+
     # The data by its place in the work folder, not by how --work was spelt.
-    keyed = {**config.to_json(), "data": os.path.relpath(config.data, work)}
-    if made_by is not None:
-        keyed["data_made_by"] = made_by
-    config_hash = stable_seed(json.dumps(keyed, sort_keys=True)) % 16 ** 8
-    return work / "runs" / f"{condition}-seed{seed}-{config_hash:08x}"
+    named = folder(os.path.relpath(config.data, work))
+    # Before that (synthgen up to 2026-12-03) the path as built from --work was hashed: a run
+    # finished then is reused, not trained again.
+    earlier = folder(str(config.data))
+    if not named.exists() and (earlier / "probe.json").is_file():
+        return earlier
+    return named
 
 
 def run_experiment(budget: Budget, work: Path, device: str = "auto", log=print,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,18 +168,29 @@ def _data_difference(recorded: dict, now: dict) -> str:
     return "their " + ", ".join(differing).replace("_", " ") + " differ"
 
 
+def _same_place(recorded, given: str) -> bool:
+    """Whether two spellings of a data path name the same local folder or file."""
+    if not isinstance(recorded, str) or "://" in recorded or "://" in given:
+        return recorded == given
+    return os.path.realpath(recorded) == os.path.realpath(given)
+
+
 def _keep_log_until(log: Path, step: int) -> None:
-    """Drop the log's entries after `step` (and a line cut short): a run killed after logging
-    steps it had not checkpointed trains them again, and logs each step once."""
+    """On resume, drop this trainer's log entries after the checkpoint's `step` (and a last
+    line cut short by the kill): the steps after it are trained again, and each is logged
+    once. Lines it did not write stay."""
     if not log.is_file():
         return
     lines, kept = log.read_text(errors="replace").splitlines(), []
-    for line in lines:
+    for number, line in enumerate(lines):
         try:
             entry = json.loads(line)
         except ValueError:
+            if number < len(lines) - 1:
+                kept.append(line + "\n")
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
+        ours = isinstance(entry, dict) and isinstance(entry.get("step"), int) and "loss" in entry
+        if not ours or entry["step"] <= step:
             kept.append(line + "\n")
     if len(kept) != len(lines):
         write_atomically(log, "".join(kept).encode())
@@ -245,11 +257,17 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     if checkpoint_path.is_file():
         record = read_record(checkpoint_path)
         recorded = record.get("data")
-        # The data is compared by what it holds (its fingerprint) where the checkpoint recorded
-        # it, not by how its path was spelt.
-        differences = _config_differences(
-            {key: value for key, value in record["config"].items() if recorded is None or key != "data"},
-            {key: value for key, value in config.to_json().items() if recorded is None or key != "data"})
+        # The data is compared by what it holds (its fingerprint, with the shards' sha256)
+        # where the checkpoint recorded that, not by how its path was spelt; shards without
+        # digests (another tool's) are told apart by where they are.
+        by_content = isinstance(recorded, dict) and recorded.get("sha256") is not None
+        old_config, new_config = dict(record["config"]), config.to_json()
+        if by_content:
+            old_config.pop("data", None)
+            new_config.pop("data")
+        elif _same_place(old_config.get("data"), new_config["data"]):
+            old_config["data"] = new_config["data"]
+        differences = _config_differences(old_config, new_config)
         if differences:
             raise UserError(f"--out {out_dir}: holds a checkpoint of another training config ("
                             + "; ".join(differences) + "); pass the checkpoint's values to resume "
@@ -266,7 +284,7 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
             scaler.load_state_dict(record["scaler"])
         if not quiet:
             print(f"resuming from step {step} ({checkpoint_path})", flush=True)
-    _keep_log_until(out_dir / LOG, step)
+        _keep_log_until(out_dir / LOG, step)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model, optimizer,
