@@ -157,6 +157,9 @@ def _config_differences(recorded: dict, now: dict, prefix: str = "") -> list[str
     return differences
 
 
+# Options a resumed run may change: they decide when it saves and logs, not what it computes.
+_SCHEDULE_ONLY = ("checkpoint_every", "log_every")
+
 # The command-line options whose names are not the field's (the rest are --field-name).
 _OPTIONS = {"num_workers": "--workers", "data": "the DATA argument", "log_every": "log_every"}
 
@@ -262,6 +265,9 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
         # digests (another tool's) are told apart by where they are.
         by_content = isinstance(recorded, dict) and recorded.get("sha256") is not None
         old_config, new_config = dict(record["config"]), config.to_json()
+        for how_often in _SCHEDULE_ONLY:  # when to save and log changes nothing computed
+            old_config.pop(how_often, None)
+            new_config.pop(how_often)
         if by_content:
             old_config.pop("data", None)
             new_config.pop("data")

@@ -392,3 +392,17 @@ def test_experiment_reuses_its_finished_runs_when_work_is_given_another_way(tmp_
     experiment.run_experiment(budget, tmp_path / "work", device="cpu", log=lambda line: None,
                               only=("real-simclr",))
     assert len(trained) == 1, f"trained again: {trained}"
+
+
+def test_a_resume_may_change_how_often_it_checkpoints_and_logs(data, tmp_path):
+    """checkpoint_every and log_every decide when a run saves and logs, not what it computes,
+    yet a resume with another --checkpoint-every was refused as another training config.
+    Correct: resumed, and the weights equal an uninterrupted run's."""
+    from synthgen.train.checkpoint import read_checkpoint
+
+    whole = train(options(data, steps=4, checkpoint_every=2), tmp_path / "whole", device="cpu", quiet=True)
+    out = tmp_path / "parts"
+    train(options(data, steps=4, checkpoint_every=2), out, device="cpu", quiet=True, stop_after=2)
+    train(options(data, steps=4, checkpoint_every=1, log_every=2), out, device="cpu", quiet=True)
+    ours, theirs = read_checkpoint(out / LAST)[0], read_checkpoint(whole.checkpoint)[0]
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs if key.startswith("model."))
