@@ -439,11 +439,13 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
                             audit_block=audit_block, fidelity_threshold=fidelity_threshold,
                             duplicate_threshold=duplicate_threshold)
     chosen_device = choose_device(device)
-    if not progress:
-        from transformers.utils import logging as transformers_logging
+    if progress:
+        encoder = encoders.load_encoder(spec.clip, chosen_device, dtype)
+    else:
+        from synthgen.generate.load import loading_bars_off
 
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars
-    encoder = encoders.load_encoder(spec.clip, chosen_device, dtype)
+        with loading_bars_off():  # "Loading weights" bars, as they were afterwards
+            encoder = encoders.load_encoder(spec.clip, chosen_device, dtype)
     if report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report {report_dir}: exists and is not a directory")
     settings = AuditOptions(batch_size=batch_size, device=chosen_device, progress=progress,

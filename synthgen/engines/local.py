@@ -265,32 +265,42 @@ class ShardWorker:
         import torch
 
         from synthgen.devices import choose_device
-        from synthgen.generate.batching import default_batch_size, whole_groups_batch_size
         from synthgen.generate.load import choose_dtype
-        from synthgen.generate.prepare import prepare_sampler
 
         self.plan = plan
         self.store = open_store(out_dir)
         self.options = options
         self.fault = fault
-        recipe = plan.recipe
         # 1. Device and dtype; on the CPU a fixed thread count (see GenerateOptions).
         self.device = choose_device(device or options.device)
-        dtype = choose_dtype(options.dtype or recipe.model.dtype, self.device, recipe.model)
+        dtype = choose_dtype(options.dtype or plan.recipe.model.dtype, self.device, plan.recipe.model)
         self._threads_before = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(options.cpu_threads)
         elif self.device.type == "cuda" and self.device.index is not None:
             # Anything that asks for "cuda" without an index lands on this worker's GPU too.
             torch.cuda.set_device(self.device)
+        try:
+            self._load_model(dtype)
+        except BaseException:  # a load error or Ctrl-C: close() would never be reached
+            torch.set_num_threads(self._threads_before)
+            raise
+
+    def _load_model(self, dtype) -> None:
+        from synthgen.generate.batching import default_batch_size, whole_groups_batch_size
+        from synthgen.generate.load import loading_bars_off
+        from synthgen.generate.prepare import prepare_sampler
+
+        options, recipe = self.options, self.plan.recipe
         # 2. Load the pipeline once for all the shards this worker builds.
         #    (prepare_sampler also applies the recipe's erase edits and reject detectors.)
         requested = (default_batch_size(self.device) if options.batch_size is None
                      else options.batch_size)
         auto = requested == "auto"
-        self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else requested,
-                                       compile_model=options.compile_model,
-                                       channels_last=options.channels_last)
+        with loading_bars_off():  # the pipeline's, the detectors' and the edits' loading
+            self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else requested,
+                                           compile_model=options.compile_model,
+                                           channels_last=options.channels_last)
         self.model = self.sampler.model
         self.model_info = self.model.describe()
         # 3. With --batch-size auto, probe the largest batch that fits this device.

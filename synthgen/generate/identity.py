@@ -74,7 +74,8 @@ def folder_digest(folder: Path) -> str:
     for path in _model_files(folder):
         stat = path.stat()
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_file_sha256(path, stat.st_size, stat.st_mtime_ns).encode())
+        digest.update(_file_sha256(path, stat.st_size, stat.st_mtime_ns, stat.st_ino,
+                                   stat.st_ctime_ns).encode())
     return digest.hexdigest()
 
 
@@ -95,8 +96,10 @@ def _model_files(folder: Path) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=256)
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """Cached on size and mtime as well as the path: a file rewritten in place is hashed again.
+def _file_sha256(path: Path, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+    """Cached on the file's size, times and inode as well as its path: a file rewritten in
+    place or replaced is hashed again, even where a copy kept its size and mtime (cp -p,
+    rsync -a), since a change of contents or a new file moves its ctime, which no one sets.
     (Several workers of one process, and the check before loading, then hash a 7 GB
     pipeline once.)"""
     with path.open("rb") as handle:

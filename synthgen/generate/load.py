@@ -7,6 +7,8 @@ safetensors only (never pickles), and remote code runs only if the recipe turns 
 
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,23 +91,38 @@ class LoadedModel:
         return description
 
 
+@contextlib.contextmanager
+def loading_bars_off():
+    """diffusers' and transformers' per-component loading bars off while loading (synthgen draws
+    its own progress bar; they only add noise), and as they were afterwards: a notebook's own
+    from_pretrained calls keep theirs."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    were_on = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, on in zip(libraries, were_on):
+            if on:
+                library.enable_progress_bar()
+
+
 def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load the recipe's text-to-image pipeline onto `device`; failures become `UserError`s."""
     import diffusers
     from diffusers import AutoPipelineForText2Image
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
-    # synthgen draws its own progress bar; the per-component loading bars only add noise.
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
     check_model_reference(spec.id, "model.id", PIPELINE, spec.trust_remote_code)  # a folder's libraries too
     source = resolve_model_source(spec.id)
     scheduler = _scheduler(spec.scheduler) if spec.scheduler is not None else None
     if not spec.trust_remote_code and not Path(source).is_dir():
         _refuse_foreign_libraries(spec, source)
     try:
-        with warnings.catch_warnings():
+        with loading_bars_off(), warnings.catch_warnings():
             # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipeline = AutoPipelineForText2Image.from_pretrained(
