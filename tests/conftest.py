@@ -73,3 +73,24 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
         tokenizer=tokenizer)
     processor.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def experiment_without_training(monkeypatch) -> list:
+    """`synthgen experiment` with training and probing stood in for: a run "trains" by making
+    its folder, and probes at top-1 0.5. Returns the run folders trained, in order (the tests
+    patch `prepare_data` to their own data)."""
+    from synthgen.train import probe as probe_module
+    from synthgen.train import trainer as trainer_module
+
+    trained: list[Path] = []
+
+    def make_folder(config, run_dir, **kwargs):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        trained.append(Path(run_dir))
+
+    monkeypatch.setattr(trainer_module, "train", make_folder)
+    monkeypatch.setattr(probe_module, "load_encoder", lambda run_dir: (None, None))
+    monkeypatch.setattr(probe_module, "probe",
+                        lambda *args, **kwargs: type("Result", (), {"test_top1": 0.5})())
+    return trained

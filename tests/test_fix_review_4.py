@@ -162,7 +162,8 @@ def test_finalize_of_a_missing_bucket_names_its_argument_not_out(monkeypatch):
 # --- experiment.py: run folders named before run_folder -------------------------------------------
 
 
-def test_experiment_reuses_runs_finished_before_run_folder_renamed_them(tmp_path, monkeypatch):
+def test_experiment_reuses_runs_finished_before_run_folder_renamed_them(tmp_path, monkeypatch,
+                                                                        experiment_without_training):
     """experiment.py run_folder now hashes the data path relative to --work; every run folder
     an earlier synthgen wrote was named by the hash of config.to_json() with the data path as
     built from --work, so after the upgrade no finished run is found and the whole experiment
@@ -171,24 +172,13 @@ def test_experiment_reuses_runs_finished_before_run_folder_renamed_them(tmp_path
     it)."""
     from synthgen.data import stable_seed
     from synthgen.train import experiment
-    from synthgen.train import probe as probe_module
-    from synthgen.train import trainer as trainer_module
 
     budget = experiment.BUDGETS["smoke"]
     work = tmp_path / "work"
     real = work / "data" / "real"
-    trained = []
+    trained = experiment_without_training
     monkeypatch.setattr(experiment, "prepare_data", lambda budget, work, device, log, needed=None:
                         {"real": real / "train", "real-test": real / "test"})
-
-    def fake_train(config, run_dir, **kwargs):
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        trained.append(Path(run_dir).name)
-
-    monkeypatch.setattr(trainer_module, "train", fake_train)
-    monkeypatch.setattr(probe_module, "load_encoder", lambda run_dir: (None, budget.encoder))
-    monkeypatch.setattr(probe_module, "probe",
-                        lambda *args, **kwargs: type("Result", (), {"test_top1": 0.5})())
     condition = next(c for c in experiment.conditions(budget) if c.name == "real-simclr")
     for seed in budget.seeds:  # what 2fcca38's run_experiment named and left finished
         config = experiment.train_config(budget, condition, real / "train", seed)

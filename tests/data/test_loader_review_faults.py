@@ -345,7 +345,8 @@ def test_a_damaged_checkpoint_on_resume_is_a_user_error(dataset, tmp_path, damag
         train(config, out, device="cpu", quiet=True)
 
 
-def test_the_experiment_redoes_a_run_whose_probe_json_is_damaged(tmp_path, monkeypatch):
+def test_the_experiment_redoes_a_run_whose_probe_json_is_damaged(tmp_path, monkeypatch,
+                                                                  experiment_without_training):
     """experiment.py run_experiment: a run counts as done when its probe.json exists, and that
     file is written with Path.write_text (not atomically). An experiment killed while writing
     it leaves an empty or partial probe.json, and every later run of `synthgen experiment`
@@ -354,20 +355,13 @@ def test_the_experiment_redoes_a_run_whose_probe_json_is_damaged(tmp_path, monke
     Correct: a missing or damaged probe.json means the run is not done (as `_json_or_none`
     already does for the data), and probe.json is written atomically."""
     import synthgen.train.experiment as experiment
-    import synthgen.train.probe as probe_module
-    import synthgen.train.trainer as trainer_module
 
     budget = experiment.BUDGETS["smoke"]
     condition = next(c for c in experiment.conditions(budget) if c.name == "real-simclr")
     data = tmp_path / "real"
     monkeypatch.setattr(experiment, "prepare_data",
                         lambda *args, **kwargs: {"real": data, "real-test": data})
-    trained = []
-    monkeypatch.setattr(trainer_module, "train", lambda config, run_dir, **kwargs:
-                        trained.append(run_dir))
-    monkeypatch.setattr(probe_module, "load_encoder", lambda run_dir: (None, budget.encoder))
-    monkeypatch.setattr(probe_module, "probe", lambda *args, **kwargs:
-                        type("Result", (), {"test_top1": 0.5})())
+    trained = experiment_without_training
 
     seed = budget.seeds[0]
     config = experiment.train_config(budget, condition, data, seed)

@@ -358,7 +358,8 @@ def test_rerunning_a_finished_training_reports_its_final_loss_not_nan(data, tmp_
     assert again.final_loss == first.final_loss
 
 
-def test_experiment_reuses_its_finished_runs_when_work_is_given_another_way(tmp_path, monkeypatch):
+def test_experiment_reuses_its_finished_runs_when_work_is_given_another_way(tmp_path, monkeypatch,
+                                                                           experiment_without_training):
     """experiment.py run_experiment names a run folder by a hash of its TrainOptions, which
     hold the dataset's path as a string built from --work: `--work runs/exp` and `--work
     /abs/runs/exp` (the same folder) give other hashes, so every finished run (an hour on the
@@ -366,25 +367,15 @@ def test_experiment_reuses_its_finished_runs_when_work_is_given_another_way(tmp_
     Correct: leave the work folder's spelling out of the run key (hash the data path relative
     to --work, or resolve --work first)."""
     from synthgen.train import experiment
-    from synthgen.train import probe as probe_module
-    from synthgen.train import trainer as trainer_module
 
     budget = experiment.BUDGETS["smoke"]
-    trained = []
+    trained = experiment_without_training
 
     def fake_prepare(budget, work, device, log, needed=None):
         real = work / "data" / "real"
         return {"real": real / "train", "real-test": real / "test"}
 
     monkeypatch.setattr(experiment, "prepare_data", fake_prepare)
-    def fake_train(config, run_dir, **kwargs):
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        trained.append(Path(run_dir).name)
-
-    monkeypatch.setattr(trainer_module, "train", fake_train)
-    monkeypatch.setattr(probe_module, "load_encoder", lambda run_dir: (None, budget.encoder))
-    monkeypatch.setattr(probe_module, "probe",
-                        lambda *args, **kwargs: type("Result", (), {"test_top1": 0.5})())
     monkeypatch.chdir(tmp_path)
     experiment.run_experiment(budget, Path("work"), device="cpu", log=lambda line: None,
                               only=("real-simclr",))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -275,33 +274,23 @@ def test_experiment_conditions_or_seeds_naming_nothing_or_repeats_are_refused(tm
     _one_line_error(result, option)
 
 
-def test_experiment_with_another_model_does_not_reuse_runs_trained_on_the_old_models_data(tmp_path,
-                                                                                         monkeypatch):
+def test_experiment_with_another_model_does_not_reuse_runs_trained_on_the_old_models_data(
+        tmp_path, monkeypatch, experiment_without_training):
     """train/experiment.py:288: a run's folder is keyed by the TrainOptions hash, which holds the
     dataset PATH, not the generator. `--model DIR` (docs/EXPERIMENTS.md: "another generator")
     regenerates work/data/<name> with the new model, but every synthetic run whose probe.json
     exists is reused: results.json reports the old model's accuracies under the new model id.
     Correct: key the run (or its probe.json) by the dataset's recipe hash / model id too."""
-    import synthgen.train.probe as probe_module
-    import synthgen.train.trainer as trainer
+    import synthgen.train.experiment as experiment
     from synthgen.train.experiment import BUDGETS, run_experiment
 
-    trained = []
+    trained = experiment_without_training
 
     def fake_prepare(budget, work, device, log, needed=None):
         return {"real": work / "real", "real-test": work / "real-test",
                 **{name: work / "data" / name for name in needed}}
 
-    def fake_train(config, run_dir, **kwargs):
-        trained.append(run_dir)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-
-    import synthgen.train.experiment as experiment
-
     monkeypatch.setattr(experiment, "prepare_data", fake_prepare)
-    monkeypatch.setattr(trainer, "train", fake_train)
-    monkeypatch.setattr(probe_module, "load_encoder", lambda run_dir: (object(), None))
-    monkeypatch.setattr(probe_module, "probe", lambda *args, **kwargs: SimpleNamespace(test_top1=0.5))
     from dataclasses import replace
 
     budget = BUDGETS["smoke"]
