@@ -161,7 +161,7 @@ def _config_differences(recorded: dict, now: dict, prefix: str = "") -> list[str
 _SCHEDULE_ONLY = ("checkpoint_every", "log_every")
 
 # The command-line options whose names are not the field's (the rest are --field-name).
-_OPTIONS = {"num_workers": "--workers", "data": "the DATA argument", "log_every": "log_every"}
+_OPTIONS = {"num_workers": "--workers", "data": "the DATA argument"}
 
 
 def _data_difference(recorded: dict, now: dict) -> str:
@@ -169,6 +169,24 @@ def _data_difference(recorded: dict, now: dict) -> str:
         return f"{len(recorded.get('shards') or [])} shards then, {len(now['shards'])} now"
     differing = [key for key in now if recorded.get(key) != now[key]]
     return "their " + ", ".join(differing).replace("_", " ") + " differ"
+
+
+def _resume_differences(recorded_config: dict, config: TrainOptions, recorded_data) -> list[str]:
+    """How `config` differs from a checkpoint's in what the run computes.
+
+    The data is compared by what it holds (its fingerprint, with the shards' sha256) where the
+    checkpoint recorded that, not by how its path was spelt; shards without digests (another
+    tool's) are told apart by where they are."""
+    old_config, new_config = dict(recorded_config), config.to_json()
+    for how_often in _SCHEDULE_ONLY:  # when to save and log changes nothing computed
+        old_config.pop(how_often, None)
+        new_config.pop(how_often)
+    if isinstance(recorded_data, dict) and recorded_data.get("sha256") is not None:
+        old_config.pop("data", None)
+        new_config.pop("data")
+    elif _same_place(old_config.get("data"), new_config["data"]):
+        old_config["data"] = new_config["data"]
+    return _config_differences(old_config, new_config)
 
 
 def _same_place(recorded, given: str) -> bool:
@@ -260,20 +278,7 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     if checkpoint_path.is_file():
         record = read_record(checkpoint_path)
         recorded = record.get("data")
-        # The data is compared by what it holds (its fingerprint, with the shards' sha256)
-        # where the checkpoint recorded that, not by how its path was spelt; shards without
-        # digests (another tool's) are told apart by where they are.
-        by_content = isinstance(recorded, dict) and recorded.get("sha256") is not None
-        old_config, new_config = dict(record["config"]), config.to_json()
-        for how_often in _SCHEDULE_ONLY:  # when to save and log changes nothing computed
-            old_config.pop(how_often, None)
-            new_config.pop(how_often)
-        if by_content:
-            old_config.pop("data", None)
-            new_config.pop("data")
-        elif _same_place(old_config.get("data"), new_config["data"]):
-            old_config["data"] = new_config["data"]
-        differences = _config_differences(old_config, new_config)
+        differences = _resume_differences(record["config"], config, recorded)
         if differences:
             raise UserError(f"--out {out_dir}: holds a checkpoint of another training config ("
                             + "; ".join(differences) + "); pass the checkpoint's values to resume "
