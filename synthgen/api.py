@@ -227,7 +227,7 @@ def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
     """Plan a recipe without touching a GPU; with `jsonl`, also write the plan there, one
     group per line (whole or not at all)."""
     from synthgen.outputs import check_output_file, file_written_whole
-    from synthgen.plan import make_plan, summarize
+    from synthgen.plan import jsonl_line, make_plan, summarize
 
     jsonl = _named(jsonl, "--jsonl") if jsonl is not None else None
     if jsonl is not None:
@@ -237,11 +237,11 @@ def plan(recipe: RecipeSource, jsonl: str | Path | None = None) -> PlanResult:
             raise UserError(f"--jsonl {jsonl}: is the recipe itself, which the plan would "
                             "replace; give another file, e.g. plan.jsonl")
     the_plan = make_plan(_loaded(recipe))
-    summary = summarize(the_plan)
-    if jsonl is not None:
-        with naming_the_place(jsonl), file_written_whole(jsonl) as temporary, \
-                open(temporary, "w", encoding="utf-8") as stream:
-            the_plan.write_jsonl(stream)
+    if jsonl is None:
+        return PlanResult(the_plan, summarize(the_plan), None)
+    with naming_the_place(jsonl), file_written_whole(jsonl) as temporary, \
+            open(temporary, "w", encoding="utf-8") as stream:
+        summary = summarize(the_plan, each_group=lambda group: stream.write(jsonl_line(group)))
     return PlanResult(the_plan, summary, jsonl)
 
 

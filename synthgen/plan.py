@@ -13,8 +13,11 @@ import math
 import random
 import re
 import string
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from synthgen.attributes import (
     PLAN_REVISION,
@@ -75,29 +78,135 @@ class GroupPlan:
         }
 
 
-@dataclass(frozen=True)
 class Plan:
-    """All groups in output order, with the recipe they came from."""
+    """All groups in output order, with the recipe they came from.
 
-    recipe: Recipe
-    groups: tuple[GroupPlan, ...]
+    The order is fixed at once from group ids alone; a group's template, slot values,
+    balanced values and views are drawn when a shard that holds it is asked for
+    (`shard_groups`). Every group's draws depend only on its id, its class's quotas and the
+    recipe, so a shard drawn alone is the shard the whole plan holds (tested): a worker or a
+    job-array task that builds a few shards of a 5,000,000-image recipe plans those, not all
+    of them. `groups` and `iter_groups` draw the whole plan.
+    """
+
+    # Drawn shards kept for the callers that ask for the same shard again while building it.
+    _KEPT_SHARDS = 16
+
+    def __init__(self, recipe: Recipe, revision: int = PLAN_REVISION):
+        self.recipe = recipe
+        self.revision = revision
+        self._targets = _targets(recipe)
+        self._negative = negative_prompt(recipe)
+        self._order_targets, self._order_numbers = _group_order(recipe, self._targets)
+        self._views_of_target = np.array([target.views.count for target in self._targets] or [0],
+                                         dtype=np.int64)
+        self._start_caches()
+
+    def _start_caches(self) -> None:
+        self._lock = threading.Lock()
+        self._drawn_targets: dict[int, _TargetDraws] = {}
+        self._kept: OrderedDict[int, tuple[GroupPlan, ...]] = OrderedDict()
+        self._all: tuple[GroupPlan, ...] | None = None
+
+    def __getstate__(self) -> dict:
+        # Pickled for worker processes: the order, not what this process has drawn.
+        return {"recipe": self.recipe, "revision": self.revision, "_targets": self._targets,
+                "_negative": self._negative, "_order_targets": self._order_targets,
+                "_order_numbers": self._order_numbers, "_views_of_target": self._views_of_target}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._start_caches()
+
+    @property
+    def group_count(self) -> int:
+        return len(self._order_targets)
 
     @property
     def shard_count(self) -> int:
         per_shard = self.recipe.output.groups_per_shard
-        return (len(self.groups) + per_shard - 1) // per_shard
+        return (self.group_count + per_shard - 1) // per_shard
 
     @property
     def image_count(self) -> int:
-        return sum(len(group.views) for group in self.groups)
+        return int(self._views_of_target[self._order_targets].sum()) if self.group_count else 0
+
+    def shard_size(self, shard: int) -> tuple[int, int]:
+        """(groups, images) of `shard`, without drawing it."""
+        positions = self._shard_positions(shard)
+        return len(positions), int(self._views_of_target[self._order_targets[positions]].sum())
+
+    def _shard_positions(self, shard: int) -> range:
+        per_shard, count = self.recipe.output.groups_per_shard, self.group_count
+        start = min(max(shard, 0) * per_shard, count)  # a shard outside the plan holds nothing
+        return range(start, max(start, min((shard + 1) * per_shard, count)))
 
     def shard_groups(self, shard: int) -> tuple[GroupPlan, ...]:
-        per_shard = self.recipe.output.groups_per_shard
-        return self.groups[shard * per_shard:(shard + 1) * per_shard]
+        with self._lock:
+            if self._all is not None:
+                positions = self._shard_positions(shard)
+                return self._all[positions.start:positions.stop]
+            kept = self._kept.get(shard)
+            if kept is not None:
+                self._kept.move_to_end(shard)
+                return kept
+            groups = self._draw(self._shard_positions(shard))
+            self._kept[shard] = groups
+            if len(self._kept) > self._KEPT_SHARDS:
+                self._kept.popitem(last=False)
+            return groups
+
+    def iter_groups(self):
+        """Every group in order, drawn a shard at a time (the whole plan is never held)."""
+        for shard in range(self.shard_count):
+            yield from self.shard_groups(shard)
+
+    @property
+    def groups(self) -> tuple[GroupPlan, ...]:
+        """The whole plan, drawn once and kept."""
+        if self._all is None:
+            everything = tuple(self.iter_groups())
+            with self._lock:
+                self._all = everything
+                self._kept.clear()
+        return self._all
+
+    def head(self, count: int) -> tuple[GroupPlan, ...]:
+        """The first `count` groups, drawing only the shards that hold them."""
+        first = []
+        for shard in range(self.shard_count):
+            if len(first) >= count:
+                break
+            first.extend(self.shard_groups(shard))
+        return tuple(first[:count])
 
     def write_jsonl(self, stream) -> None:
-        for group in self.groups:
-            stream.write(json.dumps(group.to_json(), sort_keys=True) + "\n")
+        for group in self.iter_groups():
+            stream.write(jsonl_line(group))
+
+    def _draw(self, positions: range) -> tuple[GroupPlan, ...]:
+        """The groups at `positions` of the output order (under this plan's revision)."""
+        token = planning_revision.set(self.revision)
+        try:
+            per_shard = self.recipe.output.groups_per_shard
+            groups = []
+            for position in positions:
+                target_index = int(self._order_targets[position])
+                draws = self._drawn_targets.get(target_index)
+                if draws is None:
+                    draws = self._drawn_targets[target_index] = _TargetDraws(
+                        self.recipe, self._targets[target_index])
+                group = _draw_group(self.recipe, draws, int(self._order_numbers[position]),
+                                    self._negative)
+                groups.append(GroupPlan(index=position, shard=position // per_shard, **group))
+            return tuple(groups)
+        finally:
+            planning_revision.reset(token)
+
+
+def jsonl_line(group: GroupPlan) -> str:
+    """One line of `plan --jsonl`."""
+    return json.dumps(group.to_json(), sort_keys=True) + "\n"
 
 
 def stored_size(recipe: Recipe) -> tuple[int, int]:
@@ -160,76 +269,101 @@ def _targets(recipe: Recipe) -> list[_Target]:
 def make_plan(recipe: Recipe, revision: int = PLAN_REVISION) -> Plan:
     """Expand a recipe into groups; the same recipe always gives the same plan. `revision`:
     how plans were drawn (`attributes.PLAN_REVISION`; an older one for datasets it made)."""
-    token = planning_revision.set(revision)
-    try:
-        return _make_plan(recipe)
-    finally:
-        planning_revision.reset(token)
+    return Plan(recipe, revision)
 
 
-def _make_plan(recipe: Recipe) -> Plan:
-    negative = negative_prompt(recipe)
-    unordered = []
-    for target in _targets(recipe):
-        group_ids = [f"{target.id_prefix}-{n:06d}" for n in range(target.groups)]
+def _group_id(target: _Target, number: int) -> str:
+    return f"{target.id_prefix}-{number:06d}"
+
+
+def _group_order(recipe: Recipe, targets: list[_Target]) -> tuple[np.ndarray, np.ndarray]:
+    """(target index, group number) of each group in output order: classes and corner cases
+    in recipe order, or with `output.shuffle` interleaved by a seeded key of the group id, so
+    every shard holds a mix and adding a class does not reshuffle the seeds of the others."""
+    target_of = np.repeat(np.arange(len(targets), dtype=np.int32),
+                          [target.groups for target in targets]).astype(np.int32)
+    number_of = (np.concatenate([np.arange(target.groups, dtype=np.int64) for target in targets])
+                 if targets else np.zeros(0, np.int64))
+    if recipe.output.shuffle and len(target_of):
+        keys = np.fromiter((derive_seed("order", recipe.seed, _group_id(target, number))
+                            for target in targets for number in range(target.groups)),
+                           dtype=np.int64, count=len(target_of))
+        # Stable, as the sort of the earlier whole-plan lists was: equal keys keep recipe order.
+        order = np.argsort(keys, kind="stable")
+        target_of, number_of = target_of[order], number_of[order]
+    return target_of, number_of
+
+
+class _TargetDraws:
+    """What the groups of one class or corner case draw together: balanced attributes'
+    exact quotas over all its groups (or views), and the enumerated combinations."""
+
+    def __init__(self, recipe: Recipe, target: _Target):
+        self.target = target
+        self.combinations = (_enumerate(_held(target), target.groups)
+                             if target.prompt_mode == "enumerate" else None)
         # 1. Balanced attributes: exact quotas within this class or corner case, over its
-        #    groups, or over its views for an attribute the `slots` strategy varies.
-        balance = {group_id: {} for group_id in group_ids}
-        view_balance = {group_id: [{} for _ in range(target.views.count)]
-                        for group_id in group_ids}
-        for entry in recipe.prompt_balance:  # debias entries put nothing in prompts
-            if not balance_applies(entry, target.name):
-                continue
+        #    groups, or over its views for an attribute the `slots` strategy varies. Held
+        #    per group only where there are some (most recipes balance nothing).
+        self.balance: dict[str, dict[str, str]] = {}
+        self.view_balance: dict[str, list[dict[str, str]]] = {}
+        entries = [entry for entry in recipe.prompt_balance  # debias entries put nothing in prompts
+                   if balance_applies(entry, target.name)]
+        if not entries:
+            return
+        group_ids = [_group_id(target, n) for n in range(target.groups)]
+        self.balance = {group_id: {} for group_id in group_ids}
+        self.view_balance = {group_id: [{} for _ in range(target.views.count)]
+                             for group_id in group_ids}
+        for entry in entries:
             if entry.slot_name in target.views.varied_slots:
                 per_view = assign_balanced_view_values(
                     recipe.seed, entry, group_ids, target.views.count,
                     target.views.slots.distinct)
                 for group_id, values in per_view.items():
                     for view, value in enumerate(values):
-                        view_balance[group_id][view][entry.attribute] = value
+                        self.view_balance[group_id][view][entry.attribute] = value
                 continue
             for group_id, value in assign_balanced_values(recipe.seed, entry, group_ids).items():
-                balance[group_id][entry.attribute] = value
-        # 2. Template and held slot values per group, then the views.
-        combinations = (_enumerate(_held(target), target.groups)
-                        if target.prompt_mode == "enumerate" else None)
-        for n, group_id in enumerate(group_ids):
-            rng = random.Random(derive_seed("prompt", recipe.seed, group_id))
-            if combinations is not None:
-                template, chosen = combinations[n % len(combinations)]
-                chosen = {slot: _expand(value, target.slot_values, rng, 1)
-                          for slot, value in chosen.items()}
-            else:
-                template = target.templates[int(rng.random() * len(target.templates))]
-                chosen = {slot: _expand(_weighted_choice(rng, target.slot_values[slot]),
-                                        target.slot_values, rng, 1)
-                          for slot in template_slots(template) if slot in target.slot_values}
-                # Varied slots are drawn and dropped, so the held ones take the values the
-                # same recipe without the `slots` strategy gives.
-                chosen = {slot: value for slot, value in chosen.items()
-                          if slot not in target.views.varied_slots}
-            texts = (_view_texts(recipe, target, group_id, template, chosen, balance[group_id],
-                                 view_balance[group_id])
-                     if target.views.varied_slots else ())
-            prompt = (texts[0].prompt if texts
-                      else _fill(recipe, template, chosen, balance[group_id], target.class_name))
-            unordered.append({
-                "group_id": group_id, "class_name": target.class_name,
-                "class_index": target.class_index, "corner_case": target.corner_case,
-                "tags": target.tags, "template": template, "slots": chosen,
-                "balance": balance[group_id], "view_strategy": tuple(target.views.strategy),
-                "views": plan_views(target.views, recipe.seed, group_id, prompt, negative, texts),
-            })
-    if recipe.output.shuffle:
-        # Interleave classes and corner cases so every shard holds a mix; the order depends
-        # only on group ids, so adding a class does not reshuffle the seeds of the others.
-        unordered.sort(key=lambda group: derive_seed("order", recipe.seed, group["group_id"]))
-    per_shard = recipe.output.groups_per_shard
-    groups = tuple(
-        GroupPlan(index=position, shard=position // per_shard, **group)
-        for position, group in enumerate(unordered)
-    )
-    return Plan(recipe=recipe, groups=groups)
+                self.balance[group_id][entry.attribute] = value
+
+    def balance_of(self, group_id: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """The group's balanced values, and each view's (a view-varied attribute's)."""
+        if group_id in self.balance:
+            return self.balance[group_id], self.view_balance[group_id]
+        return {}, [{} for _ in range(self.target.views.count)]
+
+
+def _draw_group(recipe: Recipe, draws: _TargetDraws, number: int, negative: str) -> dict:
+    """Group `number` of a class or corner case: its template and held slot values, then its
+    views (all seeded by the group id)."""
+    target = draws.target
+    group_id = _group_id(target, number)
+    rng = random.Random(derive_seed("prompt", recipe.seed, group_id))
+    if draws.combinations is not None:
+        template, chosen = draws.combinations[number % len(draws.combinations)]
+        chosen = {slot: _expand(value, target.slot_values, rng, 1)
+                  for slot, value in chosen.items()}
+    else:
+        template = target.templates[int(rng.random() * len(target.templates))]
+        chosen = {slot: _expand(_weighted_choice(rng, target.slot_values[slot]),
+                                target.slot_values, rng, 1)
+                  for slot in template_slots(template) if slot in target.slot_values}
+        # Varied slots are drawn and dropped, so the held ones take the values the
+        # same recipe without the `slots` strategy gives.
+        chosen = {slot: value for slot, value in chosen.items()
+                  if slot not in target.views.varied_slots}
+    balance, view_balance = draws.balance_of(group_id)
+    texts = (_view_texts(recipe, target, group_id, template, chosen, balance, view_balance)
+             if target.views.varied_slots else ())
+    prompt = texts[0].prompt if texts else _fill(recipe, template, chosen, balance, target.class_name)
+    return {
+        "group_id": group_id, "class_name": target.class_name,
+        "class_index": target.class_index, "corner_case": target.corner_case,
+        "tags": target.tags, "template": template, "slots": chosen, "balance": balance,
+        "view_strategy": tuple(target.views.strategy),
+        "views": plan_views(target.views, recipe.seed, group_id, prompt, negative, texts),
+    }
 
 
 def _view_texts(recipe: Recipe, target: _Target, group_id: str, template: str,
@@ -572,14 +706,12 @@ def _weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:
     return value
 
 
-def summarize(plan: Plan) -> dict:
-    """Counts a person checks before spending GPU time: groups, images, views, balance."""
+def summarize(plan: Plan, each_group=None) -> dict:
+    """Counts a person checks before spending GPU time: groups, images, views, balance.
+    `each_group`, if given, is called with every group as the count draws it (so `plan
+    --jsonl` writes the lines in the same pass instead of drawing the plan twice)."""
     recipe = plan.recipe
     targets = _targets(recipe)
-    groups_of = Counter(g.corner_case or g.class_name for g in plan.groups)
-    images_of = Counter()
-    for group in plan.groups:
-        images_of[group.corner_case or group.class_name] += len(group.views)
     width, height = stored_size(recipe)
     estimated_bytes = estimate_bytes(plan)
     # {attribute: {class or corner case: {value: groups}}}, in recipe order throughout; an
@@ -594,19 +726,27 @@ def summarize(plan: Plan) -> dict:
                 per_target[target.name] = {value: 0 for value in entry.values}
                 balance_counts.setdefault(entry.attribute, {})[target.name] = (
                     "views" if entry.slot_name in target.views.varied_slots else "groups")
-    for group in plan.groups:
+    # One pass over the groups, a shard at a time: a 5,000,000-image plan is never held whole.
+    groups_of, images_of, prompts = Counter(), Counter(), set()
+    for group in plan.iter_groups():
+        if each_group is not None:
+            each_group(group)
+        name = group.corner_case or group.class_name
+        groups_of[name] += 1
+        images_of[name] += len(group.views)
+        prompts.update(view.prompt for view in group.views)
         for assigned in [group.balance, *(view.balance or {} for view in group.views)]:
             for attribute, value in assigned.items():
-                balance_table[attribute][group.corner_case or group.class_name][value] += 1
+                balance_table[attribute][name][value] += 1
     return {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "model": recipe.model.id,
-        "groups": len(plan.groups),
+        "groups": plan.group_count,
         "images": plan.image_count,
         "shards": plan.shard_count,
         "groups_per_shard": recipe.output.groups_per_shard,
-        "unique_prompts": len({v.prompt for g in plan.groups for v in g.views}),
+        "unique_prompts": len(prompts),
         "stored_size": [width, height],
         "estimated_bytes": estimated_bytes,
         "classes": {t.name: {"groups": groups_of[t.name], "images": images_of[t.name],
@@ -636,22 +776,23 @@ def estimate_bytes(plan: Plan) -> int:
     out; only the compressed size of the pixels is a rough guess (`_BITS_PER_PIXEL`).
     """
     recipe = plan.recipe
-    if not plan.groups:
+    if not plan.group_count:
         return 0
     width, height = stored_size(recipe)
     fmt = recipe.output.format
     image = _tar_member(_IMAGE_FILE_BYTES[fmt] + width * height * _BITS_PER_PIXEL[fmt] / 8)
     # The json of the first groups stands for all (they differ only in prompts and slots).
-    sample = plan.groups[:1000]
+    sample = plan.head(1000)
     metadata = sum(_tar_member(len(json.dumps(group.to_json(), separators=(",", ":")))
                                + _METADATA_BYTES + _METADATA_BYTES_PER_VIEW * len(group.views))
                    for group in sample) / len(sample)
     class_member = _tar_member(1)
     per_group = metadata + class_member
-    shards = sum(math.ceil((per_group * len(plan.shard_groups(shard))
-                            + image * sum(len(g.views) for g in plan.shard_groups(shard))
-                            + 2 * _TAR_BLOCK) / _TAR_RECORD) * _TAR_RECORD
-                 for shard in range(plan.shard_count))
+    shards = 0
+    for shard in range(plan.shard_count):
+        groups, images = plan.shard_size(shard)
+        shards += math.ceil((per_group * groups + image * images + 2 * _TAR_BLOCK)
+                            / _TAR_RECORD) * _TAR_RECORD
     return int(shards + plan.shard_count * _SHARD_STATS_BYTES)
 
 

@@ -119,6 +119,7 @@ def test_resuming_a_dataset_planned_before_the_re_pairing_does_not_mix_two_plans
     with monkeypatch.context() as patch:  # the plan as c77e087 made it
         patch.setattr(planning, "_distinct_views", lambda drawn, balance: (drawn, balance))
         old_plan = planning.make_plan(load_recipe(recipe_path))
+        old_plan.groups  # drawn (and kept) while the old pairing is in place
     new_plan = planning.make_plan(load_recipe(recipe_path))
     changed = [g.group_id for g, h in zip(old_plan.shard_groups(0), new_plan.shard_groups(0))
                if [v.prompt for v in g.views] != [v.prompt for v in h.views]]

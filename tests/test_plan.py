@@ -168,3 +168,71 @@ def test_varied_balance_is_distinct_when_quotas_allow_and_exact_without_distinct
     assert Counter(v for values in free.values() for v in values) == \
         {"young": 9, "middle": 9, "old": 9, "child": 9}
     assert any(len(set(values)) < 4 for values in free.values())
+
+
+def _shard_by_shard_recipe(write_recipe, shuffle: bool, prompt_mode: str = "sample"):
+    """Shuffled classes and corner cases, balance over groups and over views (slots strategy,
+    distinct), nested slots: everything a group's draw can depend on besides its id."""
+    return load_recipe(write_recipe({
+        "slots": {"colour": ["red", "{shade} green", "blue"], "shade": ["light", "dark"]},
+        "classes": [{"name": "circle", "templates": ["a {age} {colour} circle, {gender}"],
+                     "groups": 7, "prompt_mode": prompt_mode,
+                     "views": {"count": 3, "strategy": ["slots", "seeds"],
+                               "slots": {"vary": ["gender"], "distinct": True}}},
+                    {"name": "square", "templates": ["a {colour} square", "a {colour} box"],
+                     "groups": 5}],
+        "corner_cases": [{"name": "circle in square", "prompt": "a {colour} circle in a square",
+                          "label": "circle", "groups": 3}],
+        "balance": [
+            {"attribute": "perceived gender", "slot": "gender",
+             "values": {"woman": 1, "man": 1, "nonbinary": 1}, "applies_to": ["circle"]},
+            {"attribute": "age", "values": {"young": 2, "old": 1}}],
+        "views": {"count": 3, "strategy": "seeds"},
+        "output": {"groups_per_shard": 2, "shuffle": shuffle}}))
+
+
+def test_a_shard_drawn_alone_is_the_shard_of_the_whole_plan(write_recipe, monkeypatch):
+    """Workers and job-array tasks plan only the shards they build: each shard drawn by a
+    fresh plan, alone and in any order, equals that shard of the whole plan, and only its
+    groups are drawn."""
+    import importlib
+
+    plan_module = importlib.import_module("synthgen.plan")  # synthgen.plan is also the API's function
+    for shuffle, mode in ((True, "sample"), (False, "sample"), (True, "enumerate")):
+        recipe = _shard_by_shard_recipe(write_recipe, shuffle, mode)
+        whole = make_plan(recipe).groups
+        assert len(whole) == 15
+        drawn = []
+        real_draw = plan_module._draw_group
+        monkeypatch.setattr(plan_module, "_draw_group",
+                            lambda *args: drawn.append(args[2]) or real_draw(*args))
+        for shard in reversed(range(8)):
+            drawn.clear()
+            alone = make_plan(recipe)
+            groups = alone.shard_groups(shard)
+            assert groups == whole[shard * 2:shard * 2 + 2]
+            assert [[v.to_json() for v in g.views] for g in groups] == \
+                [[v.to_json() for v in g.views] for g in whole[shard * 2:shard * 2 + 2]]
+            assert len(drawn) == len(groups)  # nothing else was drawn
+            assert alone.shard_size(shard) == (len(groups), sum(len(g.views) for g in groups))
+        monkeypatch.setattr(plan_module, "_draw_group", real_draw)
+        again = make_plan(recipe)
+        assert again.image_count == sum(len(g.views) for g in whole) == 45
+        assert (again.group_count, again.shard_count) == (15, 8)
+        assert again.head(3) == whole[:3]
+
+
+def test_a_pickled_plan_carries_its_order_not_its_drawn_groups(write_recipe):
+    """The processes and Ray engines send the plan to every worker: it travels as the recipe
+    and the group order, whatever the sending process has drawn."""
+    import pickle
+
+    recipe = _shard_by_shard_recipe(write_recipe, True)
+    plan = make_plan(recipe)
+    before = len(pickle.dumps(plan))
+    whole = plan.groups
+    sent = pickle.dumps(plan)
+    assert len(sent) == before
+    received = pickle.loads(sent)
+    assert received.shard_groups(3) == whole[6:8]
+    assert received.groups == whole

@@ -168,7 +168,7 @@ def start_run(plan: Plan, out_dir: DatasetStore, options: GenerateOptions,
 
 def shard_images(plan: Plan, shards) -> int:
     """How many images `shards` hold (for a progress bar's total)."""
-    return sum(len(group.views) for shard in shards for group in plan.shard_groups(shard))
+    return sum(plan.shard_size(shard)[1] for shard in shards)
 
 
 def add_built(summary: RunSummary, built: ShardsBuilt) -> None:
@@ -321,7 +321,7 @@ class ShardWorker:
         # rounded down to whole groups, which leaves room for sharing's few extra tensors.
         # Nor are groups checked (`held_check`): a probe's cut groups are not groups.
         views = [replace(view, layout_anchor=None, layout_sharing=None, held_check=None)
-                 for group in self.plan.groups[:64] for view in group.views
+                 for group in self.plan.head(64) for view in group.views
                  if view.source_view is None]
 
         def try_batch(size: int) -> None:
@@ -464,7 +464,7 @@ class ShardAssembler:
         ordered = [views[v.view] for v in group.views]
         futures = self.encoded.setdefault(group.shard, [])
         futures.append(self.encoders.submit(self._encode_group, group, ordered))
-        if len(futures) == len(self.plan.shard_groups(group.shard)):
+        if len(futures) == self.plan.shard_size(group.shard)[0]:
             self._submit_shard(group.shard)
 
     def _encode_group(self, group: GroupPlan, views: list[tuple[object, dict]]) -> dict:
