@@ -196,13 +196,13 @@ def _same_place(recorded, given: str) -> bool:
     return os.path.realpath(recorded) == os.path.realpath(given)
 
 
-def _keep_log_until(log: Path, step: int) -> None:
+def _keep_log_until(log: Path, step: int) -> float | None:
     """On resume, drop this trainer's log entries after the checkpoint's `step` (and a last
     line cut short by the kill): the steps after it are trained again, and each is logged
-    once. Lines it did not write stay."""
+    once. Lines it did not write stay. Returns the loss logged at `step`, if one was."""
     if not log.is_file():
-        return
-    lines, kept = log.read_text(errors="replace").splitlines(), []
+        return None
+    lines, kept, logged = log.read_text(errors="replace").splitlines(), [], None
     for number, line in enumerate(lines):
         try:
             entry = json.loads(line)
@@ -213,8 +213,11 @@ def _keep_log_until(log: Path, step: int) -> None:
         ours = isinstance(entry, dict) and isinstance(entry.get("step"), int) and "loss" in entry
         if not ours or entry["step"] <= step:
             kept.append(line + "\n")
+        if ours and entry["step"] == step and isinstance(entry["loss"], (int, float)):
+            logged = float(entry["loss"])
     if len(kept) != len(lines):
         write_atomically(log, "".join(kept).encode())
+    return logged
 
 
 def first_of_each_group(group_ids: list[str]) -> torch.Tensor:
@@ -290,12 +293,14 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                 "the run it continues: train on the same shards, or choose another --out")
         record = restore(checkpoint_path, model, optimizer)
         step = record["step"]
-        loss_value = record.get("loss", loss_value)
         if record.get("scaler"):
             scaler.load_state_dict(record["scaler"])
         if not quiet:
             print(f"resuming from step {step} ({checkpoint_path})", flush=True)
-        _keep_log_until(out_dir / LOG, step)
+        logged = _keep_log_until(out_dir / LOG, step)
+        # Checkpoints saved before the record kept its loss: the log's entry at that step
+        # (a finished run logs its last step) says what its final loss was.
+        loss_value = record.get("loss", logged if logged is not None else loss_value)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model, optimizer,

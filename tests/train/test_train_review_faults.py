@@ -358,6 +358,23 @@ def test_rerunning_a_finished_training_reports_its_final_loss_not_nan(data, tmp_
     assert again.final_loss == first.final_loss
 
 
+def test_rerunning_a_run_finished_before_checkpoints_kept_their_loss_reports_the_logged_one(data, tmp_path):
+    """A run finished by an earlier synthgen has a checkpoint without `loss` (and without the
+    record digests): rerun, it reported `final loss nan`. The log's entry at the checkpoint's
+    step (a run logs its last step) says what the final loss was."""
+    config = options(data)
+    first = train(config, tmp_path / "run", device="cpu", quiet=True)
+
+    def as_before(record: dict) -> None:
+        for key in ("loss", "record_sha256", "tensors_sha256"):
+            record.pop(key, None)
+
+    rewrite_checkpoint(tmp_path / "run" / LAST, record=as_before)
+    again = train(config, tmp_path / "run", device="cpu", quiet=True)
+    assert again.steps == first.steps
+    assert again.final_loss == pytest.approx(first.final_loss)
+
+
 def test_experiment_reuses_its_finished_runs_when_work_is_given_another_way(tmp_path, monkeypatch,
                                                                            experiment_without_training):
     """experiment.py run_experiment names a run folder by a hash of its TrainOptions, which
