@@ -18,6 +18,12 @@ from synthgen.store import write_atomically
 CACHE_FILE = "embeddings.npz"
 
 
+def same_model(identity: str, other: str) -> bool:
+    """Whether two encoder identities (`id@digest/dtype`) name the same weights in the same
+    dtype, however the model's id or folder was spelled."""
+    return identity.rpartition("@")[2] == other.rpartition("@")[2]
+
+
 class EmbeddingCache:
     """view id -> (image sha1, embedding, black flag), for one encoder identity."""
 
@@ -33,7 +39,7 @@ class EmbeddingCache:
             return cls(identity)
         try:
             with np.load(path, allow_pickle=False) as stored:
-                if str(stored["identity"]) != identity:
+                if not same_model(str(stored["identity"]), identity):
                     return cls(identity)
                 rows = {key: (digest, embedding, bool(black)) for key, digest, embedding, black
                         in zip(stored["keys"].tolist(), stored["digests"].tolist(),

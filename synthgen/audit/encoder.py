@@ -109,11 +109,26 @@ def load_encoder(clip_id: str, device: torch.device, dtype: str = "auto") -> Ima
 
 
 def model_identity(clip_id: str, model, processor) -> str:
-    """sha256 over the id, config, preprocessing and every weight: any change, a new identity."""
-    digest = hashlib.sha256(clip_id.encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    """`clip_id@` a sha256 over the config, preprocessing and every weight: any change to
+    them, a new identity. Where the model was read from is left out (transformers records it
+    in the config as `_name_or_path`), so the same weights from another checkout, install or
+    spelling of the folder keep their identity and their cached embeddings."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_without_load_paths(model.config.to_dict()), sort_keys=True,
+                             default=str).encode())
     digest.update(json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return f"{clip_id}@{digest.hexdigest()[:16]}"
+
+
+def _without_load_paths(config):
+    """A config dict (its sub-configs too) without the folder or hub id it was loaded from."""
+    if isinstance(config, dict):
+        return {key: _without_load_paths(value) for key, value in config.items()
+                if key != "_name_or_path"}
+    if isinstance(config, list):
+        return [_without_load_paths(value) for value in config]
+    return config
+

@@ -142,3 +142,33 @@ def test_contact_sheet_shows_a_groups_views_in_view_order(tmp_path):
     # Each cell's reading in sheet order must follow views 0..10; sorted(view ids) puts
     # view10 right after view1.
     assert shown == colours
+
+
+def test_the_clip_identity_does_not_depend_on_where_the_weights_were_read_from(tmp_path, monkeypatch):
+    """The identity hashed the config as transformers serialises it, `_name_or_path` (the
+    folder it was loaded from) included: the same world-clip had another identity in every
+    checkout or install, and a relative --clip DIR another in every working directory, so
+    embeddings.npz was thrown away. The weights, config and preprocessing decide it now,
+    and the cache reuses rows across spellings of the same model."""
+    import shutil
+
+    import torch
+
+    from synthgen.audit.cache import EmbeddingCache, save_cache
+    from synthgen.audit.encoder import load_clip_encoder
+    from synthgen.builtin import resolve_model_source
+
+    copy = tmp_path / "elsewhere" / "my-clip"
+    shutil.copytree(resolve_model_source("builtin:world-clip", "--clip"), copy)
+    monkeypatch.chdir(copy.parent)
+    builtin = load_clip_encoder("builtin:world-clip", torch.device("cpu"), "float32").identity
+    relative = load_clip_encoder("my-clip", torch.device("cpu"), "float32").identity
+    absolute = load_clip_encoder(str(copy), torch.device("cpu"), "float32").identity
+    assert builtin.startswith("builtin:world-clip@") and relative.startswith("my-clip@")
+    digests = {identity.rpartition("@")[2] for identity in (builtin, relative, absolute)}
+    assert len(digests) == 1, (builtin, relative, absolute)
+    save_cache(tmp_path / "embeddings.npz", builtin, ["view-0"], ["sha1"],
+               np.ones((1, 4), np.float32), np.zeros(1, bool))
+    assert EmbeddingCache.load(tmp_path / "embeddings.npz", relative).get("view-0", "sha1") is not None
+    assert EmbeddingCache.load(tmp_path / "embeddings.npz",
+                               builtin.replace("/float32", "/float16")).get("view-0", "sha1") is None
