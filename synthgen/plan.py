@@ -47,6 +47,8 @@ _TAR_BLOCK, _TAR_RECORD = 512, 10_240
 # and each view's file name.
 _METADATA_BYTES, _METADATA_BYTES_PER_VIEW = 500, 20
 _SHARD_STATS_BYTES = 320
+# The first groups' json stands for all in the size estimate.
+_SIZE_SAMPLE = 1000
 WORLD_SD = "builtin:world-sd"
 
 
@@ -107,6 +109,15 @@ class Plan:
         self._drawn_targets: dict[int, _TargetDraws] = {}
         self._kept: OrderedDict[int, tuple[GroupPlan, ...]] = OrderedDict()
         self._all: tuple[GroupPlan, ...] | None = None
+        self._sizes: dict[int, tuple[int, int]] = {}
+
+    def __eq__(self, other: object) -> bool:
+        # The same recipe under the same revision draws the same groups.
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.revision == other.revision and self.recipe == other.recipe
+
+    __hash__ = None  # equal plans may differ in what they have drawn so far
 
     def __getstate__(self) -> dict:
         # Pickled for worker processes: the order, not what this process has drawn.
@@ -132,9 +143,15 @@ class Plan:
         return int(self._views_of_target[self._order_targets].sum()) if self.group_count else 0
 
     def shard_size(self, shard: int) -> tuple[int, int]:
-        """(groups, images) of `shard`, without drawing it."""
-        positions = self._shard_positions(shard)
-        return len(positions), int(self._views_of_target[self._order_targets[positions]].sum())
+        """(groups, images) of `shard`, without drawing it; asked once per finished group
+        while a shard is built, so counted once per shard."""
+        size = self._sizes.get(shard)
+        if size is None:
+            positions = self._shard_positions(shard)
+            size = (len(positions),
+                    int(self._views_of_target[self._order_targets[positions]].sum()))
+            self._sizes[shard] = size
+        return size
 
     def _shard_positions(self, shard: int) -> range:
         per_shard, count = self.recipe.output.groups_per_shard, self.group_count
@@ -313,8 +330,9 @@ class _TargetDraws:
             return
         group_ids = [_group_id(target, n) for n in range(target.groups)]
         self.balance = {group_id: {} for group_id in group_ids}
-        self.view_balance = {group_id: [{} for _ in range(target.views.count)]
-                             for group_id in group_ids}
+        if any(entry.slot_name in target.views.varied_slots for entry in entries):
+            self.view_balance = {group_id: [{} for _ in range(target.views.count)]
+                                 for group_id in group_ids}
         for entry in entries:
             if entry.slot_name in target.views.varied_slots:
                 per_view = assign_balanced_view_values(
@@ -329,9 +347,8 @@ class _TargetDraws:
 
     def balance_of(self, group_id: str) -> tuple[dict[str, str], list[dict[str, str]]]:
         """The group's balanced values, and each view's (a view-varied attribute's)."""
-        if group_id in self.balance:
-            return self.balance[group_id], self.view_balance[group_id]
-        return {}, [{} for _ in range(self.target.views.count)]
+        no_views = [{} for _ in range(self.target.views.count)]
+        return self.balance.get(group_id, {}), self.view_balance.get(group_id, no_views)
 
 
 def _draw_group(recipe: Recipe, draws: _TargetDraws, number: int, negative: str) -> dict:
@@ -713,7 +730,6 @@ def summarize(plan: Plan, each_group=None) -> dict:
     recipe = plan.recipe
     targets = _targets(recipe)
     width, height = stored_size(recipe)
-    estimated_bytes = estimate_bytes(plan)
     # {attribute: {class or corner case: {value: groups}}}, in recipe order throughout; an
     # attribute the `slots` strategy varies counts views (its quotas are over views), and
     # `balance_counts` says which.
@@ -727,10 +743,12 @@ def summarize(plan: Plan, each_group=None) -> dict:
                 balance_counts.setdefault(entry.attribute, {})[target.name] = (
                     "views" if entry.slot_name in target.views.varied_slots else "groups")
     # One pass over the groups, a shard at a time: a 5,000,000-image plan is never held whole.
-    groups_of, images_of, prompts = Counter(), Counter(), set()
+    groups_of, images_of, prompts, first = Counter(), Counter(), set(), []
     for group in plan.iter_groups():
         if each_group is not None:
             each_group(group)
+        if len(first) < _SIZE_SAMPLE:
+            first.append(group)
         name = group.corner_case or group.class_name
         groups_of[name] += 1
         images_of[name] += len(group.views)
@@ -748,7 +766,7 @@ def summarize(plan: Plan, each_group=None) -> dict:
         "groups_per_shard": recipe.output.groups_per_shard,
         "unique_prompts": len(prompts),
         "stored_size": [width, height],
-        "estimated_bytes": estimated_bytes,
+        "estimated_bytes": estimate_bytes(plan, first),
         "classes": {t.name: {"groups": groups_of[t.name], "images": images_of[t.name],
                              "views": t.views.describe()}
                     for t in targets if t.corner_case is None},
@@ -769,11 +787,12 @@ def summarize(plan: Plan, each_group=None) -> dict:
     }
 
 
-def estimate_bytes(plan: Plan) -> int:
+def estimate_bytes(plan: Plan, first: list[GroupPlan] | None = None) -> int:
     """About how many bytes the dataset's shards and stats files take.
 
     Tar headers, padding and each sample's json are counted exactly as write.py lays them
     out; only the compressed size of the pixels is a rough guess (`_BITS_PER_PIXEL`).
+    `first`: the plan's first groups, where the caller has drawn them already.
     """
     recipe = plan.recipe
     if not plan.group_count:
@@ -782,7 +801,7 @@ def estimate_bytes(plan: Plan) -> int:
     fmt = recipe.output.format
     image = _tar_member(_IMAGE_FILE_BYTES[fmt] + width * height * _BITS_PER_PIXEL[fmt] / 8)
     # The json of the first groups stands for all (they differ only in prompts and slots).
-    sample = plan.head(1000)
+    sample = first or plan.head(_SIZE_SAMPLE)
     metadata = sum(_tar_member(len(json.dumps(group.to_json(), separators=(",", ":")))
                                + _METADATA_BYTES + _METADATA_BYTES_PER_VIEW * len(group.views))
                    for group in sample) / len(sample)
