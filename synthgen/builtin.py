@@ -178,4 +178,14 @@ def edit_record(model_id: str) -> dict:
     record = Path(model_id) / EDITS_FILE
     if not record.is_file():
         return {}
-    return json.loads(record.read_text(encoding="utf-8"))
+    try:
+        read = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8
+        read, reason = None, f"not JSON ({error})"
+    else:
+        reason = "not a JSON object whose edits are a list of objects"
+    edits = read.get("edits", []) if isinstance(read, dict) else None
+    if not isinstance(edits, list) or not all(isinstance(edit, dict) for edit in edits):
+        raise UserError(f"{record}: is damaged: {reason}; it records what synthgen edit changed "
+                        "in this model folder: make the folder again with synthgen edit")
+    return read

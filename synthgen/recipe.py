@@ -695,6 +695,8 @@ def check_model_references(recipe: Recipe) -> None:
         check_model_reference(recipe.model.decoder, "model.decoder", TINY_AUTOENCODER)
     for index, entry in enumerate(recipe.suppress):
         entry.check_models(f"suppress[{index}]")
+    for index, entry in enumerate(recipe.balance):
+        entry.check_models(f"balance[{index}]")
     check_model_reference(recipe.audit.clip, "audit.clip", CLIP)
     for where, spec in [("views", recipe.views),
                         *((f"classes[{i}].views", c.views) for i, c in enumerate(recipe.classes)),
@@ -716,6 +718,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     last one silently, so half of a recipe block could be ignored)."""
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!map [a, b]`: PyYAML's own check, kept
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a mapping, found {node.id}", node.start_mark)
         seen = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -733,6 +738,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                                  _UniqueKeyLoader.construct_mapping)
+
+
+def _refuse_set(loader, node):
+    # A set has no order, and Python's changes with PYTHONHASHSEED: templates or values given
+    # as `!!set` would plan (and hash) differently in every process.
+    raise yaml.constructor.ConstructorError(
+        None, None, "!!set has no order, so the same recipe would plan differently in each "
+        "run; write a list ([a, b] or - items)", node.start_mark)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:set", _refuse_set)
 
 
 class _DuplicateKey(Exception):

@@ -48,7 +48,12 @@ def _template_slots(template: str) -> tuple[str, ...]:
     for _, field_name, format_spec, conversion in string.Formatter().parse(template):
         if field_name is None:
             continue
-        if not field_name.isidentifier() or format_spec or conversion:
+        if format_spec or conversion:
+            written = field_name + (f"!{conversion}" if conversion else "") + (
+                f":{format_spec}" if format_spec else "")
+            raise ValueError(f"'{{{written}}}': a slot takes no format spec or conversion "
+                             f"(write '{{{field_name}}}')")
+        if not field_name.isidentifier():
             raise ValueError(f"'{{{field_name}}}' is not a slot name")
         names.append(field_name)
     return tuple(names)

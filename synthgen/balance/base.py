@@ -70,6 +70,10 @@ class Balance(StrictModel):
         prompts never name the values (the plan then assigns none)."""
         return None
 
+    def check_models(self, where: str) -> None:
+        """Raise `UserError` for a model the entry names that cannot load as what it needs
+        (`builtin.check_model_reference`); `where` is its field path (`balance[1]`)."""
+
     def edit_model(self, recipe: Recipe, index: int, pipeline: Any,
                    device: torch.device | None) -> dict:
         """Edit `pipeline`'s weights in place (entry `index` of `recipe.balance`); the record

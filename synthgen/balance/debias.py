@@ -31,6 +31,11 @@ class DebiasBalance(Balance):
     refused_keys: ClassVar[dict[str, str]] = {
         "slot": "method debias keeps the value out of the prompts, so it fills no slot; drop slot"}
 
+    def check_models(self, where: str) -> None:
+        from synthgen.builtin import CLIP, check_model_reference
+
+        check_model_reference(self.detector, f"{where}.detector", CLIP)
+
     def edit_model(self, recipe, index, pipeline, device) -> dict:
         """Each edit's record: the shares read before, per iteration, and the weights' digest."""
         from synthgen.generate.debias import (ClipValueReader, debias, debias_targets,

@@ -36,7 +36,7 @@ import torch
 
 from synthgen.attributes import balance_applies, largest_remainder_quotas
 from synthgen.generate.erase import (PRESERVE_WEIGHT, REGULARIZER, Encoded, Mapping, encode_all,
-                                     edit_text_paths, fill_templates, refuse_truncated, restore_text_weights, text_weights, token_pairs)
+                                     as_text, edit_text_paths, fill_templates, refuse_truncated, restore_text_weights, text_weights, token_pairs)
 from synthgen.recipe import CLASS_SLOT, Recipe, template_slots
 from synthgen.recipe_base import injected_template
 from synthgen.seeding import derive_seed
@@ -184,7 +184,7 @@ def _recipe_prompts(recipe: Recipe, index: int, spec) -> tuple[str | None, list[
     where a template has none (`injected_template`, as the plan fills them)."""
     entry = recipe.balance[index]
     applying = [other for other in recipe.prompt_balance if balance_applies(other, spec.name)]
-    balanced = {other.slot_name: list(other.values) for other in applying}
+    balanced = {other.slot_name: [as_text(value) for value in other.values] for other in applying}
     if spec in recipe.classes:
         word, templates, own_slots = spec.name, recipe.templates_for(spec), spec.slots
     else:

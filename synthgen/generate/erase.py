@@ -385,8 +385,11 @@ def fill_templates(templates: Sequence[str], count: int, seed: int,
     for index in range(count if templates else 0):
         text = _literal_braces_kept(templates[index % len(templates)])
         while names := template_slots(text):  # slot values may name slots (the recipe forbids cycles)
+            # Fixed values (a concept, a class name) are put in as written, as the plan puts
+            # them: braces in them are text, never slots of a later pass.
             text = _literal_braces_kept(text.format(**{
-                name: fixed[name] if name in fixed else rng.choice(list(slots[name])) for name in names}))
+                name: as_text(fixed[name]) if name in fixed else rng.choice(list(slots[name]))
+                for name in names}))
         text = text.replace(_OPEN, "{").replace(_CLOSE, "}")
         prompts.append(" ".join(text.split()))
     return list(dict.fromkeys(prompts))
@@ -395,6 +398,12 @@ def fill_templates(templates: Sequence[str], count: int, seed: int,
 # Stand-ins for literal braces while a text is formatted pass after pass: a second pass must
 # not read the "{brand}" that the first made of "{{brand}}" as a slot.
 _OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def as_text(value: str) -> str:
+    """`value` with every brace a stand-in for `fill_templates`: put in as written (a class
+    name, a balanced value), as the plan puts it, never read as a slot by a later pass."""
+    return value.replace("{", _OPEN).replace("}", _CLOSE)
 
 
 def _literal_braces_kept(text: str) -> str:
@@ -411,7 +420,8 @@ def context_prompts(templates: Sequence[str], concept: str, count: int, seed: in
                     slots: dict[str, Sequence[str]], class_names: Sequence[str]) -> list[str]:
     """Prompts using `concept` from context templates: `{concept}` is the concept, `{class}` a
     class name, other slots the recipe's values (`fill_templates`)."""
-    return fill_templates(templates, count, seed, {**slots, CLASS_SLOT: list(class_names)},
+    return fill_templates(templates, count, seed,
+                          {**slots, CLASS_SLOT: [as_text(name) for name in class_names]},
                           {CONTEXT_SLOT: concept})
 
 

@@ -46,7 +46,12 @@ class EraseSuppression(Suppression):
     @classmethod
     def _contexts_name_the_concept(cls, contexts: list[str]) -> list[str]:
         for template in contexts:
-            if "concept" not in template_slots(template):
+            try:
+                used = template_slots(template)
+            except ValueError as error:
+                raise recipe_problem("template", f"context {template!r}: {error}; slots look like "
+                                     "{concept} or {class}, literal braces are written {{ and }}") from None
+            if "concept" not in used:
                 raise recipe_problem("suppress", f"context {template!r} does not use {{concept}}; "
                                      "write where the concept goes, e.g. 'a {concept} {class}'")
         return contexts
