@@ -71,16 +71,20 @@ def injected_template(template: str, inject: str, slot: str) -> str:
     return "".join(parts)
 
 
+def well_formed_slots(template: str, named: str, example: str) -> list[str]:
+    """`template_slots`, or a recipe problem that starts with `named` (the template as the
+    message names it, or "") and shows a slot as `example` does."""
+    try:
+        return template_slots(template)
+    except ValueError as error:
+        raise recipe_problem("template", f"{named}{error}; slots look like {example}, literal "
+                             "braces are written {{ and }}") from None
+
+
 def check_template(where: str, template: str, known: set[str], slot_home: str) -> None:
     """A recipe problem unless `template`'s slots are well formed and all in `known`;
     `slot_home` is where the message tells the user to define a missing one."""
-    try:
-        used = template_slots(template)
-    except ValueError as error:
-        raise recipe_problem(
-            "template", f"{where} {template!r}: {error}; slots look like {{breed}}, literal "
-            "braces are written {{ and }}") from None
-    for name in used:
+    for name in well_formed_slots(template, f"{where} {template!r}: ", "{breed}"):
         if name not in known:
             raise recipe_problem(
                 "template",
@@ -92,12 +96,7 @@ def check_template(where: str, template: str, known: set[str], slot_home: str) -
 def check_prompt_template(template: str, slot: str) -> str:
     """`template` if it uses exactly the slots {prompt} and {`slot`}: how a text enters a
     prompt (a view's modifier, a balanced value injected into a template that lacks its slot)."""
-    try:
-        used = set(template_slots(template))
-    except ValueError as error:
-        raise recipe_problem("template", f"{error}; slots look like {{prompt}}, literal braces "
-                             "are written {{ and }}") from None
-    if used != {"prompt", slot}:
+    if set(well_formed_slots(template, "", "{prompt}")) != {"prompt", slot}:
         raise recipe_problem("template", f"must use exactly the slots {{prompt}} and {{{slot}}}, "
                              f"e.g. '{{prompt}}, {{{slot}}}'")
     return template

@@ -25,9 +25,11 @@ from collections.abc import Iterable, Iterator
 MANIFEST = "manifest.json"  # the finished dataset's list of shards (write.finalize_dataset)
 DATASET_FORMAT = "synthgen-dataset/1"  # its "format"
 SHARD_GLOB = "shard-*.tar"
-# Six digits, more without a leading zero: shard 1,000,000 (a valid recipe can reach it) is
-# shard-1000000.tar, and shard-0000001.tar is no name synthgen writes.
-SHARD_FILE = re.compile(r"^shard-(?:\d{6}|[1-9]\d{6,})\.(tar|stats\.json)$")
+# A shard's tar or stats file, as a pattern for the names of a dataset's files (here, and in
+# store.py's and write.py's). Six digits, more without a leading zero: shard 1,000,000 (a
+# valid recipe can reach it) is shard-1000000.tar, and shard-0000001.tar is no name synthgen writes.
+SHARD_FILE_PATTERN = r"shard-(?:\d{6}|[1-9]\d{6,})\.(?:tar|stats\.json)"
+SHARD_FILE = re.compile(f"^{SHARD_FILE_PATTERN}$")
 _TAR_SUFFIX, _STATS_SUFFIX = ".tar", ".stats.json"
 # Image members a view-layout sample names by extension alone (`KEY.jpg`).
 _VIEW_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol, Union
 
 from synthgen.errors import UserError
+from synthgen.shards import SHARD_FILE_PATTERN
 
 # Protocols whose `pipe_file(mode="create")` is one atomic conditional write (If-None-Match);
 # they need `pip install 'synthgen[s3]'`. S3-compatible servers must honour conditional PUTs.
@@ -40,7 +41,7 @@ _TEMPORARY_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-
 # The temporaries of the files a dataset holds (write.py names them), with or without a writer
 # tag: only these are ever removed as debris. A user's own `.notes.tmp` in --out is not one.
 DATASET_TEMPORARY = re.compile(
-    r"^\.(shard-(?:\d{6}|[1-9]\d{6,})\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
+    rf"^\.({SHARD_FILE_PATTERN}|manifest\.json|recipe\.json|index\.json|README\.md)\.(.+\.)?tmp$")
 # A temporary file lives for one write (seconds at most); one this old has no writer left.
 STALE_TEMPORARY_SECONDS = 15 * 60
 

@@ -50,12 +50,13 @@ from synthgen.errors import UserError
 from synthgen.generate.identity import detectors_digest, weights_digest
 from synthgen.plan import GroupPlan, Plan, make_plan, stored_size, summarize
 from synthgen.recipe import Recipe, canonical_json
-from synthgen.shards import DATASET_FORMAT, MANIFEST, SHARD_FILE, layout_named, shard_name, stats_name, view_file
+from synthgen.shards import (DATASET_FORMAT, MANIFEST, SHARD_FILE, SHARD_FILE_PATTERN, layout_named,
+                             shard_name, stats_name, view_file)
 from synthgen.store import DATASET_TEMPORARY, DatasetStore, LocalStore, Location, open_store
 from synthgen.suppress import RejectSuppression
 
 RECIPE_FILE = "recipe.json"
-_OWNED_FILE = re.compile(r"^(shard-(?:\d{6}|[1-9]\d{6,})\.(tar|stats\.json)|manifest\.json|recipe\.json|index\.json)$")
+_OWNED_FILE = re.compile(rf"^({SHARD_FILE_PATTERN}|manifest\.json|recipe\.json|index\.json)$")
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # synthgen audit's default report folder inside a dataset (audit/command.py): `--overwrite`
 # removes it with the dataset it described, when it holds an audit's report.json (a folder

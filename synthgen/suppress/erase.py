@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from synthgen.recipe_base import CLASS_SLOT, check_template, recipe_problem, template_slots
+from synthgen.recipe_base import CLASS_SLOT, check_template, recipe_problem, well_formed_slots
 from synthgen.seeding import derive_seed
 from synthgen.suppress.base import Suppression
 
@@ -46,12 +46,8 @@ class EraseSuppression(Suppression):
     @classmethod
     def _contexts_name_the_concept(cls, contexts: list[str]) -> list[str]:
         for template in contexts:
-            try:
-                used = template_slots(template)
-            except ValueError as error:
-                raise recipe_problem("template", f"context {template!r}: {error}; slots look like "
-                                     "{concept} or {class}, literal braces are written {{ and }}") from None
-            if "concept" not in used:
+            if "concept" not in well_formed_slots(template, f"context {template!r}: ",
+                                                  "{concept} or {class}"):
                 raise recipe_problem("suppress", f"context {template!r} does not use {{concept}}; "
                                      "write where the concept goes, e.g. 'a {concept} {class}'")
         return contexts
