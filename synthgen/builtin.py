@@ -171,6 +171,13 @@ def folder_kind(folder: Path) -> str | None:
     return None
 
 
+def _is_edit_entry(edit) -> bool:
+    """An edit as `synthgen edit` records it: an object whose method, concept and attribute,
+    where present, are strings (the plan's warnings compare them as text)."""
+    return isinstance(edit, dict) and all(isinstance(edit.get(key, ""), str)
+                                          for key in ("method", "concept", "attribute"))
+
+
 def edit_record(model_id: str) -> dict:
     """What `synthgen edit` recorded in a model folder (base_model, edits), or {}."""
     if model_id.startswith(BUILTIN_PREFIX):
@@ -183,9 +190,10 @@ def edit_record(model_id: str) -> dict:
     except ValueError as error:  # not JSON, or not UTF-8
         read, reason = None, f"not JSON ({error})"
     else:
-        reason = "not a JSON object whose edits are a list of objects"
+        reason = ("not a JSON object whose edits are a list of objects with string "
+                  "method, concept and attribute")
     edits = read.get("edits", []) if isinstance(read, dict) else None
-    if not isinstance(edits, list) or not all(isinstance(edit, dict) for edit in edits):
+    if not isinstance(edits, list) or not all(_is_edit_entry(edit) for edit in edits):
         raise UserError(f"{record}: is damaged: {reason}; it records what synthgen edit changed "
                         "in this model folder: make the folder again with synthgen edit")
     return read

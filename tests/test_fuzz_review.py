@@ -184,11 +184,14 @@ def test_yaml_set_of_templates_plans_the_same_in_every_process(tmp_path):
 # --- 4. a model folder's synthgen-edits.json that is not what synthgen edit writes
 
 @pytest.mark.parametrize("edits", ['{"base_model": "x", "edits": [', '["x"]',
-                                   '{"edits": ["striped"]}'])
+                                   '{"edits": ["striped"]}',
+                                   '{"edits": [{"method": "erase", "concept": 5}]}',
+                                   '{"edits": [{"method": ["debias"], "attribute": "colour"}]}'])
 def test_unreadable_edits_record_in_model_folder_is_a_user_error(tmp_path, edits):
     """Input: model.id is a local pipeline folder (model_index.json) whose
     synthgen-edits.json is cut short, or not the mapping `synthgen edit` writes (a list, or
-    edits that are strings); the recipe erases a concept. What happens: recipe_warnings ->
+    edits that are strings, or an edit whose concept or method is not a string); the recipe
+    erases a concept. What happens: recipe_warnings ->
     plan._erased_twice_warnings -> builtin.edit_record json.loads it unguarded:
     JSONDecodeError or AttributeError ('list' object has no attribute 'get'), and `synthgen
     validate` prints a traceback (exit 1). Correct: one error line naming the folder's
