@@ -276,9 +276,12 @@ class Sampler:
             disagree = self.group_checker.disagreements([views[p] for p in positions],
                                                         images[positions])
             for position, problems in zip(positions, disagree):
+                view = views[position]
                 records[position]["held_check"].update(
-                    passed=not any(disagree), disagree=self._disagreement_map(views[position],
-                                                                              problems))
+                    passed=not any(disagree), disagree=self._disagreement_map(view, problems),
+                    seed_used=view.seed)
+                if view.anchor_seed is not None:
+                    records[position]["held_check"]["anchor_seed_used"] = view.anchor_seed
 
     def _redraw_disagreeing_groups(self, views: list[ViewPlan], images: torch.Tensor,
                                    finite: torch.Tensor, records: list[dict]) -> list[ViewPlan]:

@@ -82,6 +82,10 @@ class _ViewsBase(StrictModel):
         for name, strategy in STRATEGIES.items():
             if strategy.missing_block and name in chosen and getattr(self, name) is None:
                 raise recipe_problem("views", strategy.missing_block)
+        if "slots" in chosen and self.count < 2:
+            raise recipe_problem("views", "strategy slots re-draws slots per view, and count is "
+                                 f"{self.count}, so a group's views cannot differ; set count: 2 "
+                                 "or more, or drop slots")
         problem = "slots" in chosen and (STRATEGIES["slots"].held_layout_problem(self)
                                          or STRATEGIES["slots"].aligned_noise_problem(self))
         if problem:
