@@ -166,11 +166,14 @@ class Sampler:
             if view.view == 0:
                 self._first_seeds[view.group_id] = view.seed
         # 1. Text-to-image views first, then views derived from an earlier view of their group.
+        whole = None  # (images, finite) when one pass made every view, in order
         for derived in (False, True):
             positions = [i for i, v in enumerate(views) if (v.source_view is not None) == derived]
             if not positions:
                 continue
             images, ok, notes = self._generate_checked([views[i] for i in positions])
+            if len(positions) == len(views):
+                whole = (images, ok)
             for slot, position in enumerate(positions):
                 pixels[position], finite[position] = images[slot], ok[slot]
                 records[position] = notes[slot]
@@ -181,9 +184,10 @@ class Sampler:
         self._sources = {key: image for key, image in self._sources.items() if key[0] == last_group}
         self._first_seeds = {group: seed for group, seed in self._first_seeds.items()
                              if group == last_group}
-        finite_all = torch.stack(finite)
+        # A batch of one pass is already in view order: no second copy of its pixels.
+        images_all, finite_all = whole if whole is not None else (torch.stack(pixels), torch.stack(finite))
         nonfinite = tuple(int(i) for i in torch.nonzero(~finite_all).flatten().tolist())
-        return SampledBatch(images=torch.stack(pixels), nonfinite=nonfinite, records=tuple(records))
+        return SampledBatch(images=images_all, nonfinite=nonfinite, records=tuple(records))
 
     def _generate_checked(self, views: list[ViewPlan]):
         """Generate, redraw groups whose views disagree (`slots.check`), then regenerate views
@@ -374,6 +378,11 @@ class Sampler:
                 images.append(pixels[:len(part)])
                 finite.append(ok[:len(part)])
                 order += call
+        # Calls made in view order (the usual case) need no reordering copy; one call, no copy.
+        if order == list(range(len(order))):
+            if len(images) == 1:
+                return images[0], finite[0]
+            return torch.cat(images), torch.cat(finite)
         inverse = torch.argsort(torch.tensor(order))
         return torch.cat(images)[inverse], torch.cat(finite)[inverse]
 
