@@ -102,3 +102,25 @@ def test_grown_world_unet_computes_what_it_grew_from_and_trains():
     assert not any(key.startswith("_") for key in trained.config if key != "_use_default_values")
     moved = trained.down_blocks[0].attentions[0].proj_out.weight
     assert moved.abs().sum() > 0, "the added attention trains"
+
+
+def test_host_overhead_benchmark_small(tmp_path):
+    """bench/host_overhead.py replaces module attributes (the model compute) for its whole
+    process, so it runs in its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "host_overhead.py"), "--format", "png", "--size", "64",
+         "--images", "16", "--batch-size", "8", "--groups-per-shard", "2", "--json",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["images"] == 16 and result["shards"] == 2
+    stages = result["stages"]
+    assert stages["S0 Sampler.sample total"]["calls"] == 2
+    assert stages["E1 encode_image (PIL encode)"]["calls"] == 16
+    assert result["host_cpu_ms_per_image (process CPU minus emulated device ops and model stages)"] > 0
