@@ -3,8 +3,9 @@
 Builds a real architecture (sd-turbo or SDXL-turbo) from the configs in bench/model-configs
 with random weights (nothing is downloaded), saves it as a model folder, then measures:
   1. plain diffusers: `pipe(prompt)` one image per call, and a batch per call with PIL output;
-  2. synthgen's own path end to end (plan, sample, encode, write shards with metadata),
-     after a warm-up run (which is where torch.compile spends its compile time);
+  2. synthgen's own path (plan, sample, encode, write shards with metadata) in steady state:
+     one worker loads the model, builds a warm-up shard (where torch.compile spends its
+     compile time), then the timed shards;
   3. a per-stage breakdown of synthgen's path (UNet, decode, encode, write);
   4. the compute limit: FLOPs per image (counted by torch's FlopCounterMode) against a
      measured dense fp16 matmul peak, and the fraction of it reached; peak GPU memory.
@@ -98,24 +99,39 @@ def bench_recipe(folder: Path, args, groups: int, name: str):
 
 
 def synthgen_path(folder: Path, args, work: Path) -> dict:
-    """End-to-end images/s of `generate_dataset`, after a warm-up run of one shard."""
-    from synthgen.engines.local import GenerateOptions, generate_dataset
+    """Images/s of synthgen's generate path in steady state: one worker (the pipeline loaded
+    and compiled once) builds a warm-up shard, then the timed shards, as a run builds its
+    shards one after another; the manifest is written after, untimed. (Two generate_dataset
+    calls would load, digest and compile the model again inside the timed run.)"""
+    from synthgen.engines.local import (GenerateOptions, ShardWorker, add_built, finish_run,
+                                        start_run)
     from synthgen.plan import make_plan
+    from synthgen.store import open_store
 
     options = GenerateOptions(batch_size=args.batch_size, device=args.device, progress=False,
                               encode_workers=args.encode_workers, overwrite=True,
                               compile_model=args.compile, channels_last=args.channels_last)
-    warm_plan = make_plan(bench_recipe(folder, args, 64, "warmup"))
-    started = time.perf_counter()
-    generate_dataset(warm_plan, work / "warmup", options)
-    warmup_seconds = time.perf_counter() - started
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    plan = make_plan(bench_recipe(folder, args, args.images // 4, "bench"))
-    summary = generate_dataset(plan, work / "bench", options)
+    warm_groups = 64  # bench_recipe's groups_per_shard: shard 0 is the warm-up
+    plan = make_plan(bench_recipe(folder, args, warm_groups + args.images // 4, "bench"))
+    store = open_store(work / "bench")
+    run_started = time.perf_counter()
+    summary, pending = start_run(plan, store, options, engine="local")
+    worker = ShardWorker(plan, store, options)
+    try:
+        add_built(summary, worker.build(pending[:1]))
+        warmup_seconds = time.perf_counter() - run_started
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        timed = worker.build(pending[1:])
+        seconds = time.perf_counter() - started
+        add_built(summary, timed)
+    finally:
+        worker.close()
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"images": summary.images_generated, "seconds": round(summary.seconds, 3),
-            "images_per_second": round(summary.images_per_second, 2),
+    finish_run(plan, store, options, summary, run_started)
+    return {"images": timed.images, "seconds": round(seconds, 3),
+            "images_per_second": round(timed.images / seconds, 2) if seconds > 0 else 0.0,
             "warmup_seconds_incl_load_and_compile": round(warmup_seconds, 1),
             "peak_gpu_memory_gib": round(peak, 2) if peak is not None else None}
 
@@ -267,12 +283,18 @@ def main(argv: list[str] | None = None) -> dict:
     args.device = str(device)
     folder = build_model_folder(args.arch, args.work / f"{args.arch}{'-small' if args.small else ''}",
                                 device, args.small)
-    # 1. Compute limit first, while nothing else runs.
-    peak = measured_peak_flops(device)
-    flops = flops_per_image(folder, args, device)
-    plain = plain_diffusers(folder, args, device)
-    ours = synthgen_path(folder, args, args.work / "runs")
-    stages = stage_breakdown(folder, args, device, batches=4)
+    def finished(name: str, value):
+        # Each part on stderr as it ends: a run its time limit stops still leaves what it measured.
+        print(json.dumps({"finished": name, name: value}), file=sys.stderr, flush=True)
+        return value
+
+    # 1. Compute limit first, while nothing else runs; then synthgen's own path, the figure the
+    #    issue gates, before the plain-diffusers comparison and the per-stage breakdown.
+    peak = finished("measured_peak_flops", measured_peak_flops(device))
+    flops = finished("flops_per_image", flops_per_image(folder, args, device))
+    ours = finished("synthgen", synthgen_path(folder, args, args.work / "runs"))
+    plain = finished("plain_diffusers", plain_diffusers(folder, args, device))
+    stages = finished("stages", stage_breakdown(folder, args, device, batches=4))
     limit = peak / flops
     import diffusers
 

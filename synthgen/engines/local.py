@@ -299,12 +299,15 @@ class ShardWorker:
         auto = requested == "auto"
         with loading_bars_off():  # the pipeline's, the detectors' and the edits' loading
             self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else requested,
-                                           compile_model=options.compile_model,
+                                           compile_model=options.compile_model and not auto,
                                            channels_last=options.channels_last)
         self.model = self.sampler.model
         self.model_info = self.model.describe()
-        # 3. With --batch-size auto, probe the largest batch that fits this device.
+        # 3. With --batch-size auto, probe the largest batch that fits this device, then
+        #    compile for that one size (Sampler.compile says why not before).
         self.batch_size = self._probe_batch_size() if auto else requested
+        if auto and options.compile_model:
+            self.sampler.compile()
         # 4. Views that hold their group's layout are made with the whole group in one call;
         #    checked groups are checked in one batch.
         held = [spec.count for spec in (recipe.views_for(entry) for entry in

@@ -139,13 +139,18 @@ class _SharingState:
         self.shared_steps = shared_steps
         self.step = -1
         self.rows: torch.Tensor | None = None  # per UNet batch row: the row of its anchor
+        self.active = {part: False for part in shared_steps}
 
     def sharing(self, part: str) -> bool:
-        return self.step < self.shared_steps[part]
+        # Decided once a step, in the pre-hook: a compiled UNet then sees a few booleans (a
+        # graph or two per combination), not the step count, which changes every call and
+        # would be a new graph each step until dynamo's recompile limit left it uncompiled.
+        return self.active[part]
 
     def start_step(self, unet, args, kwargs) -> None:
         """UNet forward pre-hook: one call per denoising step."""
         self.step += 1
+        self.active = {part: self.step < shared for part, shared in self.shared_steps.items()}
         if self.step >= self.steps:
             raise RuntimeError(f"share_layout was set up for {self.steps} UNet calls (one per "
                                "step) and the UNet was called again: use one share_layout block "

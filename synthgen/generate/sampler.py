@@ -122,10 +122,16 @@ class Sampler:
             for module in convolutional:
                 module.to(memory_format=torch.channels_last)
         if compile_model:
-            # Every call has one shape (padded batches), so one compiled graph serves the run.
-            setattr(self.pipeline, denoiser_name,
-                    torch.compile(getattr(self.pipeline, denoiser_name), dynamic=False))
-            self.pipeline.vae.decode = torch.compile(self.pipeline.vae.decode, dynamic=False)
+            self.compile()
+
+    def compile(self) -> None:
+        """Wrap the denoiser and the VAE decode in torch.compile. Every call has one shape
+        (padded batches), so one compiled graph serves the run; so compile only once the batch
+        size is fixed: a batch-size probe's calls at 1, 2, 4, ... views would each be a new
+        graph, and past dynamo's recompile limit the run goes on uncompiled."""
+        name = self.family.denoiser_name
+        setattr(self.pipeline, name, torch.compile(getattr(self.pipeline, name), dynamic=False))
+        self.pipeline.vae.decode = torch.compile(self.pipeline.vae.decode, dynamic=False)
 
     def accepts(self, argument: str) -> bool:
         """Whether the pipeline's ``__call__`` takes ``argument``."""
