@@ -69,6 +69,9 @@ class Budget:
     slots_sigma: float = 0.5
     num_workers: int = 2
     groups_per_shard: int = 64
+    # Views per pipeline call when generating (None: the device's default, 8 on a GPU). World
+    # images are 32 px, so a GPU's default batch would be launch overhead, not compute.
+    generate_batch_size: int | None = None
 
 
 SMALL_RESNET = EncoderSpec(arch="resnet", width=8, blocks=(1, 1, 1, 1), resolution=32,
@@ -92,7 +95,7 @@ BUDGETS = {
                   sigmas=(0.25, 0.5, 1.0), real_test=5000, steps=2000, batch_images=512,
                   encoder=EncoderSpec(width=32, blocks=(2, 2, 2, 2), resolution=32),
                   seeds=(0, 1, 2), lr=3e-3, num_workers=14, groups_per_shard=512,
-                  crop_scale=(0.2, 1.0)),
+                  crop_scale=(0.2, 1.0), generate_batch_size=256),
 }
 
 
@@ -217,7 +220,8 @@ def prepare_data(budget: Budget, work: Path, device: str, log,
             replace = recorded.get("recipe_hash") not in (None, recipe.recipe_hash)
             summary = generate_dataset(make_plan(recipe), out,
                                        GenerateOptions(device=device, progress=False,
-                                                       overwrite=replace))
+                                                       overwrite=replace,
+                                                       batch_size=budget.generate_batch_size))
             log(f"generated {name}: {summary.images_generated} images in "
                 f"{time.perf_counter() - started:.0f}s")
         paths[name] = out

@@ -90,3 +90,30 @@ def test_train_command_offers_every_augmentation():
     from synthgen.train.commands import AUGMENT_CHOICES
 
     assert tuple(AUGMENT_CHOICES) == tuple(AUGMENTATIONS)
+
+
+def test_gpu_budget_generates_in_large_batches(tmp_path, monkeypatch):
+    """Review of the GPU paths: the gpu budget generated its 32 px world images at the GPU's
+    default batch of 8 views per call, launch overhead rather than compute. It asks for 256;
+    the cpu budget keeps the device default (its datasets' bytes unchanged)."""
+    import synthgen.engines.local as local
+    import synthgen.world.dataset as world_dataset
+    from synthgen.train.experiment import prepare_data
+
+    asked = []
+
+    def generate(plan, out, options):
+        asked.append(options.batch_size)
+        return local.RunSummary(out_dir=str(out), shards_total=0, shards_skipped=0)
+
+    monkeypatch.setattr(local, "generate_dataset", generate)
+    def write_real(folder, **kwargs):
+        folder.mkdir(parents=True)
+        return {"train": 0}
+
+    monkeypatch.setattr(world_dataset, "write_real_dataset", write_real)
+    for name, expected in (("gpu", 256), ("cpu", None)):
+        budget = BUDGETS[name]
+        first = next(iter(synthetic_datasets(budget)))
+        prepare_data(budget, tmp_path / name, "cpu", log=lambda message: None, needed={first})
+        assert asked[-1] == expected, name
