@@ -177,3 +177,24 @@ def test_compile_with_hold_layout_does_not_exhaust_the_recompile_limit(eager_com
                if "recompile" in reason.lower()]
     assert not gave_up, (f"{eager_compile['stats']['unique_graphs']} graphs for one batch; "
                          f"torch.compile gave up ({gave_up})")
+
+
+# 6. The trainer copied every batch out of pinned memory ----------------------------------------
+
+def test_trainer_keeps_a_batch_without_repeats_as_the_loader_made_it():
+    """train() indexed `batch.views[distinct]` at every step to drop a group drawn twice; on a
+    batch with no repeat (the usual case) that is a full copy into ordinary memory, so the
+    loader's pin_memory and the non_blocking copy to the GPU did nothing. Such a batch is used
+    as it is now; a batch with a repeat keeps each group's first copy."""
+    from types import SimpleNamespace
+
+    from synthgen.train.trainer import distinct_groups
+
+    views = torch.arange(3 * 2 * 3 * 4 * 4, dtype=torch.float32).reshape(3, 2, 3, 4, 4)
+    labels = torch.tensor([0, 1, 2])
+    kept_views, kept_labels = distinct_groups(SimpleNamespace(views=views, class_index=labels,
+                                                              group_id=["a", "b", "c"]))
+    assert kept_views is views and kept_labels is labels
+    kept_views, kept_labels = distinct_groups(SimpleNamespace(views=views, class_index=labels,
+                                                              group_id=["a", "b", "a"]))
+    assert torch.equal(kept_views, views[:2]) and kept_labels.tolist() == [0, 1]

@@ -231,6 +231,17 @@ def first_of_each_group(group_ids: list[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def distinct_groups(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(views, class indices) of each group's first copy in `batch`. A batch without repeats
+    (the usual case) is returned as the loader made it, not indexed: indexing copies it out of
+    the pinned memory the loader put it in, and the copy to the GPU is then neither pinned nor
+    asynchronous."""
+    distinct = first_of_each_group(batch.group_id)
+    if len(distinct) == len(batch.group_id):
+        return batch.views, batch.class_index
+    return batch.views[distinct], batch.class_index[distinct]
+
+
 def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool = True,
           stop_after: int | None = None, quiet: bool = False,
           cpu_threads: int | None = None) -> TrainResult:
@@ -325,13 +336,13 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
                 #     Shards are drawn with replacement, so a batch can hold one group twice,
                 #     with the same crops (seeded by group): one copy is kept, else the loss
                 #     would push a group's crops away from themselves as negatives.
-                distinct = first_of_each_group(batch.group_id)
-                images = batch.views[distinct].to(torch_device, non_blocking=True)
+                views, labels = distinct_groups(batch)
+                images = views.to(torch_device, non_blocking=True)
                 groups, crops = images.shape[:2]
                 with torch.autocast(torch_device.type, dtype=amp_dtype, enabled=use_amp):
                     embeddings = model(images.flatten(0, 1)).reshape(groups, crops, -1)
                 loss = group_embedding_loss(config.method, embeddings.float(),
-                                            batch.class_index[distinct], config.temperature)
+                                            labels, config.temperature)
                 # 4c. Backward and update.
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
