@@ -47,6 +47,7 @@ STATS: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0])
 _LOCK = threading.Lock()
 _PROFILES: dict[int, cProfile.Profile] = {}
 PROFILING = False
+_PIXELS_ON_HOST = None  # synthgen.generate.sampler.pixels_on_host, before any stub replaced it
 
 
 def timed(name, function, profile_root=False):
@@ -167,17 +168,25 @@ def install_stubs(args):
                                                 sampler.family.prompt_arguments)
         pipeline.image_processor.postprocess = timed(
             "D1 diffusers postprocess (device-equivalent)", pipeline.image_processor.postprocess)
-        if args.device_ops == "skip":
-            sampler._denoise = timed("S2 Sampler._denoise total",
-                                     _host_only_denoise(sampler, pixels_uint8))
         return sampler
 
     prepare.prepare_sampler = prepare_stubbed
     # Sampler (sampler thread).
     S = sampler_module.Sampler
     S.sample = timed("S0 Sampler.sample total", S.sample, profile_root=True)
-    if args.device_ops == "cpu":
-        S._denoise = timed("S2 Sampler._denoise total", S._denoise)
+    S._denoise = timed("S2 Sampler._denoise total", S._denoise)
+    global _PIXELS_ON_HOST
+    _PIXELS_ON_HOST = sampler_module.pixels_on_host
+    if args.device_ops == "skip":
+        # The uint8 conversion is device work in production: left out; `.cpu()` is emulated by
+        # copying the batch's uint8 pixels into a fresh host tensor (what a device-to-host copy
+        # costs the host: a new pageable buffer, faulted in and filled).
+        def land_on_host(output, decoded_finite):
+            pixels = timed("S7 D2H landing (fresh host copy, emulated .cpu())",
+                           lambda: pixels_uint8[:len(output)].clone())()
+            return pixels, torch.ones(len(output), dtype=torch.bool)
+
+        sampler_module.pixels_on_host = land_on_host
     S._initial_noise = timed("S3 _initial_noise (CPU randn + cat + to)", S._initial_noise)
     P = diffusers.StableDiffusionPipeline
     P.__call__ = timed("S4 pipeline __call__ total (incl. stubs, postprocess)", P.__call__)
@@ -215,41 +224,6 @@ def install_stubs(args):
                                                  store_module.LocalStore.publish_once)
     store_module.LocalStore.write = timed("W8 LocalStore.write (stats, fsync)",
                                           store_module.LocalStore.write)
-
-
-def _host_only_denoise(sampler, pixels_uint8):
-    """`Sampler._denoise` (synthgen/generate/sampler.py) for the text-to-image path of a family
-    that draws its own latents (sd-turbo's), line for line, except step 3: the elementwise
-    uint8 conversion is device work in production, so it is not run; `.cpu()` is emulated by
-    copying the batch's uint8 pixels into a fresh host tensor (what a device-to-host copy
-    costs the host: a new pageable 50 MB buffer, faulted in and filled)."""
-    from synthgen.generate.sampler import _decoded_finiteness
-    from synthgen.seeding import derive_seed
-
-    def denoise(views, anchors=None):
-        assert anchors is None and views[0].source_view is None and sampler.family.draws_own_latents
-        sampler._check_family_draws(views)
-        arguments = sampler.family.prompt_arguments(views, sampler.spec)
-        generators = [torch.Generator("cpu").manual_seed(derive_seed(
-            "steps", v.seed if v.anchor_seed is None else v.anchor_seed)) for v in views]
-        steps = sampler.spec.steps
-        pipeline = sampler.pipeline
-        arguments["latents"] = sampler._initial_noise(views)
-        arguments["generator"] = generators
-        with sampler._layout_shared(pipeline, views, anchors, steps), \
-                _decoded_finiteness(pipeline) as decoded_finite:
-            output = pipeline(
-                num_inference_steps=steps, guidance_scale=sampler.spec.guidance_scale,
-                height=sampler.spec.height, width=sampler.spec.width, output_type="pt", **arguments,
-            ).images
-        finite = torch.isfinite(output).flatten(1).all(dim=1)
-        if len(decoded_finite) == len(finite):
-            finite &= decoded_finite.to(finite.device)
-        pixels = timed("S7 D2H landing (fresh host copy, emulated .cpu())",
-                       lambda: pixels_uint8[:len(views)].clone())()
-        return pixels, finite.cpu()
-
-    return denoise
 
 
 def run(args) -> dict:
@@ -354,7 +328,7 @@ def _children_cpu() -> float:
 
 
 def _device_equivalent(args, images: int) -> dict:
-    """Time synthgen's own elementwise conversion (sampler.py _denoise step 3) on one batch on
+    """Time synthgen's own elementwise conversion (sampler.py pixels_on_host) on one batch on
     this CPU, x the number of calls: work that runs on the GPU in production but on the CPU here
     (inside the measured 'S2 _denoise' time)."""
     batches = STATS["S2 Sampler._denoise total"][2]
@@ -362,10 +336,7 @@ def _device_equivalent(args, images: int) -> dict:
     times = []
     for _ in range(3):
         started = time.thread_time()
-        finite = torch.isfinite(output).flatten(1).all(dim=1)
-        pixels = (torch.nan_to_num(output.float(), nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
-        pixels[~finite] = 0
-        pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        _PIXELS_ON_HOST(output, torch.zeros(0, dtype=torch.bool))
         times.append(time.thread_time() - started)
     return {"seconds": min(times) * batches}
 

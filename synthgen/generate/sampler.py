@@ -45,6 +45,24 @@ class SampledBatch:
         return self.records[position] if self.records else {}
 
 
+def pixels_on_host(output: torch.Tensor, decoded_finite: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pipeline call's images (float (N, 3, H, W) in [0, 1], on its device) -> (uint8
+    (N, H, W, 3) on the CPU, bool (N,) all-finite). Converted on the device, so only a quarter
+    of the bytes cross to the host. `decoded_finite`: per view, whether the VAE's output was
+    finite before clamping could hide an inf (`_decoded_finiteness`; empty where no hook saw
+    the decode)."""
+    finite = torch.isfinite(output).flatten(1).all(dim=1)
+    if len(decoded_finite) == len(finite):
+        finite &= decoded_finite.to(finite.device)
+    # In float32 as diffusers converts: in bfloat16 or float16 the product is rounded to
+    # the dtype first, and .round() then rounds a second time (hundreds of values a level off).
+    pixels = (torch.nan_to_num(output.float(), nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
+    pixels[~finite] = 0  # a view with any non-finite value is stored black, not patched
+    pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return pixels.cpu(), finite.cpu()
+
+
 @dataclass(frozen=True)
 class Rejector:
     """One suppressed concept: `score` maps uint8 (N, H, W, 3) images and the N prompts they
@@ -451,15 +469,7 @@ class Sampler:
                 height=self.spec.height, width=self.spec.width, output_type="pt", **arguments,
             ).images
         # 3. uint8 on the device, so only a quarter of the bytes cross to the host.
-        finite = torch.isfinite(output).flatten(1).all(dim=1)
-        if len(decoded_finite) == len(finite):  # the VAE's output, before clamping hides inf
-            finite &= decoded_finite.to(finite.device)
-        # In float32 as diffusers converts: in bfloat16 or float16 the product is rounded to
-        # the dtype first, and .round() then rounds a second time (hundreds of values a level off).
-        pixels = (torch.nan_to_num(output.float(), nan=0.0, posinf=0.0, neginf=0.0) * 255).round()
-        pixels[~finite] = 0  # a view with any non-finite value is stored black, not patched
-        pixels = pixels.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        return pixels.cpu(), finite.cpu()
+        return pixels_on_host(output, decoded_finite)
 
     def _layout_shared(self, pipeline, views: list[ViewPlan], anchors: list[int] | None,
                        steps: int):
