@@ -22,13 +22,15 @@ from synthgen.suppress import Suppression
 from synthgen.seeding import derive_seed
 
 
-# How plans are drawn. 3 (2026-12-03): a `slots.check` view's compared prompts carry its
+# How plans are drawn. 4 (2026-12-04): views varying several attributes are re-paired over all
+# of them at once (`plan._arrange_distinct`), not one attribute at a time, which left repeated
+# prompts a joint arrangement avoids. 3 (2026-12-03): a `slots.check` view's compared prompts carry its
 # `prompt` strategy modifier, as its own prompt does (`views.slots.Slots.change_view`).
 # 2 (2026-12-03): balance quotas from exact fractions of the weights, and views varying
 # several attributes re-paired so that no two repeat a prompt (`plan._distinct_views`).
 # 1: before. A dataset recorded without a revision was planned as 1, and is resumed or finalized
 # only where its recipe plans the same under both (`write.check_plan_revision`).
-PLAN_REVISION = 3
+PLAN_REVISION = 4
 planning_revision: ContextVar[int] = ContextVar("synthgen_planning_revision", default=PLAN_REVISION)
 
 

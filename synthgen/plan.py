@@ -433,12 +433,101 @@ def _distinct_views(drawn: dict[str, list[str]], view_balance: list[dict[str, st
         return drawn, view_balance
     columns = [drawn[name] if name in drawn else [values[name] for values in view_balance]
                for name in names]
-    arranged = [list(columns[0])]
-    for column in columns[1:]:
-        arranged.append(_pair_distinct(list(zip(*arranged)), column))
+    if planning_revision.get() >= 4:
+        arranged = _arrange_distinct(columns)
+    else:  # one attribute at a time, as datasets of revisions 2 and 3 were planned
+        arranged = [list(columns[0])]
+        for column in columns[1:]:
+            arranged.append(_pair_distinct(list(zip(*arranged)), column))
     by_name = dict(zip(names, arranged))
     return ({name: by_name[name] for name in drawn},
             [{name: by_name[name][view] for name in values} for view, values in enumerate(view_balance)])
+
+
+def _arrange_distinct(columns: list[list[str]], budget: int = 5_000) -> list[list[str]]:
+    """`columns` (one per attribute, a value per view) with every column after the first
+    re-ordered so that as few views as possible repeat another's values (none, where the
+    values allow), searched over all columns at once: one column at a time, a column that
+    could not separate the views before it on its own was left as drawn, and the columns
+    after it could then no longer separate what was left (3 attributes of 2 values over 8
+    views repeated a prompt in 5 groups of 12).
+
+    First each view in turn takes the first combination of the values left that no earlier
+    view has (else the first one left), trying the view's own values first, so a draw that
+    already works is kept. Where that repeats, a depth-first search over the views (each
+    taking one unused value of every column) looks for an arrangement with fewer repeats,
+    for at most `budget` candidate rows."""
+    first, rest = columns[0], columns[1:]
+    count = len(first)
+    used = [[False] * count for _ in rest]
+    chosen: list[tuple[int, ...]] = []
+    seen: Counter = Counter()
+
+    def candidates() -> list[tuple[int, ...]]:
+        # Per column, the first unused position of each distinct value, in the given order.
+        options = []
+        for column, taken in zip(rest, used):
+            firsts: dict[str, int] = {}
+            for position, value in enumerate(column):
+                if not taken[position]:
+                    firsts.setdefault(value, position)
+            options.append(list(firsts.values()))
+        return list(itertools.product(*options))
+
+    def row(view: int, choice: tuple[int, ...]) -> tuple[str, ...]:
+        return (first[view], *(column[position] for column, position in zip(rest, choice)))
+
+    def take(view: int, choice: tuple[int, ...]) -> bool:
+        """Place `choice` at `view`; whether its row repeats an earlier view's."""
+        for taken, position in zip(used, choice):
+            taken[position] = True
+        chosen.append(choice)
+        key = row(view, choice)
+        seen[key] += 1
+        return seen[key] > 1
+
+    def undo(view: int) -> None:
+        choice = chosen.pop()
+        for taken, position in zip(used, choice):
+            taken[position] = False
+        seen[row(view, choice)] -= 1
+
+    repeats = 0
+    for view in range(count):  # greedy
+        options = candidates()
+        repeats += take(view, next((c for c in options if not seen[row(view, c)]), options[0]))
+    best = (repeats, list(chosen))
+    # No arrangement repeats fewer views than this: views beyond the combinations there are,
+    # in all and per value of the first column.
+    combinations = math.prod(len(set(column)) for column in rest)
+    fewest = max(count - combinations * len(set(first)),
+                 sum(max(0, first.count(value) - combinations) for value in set(first)))
+    steps = 0
+
+    def improve(view: int, repeats: int) -> None:
+        nonlocal best, steps
+        if view == count:
+            best = (repeats, list(chosen))
+            return
+        # Rows no earlier view has first (stable, so the view's own values stay first).
+        for choice in sorted(candidates(), key=lambda c: seen[row(view, c)] > 0):
+            steps += 1
+            if steps > budget or best[0] <= fewest:
+                return
+            extra = seen[row(view, choice)] > 0
+            if repeats + extra >= best[0]:
+                continue
+            take(view, choice)
+            improve(view + 1, repeats + extra)
+            undo(view)
+
+    if repeats > fewest:
+        for view in range(count - 1, -1, -1):
+            undo(view)
+        improve(0, 0)
+    chosen = best[1]
+    return [list(first)] + [[column[choice[index]] for choice in chosen]
+                            for index, column in enumerate(rest)]
 
 
 def _pair_distinct(prefixes: list[tuple[str, ...]], values: list[str],
