@@ -85,3 +85,31 @@ def test_a_varied_slot_with_two_balanced_attributes_gets_distinct_views_where_po
         if _repeated(rows) and _can_be_distinct([list(c) for c in zip(*rows)]):
             avoidable.append((group.group_id, rows))
     assert not avoidable, f"{len(avoidable)} groups repeat a prompt they need not: {avoidable[0]}"
+
+
+def test_a_dataset_of_plan_revision_3_is_resumed_only_where_its_recipe_arranges_alike(tmp_path):
+    """Revision 4 arranges views over all varied attributes at once: a revision-3 dataset of
+    the recipe above (whose groups revision 4 re-arranges) is refused for resume, one whose
+    views vary one attribute plans the same and is resumed."""
+    from synthgen.errors import UserError
+    from synthgen.write import check_plan_revision
+
+    class Store:
+        location = tmp_path
+
+        def names(self):
+            return ["shard-000000.tar"]
+
+    def recipe(vary):
+        return parse_small({
+            "slots": {"colour": ["red", "blue"], "size": ["small", "large"],
+                      "tone": ["light", "dark"]},
+            "classes": [{"name": "circle", "templates": ["a {size} {tone} {colour} circle"],
+                         "groups": 12}],
+            "corner_cases": [],
+            "views": {"count": 8, "strategy": ["slots"], "slots": {"vary": vary}}})
+
+    with pytest.raises(UserError, match="plan revision 3"):
+        check_plan_revision(Store(), {"plan_revision": 3},
+                            make_plan(recipe(["colour", "size", "tone"])))
+    check_plan_revision(Store(), {"plan_revision": 3}, make_plan(recipe(["colour"])))
