@@ -18,7 +18,8 @@ full-resolution batch) runs on the CPU; it is timed separately as "device-equiva
 reported apart from host work, and "host path images/s" subtracts it.
 
     OMP_NUM_THREADS=1 python bench/host_overhead.py --format jpg --size 512 --images 512
-Options: --views 1|4, --batch-size 64, --encode-workers 4 (the CLI default), --content
+Options: --reject (a suppress entry: every view encoded and decoded for a detector, a stub
+that passes it), --views 1|4, --batch-size 64, --encode-workers 4 (the CLI default), --content
 smooth|noise, --resolution N (stored size, e.g. 256 as imagenet100-sd-turbo.yaml), --profile FILE.
 """
 
@@ -111,6 +112,9 @@ def build_recipe(args, groups: int, name: str):
         "views": {"count": args.views, **({"strategy": "seeds"} if args.views > 1 else {})},
         "output": {"groups_per_shard": args.groups_per_shard, "format": args.format,
                    "quality": 90, "resolution": args.resolution},
+        # --reject: every view judged as stored (the detector itself is stubbed out).
+        "suppress": [{"concept": "blurry", "method": "reject", "detector": "builtin:world-clip",
+                      "max_retries": 1}] if args.reject else [],
     })
 
 
@@ -171,6 +175,21 @@ def install_stubs(args):
         return sampler
 
     prepare.prepare_sampler = prepare_stubbed
+
+    class DetectorStub:
+        """--reject's CLIP detector: passes every view (its model compute is GPU work)."""
+
+        def __init__(self, model_id, device, *a, **k):
+            pass
+
+        def probabilities(self, images, concept, contrast, prompts):
+            return torch.zeros(len(images))
+
+    prepare.ClipConceptScorer = timed("model: detector (stub)", DetectorStub)
+    if args.reject:
+        stored = importlib.import_module("synthgen.generate.stored")
+        stored.StoredBatch.pixels = timed("S8 stored form for detectors (encode + decode)",
+                                          stored.StoredBatch.pixels)
     # Sampler (sampler thread).
     S = sampler_module.Sampler
     S.sample = timed("S0 Sampler.sample total", S.sample, profile_root=True)
@@ -357,6 +376,8 @@ def main(argv=None):
     parser.add_argument("--device-ops", default="skip", choices=("skip", "cpu"),
                         help="skip: leave out the elementwise work that is GPU work in production "
                              "(host path only, the default); cpu: run it on this CPU too")
+    parser.add_argument("--reject", action="store_true",
+                        help="a reject entry: every view judged as stored, by a stub detector")
     parser.add_argument("--profile", default=None, help="write merged cProfile stats here")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--work", default=None, help="folder for the temporary dataset")

@@ -9,7 +9,7 @@ world oracle (the embedded world's exact reader, docs/WORLD.md), not by the dete
    ask for stripes), and views stored marked `suppression_failed` (their retries ran out).
 2. With `--roc N`: N fresh world-sd images (the dataset's steps and guidance, 32x32, prompts
    uniform over the world's words, every third asking for stripes, seeds 50,000 + i) are
-   scored the way generation scores a view (`stored_pixels`, `ClipConceptScorer`), with the
+   scored the way generation scores a view (`StoredForm`, `ClipConceptScorer`), with the
    recipe's reject entry and with the fixed contrast 'a photo', and compared with the oracle:
    recall on striped images and false-positive rate on the others, per threshold.
 
@@ -32,7 +32,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synthgen.audit.metrics import wilson_interval  # noqa: E402
-from synthgen.generate.detector import ClipConceptScorer, stored_pixels  # noqa: E402
+from synthgen.generate.detector import ClipConceptScorer  # noqa: E402
+from synthgen.generate.stored import StoredForm  # noqa: E402
 from synthgen.inspection import failed_concepts, iter_samples, load_manifest, shard_paths  # noqa: E402
 from synthgen.recipe import Recipe  # noqa: E402
 from synthgen.world.evaluate import evaluation_prompts, generate  # noqa: E402
@@ -91,7 +92,7 @@ def roc(recipe: Recipe, oracle, count: int) -> dict:
     images = generate(pipeline, prompts, [ROC_SEED + i for i in range(count)],
                       guidance_scale=recipe.model.guidance_scale, steps=recipe.model.steps)
     striped = np.array([reading["striped"] for reading in oracle.read(images)])
-    pixels = stored_pixels(torch.from_numpy(images), recipe)
+    pixels = StoredForm(recipe).pixels(torch.from_numpy(images))
     scorer = ClipConceptScorer(entry.detector, device)
     result = {"images": count, "oracle_striped": int(striped.sum()), "detectors": {}}
     for contrast in dict.fromkeys([entry.contrast, "a photo"]):

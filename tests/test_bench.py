@@ -124,3 +124,24 @@ def test_host_overhead_benchmark_small(tmp_path):
     assert stages["S0 Sampler.sample total"]["calls"] == 2
     assert stages["E1 encode_image (PIL encode)"]["calls"] == 16
     assert result["host_cpu_ms_per_image (process CPU minus emulated device ops and model stages)"] > 0
+
+
+def test_host_overhead_benchmark_with_a_detector_encodes_each_view_once(tmp_path):
+    """With --reject every view is judged as stored on the sampler's side (S8), and the
+    encode pool stores those files instead of encoding again (no E1 calls)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / "host_overhead.py"), "--format", "jpg", "--size", "64",
+         "--images", "16", "--batch-size", "8", "--groups-per-shard", "2", "--json", "--reject",
+         "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    stages = result["stages"]
+    assert result["images"] == 16
+    assert stages["S8 stored form for detectors (encode + decode)"]["calls"] == 2
+    assert "E1 encode_image (PIL encode)" not in stages

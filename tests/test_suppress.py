@@ -137,6 +137,34 @@ def test_rejection_judges_the_stored_bytes(write_recipe, tmp_path, parity_detect
     assert any(sum(view["rejections"].values()) for view in recorded.values())
 
 
+def test_a_judged_view_is_encoded_once_and_its_file_is_stored(write_recipe, tmp_path,
+                                                              parity_detector, monkeypatch):
+    """The detector judges the stored file; the writer stores that file rather than encoding
+    the view again (a 512 px PNG takes ~50 ms, twice per view on the sampler's and the
+    writer's side before), and two concepts judge one encoding of each draw."""
+    from PIL import Image
+
+    saved = []
+    original_save = Image.Image.save
+
+    def counting_save(self, *args, **kwargs):
+        saved.append(self.size)
+        return original_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", counting_save)
+    recipe = write_recipe({"suppress": [
+        {"concept": "odd", "method": "reject", "max_retries": 2},
+        {"concept": "uneven", "method": "reject", "max_retries": 2}],
+        "output": {"format": "png", "resolution": 48}})
+    generate_dataset(make_plan(load_recipe(recipe)), tmp_path / "data",
+                     GenerateOptions(progress=False, device="cpu"))
+    views = [view for meta in samples(tmp_path / "data") for view in meta["views"]]
+    draws = len(views) + sum(max(view["rejections"].values(), default=0) for view in views)
+    assert draws > len(views)  # some views were redrawn
+    assert len([size for size in saved if size == (48, 48)]) == draws
+    assert len(parity_detector) == 2 * draws  # each concept scores every draw once
+
+
 def test_generate_and_inspect_print_rejections_per_concept(write_recipe, tmp_path, parity_detector):
     recipe = write_recipe({"suppress": [{"concept": "odd", "method": "reject", "max_retries": 1}]})
     out = tmp_path / "data"

@@ -300,7 +300,8 @@ class ShardWorker:
         with loading_bars_off():  # the pipeline's, the detectors' and the edits' loading
             self.sampler = prepare_sampler(recipe, self.device, dtype, 1 if auto else requested,
                                            compile_model=options.compile_model and not auto,
-                                           channels_last=options.channels_last)
+                                           channels_last=options.channels_last,
+                                           encode_workers=options.encode_workers)
         self.model = self.sampler.model
         self.model_info = self.model.describe()
         # 3. With --batch-size auto, probe the largest batch that fits this device, then
@@ -358,7 +359,8 @@ class ShardWorker:
                     for position, (group, view) in enumerate(batch):
                         assembler.add_view(group, view, result.images[position].numpy(),
                                            nonfinite=position in result.nonfinite,
-                                           record=result.record(position))
+                                           record=result.record(position),
+                                           stored_file=result.file(position))
                     built.images += len(batch)
                     if on_batch is not None:
                         on_batch(shard, len(batch))
@@ -437,6 +439,7 @@ class ShardAssembler:
         self.max_pending = options.max_pending_shards
         self.encoders = ThreadPoolExecutor(options.encode_workers, thread_name_prefix="encode")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="write")
+        # Per group being assembled: view -> (uint8 pixels, or its stored file's bytes; record).
         self.views: dict[str, dict[int, tuple[object, dict]]] = {}
         self.encoded: dict[int, list[Future]] = {}
         self.nonfinite: dict[int, list[tuple[str, int]]] = {}
@@ -449,9 +452,11 @@ class ShardAssembler:
         self.group_checks: Counter = Counter()
 
     def add_view(self, group: GroupPlan, view: ViewPlan, pixels, nonfinite: bool,
-                 record: dict | None = None) -> None:
+                 record: dict | None = None, stored_file: bytes | None = None) -> None:
+        """One sampled view; `stored_file`: its encoded file where the sampler made it
+        already (a detector judged the view as stored), which is then stored as it is."""
         views = self.views.setdefault(group.group_id, {})
-        views[view.view] = (pixels, record or {})
+        views[view.view] = (stored_file if stored_file is not None else pixels, record or {})
         self.rejections.update((record or {}).get("rejections", {}))
         self.suppression_failed.update((record or {}).get("suppression_failed", ()))
         checked = (record or {}).get("held_check")
@@ -472,7 +477,8 @@ class ShardAssembler:
 
     def _encode_group(self, group: GroupPlan, views: list[tuple[object, dict]]) -> dict:
         recipe = self.plan.recipe
-        images = [encode_image(pixels, recipe) for pixels, _ in views]
+        images = [pixels if isinstance(pixels, bytes) else encode_image(pixels, recipe)
+                  for pixels, _ in views]
         metadata = sample_metadata(group, recipe, self.model_info, [record for _, record in views])
         return build_sample(group, images, metadata, recipe.output.format)
 

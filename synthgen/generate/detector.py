@@ -7,38 +7,21 @@ each view with its own prompt instead (`attributes.detector_texts`, which the au
 Any CLIP model transformers can load works (hub id, local folder, or `builtin:` name), from
 safetensors.
 
-What is scored is the view as its shard stores it (`stored_pixels`): encoded in the recipe's
-format, quality and stored size, and decoded again, as the audit and a trainer read it.
+What is scored is the view as its shard stores it: encoded in the recipe's format, quality and
+stored size, and decoded again, as the audit and a trainer read it (`generate/stored.py`, which
+the sampler calls before it hands views to a scorer).
 """
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import torch
-from PIL import Image
 
 from synthgen.attributes import detector_texts
 from synthgen.builtin import resolve_model_source
 from synthgen.errors import UserError
-from synthgen.recipe import Recipe
-from synthgen.write import encode_image
 
-
-def stored_pixels(images: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """uint8 (N, H, W, 3) sampled views -> uint8 (N, H', W', 3) as a reader decodes them.
-
-    Each view goes through `write.encode_image` (deterministic, so these are the stored
-    file's bytes) and back through Pillow. A detector must judge these, not the sampler's
-    pixels: at 32 px, JPEG's 8x8 blocks alone move world-clip's 'striped' score of a plain
-    view from 0.06 to 0.91, and `output.resolution` resamples every view.
-    """
-    decoded = []
-    for pixels in images.numpy():
-        with Image.open(io.BytesIO(encode_image(pixels, recipe))) as image:
-            decoded.append(np.asarray(image.convert("RGB")))
-    return torch.from_numpy(np.stack(decoded))
 
 
 class ClipConceptScorer:

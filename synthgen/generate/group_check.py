@@ -3,7 +3,7 @@
 A counterfactual group (`slots` views on shared noise) is only useful if its views differ in
 the varied slot and nowhere else, and no model holds the rest every time (on world-sd the
 views of 1 group in 5 disagree on the shape: docs/WORLD.md, "Counterfactual views"). So each
-group is read after it is drawn, as its shard will store it (`detector.stored_pixels`):
+group is read after it is drawn, as its shard will store it (`generate/stored.py`):
 
 - a held name (`class` or a slot): a CLIP model compares each view with its own prompt and
   with the same prompt filled with every other value of that name (`HeldCheckPlan.readings`,
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from synthgen.errors import UserError
-from synthgen.generate.detector import ClipConceptScorer, stored_pixels
+from synthgen.generate.detector import ClipConceptScorer
 from synthgen.recipe import Recipe
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan
@@ -114,15 +114,15 @@ class GroupChecker:
         self._readable.add(key)
 
     def disagreements(self, views: list[ViewPlan], images: torch.Tensor) -> list[list[str]]:
-        """For one group's views (plan order, view 0 first) and their uint8 images: per view,
-        the held names it fails (its own value not the detector's choice) and `layout` where
-        its edge map agrees with view 0's less than the check asks."""
-        stored = stored_pixels(images, self.recipe)
+        """For one group's views (plan order, view 0 first) and their uint8 images as their
+        shard stores them (`stored.StoredBatch`): per view, the held names it fails (its own
+        value not the detector's choice) and `layout` where its edge map agrees with view 0's
+        less than the check asks."""
         failing: list[list[str]] = [[] for _ in views]
         check = views[0].held_check
         if check.readings:
             scorer = self.scorers[check.detector]
-            features = scorer.image_features(stored)
+            features = scorer.image_features(images)
             for reading in range(len(check.readings)):  # the same names in every view
                 readings = [view.held_check.readings[reading] for view in views]
                 for name, _, compared in readings:
@@ -133,7 +133,7 @@ class GroupChecker:
                     if compared[index][0] != own:
                         failing[position].append(name)
         if check.layout is not None:
-            agreement = layout_agreement(stored)
+            agreement = layout_agreement(images)
             for position in range(1, len(views)):
                 if agreement[position] < check.layout:
                     failing[position].append(LAYOUT)

@@ -21,6 +21,7 @@ from synthgen.generate.group_check import GroupChecker
 from synthgen.generate.identity import detectors_digest
 from synthgen.generate.load import LoadedModel, load_pipeline
 from synthgen.generate.sampler import Rejector, Sampler
+from synthgen.generate.stored import StoredForm
 from synthgen.recipe import Recipe
 from synthgen.views import STRATEGIES
 
@@ -108,20 +109,24 @@ def check_strategies(recipe: Recipe, sampler: Sampler) -> None:
 
 
 def prepare_sampler(recipe: Recipe, device: torch.device, dtype: torch.dtype, batch_size: int,
-                    compile_model: bool = False, channels_last: bool = False) -> Sampler:
+                    compile_model: bool = False, channels_last: bool = False,
+                    encode_workers: int = 4) -> Sampler:
     """Load the recipe's model, apply its erasures and rejectors, check its view strategies.
 
     `compile_model` and `channels_last` are speed options for GPUs; a compiled graph may
     change the last float bits, so bytes are reproducible per setting, not across settings.
+    `encode_workers`: threads that encode the views a detector judges as stored.
     """
     model = apply_edits(recipe, load_pipeline(recipe.model, device, dtype), device)
     rejectors, checker = build_rejectors(recipe, device), build_group_checker(recipe, device)
     # The shards record the detectors' weights too (they decide which draws are kept); read
     # once they are loaded, so a hub detector the run just downloaded is known.
     model = replace(model, detectors=detectors_digest(recipe))
+    judged = bool(rejectors) or checker is not None
     sampler = Sampler(model, recipe.model, batch_size, rejectors=rejectors,
                       compile_model=compile_model, channels_last=channels_last,
-                      group_checker=checker)
+                      group_checker=checker,
+                      stored_form=StoredForm(recipe, encode_workers) if judged else None)
     check_strategies(recipe, sampler)
     check_negative_prompts(recipe, sampler)
     check_image_size(recipe, sampler)

@@ -25,6 +25,7 @@ from synthgen.generate.families import family_of
 from synthgen.generate.group_check import LAYOUT, GroupChecker, retry_group
 from synthgen.generate.load import LoadedModel
 from synthgen.generate.noise_turn import ColourLatents, turn_noise
+from synthgen.generate.stored import StoredBatch, StoredForm
 from synthgen.recipe import ModelSpec
 from synthgen.seeding import derive_seed
 from synthgen.views import ViewPlan
@@ -40,9 +41,15 @@ class SampledBatch:
     # Per view: what sampling did beyond the plan (e.g. rejections and the seed finally used),
     # merged into that view's entry in the sample's json. Empty dicts when nothing happened.
     records: tuple[dict, ...] = ()
+    # Per view, its stored file where a detector judged it as stored (`stored.StoredBatch`),
+    # so the writer stores those bytes instead of encoding the view again; else None.
+    files: tuple[bytes | None, ...] = ()
 
     def record(self, position: int) -> dict:
         return self.records[position] if self.records else {}
+
+    def file(self, position: int) -> bytes | None:
+        return self.files[position] if self.files else None
 
 
 def pixels_on_host(output: torch.Tensor, decoded_finite: torch.Tensor
@@ -65,8 +72,8 @@ def pixels_on_host(output: torch.Tensor, decoded_finite: torch.Tensor
 
 @dataclass(frozen=True)
 class Rejector:
-    """One suppressed concept: `score` maps uint8 (N, H, W, 3) images and the N prompts they
-    were drawn from to probabilities (N,)."""
+    """One suppressed concept: `score` maps uint8 (N, H, W, 3) images, as their shard stores
+    them (`stored.StoredBatch`), and the N prompts they were drawn from to probabilities (N,)."""
 
     concept: str
     threshold: float
@@ -117,8 +124,12 @@ class Sampler:
     def __init__(self, model: LoadedModel, spec: ModelSpec, batch_size: int,
                  rejectors: tuple[Rejector, ...] = (),
                  compile_model: bool = False, channels_last: bool = False,
-                 group_checker: GroupChecker | None = None):
+                 group_checker: GroupChecker | None = None,
+                 stored_form: StoredForm | None = None):
         self.model = model
+        # How views are stored: the rejectors and the group checker judge that form. None:
+        # they judge the sampler's pixels (tests' stub detectors); prepare_sampler gives one.
+        self.stored_form = stored_form
         self.spec = spec
         self.batch_size = batch_size
         self.rejectors = rejectors
@@ -186,6 +197,7 @@ class Sampler:
         pixels = [None] * len(views)
         finite = [None] * len(views)
         records: list[dict] = [{} for _ in views]
+        files: list[bytes | None] = [None] * len(views)
         for view in views:
             if view.view == 0:
                 self._first_seeds[view.group_id] = view.seed
@@ -195,12 +207,12 @@ class Sampler:
             positions = [i for i, v in enumerate(views) if (v.source_view is not None) == derived]
             if not positions:
                 continue
-            images, ok, notes = self._generate_checked([views[i] for i in positions])
+            images, ok, notes, stored = self._generate_checked([views[i] for i in positions])
             if len(positions) == len(views):
                 whole = (images, ok)
             for slot, position in enumerate(positions):
                 pixels[position], finite[position] = images[slot], ok[slot]
-                records[position] = notes[slot]
+                records[position], files[position] = notes[slot], stored[slot]
                 view = views[position]
                 self._sources[(view.group_id, view.view)] = images[slot]
         # 2. Only the batch's last group can continue into the next batch; forget the rest.
@@ -211,11 +223,12 @@ class Sampler:
         # A batch of one pass is already in view order: no second copy of its pixels.
         images_all, finite_all = whole if whole is not None else (torch.stack(pixels), torch.stack(finite))
         nonfinite = tuple(int(i) for i in torch.nonzero(~finite_all).flatten().tolist())
-        return SampledBatch(images=images_all, nonfinite=nonfinite, records=tuple(records))
+        return SampledBatch(images=images_all, nonfinite=nonfinite, records=tuple(records),
+                            files=tuple(files))
 
     def _generate_checked(self, views: list[ViewPlan]):
         """Generate, redraw groups whose views disagree (`slots.check`), then regenerate views
-        a rejector flags: (uint8 images, finite, records).
+        a rejector flags: (uint8 images, finite, records, stored files).
 
         Checked groups are redrawn whole (`_redraw_disagreeing_groups`) before any view is
         scored for rejection, so a rejected view's redraw is the last word on it; a checked
@@ -233,10 +246,13 @@ class Sampler:
         images, finite = self._generate(views)
         records: list[dict] = [{} for _ in views]
         checking = any(view.held_check is not None for view in views)
+        # The views as stored, encoded once when a detector first judges them: the writer
+        # stores these files (`SampledBatch.files`).
+        stored = StoredBatch(self.stored_form, images)
         if checking:
-            views = self._redraw_disagreeing_groups(list(views), images, finite, records)
+            views = self._redraw_disagreeing_groups(list(views), stored, finite, records)
         if not self.rejectors:
-            return images, finite, records
+            return images, finite, records, stored.files()
         current = list(views)
         first_seeds = {**self._first_seeds,
                        **{view.group_id: view.seed for view in views if view.view == 0}}
@@ -249,7 +265,7 @@ class Sampler:
             flagged: dict[int, list[str]] = {}
             for rejector in self.rejectors:
                 prompts = [current[position].prompt for position in pending]
-                scores = rejector.score(images[pending], prompts).tolist()
+                scores = rejector.score(stored.pixels(pending), prompts).tolist()
                 for position, score in zip(pending, scores):
                     concepts = flagged.setdefault(position, []) if score > rejector.threshold else None
                     if concepts is not None and rejector.concept not in concepts:
@@ -276,6 +292,7 @@ class Sampler:
             redrawn, redrawn_finite = self._generate([current[p] for p in pending],
                                                      own_anchors=True)
             images[pending], finite[pending] = redrawn, redrawn_finite
+            stored.redrawn(pending)
         for position, (plan, checked, final) in enumerate(zip(planned, views, current)):
             # The seeds finally used, whether a group check or a rejection changed them;
             # what only a rejection's redraw drops (anchor, turn), where it redrew.
@@ -292,17 +309,17 @@ class Sampler:
             rejected = {view.group_id for view, final in zip(views, current)
                         if view.held_check is not None and final.seed != view.seed}
             if rejected:
-                self._read_groups_again(current, rejected, images, records)
-        return images, finite, records
+                self._read_groups_again(current, rejected, stored, records)
+        return images, finite, records, stored.files()
 
     def _read_groups_again(self, views: list[ViewPlan], group_ids: set[str],
-                           images: torch.Tensor, records: list[dict]) -> None:
+                           stored: StoredBatch, records: list[dict]) -> None:
         """Read checked groups again whose views rejection redrew after their check: their
         `held_check` then says whether the stored views pass (no further redraws)."""
         for group_id in sorted(group_ids):
             positions = [p for p, view in enumerate(views) if view.group_id == group_id]
             disagree = self.group_checker.disagreements([views[p] for p in positions],
-                                                        images[positions])
+                                                        stored.pixels(positions))
             for position, problems in zip(positions, disagree):
                 view = views[position]
                 records[position]["held_check"].update(
@@ -311,11 +328,12 @@ class Sampler:
                 if view.anchor_seed is not None:
                     records[position]["held_check"]["anchor_seed_used"] = view.anchor_seed
 
-    def _redraw_disagreeing_groups(self, views: list[ViewPlan], images: torch.Tensor,
+    def _redraw_disagreeing_groups(self, views: list[ViewPlan], stored: StoredBatch,
                                    finite: torch.Tensor, records: list[dict]) -> list[ViewPlan]:
         """Check every group with `held_check` (whole in `views`: engines/local.py's batches
         keep them so) and draw the failing ones again whole (`group_check.retry_group`) until
-        they pass or have spent `max_retries`; `images` and `finite` are updated in place.
+        they pass or have spent `max_retries`; the images (`stored.images`) and `finite` are
+        updated in place.
         Each checked view's record gets `held_check`: the group's redraws, whether its last
         draw passed, what disagreed there (per view) and the seed finally used. Returns the
         views as finally drawn."""
@@ -335,7 +353,7 @@ class Sampler:
             for group_id in pending:
                 positions = members[group_id]
                 disagree[group_id] = self.group_checker.disagreements(
-                    [views[p] for p in positions], images[positions])
+                    [views[p] for p in positions], stored.pixels(positions))
                 limit = views[positions[0]].held_check.max_retries
                 if any(disagree[group_id]) and redraws[group_id] < limit:
                     failing.append(group_id)
@@ -350,8 +368,9 @@ class Sampler:
                 for position, view in zip(positions, retry_group([views[p] for p in positions],
                                                                  attempt)):
                     views[position] = view
-            images[redrawn_positions], finite[redrawn_positions] = self._generate(
+            stored.images[redrawn_positions], finite[redrawn_positions] = self._generate(
                 [views[p] for p in redrawn_positions])
+            stored.redrawn(redrawn_positions)
             pending = failing
         for group_id, positions in members.items():
             passed = not any(disagree[group_id])

@@ -28,13 +28,12 @@ class RejectSuppression(Suppression):
         check_model_reference(self.detector, f"{where}.detector", CLIP)
 
     def rejector(self, recipe, scorer_for):
-        # A view is scored as its shard will store it (`stored_pixels`), so a view recorded
-        # as passing is a stored file that passes.
-        from synthgen.generate.detector import stored_pixels
+        # The sampler hands `score` the views as their shard stores them (`generate/stored.py`),
+        # so a view recorded as passing is a stored file that passes.
         from synthgen.generate.sampler import Rejector
 
         scorer = scorer_for(self.detector)
         return Rejector(
             concept=self.concept, threshold=self.threshold, max_retries=self.max_retries,
             score=lambda images, prompts: scorer.probabilities(
-                stored_pixels(images, recipe), self.concept, self.contrast, prompts))
+                images, self.concept, self.contrast, prompts))
