@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP
 
 # Messages about recipe fields that only loading the model can find (an unknown model id, a
 # detector that is not a CLIP) name the field; the file is added, as for schema errors.
-_RECIPE_FIELDS = ("model.", "suppress[")
+_RECIPE_FIELDS = ("model.", "suppress[", "suppress, balance:")
 
 
 @contextlib.contextmanager
@@ -264,6 +265,7 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
     from synthgen.engines.slices import choose_slice
     from synthgen.outputs import check_output_folder
     from synthgen.plan import make_plan, recipe_warnings
+    from synthgen.recipe import ModelSpec
     from synthgen.store import parse_location
     from synthgen.write import format_shard_ranges
 
@@ -275,6 +277,13 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
                           ("--cpu-threads", cpu_threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{option} {value!r}: give a whole number of at least 1")
+    dtypes = typing.get_args(ModelSpec.model_fields["dtype"].annotation)
+    if dtype is not None and dtype not in dtypes:
+        raise UserError(f"--dtype {dtype!r}: give one of {', '.join(dtypes)} (None: the "
+                        "recipe's model.dtype)")
+    if shards is not None and not isinstance(shards, str):
+        raise UserError(f"--shards {shards!r}: give the shards as text, as on the command line, "
+                        "e.g. '0-9,20'")
     if isinstance(out, str):
         out = parse_location(out)
     if isinstance(out, Path):
@@ -351,7 +360,8 @@ def edit(recipe: RecipeSource, out: str | Path, *, device: str = "auto") -> Edit
     # Absolute, so that `--out .` (an empty current folder) has a name to stage beside.
     out = Path(os.path.abspath(out))
     loaded = _loaded(recipe)
-    check_has_edits(loaded)  # before any folder is made
+    with naming_the_recipe_file(recipe):
+        check_has_edits(loaded)  # before any folder is made
     # Written beside `out` and renamed into place at the end: a folder that is there is whole.
     with naming_the_recipe_file(recipe), naming_the_place(out), \
             folder_written_whole(out) as staging:
@@ -368,6 +378,8 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
     from synthgen.outputs import check_output_file, file_written_whole
 
     dataset = _local_dataset(dataset, "inspect")
+    if shard is not None and (isinstance(shard, bool) or not isinstance(shard, int) or shard < 0):
+        raise UserError(f"--shard {shard!r}: give a shard's number, a whole number from 0")
     contact_sheet = _named(contact_sheet, "--contact-sheet") if contact_sheet is not None else None
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise UserError(f"--groups {groups!r}: the contact sheet shows the first N groups; give "
@@ -415,7 +427,11 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     report_dir = _named(report, "--report") if report is not None else dataset / "audit"
     # Every option is checked before a model loads, and before the imports of torch and
     # transformers (seconds): a typo costs nothing.
-    rules = parse_fail_on(list(fail_on))
+    # One option text given as a plain string is that one text, not a list of its letters.
+    fail_on, attributes, templates = (
+        [value] if isinstance(value, str) else list(value)
+        for value in (fail_on, attributes, templates))
+    rules = parse_fail_on(fail_on)
     check_output_folder(report_dir, "--report")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"--batch-size {batch_size!r}: views embedded at a time; give a whole "

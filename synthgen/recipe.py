@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import difflib
 import re
 import reprlib
 import sys
@@ -691,6 +692,8 @@ def check_model_references(recipe: Recipe) -> None:
     told without loading it (see `builtin.check_model_reference`); folder paths are read
     from the current directory, as `from_pretrained` reads them."""
     check_model_reference(recipe.model.id, "model.id", PIPELINE, recipe.model.trust_remote_code)
+    if recipe.model.scheduler is not None:
+        check_scheduler_name(recipe.model.scheduler)
     if recipe.model.decoder is not None:
         check_model_reference(recipe.model.decoder, "model.decoder", TINY_AUTOENCODER)
     for index, entry in enumerate(recipe.suppress):
@@ -704,6 +707,21 @@ def check_model_references(recipe: Recipe) -> None:
                           for i, c in enumerate(recipe.corner_cases))]:
         if spec is not None and spec.checks_groups:
             check_model_reference(spec.slots.check.detector, f"{where}.slots.check.detector", CLIP)
+
+
+def check_scheduler_name(name: str) -> None:
+    """A `UserError` unless diffusers has a scheduler class of that name, naming the closest
+    ones. Read from diffusers' list of names, which imports no scheduler (nor torch's
+    kernels), so `validate` tells a typo without loading a model."""
+    import diffusers
+
+    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        raise UserError(f"model.scheduler: {name!r} is not a diffusers scheduler; "
+                        + (f"did you mean {' or '.join(close)}? " if close else "")
+                        + "leave model.scheduler out for the model's own, or name one such as "
+                        "EulerDiscreteScheduler or DPMSolverMultistepScheduler")
 
 
 def _check_recipe_size(size: int, source: str) -> None:

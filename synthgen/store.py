@@ -107,7 +107,14 @@ def parse_location(text: str | os.PathLike,
     protocol, rest = text.split("://", 1)
     protocol = protocol.lower()
     if protocol == "file":
+        if not rest.strip():  # Path("") is the current folder, as above
+            raise UserError(f"{option} {text}: the URL names no folder; write file:///PATH "
+                            "or the path itself")
         return Path(rest)
+    if protocol in OBJECT_STORE_PROTOCOLS and not rest.strip("/").strip():
+        # fsspec would read a URL without a bucket as a local folder named "s3:".
+        raise UserError(f"{option} {text}: the URL names no bucket; write "
+                        f"{protocol}://BUCKET/PREFIX")
     if protocol not in protocols:
         raise UserError(
             f"{option} {text}: {protocol}:// is not a supported store; synthgen writes to "

@@ -54,7 +54,7 @@ def test_the_readme_example_runs_on_the_quickstart_with_a_tiny_model(tmp_path, t
     assert checked.report_page == tmp_path / "out" / "audit" / "report.html"
     assert [check["rule"] for check in checked.checks] == ["duplicates>0.5"]
     printed = capsys.readouterr().out
-    assert "112 images in 4 shards; manifest" in printed
+    assert "112 images in 4 of 4 shards; manifest" in printed
 
 
 def test_a_sliced_run_then_finalize_report_what_is_on_disk(write_recipe, tmp_path):

@@ -110,11 +110,12 @@ def load_encoder(clip_id: str, device: torch.device, dtype: str = "auto") -> Ima
 
 def model_identity(clip_id: str, model, processor) -> str:
     """`clip_id@` a sha256 over the config, preprocessing and every weight: any change to
-    them, a new identity. Where the model was read from is left out (transformers records it
-    in the config as `_name_or_path`), so the same weights from another checkout, install or
-    spelling of the folder keep their identity and their cached embeddings."""
+    them, a new identity. Where the model was read from and which transformers read it are
+    left out (transformers records them in the config as `_name_or_path` and
+    `transformers_version`), so the same weights from another checkout, install, spelling of
+    the folder or transformers release keep their identity and their cached embeddings."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(_without_load_paths(model.config.to_dict()), sort_keys=True,
+    digest.update(json.dumps(_portable_config(model.config.to_dict()), sort_keys=True,
                              default=str).encode())
     digest.update(json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -123,12 +124,17 @@ def model_identity(clip_id: str, model, processor) -> str:
     return f"{clip_id}@{digest.hexdigest()[:16]}"
 
 
-def _without_load_paths(config):
-    """A config dict (its sub-configs too) without the folder or hub id it was loaded from."""
+# What a config records about where and by what it was read, not what the model computes.
+_INSTALL_KEYS = {"_name_or_path", "transformers_version"}
+
+
+def _portable_config(config):
+    """A config dict (its sub-configs too) without the folder or hub id it was loaded from
+    and the transformers version that read it."""
     if isinstance(config, dict):
-        return {key: _without_load_paths(value) for key, value in config.items()
-                if key != "_name_or_path"}
+        return {key: _portable_config(value) for key, value in config.items()
+                if key not in _INSTALL_KEYS}
     if isinstance(config, list):
-        return [_without_load_paths(value) for value in config]
+        return [_portable_config(value) for value in config]
     return config
 

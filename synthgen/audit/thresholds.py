@@ -19,7 +19,8 @@ from synthgen.errors import UserError
 METRICS = {name: meaning for measurement in MEASUREMENTS.values()
            for name, meaning in measurement.fail_on.items()}
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+# Any case, so that a capitalised name is told apart as an unknown metric, not a bad form.
+_RULE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def parse_fail_on(options: tuple[str, ...] | list[str]) -> list[FailRule]:
                                 "--fail-on 'kl>0.05,duplicates>0.001'")
             name, op, number = match.groups()
             if name not in METRICS:
-                raise UserError(f"--fail-on {text!r}: unknown metric {name!r}; known: "
+                hint = f" (names are lower case: {name.lower()})" if name.lower() in METRICS else ""
+                raise UserError(f"--fail-on {text!r}: unknown metric {name!r}{hint}; known: "
                                 + ", ".join(METRICS))
             try:
                 limit = float(number)

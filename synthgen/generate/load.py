@@ -28,7 +28,7 @@ from synthgen.builtin import (  # noqa: F401
 from synthgen.errors import UserError
 from synthgen.generate.families import family_named_in_index
 from synthgen.generate.identity import weights_digest
-from synthgen.recipe import ModelSpec
+from synthgen.recipe import ModelSpec, check_scheduler_name
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -189,11 +189,12 @@ def _scheduler(name: str):
     import diffusers
     from diffusers import SchedulerMixin
 
+    check_scheduler_name(name)
     scheduler = getattr(diffusers, name, None)
     if not (isinstance(scheduler, type) and issubclass(scheduler, SchedulerMixin)):
-        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
-        raise UserError(f"model.scheduler: {name!r} is not a diffusers scheduler; use one of "
-                        + ", ".join(known[:12]) + ", ...")
+        raise UserError(f"model.scheduler: {name!r} is not a diffusers scheduler; leave "
+                        "model.scheduler out for the model's own, or name one such as "
+                        "EulerDiscreteScheduler")
     return scheduler
 
 

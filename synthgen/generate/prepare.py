@@ -148,8 +148,10 @@ def check_image_size(recipe: Recipe, sampler: Sampler) -> None:
 def check_has_edits(recipe: Recipe) -> None:
     """A UserError unless the recipe edits its model (what `synthgen edit` writes)."""
     if not any(entry.edits_weights for entry in [*recipe.suppress, *recipe.balance]):
-        raise UserError("synthgen edit: the recipe has no suppress entry with method: erase "
-                        "and no balance entry with method: debias")
+        raise UserError("suppress, balance: the recipe edits no weights (no suppress entry "
+                        "with method: erase, no balance entry with method: debias), so synthgen "
+                        "edit has nothing to write; add one, or generate with the recipe's "
+                        "model as it is")
 
 
 def write_edited_model(recipe: Recipe, out_dir, device: torch.device) -> tuple[dict, ...]:
