@@ -35,9 +35,10 @@ from synthgen.audit.measurements.base import MeasurementInputs
 from synthgen.audit.spec import ResolvedAuditSpec
 from synthgen.audit.thresholds import FailRule, evaluate
 
-# 2: attributes counted per group or per view ("unit"), recorded slot values, agreement per
-# unit; unreadable_samples is a list of samples, like every other integrity entry.
-REPORT_FORMAT = "synthgen-audit/2"
+# 3: an attribute's unit may be "draw" (groups counted once where they hold it, views where
+# they vary it). 2: attributes counted per group or per view ("unit"), recorded slot values,
+# agreement per unit; unreadable_samples is a list of samples, like every other integrity entry.
+REPORT_FORMAT = "synthgen-audit/3"
 
 
 @dataclass

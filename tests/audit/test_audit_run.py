@@ -265,6 +265,28 @@ def test_an_attribute_recorded_per_view_is_counted_per_view(tmp_path, recorded_a
     assert colour["agreement"]["agree"] == 12 and colour["agreement"]["sure"] == 12
 
 
+def test_groups_that_hold_an_attribute_count_once_beside_groups_that_vary_it(tmp_path):
+    """One class varies colour per view, another holds it per group (`classes[].views`): the
+    varying class's views are each a draw, the holding class's groups one draw each. Counting
+    every view of a holding group (as when the unit was chosen for the whole attribute) made
+    4 blue squares read as 12 draws."""
+    varying = [{"class": "circle", "colours": ["red", "green", "blue"],
+                "prompt": ["a red circle", "a green circle", "a blue circle"],
+                "view_fields": [{"slots": {"colour": c}} for c in ("red", "green", "blue")]}
+               for _ in range(2)]
+    holding = [{"class": "square", "colours": ["blue"] * 3, "slots": {"colour": "blue"}}
+               for _ in range(4)]
+    colour = _audit(build_dataset(tmp_path / "data", varying + holding)).report["attributes"]["colour"]
+    overall = colour["scopes"]["overall"]
+    assert colour["unit"] == "draw"
+    assert overall["counts"] == {"red": 2, "green": 2, "blue": 6}, overall["counts"]
+    assert overall["units"] == 10 and overall["views"] == 18
+    assert overall["per_view"]["counts"] == {"red": 2, "green": 2, "blue": 14}
+    assert colour["scopes"]["class:square"]["units"] == 4
+    assert colour["scopes"]["class:circle"]["units"] == 6
+    assert colour["agreement"]["agree"] == 10
+
+
 def test_unrecorded_attribute_unit_follows_the_prompts():
     from synthgen.audit.measurements.attributes import attribute_unit
     from synthgen.audit.source import ViewItem

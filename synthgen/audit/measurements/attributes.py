@@ -1,9 +1,10 @@
 """Attribute balance (`attributes.NAME`): zero-shot readings counted per group or per view,
 against the recipe's targets, and agreement with the values the samples recorded.
 
-Counted in the attribute's unit (`attribute_unit`): per group where all views of a group carry
-one value, so that tests and intervals count independent draws; the per-view counts are kept
-beside them (`per_view`) where a group has more than one view.
+Counted in the attribute's unit (`attribute_unit`), decided group by group
+(`counted_per_view`): once per group where all views of a group carry one value, so that tests
+and intervals count independent draws, and per view in groups whose views vary it; the
+per-view counts are kept beside them (`per_view`) where a group has more than one view.
 """
 
 from __future__ import annotations
@@ -30,24 +31,37 @@ if TYPE_CHECKING:
 MAX_SCOPES_PER_CHART = 24
 
 
-def attribute_unit(name: str, items: list[ViewItem], groups: np.ndarray) -> str:
-    """What one observation of attribute `name` is: "group" or "view".
+def counted_per_view(name: str, items: list[ViewItem], groups: np.ndarray) -> np.ndarray:
+    """Per view (bool): whether its group counts attribute `name` once per view, decided
+    group by group, since a recipe may vary a slot per view in one class and hold it in
+    another (`classes[].views`), and counting the holding groups' views would count one draw
+    several times.
 
-    A value recorded per view (a view's own `slots` or `balance`) can differ between a group's
-    views: "view". A value recorded per group (its class, `slots` or `balance`) is the same in
-    all of them: "group".
-    Nothing recorded: "view" when some group's views have different prompts (the `prompt`
-    view strategy can vary what a view shows), else "group" (every view drew the same text).
+    A group whose views record the value per view (a view's own `slots` or `balance`) can
+    differ between its views: per view. A group that records it per group (its class, `slots`
+    or `balance`) holds it: once. A group that records nothing: per view when its views have
+    different prompts (the `prompt` view strategy can vary what a view shows), else once.
     """
-    if any(name in item.assigned_per_view for item in items):
+    group_list = groups.tolist()
+    varies: dict[int, bool] = {}
+    records: dict[int, bool] = {}
+    prompts: dict[int, set[str]] = {}
+    for item, group in zip(items, group_list):
+        varies[group] = varies.get(group, False) or name in item.assigned_per_view
+        records[group] = records.get(group, False) or name in item.assigned
+        prompts.setdefault(group, set()).add(item.prompt)
+    per_view = {group: varies[group] or (not records[group] and len(prompts[group]) > 1)
+                for group in varies}
+    return np.array([per_view[group] for group in group_list], dtype=bool)
+
+
+def attribute_unit(name: str, items: list[ViewItem], groups: np.ndarray) -> str:
+    """What one observation of attribute `name` is (`counted_per_view`): "group", "view", or
+    "draw" where some groups count it per view and others once."""
+    per_view = counted_per_view(name, items, groups)
+    if per_view.all() and len(per_view):
         return "view"
-    if any(name in item.assigned for item in items):
-        return "group"
-    prompt_of_group: dict[int, str] = {}
-    for item, group in zip(items, groups.tolist()):
-        if prompt_of_group.setdefault(group, item.prompt) != item.prompt:
-            return "view"
-    return "group"
+    return "draw" if per_view.any() else "group"
 
 
 @dataclass
@@ -83,11 +97,18 @@ def measure_attribute(table: ViewTable, attribute, texts: TextEmbeddings, logit_
         choice, probabilities = np.zeros(0, np.int64), np.zeros((0, len(values)), np.float32)
     by_view = AttributeReadings(choice, np.ones(len(choice), np.int64), table.items)
     unit = attribute_unit(attribute.name, table.items, table.group_array)
-    readings = (group_readings(classifier, probabilities, table.group_array, table.items)
-                if unit == "group" else by_view)
+    per_view = counted_per_view(attribute.name, table.items, table.group_array)
+    held = np.flatnonzero(~per_view)
+    grouped = group_readings(classifier, probabilities[held], table.group_array[held],
+                             [table.items[row] for row in held])
+    varied = np.flatnonzero(per_view)
+    readings = AttributeReadings(
+        np.concatenate([grouped.choice, choice[varied]]),
+        np.concatenate([grouped.views, np.ones(len(varied), np.int64)]),
+        grouped.items + [table.items[row] for row in varied])
     scopes = _attribute_scopes(attribute, readings)
     agreement = agreement_metrics(_recorded_pairs(attribute, readings), values)
-    if unit == "group" and len(readings.views) and readings.views.max() > 1:
+    if unit != "view" and len(readings.views) and readings.views.max() > 1:
         view_scopes = _attribute_scopes(attribute, by_view)
         for scope, metrics in scopes.items():
             per_view = view_scopes.get(scope)
@@ -219,6 +240,9 @@ UNIT_REASONS = {
              "probabilities. Intervals and p-values count groups.",
     "view": "a group's views can differ (recorded per view, or prompts that differ between "
             "views), so each view is one draw.",
+    "draw": "some groups' views can differ (recorded per view, or prompts that differ between "
+            "views) and each of their views is one draw; the other groups' views carry one "
+            "value, and each of those groups is one draw.",
 }
 
 
