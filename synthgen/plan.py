@@ -444,7 +444,7 @@ def _distinct_views(drawn: dict[str, list[str]], view_balance: list[dict[str, st
             [{name: by_name[name][view] for name in values} for view, values in enumerate(view_balance)])
 
 
-def _arrange_distinct(columns: list[list[str]], budget: int = 5_000) -> list[list[str]]:
+def _arrange_distinct(columns: list[list[str]], budget: int = 200) -> list[list[str]]:
     """`columns` (one per attribute, a value per view) with every column after the first
     re-ordered so that as few views as possible repeat another's values (none, where the
     values allow), searched over all columns at once: one column at a time, a column that
@@ -456,23 +456,26 @@ def _arrange_distinct(columns: list[list[str]], budget: int = 5_000) -> list[lis
     view has (else the first one left), trying the view's own values first, so a draw that
     already works is kept. Where that repeats, a depth-first search over the views (each
     taking one unused value of every column) looks for an arrangement with fewer repeats,
-    for at most `budget` candidate rows."""
+    for at most `budget` candidate rows. A view looks at no more than count + 1 of its
+    combinations (at most `count` of them repeat an earlier view), so the cost grows with the
+    views, not with the product of the attributes' values."""
     first, rest = columns[0], columns[1:]
     count = len(first)
     used = [[False] * count for _ in rest]
     chosen: list[tuple[int, ...]] = []
     seen: Counter = Counter()
 
-    def candidates() -> list[tuple[int, ...]]:
-        # Per column, the first unused position of each distinct value, in the given order.
+    def candidates(view: int) -> list[tuple[int, ...]]:
+        # Per column, the view's own position where unused, then the first unused position
+        # of each other value, in the given order; at most count + 1 combinations of them.
         options = []
         for column, taken in zip(rest, used):
-            firsts: dict[str, int] = {}
+            firsts: dict[str, int] = {} if taken[view] else {column[view]: view}
             for position, value in enumerate(column):
                 if not taken[position]:
                     firsts.setdefault(value, position)
             options.append(list(firsts.values()))
-        return list(itertools.product(*options))
+        return list(itertools.islice(itertools.product(*options), count + 1))
 
     def row(view: int, choice: tuple[int, ...]) -> tuple[str, ...]:
         return (first[view], *(column[position] for column, position in zip(rest, choice)))
@@ -494,14 +497,17 @@ def _arrange_distinct(columns: list[list[str]], budget: int = 5_000) -> list[lis
 
     repeats = 0
     for view in range(count):  # greedy
-        options = candidates()
+        options = candidates(view)
         repeats += take(view, next((c for c in options if not seen[row(view, c)]), options[0]))
     best = (repeats, list(chosen))
-    # No arrangement repeats fewer views than this: views beyond the combinations there are,
-    # in all and per value of the first column.
-    combinations = math.prod(len(set(column)) for column in rest)
-    fewest = max(count - combinations * len(set(first)),
-                 sum(max(0, first.count(value) - combinations) for value in set(first)))
+    # No arrangement repeats fewer views than this: the views holding one value of a column
+    # can differ in at most as many ways as the other columns have combinations of values.
+    distinct = [len(set(column)) for column in columns]
+    most_rows = min(
+        sum(min(times, math.prod(distinct) // distinct[index])
+            for times in Counter(column).values())
+        for index, column in enumerate(columns))
+    fewest = count - most_rows
     steps = 0
 
     def improve(view: int, repeats: int) -> None:
@@ -510,7 +516,7 @@ def _arrange_distinct(columns: list[list[str]], budget: int = 5_000) -> list[lis
             best = (repeats, list(chosen))
             return
         # Rows no earlier view has first (stable, so the view's own values stay first).
-        for choice in sorted(candidates(), key=lambda c: seen[row(view, c)] > 0):
+        for choice in sorted(candidates(view), key=lambda c: seen[row(view, c)] > 0):
             steps += 1
             if steps > budget or best[0] <= fewest:
                 return

@@ -145,3 +145,15 @@ def test_host_overhead_benchmark_with_a_detector_encodes_each_view_once(tmp_path
     assert result["images"] == 16
     assert stages["S8 stored form for detectors (encode + decode)"]["calls"] == 2
     assert "E1 encode_image (PIL encode)" not in stages
+
+
+def test_plan_arrangement_benchmark_small(capsys):
+    spec = importlib.util.spec_from_file_location("plan_arrangement", BENCH.parent / "plan_arrangement.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--groups", "20"])
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 2 * len(bench.cases(20))
+    # The case revision 3 left repeats in: revision 4 arranges them away.
+    three, four = [line for line in lines if line.startswith("3 slots x 2 values")]
+    assert int(three.split()[-1]) > 0 and int(four.split()[-1]) == 0
