@@ -190,6 +190,17 @@ def _local_dataset(dataset: str | Path, command: str) -> Path:
     return _named(dataset, "DATASET_DIR")
 
 
+def _check_dataset_folder(folder: Path) -> None:
+    """A UserError unless `folder` is a folder (checked after the options, which cost nothing
+    to get right)."""
+    if not folder.exists():
+        raise UserError(f"{folder}: no such folder; pass the dataset's folder (the --out of "
+                        "synthgen generate)")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a dataset's folder; pass the folder that "
+                        "holds manifest.json and the shards")
+
+
 def _loaded(recipe: RecipeSource) -> Recipe:
     from synthgen.recipe import load_recipe
 
@@ -386,6 +397,7 @@ def inspect(dataset: str | Path, *, shard: int | None = None,
                         "a whole number of at least 1")
     if contact_sheet is not None:
         check_output_file(contact_sheet, "--contact-sheet", suffixes=IMAGE_SUFFIXES)
+    _check_dataset_folder(dataset)
     manifest = inspection.load_manifest(dataset, summary=True)
     counts = inspection.count_groups(dataset)
     damaged = counts["damaged"]
@@ -432,10 +444,13 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
         [value] if isinstance(value, str) else list(value)
         for value in (fail_on, attributes, templates))
     rules = parse_fail_on(fail_on)
-    check_output_folder(report_dir, "--report")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"--batch-size {batch_size!r}: views embedded at a time; give a whole "
                         "number of at least 1 (default 64)")
+    if report is not None:
+        check_output_folder(report_dir, "--report")
+    _check_dataset_folder(dataset)  # before the default report folder inside it is checked
+    check_output_folder(report_dir, "--report")
 
     from synthgen.audit import encoder as encoders
     from synthgen.audit.cache import CACHE_FILE
@@ -444,13 +459,20 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     from synthgen.audit.source import dataset_shards
     from synthgen.audit.spec import parse_attribute_option, parse_template_option, spec_from_recipe
     from synthgen.devices import choose_device
-    from synthgen.recipe import load_recipe
+    from synthgen.recipe import load_audit_block
 
     manifest, _ = dataset_shards(dataset)
-    audit_block = (load_recipe(recipe).audit.model_dump(mode="json")
+    audit_block = (load_audit_block(recipe).model_dump(mode="json")
                    if recipe is not None else None)
+    parsed = [parse_attribute_option(a) for a in attributes]
+    given: dict[str, str] = {}
+    for text, option in zip(attributes, parsed):
+        if option.name in given:
+            raise UserError(f"--attribute {option.name!r} is given twice ({given[option.name]!r} "
+                            f"and {text!r}); give each attribute once, with all its values")
+        given[option.name] = text
     spec = spec_from_recipe(manifest.get("recipe") or {}, clip=clip, margin=margin,
-                            attributes=[parse_attribute_option(a) for a in attributes],
+                            attributes=parsed,
                             templates=[parse_template_option(t) for t in templates],
                             audit_block=audit_block, fidelity_threshold=fidelity_threshold,
                             duplicate_threshold=duplicate_threshold)

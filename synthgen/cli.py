@@ -383,7 +383,8 @@ def finalize(dataset_dir: Path | str) -> None:
 
 @main.command()
 @recipe_argument
-@click.option("--out", "out_dir", required=True, type=NamedPath(path_type=Path, file_okay=False),
+# Files and folders alike: the api says what is wrong in one line (click prints a usage block).
+@click.option("--out", "out_dir", required=True, type=NamedPath(path_type=Path),
               help="New folder for the edited model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def edit(recipe: Path, out_dir: Path, device: str) -> None:
@@ -396,7 +397,7 @@ def edit(recipe: Path, out_dir: Path, device: str) -> None:
 
 
 @main.command("inspect")
-@click.argument("dataset_dir", type=NamedPath(file_okay=False))
+@click.argument("dataset_dir", type=NamedPath())
 @click.option("--shard", type=int, help="List the samples of this shard.")
 @click.option("--contact-sheet", type=NamedPath(path_type=Path, dir_okay=False),
               help="Write a PNG grid of the first groups (one row per group) here.")

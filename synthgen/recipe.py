@@ -665,6 +665,34 @@ _MAX_NESTING = 50  # a recipe nests 6 levels deep
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem is raised as one `UserError`."""
     path = Path(path)
+    recipe = parse_recipe(_read_recipe_text(path), source=str(path))
+    try:
+        check_model_references(recipe)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    return recipe
+
+
+class _AuditBlock(StrictModel):
+    audit: AuditSpec
+
+
+def load_audit_block(path: str | Path) -> AuditSpec:
+    """The `audit:` block of a recipe file, for `synthgen audit --recipe`: a whole recipe, or
+    a file holding only that block; nothing else of the file is validated."""
+    path = Path(path)
+    raw = _parse_yaml_mapping(_read_recipe_text(path), str(path))
+    if "audit" not in raw:
+        raise UserError(f"{path}: has no audit: block, which --recipe reads (attributes, "
+                        "templates, margin, clip, thresholds); add one (the recipe reference in "
+                        "README.md shows it), or drop --recipe to use the dataset's own")
+    try:
+        return _AuditBlock.model_validate({"audit": raw["audit"]}).audit
+    except ValidationError as error:
+        raise UserError(format_validation_error(str(path), error)) from None
+
+
+def _read_recipe_text(path: Path) -> str:
     try:
         with open(path, "rb") as stream:
             data = stream.read(MAX_RECIPE_BYTES + 1)
@@ -676,15 +704,9 @@ def load_recipe(path: str | Path) -> Recipe:
                         "file") from None
     _check_recipe_size(len(data), str(path))
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: cannot read the recipe ({error}); pass a UTF-8 YAML file") from None
-    recipe = parse_recipe(text, source=str(path))
-    try:
-        check_model_references(recipe)
-    except UserError as error:
-        raise UserError(f"{path}: {error}") from None
-    return recipe
 
 
 def check_model_references(recipe: Recipe) -> None:
@@ -850,6 +872,15 @@ def _refuse_lone_surrogates(value: Any, source: str) -> None:
 
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate recipe YAML text; `source` names it in error messages."""
+    raw = _parse_yaml_mapping(text, source)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(format_validation_error(source, error)) from None
+
+
+def _parse_yaml_mapping(text: str, source: str) -> dict:
+    """Recipe YAML text -> the mapping it holds, read safely; every problem one `UserError`."""
     _check_recipe_size(len(text.encode("utf-8", errors="replace")), source)
     try:
         raw = _load_yaml(text, source)
@@ -887,10 +918,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe is a YAML mapping with keys such as name, seed, "
                         f"model, classes; got {type(raw).__name__} {_short(raw)}")
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as error:
-        raise UserError(format_validation_error(source, error)) from None
+    return raw
 
 
 def format_validation_error(source: str, error: ValidationError) -> str:

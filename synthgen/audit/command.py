@@ -17,8 +17,9 @@ FAIL_EXIT = 1
 
 
 @click.command("audit")
-@click.argument("dataset_dir", type=NamedPath(file_okay=False))
-@click.option("--report", "report_dir", type=NamedPath(path_type=Path, file_okay=False),
+# Files and folders alike: the api says what is wrong in one line (click prints a usage block).
+@click.argument("dataset_dir", type=NamedPath())
+@click.option("--report", "report_dir", type=NamedPath(path_type=Path),
               help="Report directory [default: DATASET_DIR/audit].")
 @click.option("--clip", help="CLIP to classify with: hub id, local folder or builtin:NAME "
               "[default: the recipe's audit.clip, else builtin:world-clip].")

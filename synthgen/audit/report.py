@@ -33,6 +33,7 @@ from synthgen.audit.render import CELL, LINE, PAD, font, html_table, slug, text_
 from synthgen.audit.run import AuditOutcome
 from synthgen.audit.thresholds import METRICS
 from synthgen.store import write_atomically
+from synthgen.write import AUDIT_FILES, AUDIT_PICTURE_FOLDERS, AUDIT_REPORT
 
 WRONG = "#b00000"  # a reading that differs from the recorded value
 
@@ -43,6 +44,7 @@ def write_report(outcome: AuditOutcome, report_dir: Path) -> Path:
     # The page goes first and comes back last: an audit stopped part-way (a full disk, Ctrl-C)
     # leaves its own report.json and no page, never the previous audit's page beside it.
     (report_dir / "report.html").unlink(missing_ok=True)
+    _remove_earlier_pictures(report_dir)
     report = json.loads(json.dumps(outcome.report))  # a copy we may reshape
     view_lines = _per_view_lines(report)
     write_atomically(report_dir / "views.jsonl", "".join(json.dumps(line) + "\n" for line in view_lines).encode())
@@ -55,6 +57,22 @@ def write_report(outcome: AuditOutcome, report_dir: Path) -> Path:
                 for part in measurement.html(report[name], report_dir, outcome.pictures)]
     write_atomically(report_dir / "report.html", _html(report, sections, sheets, outcome.summary).encode())
     return report_dir / "report.html"
+
+
+def _remove_earlier_pictures(report_dir: Path) -> None:
+    """The pictures an earlier audit wrote into this folder go before this one writes its
+    own: one this report does not make (no near-duplicates this time, an attribute not read
+    again) would show what the report beside it says is not there. Only in a folder an
+    audit wrote (its report.json), and only the names an audit writes."""
+    if not (report_dir / AUDIT_REPORT).is_file():
+        return
+    for name in AUDIT_FILES:
+        if name.endswith(".png"):
+            (report_dir / name).unlink(missing_ok=True)
+    for folder in AUDIT_PICTURE_FOLDERS:
+        if (report_dir / folder).is_dir():
+            for picture in (report_dir / folder).glob("*.png"):
+                picture.unlink()
 
 
 def _per_view_lines(report: dict) -> list[dict]:

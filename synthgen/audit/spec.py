@@ -131,6 +131,7 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
     when given, is read instead of the recipe's own `audit:` section (targets still come from
     the recipe that made the dataset).
     """
+    check_stored_recipe(recipe, audit=audit_block is None)
     audit = (audit_block if audit_block is not None else recipe.get("audit")) or {}
     balance = [entry for entry in recipe.get("balance") or [] if entry.get("attribute")]
     targets_by_attribute: dict[str, list] = {}
@@ -202,6 +203,67 @@ def spec_from_recipe(recipe: dict, *, clip: str | None = None, margin: float | N
         fidelity_threshold=chosen_fidelity,
         duplicate_threshold=chosen_duplicate,
     )
+
+
+# What the audit reads of a stored recipe, and the JSON type synthgen writes there.
+_TEXT, _NUMBER, _LIST, _MAPPING = "text", "a number", "a list", "a mapping"
+_STORED_SECTIONS = {"audit": _MAPPING, "balance": _LIST, "suppress": _LIST, "classes": _LIST,
+                    "corner_cases": _LIST, "slots": _MAPPING, "views": _MAPPING,
+                    "prompt_mode": _TEXT}
+_STORED_ENTRIES = {
+    "audit": {"clip": _TEXT, "margin": _NUMBER, "fidelity_threshold": _NUMBER,
+              "duplicate_threshold": _NUMBER, "attributes": _LIST},
+    "audit.attributes[]": {"name": _TEXT, "values": _LIST, "templates": _LIST},
+    "balance[]": {"attribute": _TEXT, "values": _MAPPING, "applies_to": _LIST},
+    "suppress[]": {"concept": _TEXT, "method": _TEXT, "threshold": _NUMBER, "contrast": _TEXT,
+                   "detector": _TEXT},
+    "classes[]": {"name": _TEXT, "slots": _MAPPING, "views": _MAPPING, "prompt_mode": _TEXT},
+    "corner_cases[]": {"name": _TEXT, "views": _MAPPING},
+}
+
+
+def _is(value, kind: str) -> bool:
+    return {_TEXT: isinstance(value, str),
+            _NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool),
+            _LIST: isinstance(value, list), _MAPPING: isinstance(value, dict)}[kind]
+
+
+def check_stored_recipe(recipe: dict, audit: bool = True) -> None:
+    """The parts of a dataset's stored recipe (manifest.json) the audit reads have the types
+    synthgen writes there (null or absent is always fine: an older synthgen left some out);
+    else one `UserError` naming the field. A hand-edited manifest, or another tool's, is
+    otherwise a traceback deep in a measurement. `audit`: whether its audit: block is read
+    (not where --recipe gives one)."""
+    def refuse(path: str, value, kind: str):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UserError(f"manifest.json: recipe.{path} is {shown}, where synthgen writes {kind}; "
+                        "the manifest was edited or written by another tool: rewrite it with "
+                        "synthgen finalize DATASET (from recipe.json), or pass --recipe FILE "
+                        "for the audit: block")
+
+    def check_fields(path: str, entry: dict, fields: dict[str, str]) -> None:
+        for name, kind in fields.items():
+            value = entry.get(name)
+            if value is not None and not _is(value, kind):
+                refuse(f"{path}.{name}", value, kind)
+
+    for name, kind in _STORED_SECTIONS.items():
+        value = recipe.get(name)
+        if value is None or (name == "audit" and not audit):
+            continue
+        if not _is(value, kind):
+            refuse(name, value, kind)
+        if kind == _LIST:
+            for index, entry in enumerate(value):
+                if not isinstance(entry, dict):
+                    refuse(f"{name}[{index}]", entry, _MAPPING)
+                check_fields(f"{name}[{index}]", entry, _STORED_ENTRIES.get(f"{name}[]", {}))
+    if audit and isinstance(recipe.get("audit"), dict):
+        check_fields("audit", recipe["audit"], _STORED_ENTRIES["audit"])
+        for index, entry in enumerate(recipe["audit"].get("attributes") or []):
+            if not isinstance(entry, dict):
+                refuse(f"audit.attributes[{index}]", entry, _MAPPING)
+            check_fields(f"audit.attributes[{index}]", entry, _STORED_ENTRIES["audit.attributes[]"])
 
 
 def _first(*candidates):

@@ -42,7 +42,11 @@ class FailRule:
 def parse_fail_on(options: tuple[str, ...] | list[str]) -> list[FailRule]:
     rules = []
     for option in options:
-        for text in filter(None, (part.strip() for part in option.split(","))):
+        texts = [part.strip() for part in option.split(",") if part.strip()]
+        if not texts:  # a gate that would gate nothing
+            raise UserError(f"--fail-on {option!r}: holds no rule; write NAME>NUMBER (or >=, <, "
+                            "<=), e.g. --fail-on 'kl>0.05,duplicates>0.001'")
+        for text in texts:
             match = _RULE.match(text)
             if not match:
                 raise UserError(f"--fail-on {text!r}: write NAME>NUMBER (or >=, <, <=), e.g. "
