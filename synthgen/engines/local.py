@@ -392,10 +392,13 @@ class ShardWorker:
         os._exit(FAULT_EXIT_STATUS)
 
     def close(self) -> None:
-        """Give back the CPU thread setting (this worker may be a caller's process)."""
+        """Give back the CPU thread setting (this worker may be a caller's process) and the
+        threads that encode judged views."""
         import torch
 
         torch.set_num_threads(self._threads_before)
+        if self.sampler.stored_form is not None:
+            self.sampler.stored_form.close()
 
 
 def shard_batches(plan: Plan, shard: int, batch_size: int) -> list[list[tuple[GroupPlan, ViewPlan]]]:
