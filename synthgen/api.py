@@ -172,6 +172,10 @@ def naming_the_place(place):
         raise
 
 
+# The CLIP dtypes `synthgen audit --dtype` takes (auto: float16 on a GPU, float32 on the CPU).
+AUDIT_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
 def _named(path: str | Path, option: str) -> Path:
     """`path` as a Path; an empty string is a UserError, as on the command line (Path("") is
     the current folder, where nothing should be read or written by accident)."""
@@ -292,6 +296,9 @@ def generate(recipe: RecipeSource, out: str | Path, *, batch_size: int | str | N
     if dtype is not None and dtype not in dtypes:
         raise UserError(f"--dtype {dtype!r}: give one of {', '.join(dtypes)} (None: the "
                         "recipe's model.dtype)")
+    for option, value in (("--rank", rank), ("--world-size", world_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"{option} {value!r}: give a whole number (rank 0 to world size - 1)")
     if shards is not None and not isinstance(shards, str):
         raise UserError(f"--shards {shards!r}: give the shards as text, as on the command line, "
                         "e.g. '0-9,20'")
@@ -447,10 +454,17 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"--batch-size {batch_size!r}: views embedded at a time; give a whole "
                         "number of at least 1 (default 64)")
+    for option, value in (("--margin", margin), ("--fidelity-threshold", fidelity_threshold),
+                          ("--duplicate-threshold", duplicate_threshold)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{option} {value!r}: give a number")
+    if dtype not in AUDIT_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: give one of {', '.join(AUDIT_DTYPES)}")
     if report is not None:
         check_output_folder(report_dir, "--report")
     _check_dataset_folder(dataset)  # before the default report folder inside it is checked
-    check_output_folder(report_dir, "--report")
+    check_output_folder(report_dir, "--report" if report is not None
+                        else "the audit's default report folder")
 
     from synthgen.audit import encoder as encoders
     from synthgen.audit.cache import CACHE_FILE
@@ -461,19 +475,19 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     from synthgen.devices import choose_device
     from synthgen.recipe import load_audit_block
 
-    manifest, _ = dataset_shards(dataset)
     audit_block = (load_audit_block(recipe).model_dump(mode="json")
                    if recipe is not None else None)
     parsed = [parse_attribute_option(a) for a in attributes]
+    parsed_templates = [parse_template_option(t) for t in templates]
     given: dict[str, str] = {}
     for text, option in zip(attributes, parsed):
         if option.name in given:
             raise UserError(f"--attribute {option.name!r} is given twice ({given[option.name]!r} "
                             f"and {text!r}); give each attribute once, with all its values")
         given[option.name] = text
+    manifest, _ = dataset_shards(dataset)  # the options are all checked by now
     spec = spec_from_recipe(manifest.get("recipe") or {}, clip=clip, margin=margin,
-                            attributes=parsed,
-                            templates=[parse_template_option(t) for t in templates],
+                            attributes=parsed, templates=parsed_templates,
                             audit_block=audit_block, fidelity_threshold=fidelity_threshold,
                             duplicate_threshold=duplicate_threshold)
     chosen_device = choose_device(device)

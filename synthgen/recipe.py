@@ -687,9 +687,14 @@ def load_audit_block(path: str | Path) -> AuditSpec:
                         "templates, margin, clip, thresholds); add one (the recipe reference in "
                         "README.md shows it), or drop --recipe to use the dataset's own")
     try:
-        return _AuditBlock.model_validate({"audit": raw["audit"]}).audit
+        audit = _AuditBlock.model_validate({"audit": raw["audit"]}).audit
     except ValidationError as error:
         raise UserError(format_validation_error(str(path), error)) from None
+    try:
+        check_model_reference(audit.clip, "audit.clip", CLIP)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    return audit
 
 
 def _read_recipe_text(path: Path) -> str:

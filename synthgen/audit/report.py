@@ -32,6 +32,7 @@ from synthgen.audit.measurements import MEASUREMENTS
 from synthgen.audit.render import CELL, LINE, PAD, font, html_table, slug, text_width, thumbnail, write_png
 from synthgen.audit.run import AuditOutcome
 from synthgen.audit.thresholds import METRICS
+from synthgen.errors import UserError
 from synthgen.store import write_atomically
 from synthgen.write import AUDIT_FILES, AUDIT_PICTURE_FOLDERS, AUDIT_REPORT
 
@@ -64,14 +65,21 @@ def _remove_earlier_pictures(report_dir: Path) -> None:
     own: one this report does not make (no near-duplicates this time, an attribute not read
     again) would show what the report beside it says is not there. Only in a folder an
     audit wrote (its report.json), and only the names an audit writes."""
+    for folder in AUDIT_PICTURE_FOLDERS:
+        place = report_dir / folder
+        if place.exists() and not place.is_dir():
+            raise UserError(f"--report {report_dir}: holds a file named {folder}, where the "
+                            "report's pictures go; move it, or choose another --report")
     if not (report_dir / AUDIT_REPORT).is_file():
         return
     for name in AUDIT_FILES:
         if name.endswith(".png"):
             (report_dir / name).unlink(missing_ok=True)
     for folder in AUDIT_PICTURE_FOLDERS:
-        if (report_dir / folder).is_dir():
-            for picture in (report_dir / folder).glob("*.png"):
+        place = report_dir / folder
+        # Not through a link: what it points at is the user's (as --overwrite leaves it).
+        if place.is_dir() and not place.is_symlink():
+            for picture in place.glob("*.png"):
                 picture.unlink()
 
 

@@ -264,6 +264,49 @@ def check_stored_recipe(recipe: dict, audit: bool = True) -> None:
             if not isinstance(entry, dict):
                 refuse(f"audit.attributes[{index}]", entry, _MAPPING)
             check_fields(f"audit.attributes[{index}]", entry, _STORED_ENTRIES["audit.attributes[]"])
+            for name in ("values", "templates"):
+                for position, value in enumerate(entry.get(name) or []):
+                    if not isinstance(value, str):
+                        refuse(f"audit.attributes[{index}].{name}[{position}]", value, _TEXT)
+
+    def check_weights(path: str, weights) -> None:
+        # {value: weight} as recipes store them; a plain list of values (equal weights) too.
+        if isinstance(weights, dict):
+            for value, weight in weights.items():
+                if not _is(weight, _NUMBER):
+                    refuse(f"{path}.{value}", weight, _NUMBER)
+        elif not (isinstance(weights, list) and all(isinstance(v, str) for v in weights)):
+            refuse(path, weights, "a mapping of value: weight")
+
+    def check_views(path: str, views: dict) -> None:
+        strategy = views.get("strategy")
+        if strategy is not None and not (isinstance(strategy, str) or (
+                isinstance(strategy, list) and all(isinstance(s, str) for s in strategy))):
+            refuse(f"{path}.strategy", strategy, "a list of strategy names")
+        count = views.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            refuse(f"{path}.count", count, "a whole number")
+        varied = views.get("slots")
+        if varied is not None:
+            if not isinstance(varied, dict):
+                refuse(f"{path}.slots", varied, _MAPPING)
+            vary = varied.get("vary")
+            if vary is not None and not (isinstance(vary, list)
+                                         and all(isinstance(v, str) for v in vary)):
+                refuse(f"{path}.slots.vary", vary, "a list of slot names")
+
+    for index, entry in enumerate(recipe.get("balance") or []):
+        check_weights(f"balance[{index}].values", entry.get("values") or {})
+    for name, weights in (recipe.get("slots") or {}).items():
+        check_weights(f"slots.{name}", weights)
+    if recipe.get("views") is not None:
+        check_views("views", recipe["views"])
+    for section in ("classes", "corner_cases"):
+        for index, entry in enumerate(recipe.get(section) or []):
+            for name, weights in (entry.get("slots") or {}).items():
+                check_weights(f"{section}[{index}].slots.{name}", weights)
+            if entry.get("views") is not None:
+                check_views(f"{section}[{index}].views", entry["views"])
 
 
 def _first(*candidates):
