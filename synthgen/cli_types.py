@@ -13,3 +13,8 @@ class NamedPath(click.Path):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty; name a file or folder (an unset shell variable?)", param, ctx)
         return super().convert(value, param, ctx)
+
+
+# A seed torch and numpy take (torch.manual_seed reads a signed or unsigned 64-bit number; a
+# larger one is a traceback from inside torch).
+SEED = click.IntRange(min=-2 ** 63, max=2 ** 64 - 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from synthgen.cli_types import NamedPath
+from synthgen.cli_types import SEED, NamedPath
 from synthgen.errors import UserError
 
 
@@ -23,7 +23,7 @@ def dev() -> None:
 @click.argument("out_dir", type=NamedPath(path_type=Path, file_okay=False))
 @click.option("--family", type=click.Choice(["sd", "sdxl"]), default="sd", show_default=True,
               help="StableDiffusionPipeline or StableDiffusionXLPipeline.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The weights depend only on it.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The weights depend only on it.")
 def tiny_random(out_dir: Path, family: str, seed: int) -> None:
     """Write a tiny random-weight pipeline folder (noise pictures, real code path, milliseconds on
     a CPU); `model.id: OUT_DIR` in a recipe loads it. The defaults write `builtin:tiny-random`'s

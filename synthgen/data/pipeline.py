@@ -502,8 +502,10 @@ def group_loader(data, *, views: int, batch_size: int, resolution: int,
     if mode == "train":
         groups = epoch_groups if epoch_groups is not None else source.samples
         if groups is None:
-            raise UserError(f"epoch_groups: the number of groups in {data} is unknown (no "
-                            "manifest.json or stats files); pass epoch_groups, e.g. the dataset size")
+            raise UserError(f"epoch_groups: the number of groups in {data} is unknown (shard "
+                            "paths and URLs carry no count; a dataset directory's manifest.json "
+                            "does); pass --epoch-groups (epoch_groups from Python), e.g. the "
+                            "dataset size, or the dataset directory")
         world = split_info(rank, world_size)[1]
         per_rank = max(1, math.ceil(groups / (world * batch_size)))
         per_worker = math.ceil(per_rank / max(1, num_workers))

@@ -103,6 +103,14 @@ def _from_directory(directory: Path) -> ShardSource:
     if manifest_path.is_file():
         # Only the manifest's shards: any other tar in the directory is not part of the dataset.
         manifest, shards = read_manifest(manifest_path)
+        # A finished dataset missing some of its shards would train on what is left while
+        # counting epochs from the manifest: refused, as a missing shard path is.
+        missing = [shard["name"] for shard in shards if not (directory / shard["name"]).is_file()]
+        if missing:
+            listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise UserError(f"data {directory}: {len(missing)} of the {len(shards)} shards its "
+                            f"{MANIFEST} lists are missing ({listed}); copy them back, or rebuild "
+                            "them with synthgen generate (its recipe and --out)")
         samples = sum(shard["samples"] for shard in shards)
         return ShardSource(tuple(str(directory / shard["name"]) for shard in shards), samples,
                            _min_views_of_recipe(manifest.get("recipe") or {}),

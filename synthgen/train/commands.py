@@ -7,12 +7,31 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 
-from synthgen.cli_types import NamedPath
+from synthgen.cli_types import SEED, NamedPath
 from synthgen.errors import UserError
+
+# The probe's largest image side: its encoders are small ResNets and ViTs, and 1,024 px is
+# already a thousand times the default 32 px's work per image (a huge value ran out of memory
+# inside Pillow).
+MAX_RESOLUTION = 1024
+# Files a probe reads from an input folder (checkpoints, shards, the dataset's records).
+_INPUT_SUFFIXES = (".safetensors", ".tar", ".stats.json")
+_INPUT_NAMES = ("manifest.json", "recipe.json")
+
+
+def _is_or_holds(given: Path, path: Path) -> bool:
+    """Whether `path` is the input `given`, or an existing file of the kind a probe reads
+    inside the input folder `given`."""
+    target = path.resolve()
+    if target == given.resolve():
+        return True
+    return (given.is_dir() and target.is_file() and target.parent == given.resolve()
+            and (target.name.endswith(_INPUT_SUFFIXES) or target.name in _INPUT_NAMES))
 
 
 def _blocks(text: str) -> tuple[int, ...]:
@@ -67,7 +86,9 @@ def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, b
           resolution: int, augment: str, crop_scale: tuple[float, float], arch: str, width: int,
           blocks: str, seed: int, num_workers: int, epoch_groups: int | None,
           checkpoint_every: int, device: str, threads: int | None, no_amp: bool) -> None:
-    """Pretrain an encoder contrastively on the shards of DATA (a dataset directory)."""
+    """Pretrain an encoder contrastively on the shards of DATA: a dataset directory, or shard
+    files or URL patterns (those need --epoch-groups: only a directory's manifest counts
+    its groups)."""
     from synthgen.train.encoders import EncoderSpec
     from synthgen.train.trainer import TrainOptions
     from synthgen.train.trainer import train as run_training
@@ -89,13 +110,14 @@ def train(data: Path, out: Path, method: str, views: int, crops_per_view: int, b
 @click.option("--checkpoint", type=NamedPath(path_type=Path), default=None,
               help="A synthgen train --out directory or checkpoint file; omit for the random floor only.")
 @click.option("--train", "train_data", type=NamedPath(path_type=Path), required=True,
-              help="Labelled images to fit the classifier on: shards (k=1) or an ImageFolder tree.")
+              help="Labelled images to fit the classifier on: shards (one seeded view per group) or an "
+              "ImageFolder tree.")
 @click.option("--test", "test_data", type=NamedPath(path_type=Path), required=True,
               help="Labelled images to report top-1 on.")
-@click.option("--resolution", type=click.IntRange(min=1), default=None,
+@click.option("--resolution", type=click.IntRange(min=1, max=MAX_RESOLUTION), default=None,
               help="Image size (default: the checkpoint's encoder resolution, else 32).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Random-init encoder seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random-init encoder seed.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=NamedPath(path_type=Path, dir_okay=False), default=None,
               help="Also write the results to this file.")
@@ -109,8 +131,15 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
     from synthgen.train.probe import load_encoder, random_encoder
     from synthgen.train.probe import probe as run_probe
 
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UserError(f"--weight-decay {weight_decay}: the L2 penalty of the logistic "
+                        "regression; give a finite number of at least 0 (default 1e-4)")
     if json_path is not None:
         check_output_file(json_path, "--json")  # before the probes run, not after
+        for given in (checkpoint, train_data, test_data):
+            if given is not None and _is_or_holds(given, json_path):
+                raise UserError(f"--json {json_path}: is an input of this probe ({given}); "
+                                "write the results to a new file, e.g. probe.json")
     torch_device = str(choose_device(device))
     encoders = {}
     spec = EncoderSpec(resolution=resolution if resolution is not None else 32)
@@ -142,7 +171,8 @@ def probe(checkpoint: Path | None, train_data: Path, test_data: Path, resolution
 
 @click.command("experiment")
 @click.option("--budget", "budget_name", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu",
-              show_default=True, help="Sizes: smoke (tiny-random, seconds), cpu (2 cores, < 1 h), gpu.")
+              show_default=True, help="Sizes: smoke (tiny-random, plumbing only, ~2 min on 2 cores), cpu (world-sd, "
+              "71 min to ~2 h on 2 cores; docs/EXPERIMENTS.md), gpu.")
 @click.option("--work", type=NamedPath(path_type=Path, file_okay=False), default=Path("runs/experiment"),
               show_default=True, help="Where datasets, checkpoints and results go (reused).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -159,17 +189,21 @@ def experiment(budget_name: str, work: Path, device: str, model_id: str | None,
     from synthgen.train.experiment import BUDGETS, run_experiment
 
     budget = BUDGETS[budget_name]
-    if model_id:
+    if model_id is not None:
+        if not model_id.strip():  # an unset $MODEL would quietly run the budget's own model
+            raise UserError("--model is empty; name a generator (hub id, folder or builtin:NAME), "
+                            "or leave --model out for the budget's")
         budget = replace(budget, model_id=model_id)
     if seeds is not None:
         try:
             chosen = tuple(int(s) for s in seeds.split(","))
         except ValueError:
             chosen = ()
-        if not chosen or len(set(chosen)) != len(chosen):
+        if (not chosen or len(set(chosen)) != len(chosen)
+                or not all(-2 ** 63 <= seed < 2 ** 64 for seed in chosen)):
             # A repeat would count one run twice (std 0); "" would quietly mean the defaults.
             raise UserError(f"--seeds: {seeds!r} is not a comma-separated list of distinct "
-                            "integers; pass e.g. 0,1,2") from None
+                            "integers that fit in 64 bits; pass e.g. 0,1,2") from None
         budget = replace(budget, seeds=chosen)
     names = None
     if only is not None:
