@@ -170,3 +170,21 @@ def test_dev_tiny_random_seed_beyond_64_bits_is_one_line(tmp_path):
     result = invoke("dev", "tiny-random", tmp_path / "m", "--seed", 10 ** 23)
     _refused(result, "seed")
     assert not (tmp_path / "m").exists()
+
+
+def test_train_out_inside_the_dataset_is_refused(solid):
+    """`--out` the dataset folder (or a folder in it) wrote checkpoints and log among the
+    shards. Correct: refused before training, naming --out."""
+    for out in (solid, solid / "run"):
+        result = invoke("train", solid, "--out", out, "--steps", 1, "--batch-size", 2,
+                        "--workers", 0, "--device", "cpu")
+        _refused(result, "--out")
+    assert not (solid / "checkpoint-last.safetensors").exists()
+    assert not (solid / "run").exists()
+
+
+def test_train_huge_resolution_is_refused_before_training(solid, tmp_path):
+    """`--resolution 100000` was still resizing after a minute. Correct: one line, at once."""
+    result = invoke("train", solid, "--out", tmp_path / "run", "--steps", 1, "--batch-size", 2,
+                    "--workers", 0, "--device", "cpu", "--resolution", 100000)
+    _refused(result, "resolution")

@@ -100,12 +100,20 @@ class TrainOptions:
         for name in ("width", "resolution", "projection_dim") + (("patch", "depth", "heads")
                                                                  if encoder.arch == "vit" else ()):
             _check_number(name, getattr(encoder, name), minimum=1, whole=True)
+        if self.resolution > MAX_TRAIN_RESOLUTION:
+            raise UserError(f"resolution: {self.resolution} px is more than the {MAX_TRAIN_RESOLUTION} "
+                            "px the reference trainer's small encoders take; pass e.g. 32 or 64")
         if encoder.arch == "vit" and encoder.width % encoder.heads:
             raise UserError(f"width: {encoder.width} is not divisible by the ViT's {encoder.heads} "
                             "attention heads; pass a multiple of it")
         if encoder.arch == "resnet" and (not encoder.blocks or min(encoder.blocks) < 1):
             raise UserError(f"blocks: {','.join(map(str, encoder.blocks)) or 'none'} must be one or "
                             "more whole numbers of at least 1, e.g. 2,2,2,2")
+
+
+# The largest image side the trainer takes: its encoders are small, and a huge side was still
+# resizing after a minute before running out of memory.
+MAX_TRAIN_RESOLUTION = 1024
 
 
 def _check_number(name: str, value, minimum: float, whole: bool = False, exclusive: bool = False,
@@ -260,6 +268,12 @@ def train(config: TrainOptions, out_dir: Path, device: str = "auto", amp: bool =
     from synthgen.outputs import check_output_folder
 
     check_output_folder(out_dir, "--out")
+    data = Path(config.data)
+    if "://" not in config.data and data.is_dir() and (
+            out_dir.resolve() == data.resolve() or data.resolve() in out_dir.resolve().parents):
+        # Checkpoints among the shards: a dataset folder holds its shards and records only.
+        raise UserError(f"--out {out_dir}: is inside the dataset {data}; choose a folder of its "
+                        "own, e.g. runs/my-run")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / LAST
 
