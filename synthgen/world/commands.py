@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from synthgen.cli_types import NamedPath
-from synthgen.world.model_folders import SHIPPED_MODELS_ROOT
+from synthgen.world.model_folders import SD_FOLDER, SHIPPED_MODELS_ROOT
 
 
 @click.group()
@@ -93,7 +93,7 @@ def evaluate(models: Path, device: str, scale: float) -> None:
                                       "balance entry of method debias.")
 @click.option("--prompts", "prompt_count", type=click.IntRange(min=10), default=400, show_default=True,
               help="Held-out prompts for erase (each drawn asking for stripes and not), and images per "
-                   "class for debias.")
+                   "class for debias (at most 100,000).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=NamedPath(path_type=Path, dir_okay=False), default=None,
               help="Write the figures as JSON here.")
@@ -105,11 +105,20 @@ def edits(recipe_path: Path, prompt_count: int, device: str, out: Path | None,
     """Judge a recipe's erase and debias edits on world-sd with the oracle (docs/WORLD.md)."""
     import json
 
+    from synthgen.errors import UserError
     from synthgen.outputs import check_output_file, file_written_whole
     from synthgen.world.edits import debias_gates, erase_gates, measure_edits
 
     if out is not None:
         check_output_file(out, "--out")  # before minutes of measuring, not after
+        # The figures are written over --out: the recipe or a file of the model would be lost.
+        if out.exists() and out.samefile(recipe_path):
+            raise UserError(f"--out {out}: is the recipe itself, which the figures would replace; "
+                            "give another file, e.g. edits.json")
+        folder = model if model is not None else SHIPPED_MODELS_ROOT / SD_FOLDER
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise UserError(f"--out {out}: is inside the world-sd folder {folder}, whose files the figures "
+                            "could replace; give a file outside it, e.g. edits.json")
     result = measure_edits(recipe_path, prompt_count, device, log=lambda message: click.echo(message),
                            model_folder=model)
     gates = {**(erase_gates(result) if "erase" in result else {}),

@@ -23,6 +23,18 @@ HELD_OUT_SEED_OFFSET = 1_000_000_000
 RUN_SEEDS = range(HELD_OUT_SEED_OFFSET // TRAIN_SEEDS_PER_RUN)
 
 
+def check_train_scene_count(count: int, given: str, largest: str) -> None:
+    """A UserError unless a run's `count` training scenes fit its seed range: more would draw
+    the next run's scenes, and from run seed 99 the held-out ones every evaluation uses.
+    `given` names the option and its value, `largest` the largest value allowed."""
+    from synthgen.errors import UserError
+
+    if count > TRAIN_SEEDS_PER_RUN:
+        raise UserError(f"{given} asks for {count:,} training scenes, more than the "
+                        f"{TRAIN_SEEDS_PER_RUN:,} seeds of one run (beyond them lie the next run's "
+                        f"scenes, and from seed 99 the held-out ones); give at most {largest}")
+
+
 def check_run_seed(seed, option: str = "seed") -> None:
     """A UserError unless `seed` is a run seed (0-99): from 100 on a run's training scenes are
     the held-out ones (seed 100 trained on the test split), and below 0 there are none."""

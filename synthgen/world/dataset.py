@@ -19,7 +19,7 @@ from PIL import Image
 from synthgen.errors import UserError
 from synthgen.recipe import canonical_json
 from synthgen.world.corpus import (HELD_OUT_SEED_OFFSET, LOGO_PROB, STRIPED_PROB, TRAIN_SEEDS_PER_RUN,
-                                   check_run_seed)
+                                   check_run_seed, check_train_scene_count)
 from synthgen.world.render import render
 from synthgen.world.scene import SHAPES, caption, labels, sample_scene
 
@@ -66,8 +66,9 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
 
     Train scenes use run ``run_seed``'s training seeds, test scenes the
     held-out seeds, so the two splits never share a scene. Deterministic:
-    the same arguments give byte-identical shards. Shards already in a split's
-    folder are removed first.
+    the same arguments give byte-identical shards. Shards already in either
+    split's folder are removed before any is written, so an interrupted rerun
+    leaves no earlier run's split beside its own.
     """
     from synthgen.outputs import check_output_folder
     from synthgen.shards import MANIFEST, SHARD_FILE
@@ -76,6 +77,9 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
     if resolution not in (32, 64):
         raise ValueError(f"resolution must be 32 or 64, got {resolution}")
     check_run_seed(run_seed)
+    check_train_scene_count(train, f"--train {train}", f"{TRAIN_SEEDS_PER_RUN:,}")
+    if train == 0 and test == 0:
+        raise UserError("--train 0 --test 0: a dataset of no samples; give --train or --test above 0")
     out_dir = Path(out_dir)
     check_output_folder(out_dir, "--out")
     for split in ("train", "test"):
@@ -91,16 +95,19 @@ def write_real_dataset(out_dir: Path, train: int, test: int, resolution: int = 3
         if theirs:
             raise UserError(f"--out {out_dir}: {out_dir / split} holds {theirs[0]}, a shard synthgen "
                             "world dataset did not write, which this would replace; choose another --out")
+    # A rerun into the same folder replaces both splits, and before either is written: shards an
+    # earlier, larger run (or another seed or resolution) left would otherwise be read as part of
+    # it, and a rerun stopped midway would leave the new train split beside the old test split.
+    for split in ("train", "test"):
+        split_dir = out_dir / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for stale in split_dir.iterdir():
+            if SHARD_FILE.match(stale.name):
+                stale.unlink()
     first_seeds = {"train": run_seed * TRAIN_SEEDS_PER_RUN, "test": HELD_OUT_SEED_OFFSET}
     written = {}
     for split, count in (("train", train), ("test", test)):
         split_dir = out_dir / split
-        split_dir.mkdir(parents=True, exist_ok=True)
-        # A rerun into the same folder replaces the split: shards an earlier, larger run (or
-        # another seed or resolution) left would otherwise be read as part of it.
-        for stale in split_dir.iterdir():
-            if SHARD_FILE.match(stale.name):
-                stale.unlink()
         for shard, start in enumerate(range(0, count, SAMPLES_PER_SHARD)):
             samples = [real_sample(split, index, first_seeds[split] + index, resolution)
                        for index in range(start, min(count, start + SAMPLES_PER_SHARD))]

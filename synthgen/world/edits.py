@@ -34,6 +34,9 @@ EDITS_PROMPT_SEED = 31
 """`evaluation_prompts` seed of the held-out erase prompts (the shipped evaluation uses 0)."""
 EDITS_SEED_OFFSET = GENERATION_SEED_OFFSET + 300_000
 """Noise seeds of the erase prompts (prompt i: this + i); the debias ones follow at +100,000."""
+MAX_PROMPTS = 100_000
+"""The largest prompt count: more and the erase images' noise seeds run into the debias ones'."""
+MEASURED_ATTRIBUTE = "colour"  # the one attribute the debias figures count
 ERASED = "striped"  # the one concept the oracle reads
 
 
@@ -107,10 +110,20 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
     from synthgen.suppress import EraseSuppression
     from synthgen.world.oracle import load_oracle
 
+    if prompt_count > MAX_PROMPTS:
+        raise UserError(f"--prompts {prompt_count}: above the largest, {MAX_PROMPTS:,}, beyond which the "
+                        "erase images' noise seeds run into the debias images'; lower --prompts")
     recipe = load_recipe(recipe_path)
     if recipe.model.id != WORLD_SD:
         raise UserError(f"{recipe_path}: model.id is {recipe.model.id!r}; the oracle judges only "
                         f"{WORLD_SD}")
+    debiasing = [(i, e) for i, e in enumerate(recipe.balance) if isinstance(e, DebiasBalance)]
+    if debiasing and debiasing[0][1].attribute != MEASURED_ATTRIBUTE:
+        # The figures count the colours the oracle reads: of another attribute's edit they
+        # would give a verdict on nothing it changed.
+        raise UserError(f"{recipe_path}: the debias entry's attribute is "
+                        f"{debiasing[0][1].attribute!r}; synthgen world edits measures only a debias "
+                        f"of {MEASURED_ATTRIBUTE!r}, so debias {MEASURED_ATTRIBUTE} or measure it otherwise")
     if model_folder is not None:
         if not (Path(model_folder) / "model_index.json").is_file():
             raise UserError(f"--model {model_folder}: no model_index.json there; give a world-sd folder, "
@@ -150,7 +163,6 @@ def measure_edits(recipe_path: Path, prompt_count: int = 400, device: str = "aut
         restore_text_weights(pipeline, original)
         result["erase"] = {"prompts": prompt_count, "contexts": len(contexts), **runs}
     # 2. debias: per class, the colours read on its own prompts before and after.
-    debiasing = [(i, e) for i, e in enumerate(recipe.balance) if isinstance(e, DebiasBalance)]
     if debiasing:
         index, entry = debiasing[0]
         targets = debias_targets(recipe, index)

@@ -43,6 +43,10 @@ DIVERSITY_SEEDS = 64
 DIVERSITY_PROMPT = "a medium red star on a gray background"
 GENERATION_SEED_OFFSET = 7_000_000
 """Noise seeds for evaluation images; prompt i uses seed GENERATION_SEED_OFFSET + i."""
+DIVERSITY_SEED_OFFSET = GENERATION_SEED_OFFSET + 100_000
+"""Noise seeds for the diversity images (seed i: this + i), after the prompts' seeds."""
+MAX_SCALE = (DIVERSITY_SEED_OFFSET - GENERATION_SEED_OFFSET) / GENERATED_PROMPTS
+"""The largest ``scale``: beyond it the prompts' noise seeds reach the diversity images' seeds."""
 EVALUATE_COMMAND = "synthgen world evaluate"
 """What each metrics.json records as the command that measured it (with ``--scale`` when not 1)."""
 
@@ -133,7 +137,7 @@ def evaluate_generator(pipeline, oracle, prompt_count: int = GENERATED_PROMPTS,
     log(f"suppression {result['suppression']}")
     # 3. Diversity: one prompt, many seeds; where the oracle finds the object.
     diverse = oracle.read(generate(pipeline, [DIVERSITY_PROMPT] * diversity_seeds,
-                                   [GENERATION_SEED_OFFSET + 100_000 + i for i in range(diversity_seeds)]))
+                                   [DIVERSITY_SEED_OFFSET + i for i in range(diversity_seeds)]))
     xs, ys = np.array([r["x"] for r in diverse]), np.array([r["y"] for r in diverse])
     # Real medium objects are uniform on [0.26, 0.74]: std 0.48 / sqrt(12) = 0.139.
     result["diversity"] = {"prompt": DIVERSITY_PROMPT, "seeds": diversity_seeds,
@@ -170,12 +174,24 @@ def reconstruction_readings(vae, oracle, pool) -> dict:
     }
 
 
+def check_evaluation_scale(scale: float) -> None:
+    """A UserError unless `scale` is a number in (0, MAX_SCALE]."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise UserError(f"scale: {scale} is not a number > 0; 1.0 gives the model cards' numbers, "
+                        "0.01 is a smoke run")
+    if scale > MAX_SCALE:
+        # Held-out renders have no ceiling, but prompt i's noise seed is GENERATION_SEED_OFFSET + i.
+        raise UserError(f"scale: {scale:g} is above the largest evaluation allows, {MAX_SCALE:g}: its "
+                        f"{round(GENERATED_PROMPTS * scale):,} evaluation prompts' noise seeds would reach "
+                        "the diversity images' seeds; 1.0 gives the model cards' numbers")
+
+
 def evaluate_world_models(models_root: Path, device: str = "auto", scale: float = 1.0, log=print) -> dict:
     """Measure world-clip, world-oracle and world-sd under ``models_root``; writes each ``metrics.json``.
 
     ``scale`` < 1 shrinks the image counts (for smoke tests); reported
     numbers in the model cards use ``scale=1``. A ``models_root`` without the three folders,
-    or a ``scale`` <= 0, raises `UserError` before anything loads.
+    or a ``scale`` outside (0, `MAX_SCALE`], raises `UserError` before anything loads.
     """
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -189,9 +205,7 @@ def evaluate_world_models(models_root: Path, device: str = "auto", scale: float 
     if missing:
         raise UserError(f"models: {models_root} has no {', '.join(missing)}; give the folder that "
                         "`synthgen world train --out` wrote (it holds world-clip, world-sd and world-oracle)")
-    if not (math.isfinite(scale) and scale > 0):
-        raise UserError(f"scale: {scale} is not a number > 0; 1.0 gives the model cards' numbers, "
-                        "0.01 is a smoke run")
+    check_evaluation_scale(scale)
     empty = [folder for folder, marker in ((CLIP_FOLDER, "config.json"), (SD_FOLDER, "model_index.json"),
                                            (ORACLE_FOLDER, "model.safetensors"))
              if not (models_root / folder / marker).is_file()]

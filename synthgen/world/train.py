@@ -31,7 +31,8 @@ from synthgen.world.clip import (
     save_world_clip,
     train_world_clip,
 )
-from synthgen.world.corpus import check_run_seed, images_to_tensor, train_pool
+from synthgen.world.corpus import (TRAIN_SEEDS_PER_RUN, check_run_seed, check_train_scene_count,
+                                   images_to_tensor, train_pool)
 from synthgen.world.captions import caption_phase_data
 from synthgen.world.diffusion import (
     CAPTION_PHASE,
@@ -87,6 +88,11 @@ def canonical_caption_fraction(share: float = CANONICAL_CAPTION_SHARE) -> float:
     from synthgen.world.scene import _SCENE_TEMPLATES
 
     return share + (1 - share) / len(_SCENE_TEMPLATES)
+
+
+def _scene_count(scale: float) -> int:
+    """How many training scenes a run of `scale` renders (and so the scene seeds it uses)."""
+    return max(512, round(TRAIN_SCENES * scale))
 
 
 def _scaled(settings, scale: float):
@@ -271,6 +277,11 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     if not (math.isfinite(scale) and scale > 0):
         raise UserError(f"scale: {scale} is not a number > 0; 1.0 trains the shipped models, 0.02 is "
                         "a quick smoke run")
+    check_train_scene_count(_scene_count(scale), f"scale: {scale:g}", f"{TRAIN_SEEDS_PER_RUN / TRAIN_SCENES:g}")
+    if evaluate:
+        from synthgen.world.evaluate import check_evaluation_scale
+
+        check_evaluation_scale(scale)  # before hours of training, not after
     _check_out_folder(out_root)
     if threads < 1:
         raise UserError(f"threads: {threads} is not >= 1")
@@ -283,7 +294,7 @@ def train_world_models(out_root: Path, device: str = "auto", seed: int = 0, scal
     say = lambda message: log(f"{stamp()} {message}")  # noqa: E731
 
     # 1. One pool of single-object training renders for all three models.
-    scene_count = max(512, round(TRAIN_SCENES * scale))
+    scene_count = _scene_count(scale)
     pool = train_pool(seed, scene_count)
     say(f"rendered {scene_count} training scenes")
 
