@@ -201,3 +201,18 @@ def test_world_edits_debias_of_size_is_not_judged_by_colour(tmp_path):
                    and all(isinstance(n, int) for n in value.values())]
         assert counted and all(set(c) <= {"small", "medium", "large"} for c in counted), (
             f"{stage}: {measured[stage]['star']}")
+
+
+def test_world_train_needs_an_out_folder(monkeypatch):
+    """`world train` without --out trained into the package's own models folder, replacing the
+    shipped models one by one (a smoke run or one stopped midway left them mixed). Correct:
+    --out is required, and nothing is trained without it."""
+    import synthgen.world.train
+
+    def started(*args, **kwargs):
+        raise WorkStarted("train_world_models ran")
+
+    monkeypatch.setattr(synthgen.world.train, "train_world_models", started)
+    result = invoke("world", "train", "--scale", "0.02")
+    assert_no_traceback(result, allowed=(2,))
+    assert "--out" in result.output

@@ -22,8 +22,11 @@ def world() -> None:
 # The defaults below are `train_world_models`' own (tests/world/test_training.py checks they agree):
 # world/train.py imports torch, which the command line loads only when a command runs.
 @world.command()
-@click.option("--out", type=NamedPath(path_type=Path, file_okay=False), default=SHIPPED_MODELS_ROOT,
-              show_default=True, help="Folder that receives world-clip/, world-sd/ and world-oracle/.")
+# No default: it was the package's own models folder, and a run (a smoke run, one stopped
+# midway) replaced the shipped models there, model by model. Train elsewhere, then copy.
+@click.option("--out", type=NamedPath(path_type=Path, file_okay=False), required=True,
+              help="Folder that receives world-clip/, world-sd/ and world-oracle/ (to ship them, "
+                   "copy them into synthgen/models afterwards).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=click.IntRange(0, 99), default=0, show_default=True,
               help="Seed of the whole run (0-99: from 100 on the training scenes are the held-out ones).")
