@@ -463,8 +463,8 @@ def audit(dataset: str | Path, *, report: str | Path | None = None, clip: str | 
     if report is not None:
         check_output_folder(report_dir, "--report")
     _check_dataset_folder(dataset)  # before the default report folder inside it is checked
-    check_output_folder(report_dir, "--report" if report is not None
-                        else "the audit's default report folder")
+    if report is None:
+        check_output_folder(report_dir, "the audit's default report folder")
 
     from synthgen.audit import encoder as encoders
     from synthgen.audit.cache import CACHE_FILE

@@ -14,14 +14,12 @@ the sampler calls before it hands views to a scorer).
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from synthgen.attributes import detector_texts
 from synthgen.builtin import resolve_model_source
 from synthgen.errors import UserError
-
 
 
 class ClipConceptScorer:

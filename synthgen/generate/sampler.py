@@ -291,8 +291,8 @@ class Sampler:
                 current[position] = retry_view(current[position], attempt, shares_seed[position])
             redrawn, redrawn_finite = self._generate([current[p] for p in pending],
                                                      own_anchors=True)
-            images[pending], finite[pending] = redrawn, redrawn_finite
-            stored.redrawn(pending)
+            stored.redrawn(pending, redrawn)
+            finite[pending] = redrawn_finite
         for position, (plan, checked, final) in enumerate(zip(planned, views, current)):
             # The seeds finally used, whether a group check or a rejection changed them;
             # what only a rejection's redraw drops (anchor, turn), where it redrew.
@@ -332,8 +332,8 @@ class Sampler:
                                    finite: torch.Tensor, records: list[dict]) -> list[ViewPlan]:
         """Check every group with `held_check` (whole in `views`: engines/local.py's batches
         keep them so) and draw the failing ones again whole (`group_check.retry_group`) until
-        they pass or have spent `max_retries`; the images (`stored.images`) and `finite` are
-        updated in place.
+        they pass or have spent `max_retries`; the images (through `stored.redrawn`) and
+        `finite` are updated in place.
         Each checked view's record gets `held_check`: the group's redraws, whether its last
         draw passed, what disagreed there (per view) and the seed finally used. Returns the
         views as finally drawn."""
@@ -368,9 +368,9 @@ class Sampler:
                 for position, view in zip(positions, retry_group([views[p] for p in positions],
                                                                  attempt)):
                     views[position] = view
-            stored.images[redrawn_positions], finite[redrawn_positions] = self._generate(
+            redrawn, finite[redrawn_positions] = self._generate(
                 [views[p] for p in redrawn_positions])
-            stored.redrawn(redrawn_positions)
+            stored.redrawn(redrawn_positions, redrawn)
             pending = failing
         for group_id, positions in members.items():
             passed = not any(disagree[group_id])

@@ -60,7 +60,7 @@ class StoredBatch:
     """The stored form of one batch's views, made for a view when a detector first asks and
     forgotten when the view is drawn again (`redrawn`).
 
-    `images` is the sampler's tensor of the batch, which redraws update in place. Without a
+    `images` is the sampler's tensor of the batch; redraws go through `redrawn`. Without a
     `form` (a `Sampler` made without one, as tests' stub detectors are) the detectors are
     given the sampler's pixels and no file is kept.
     """
@@ -82,7 +82,10 @@ class StoredBatch:
                 self._files[position], self._pixels[position] = data, pixels
         return torch.stack([self._pixels[p] for p in positions])
 
-    def redrawn(self, positions: list[int]) -> None:
+    def redrawn(self, positions: list[int], images: torch.Tensor) -> None:
+        """The views at `positions` drawn again as `images`: written into the batch, and their
+        stored form made afresh when next asked for."""
+        self.images[positions] = images
         for position in positions:
             self._files[position] = self._pixels[position] = None
 
