@@ -19,3 +19,10 @@ def assert_no_traceback(result, allowed=(0, 2)) -> None:
     assert escaped is None, f"{type(escaped).__name__}: {str(escaped)[:300]}"
     assert result.exit_code in allowed, result.output
     assert "Traceback" not in result.output
+
+
+def assert_refused(result, *named: str) -> None:
+    """A user mistake: exit 2, no traceback, and a message that names each of `named`."""
+    assert_no_traceback(result, allowed=(2,))
+    for name in named:
+        assert name in result.output, result.output

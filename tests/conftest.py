@@ -94,3 +94,14 @@ def experiment_without_training(monkeypatch) -> list:
     monkeypatch.setattr(probe_module, "probe",
                         lambda *args, **kwargs: type("Result", (), {"test_top1": 0.5})())
     return trained
+
+
+@pytest.fixture(scope="module")
+def real_data(tmp_path_factory):
+    """Labelled real renders of the world (24 train, 12 test, 32 px), as `synthgen probe`
+    reads them."""
+    from synthgen.world.dataset import write_real_dataset
+
+    out = tmp_path_factory.mktemp("real")
+    write_real_dataset(out, train=24, test=12, resolution=32)
+    return out

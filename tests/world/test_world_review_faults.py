@@ -11,31 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from cli_checks import assert_refused
 from synthgen.cli import main
 from synthgen.errors import UserError
 
 
 def _invoke(arguments: list[str]):
     return CliRunner().invoke(main, arguments)
-
-
-def _one_line_error(result, *named: str) -> None:
-    """Exit 2, no traceback, and a message that names each of `named`."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for name in named:
-        assert name in result.output, result.output
-
-
-@pytest.fixture(scope="module")
-def real_data(tmp_path_factory) -> Path:
-    from synthgen.world.dataset import write_real_dataset
-
-    out = tmp_path_factory.mktemp("real")
-    write_real_dataset(out, train=24, test=12, resolution=32)
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +39,7 @@ def test_world_dataset_seed_outside_the_training_seed_range_is_refused(tmp_path,
     outside 0..99 with one message naming --seed (exit 2)."""
     result = _invoke(["world", "dataset", "--out", str(tmp_path / "d"), "--train", "3", "--test", "3",
                       f"--seed={seed}"])
-    _one_line_error(result, "seed")
+    assert_refused(result, "seed")
 
 
 @pytest.mark.parametrize("seed", [100, -1])
@@ -85,7 +67,7 @@ def test_world_train_infinite_scale_is_a_user_error(tmp_path):
     0 and nan (exit 2, message naming scale)."""
     result = _invoke(["world", "train", "--out", str(tmp_path / "m"), "--scale", "inf",
                       "--models", "oracle", "--no-evaluate", "--device", "cpu"])
-    _one_line_error(result, "scale")
+    assert_refused(result, "scale")
 
 
 def test_world_evaluate_infinite_scale_is_a_user_error(tmp_path):
@@ -94,7 +76,7 @@ def test_world_evaluate_infinite_scale_is_a_user_error(tmp_path):
     for folder in ("world-clip", "world-sd", "world-oracle"):
         (tmp_path / folder).mkdir()
     result = _invoke(["world", "evaluate", "--models", str(tmp_path), "--scale", "inf", "--device", "cpu"])
-    _one_line_error(result, "scale")
+    assert_refused(result, "scale")
 
 
 def test_world_evaluate_on_folders_that_hold_no_models_is_a_user_error(tmp_path):
@@ -105,7 +87,7 @@ def test_world_evaluate_on_folders_that_hold_no_models_is_a_user_error(tmp_path)
     for folder in ("world-clip", "world-sd", "world-oracle"):
         (tmp_path / folder).mkdir()
     result = _invoke(["world", "evaluate", "--models", str(tmp_path), "--scale", "0.01", "--device", "cpu"])
-    _one_line_error(result, "models")
+    assert_refused(result, "models")
 
 
 def test_world_train_out_below_a_file_is_a_user_error(tmp_path):
@@ -115,7 +97,7 @@ def test_world_train_out_below_a_file_is_a_user_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     result = _invoke(["world", "train", "--out", str(tmp_path / "afile" / "models"), "--scale", "0.001",
                       "--models", "oracle", "--no-evaluate", "--device", "cpu"])
-    _one_line_error(result, "out")
+    assert_refused(result, "out")
 
 
 def test_sd_detail_on_a_world_sd_without_its_training_record_is_a_user_error(tmp_path):
@@ -188,7 +170,7 @@ def test_edits_out_in_a_missing_folder_is_not_a_traceback_after_the_measurement(
     if result.exit_code == 0:
         assert json.loads(out.read_text())["gates"]
     else:
-        _one_line_error(result, "--out")
+        assert_refused(result, "--out")
         assert not calls, "measured before refusing --out"
 
 
@@ -209,7 +191,7 @@ def test_probe_json_that_cannot_be_written_is_not_a_traceback(real_data, tmp_pat
     if result.exit_code == 0:
         assert "random-init" in json.loads(target.read_text())
     else:
-        _one_line_error(result, "--json")
+        assert_refused(result, "--json")
 
 
 def test_probe_resolution_zero_is_refused(real_data):
@@ -218,7 +200,7 @@ def test_probe_resolution_zero_is_refused(real_data):
     the same way (exit 2, message naming resolution)."""
     result = _invoke(["probe", "--train", str(real_data / "train"), "--test", str(real_data / "test"),
                       "--device", "cpu", "--resolution", "0"])
-    _one_line_error(result, "resolution")
+    assert_refused(result, "resolution")
 
 
 def test_probe_refuses_shards_and_an_image_folder_that_number_classes_differently(real_data, tmp_path):
@@ -240,7 +222,7 @@ def test_probe_refuses_shards_and_an_image_folder_that_number_classes_differentl
         Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     result = _invoke(["probe", "--train", str(real_data / "train"), "--test", str(tmp_path / "tree"),
                       "--device", "cpu"])
-    _one_line_error(result, "test")
+    assert_refused(result, "test")
 
 
 # --- synthgen experiment ------------------------------------------------------------------
@@ -254,7 +236,7 @@ def test_experiment_work_that_is_a_file_is_a_user_error(tmp_path):
     work.write_text("x")
     result = _invoke(["experiment", "--budget", "smoke", "--work", str(work), "--device", "cpu",
                       "--conditions", "random-init"])
-    _one_line_error(result, "work")
+    assert_refused(result, "work")
 
 
 @pytest.mark.parametrize("option, value", [("--conditions", ""), ("--seeds", ""), ("--seeds", "0,0")])
@@ -271,7 +253,7 @@ def test_experiment_conditions_or_seeds_naming_nothing_or_repeats_are_refused(tm
                         lambda budget, work, device, log, only: calls.append((budget.seeds, only)))
     result = _invoke(["experiment", "--budget", "smoke", "--work", str(tmp_path / "w"), option, value])
     assert not calls, f"ran with seeds, conditions = {calls[0]}"
-    _one_line_error(result, option)
+    assert_refused(result, option)
 
 
 def test_experiment_with_another_model_does_not_reuse_runs_trained_on_the_old_models_data(
